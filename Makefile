@@ -1,0 +1,51 @@
+# LLM-Net build. `make install` sets up everything a fresh machine needs; `make test` runs the suite.
+COMETBFT_VERSION := v0.38.26
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BIN     := $(CURDIR)/bin
+export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install venv cometbft proto lint test test-fast bench demo clean
+
+install: venv cometbft proto
+
+# The venv is rebuilt only when pyproject.toml changes.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Pinned CometBFT, installed into ./bin unless that exact version is already there.
+cometbft: $(BIN)/cometbft
+$(BIN)/cometbft:
+	@if [ -x $(BIN)/cometbft ] && [ "v$$($(BIN)/cometbft version)" = "$(COMETBFT_VERSION)" ]; then \
+	  echo "cometbft $(COMETBFT_VERSION) already installed"; \
+	else \
+	  echo "installing cometbft $(COMETBFT_VERSION) with go install"; \
+	  GOBIN=$(BIN) go install github.com/cometbft/cometbft/cmd/cometbft@$(COMETBFT_VERSION); \
+	fi
+	@test "v$$($(BIN)/cometbft version)" = "$(COMETBFT_VERSION)" || \
+	  { echo "bin/cometbft is not $(COMETBFT_VERSION); delete it and run make install"; exit 1; }
+
+# Generated protobuf code is built here, never committed.
+proto: venv
+	$(PY) tools/genproto.py --cometbft-version $(COMETBFT_VERSION)
+
+lint: proto
+	cd proto && $(CURDIR)/$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check abci_app llmnet tests bench tools
+	$(VENV)/bin/mypy abci_app
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: proto
+	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e" tests
+
+bench: install
+	$(PY) bench/tps.py
+
+clean:
+	rm -rf $(VENV) abci_app/pb build

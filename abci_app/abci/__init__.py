@@ -1,0 +1,1 @@
+"""CometBFT's ABCI socket protocol: framing and the asyncio server."""

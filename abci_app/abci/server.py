@@ -1,0 +1,134 @@
+"""asyncio ABCI server: CometBFT opens four connections (consensus, mempool, query, snapshot)
+and expects, on each, one response per request in request order, flushed on Flush.
+
+All handlers run on the event loop thread, so the app never sees two calls at once. An
+unexpected exception is fatal: the server logs it, closes every connection and `serve()` raises
+FatalError, so the node stops instead of diverging (fail-stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from abci_app.abci.framing import Decoder, FramingError, frame
+from abci_app.app import ABCI_VERSION, Application
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+
+log = logging.getLogger("llmnet.abci")
+
+
+class FatalError(Exception):
+    """The app hit an error it cannot safely continue from."""
+
+
+class ABCIServer:
+    def __init__(self, app: Application, address: str = "tcp://127.0.0.1:26658") -> None:
+        self.app = app
+        self.address = address
+        self.fatal: BaseException | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._stopped = asyncio.Event()
+        self._routes: dict[str, tuple[str, Callable[[Any], Any]]] = {
+            "echo": ("echo", lambda r: abci.ResponseEcho(message=r.message)),
+            "flush": ("flush", lambda r: abci.ResponseFlush()),
+            "info": ("info", self._info),
+            "init_chain": ("init_chain", app.init_chain),
+            "query": ("query", app.query),
+            "check_tx": ("check_tx", app.check_tx),
+            "commit": ("commit", app.commit),
+            "list_snapshots": ("list_snapshots", lambda r: abci.ResponseListSnapshots()),
+            "offer_snapshot": ("offer_snapshot",
+                               lambda r: abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)),
+            "load_snapshot_chunk": ("load_snapshot_chunk", lambda r: abci.ResponseLoadSnapshotChunk()),
+            "apply_snapshot_chunk": ("apply_snapshot_chunk",
+                                     lambda r: abci.ResponseApplySnapshotChunk(
+                                         result=abci.ResponseApplySnapshotChunk.ABORT)),
+            "prepare_proposal": ("prepare_proposal", app.prepare_proposal),
+            "process_proposal": ("process_proposal", app.process_proposal),
+            "extend_vote": ("extend_vote", lambda r: abci.ResponseExtendVote()),
+            "verify_vote_extension": ("verify_vote_extension",
+                                      lambda r: abci.ResponseVerifyVoteExtension(
+                                          status=abci.ResponseVerifyVoteExtension.ACCEPT)),
+            "finalize_block": ("finalize_block", app.finalize_block),
+        }
+
+    def _info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        if req.abci_version and req.abci_version != ABCI_VERSION:
+            raise FatalError(
+                f"CometBFT speaks ABCI {req.abci_version}, this app speaks ABCI {ABCI_VERSION}: "
+                "use CometBFT v0.38.x (run `make install`)"
+            )
+        return self.app.info(req)
+
+    def handle(self, req: abci.Request) -> abci.Response:
+        """One request in, one response out. Raises on anything unexpected."""
+        kind = req.WhichOneof("value")
+        if kind is None or kind not in self._routes:
+            raise FatalError(f"unknown ABCI request {kind!r}")
+        field, fn = self._routes[kind]
+        resp = abci.Response()
+        getattr(resp, field).CopyFrom(fn(getattr(req, kind)))
+        return resp
+
+    async def start(self) -> None:
+        if self.address.startswith("unix://"):
+            self._server = await asyncio.start_unix_server(self._connection, path=self.address[7:])
+        else:
+            host, port = self.address.removeprefix("tcp://").rsplit(":", 1)
+            self._server = await asyncio.start_server(self._connection, host, int(port))
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def serve(self) -> None:
+        """Run until stop() or a fatal error (then raise FatalError)."""
+        if self._server is None:
+            await self.start()
+        await self._stopped.wait()
+        if self.fatal is not None:
+            raise FatalError(str(self.fatal)) from self.fatal
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+        self._stopped.set()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        decoder = Decoder()
+        try:
+            while not self._stopped.is_set():
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    break
+                flush = False
+                for payload in decoder.feed(chunk):
+                    try:
+                        req = abci.Request.FromString(payload)
+                    except DecodeError as exc:
+                        raise FramingError(f"undecodable ABCI request: {exc}") from None
+                    writer.write(frame(self.handle(req).SerializeToString()))
+                    flush = flush or req.WhichOneof("value") == "flush"
+                if flush:
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # CometBFT went away; it reconnects on restart
+        except FramingError as exc:
+            log.error("closing ABCI connection: %s", exc)
+        except BaseException as exc:  # noqa: BLE001 - anything else is fatal by design
+            log.exception("fatal error in ABCI handler; stopping the node")
+            self.fatal = exc
+            self.stop()
+        finally:
+            self._writers.discard(writer)
+            writer.close()

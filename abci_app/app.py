@@ -1,0 +1,244 @@
+"""The ABCI 2.0 application: what CometBFT calls, and what each call is obliged to do.
+
+Handlers take and return CometBFT's protobuf types; the rules live in the modules. Any AppError
+becomes a result code; any other exception propagates to the transport, which stops the node
+(fail-stop: a node that cannot apply a block must not guess).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from abci_app import APP_VERSION, SOFTWARE_VERSION
+from abci_app.context import BlockEnv, Ctx
+from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
+from abci_app.msgs import MsgRegistry
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from abci_app.queries import QueryRouter, register_core
+from abci_app.store.db import CommittedStore, StagedCommit
+from abci_app.store.state import State
+from abci_app.tx import DecodedTx, decode_tx
+from abci_app.x.auth import genesis as auth_genesis
+from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
+from abci_app.x.auth.keeper import AuthKeeper
+from abci_app.x.auth.types import STORE as AUTH_STORE
+from abci_app.x.bank import genesis as bank_genesis
+from abci_app.x.bank import handler as bank_handler
+from abci_app.x.bank.keeper import BankKeeper
+from abci_app.x.bank.types import STORE as BANK_STORE
+
+STORES = (AUTH_STORE, BANK_STORE)
+ABCI_VERSION = "2.0.0"
+
+
+class _Discard(Exception):
+    """Raised to roll back a scope whose writes must not be kept (simulation)."""
+
+
+def _timestamp_ns(ts: object) -> int:
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)  # type: ignore[attr-defined]
+
+
+def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0, events: list | None = None):  # type: ignore[no-untyped-def, type-arg]
+    result = abci.ExecTxResult(gas_wanted=gas_wanted, gas_used=gas_used)
+    if err is not None:
+        result.code, result.codespace, result.log = err.code, err.codespace, err.log
+    for ev in events or []:
+        result.events.append(ev.to_pb())
+    return result
+
+
+class Application:
+    def __init__(self, db_path: str | Path) -> None:
+        self.committed = CommittedStore(db_path, STORES)
+        self.auth = AuthKeeper()
+        self.bank = BankKeeper()
+        self.registry = MsgRegistry()
+        bank_handler.register(self.registry, self.bank)
+        self.router = QueryRouter()
+        register_core(self.router, self.auth, self.bank)
+        self.ante = AnteHandler(self.auth, self.bank, SignatureCache())
+        self._block: State | None = None  # genesis or the block being finalized
+        self._pending: tuple[int, StagedCommit, int] | None = None  # (height, staged, time_ns)
+        self._check = State(self.committed)
+        self.chain_id = ""
+        self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0)))
+        self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
+
+    def close(self) -> None:
+        self.committed.close()
+
+    # -- connection: info/query ---------------------------------------------------------
+
+    def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        """Report the last committed height and app hash; CometBFT replays every block after it."""
+        height = self.committed.height
+        return abci.ResponseInfo(
+            data="llmnet",
+            version=SOFTWARE_VERSION,
+            app_version=APP_VERSION,
+            last_block_height=height,
+            last_block_app_hash=self.committed.app_hash if height else b"",
+        )
+
+    def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
+        """Answer from committed state only. `/store/<name>/key` returns raw values (with
+        simple:v ProofOps when prove is set); other paths are typed queries by method name."""
+        height = self.committed.height
+        try:
+            if req.height not in (0, height):
+                raise ErrHeightUnavailable(f"only the latest height {height} is queryable, asked {req.height}")
+            ctx = Ctx(State(self.committed), self._env(height, self.last_time_ns))
+            if req.path.startswith("/store/"):
+                return self._query_store(req, height)
+            value = self.router.run(ctx, req.path, req.data)
+            return abci.ResponseQuery(value=value, height=height)
+        except AppError as err:
+            return abci.ResponseQuery(code=err.code, codespace=err.codespace, log=err.log, height=height)
+
+    def _query_store(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
+        parts = req.path.split("/")
+        if len(parts) != 4 or parts[3] != "key" or parts[2] not in STORES:
+            raise ErrInvalidRequest(f"store path must be /store/<{'|'.join(STORES)}>/key, got {req.path!r}")
+        store = parts[2]
+        value = self.committed.get(store, req.data)
+        if value is None:
+            raise ErrNotFound(f"no value at key {req.data.hex()} in store {store}")
+        resp = abci.ResponseQuery(key=req.data, value=value, height=height)
+        if req.prove:
+            resp.proof_ops.ops.extend(self.committed.prove(store, req.data))
+        return resp
+
+    # -- connection: mempool ------------------------------------------------------------
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        """Validate against the check state (committed state plus txs already admitted since the
+        last Commit) and, if valid, apply it there so the sender's next sequence is admitted too."""
+        result = self._run(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
+        return abci.ResponseCheckTx(
+            code=result.code, codespace=result.codespace, log=result.log,
+            gas_wanted=result.gas_wanted, gas_used=result.gas_used,
+        )
+
+    def simulate(self, raw: bytes) -> abci.ExecTxResult:
+        """Run a tx on the check state and keep nothing."""
+        holder: list[abci.ExecTxResult] = []
+        try:
+            with self._check.scope():
+                holder.append(self._run(self._check, self._check_env(), raw, keep_failed_msgs=False))
+                raise _Discard
+        except _Discard:
+            pass
+        return holder[0]
+
+    # -- connection: consensus ----------------------------------------------------------
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
+        """Load genesis app_state into a fresh block state; it is persisted with block 1's Commit,
+        so a crash before then makes CometBFT call InitChain again."""
+        try:
+            app_state = json.loads(req.app_state_bytes or b"{}")
+        except ValueError as exc:
+            raise ValueError(f"genesis app_state is not JSON: {exc}") from None
+        state = State(self.committed)
+        ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
+        auth_genesis.init_genesis(ctx, self.auth, req.chain_id, app_state.get("auth", {}))
+        bank_genesis.init_genesis(ctx, self.bank, app_state.get("bank", {}))
+        self.chain_id = req.chain_id
+        self._block = state
+        self._check = state.fork()  # the mempool may admit txs before block 1 commits
+        return abci.ResponseInitChain(app_hash=self.committed.stage(state.writes()).app_hash)
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        """Keep, in order, the txs that pass validate_tx and fit in max_tx_bytes."""
+        state = State(self.committed)
+        env = self._env(req.height, _timestamp_ns(req.time))
+        chosen, total = [], 0
+        for raw in req.txs:
+            if total + len(raw) > req.max_tx_bytes:
+                continue
+            if self._validate(state, env, raw) is None:
+                chosen.append(raw)
+                total += len(raw)
+        return abci.ResponsePrepareProposal(txs=chosen)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        """Accept only if every tx passes the same validate_tx PrepareProposal used."""
+        state = State(self.committed)
+        env = self._env(req.height, _timestamp_ns(req.time))
+        ok = all(self._validate(state, env, raw) is None for raw in req.txs)
+        status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
+        return abci.ResponseProcessProposal(status=status)
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        """Execute the decided block on a staged state and return the new app hash. Nothing is
+        persisted here: Commit does that."""
+        state = self._block if self._block is not None else State(self.committed)
+        self._block = None
+        time_ns = _timestamp_ns(req.time)
+        env = self._env(req.height, time_ns, seed=req.hash)
+        results = [self._run(state, env, raw, keep_failed_msgs=True) for raw in req.txs]
+        staged = self.committed.stage(state.writes())
+        self._pending = (req.height, staged, time_ns)
+        return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash)
+
+    def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        """Persist the finalized block in one database transaction and reset the check state."""
+        if self._pending is None:
+            raise RuntimeError("Commit without FinalizeBlock")
+        height, staged, time_ns = self._pending
+        self.committed.commit(staged, height, {"time_ns": str(time_ns).encode()})
+        self._pending = None
+        self.last_time_ns = time_ns
+        self._check = State(self.committed)
+        return abci.ResponseCommit()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"") -> BlockEnv:
+        return BlockEnv(chain_id=self.chain_id if chain_id is None else chain_id,
+                        height=height, time_ns=time_ns, seed=seed)
+
+    def _check_env(self) -> BlockEnv:
+        return self._env(self.committed.height + 1, self.last_time_ns)
+
+    def _decode(self, ctx: Ctx, raw: bytes) -> DecodedTx:
+        """Size check before parsing, so an oversize tx costs no decoding."""
+        check_size(len(raw), self.auth.params(ctx).max_tx_bytes)
+        return decode_tx(raw, self.registry)
+
+    def _validate(self, state: State, env: BlockEnv, raw: bytes) -> AppError | None:
+        """validate_tx: decode and run the ante handler on state, keeping its charges on success."""
+        ctx = Ctx(state, env)
+        try:
+            tx = self._decode(ctx, raw)
+            with state.scope():
+                self.ante.run(ctx, tx)
+        except AppError as err:
+            return err
+        return None
+
+    def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool) -> abci.ExecTxResult:
+        """Full execution: ante, then messages. With keep_failed_msgs (a block), a message failure
+        still charges the fee and sequence; without (the mempool), the whole tx is rejected."""
+        ctx = Ctx(state, env)
+        try:
+            tx = self._decode(ctx, raw)
+        except AppError as err:
+            return _result(err)
+        try:
+            with state.scope():
+                self.ante.run(ctx, tx)
+                ante_events, ctx.events = ctx.events, []
+                try:
+                    with state.scope():
+                        for spec, msg in tx.msgs:
+                            spec.handle(ctx, msg)
+                except AppError as err:
+                    if not keep_failed_msgs:
+                        raise
+                    return _result(err, tx.auth.fee.gas_limit, ctx.gas.used, ante_events)
+        except AppError as err:
+            return _result(err, tx.auth.fee.gas_limit, ctx.gas.used)
+        return _result(None, tx.auth.fee.gas_limit, ctx.gas.used, ante_events + ctx.events)

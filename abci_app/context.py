@@ -1,0 +1,83 @@
+"""What a state transition may see: the block environment, the state, a gas meter, an event sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from abci_app.errors import ErrOutOfGas
+from abci_app.events import Event
+from abci_app.store.state import State
+
+INFINITE_GAS = 1 << 63
+
+
+@dataclass(frozen=True)
+class BlockEnv:
+    """Consensus data a transition may read; passed in, never fetched."""
+
+    chain_id: str
+    height: int
+    time_ns: int
+    """Block header time, nanoseconds since the Unix epoch."""
+    seed: bytes
+    """Consensus-derived randomness seed (the block hash); empty outside FinalizeBlock."""
+
+
+@dataclass
+class GasMeter:
+    limit: int
+    used: int = 0
+
+    def consume(self, amount: int, what: str) -> None:
+        self.used += amount
+        if self.used > self.limit:
+            raise ErrOutOfGas(f"out of gas in {what}: used {self.used}, limit {self.limit}")
+
+
+@dataclass(frozen=True)
+class GasCosts:
+    read_flat: int
+    write_per_byte: int
+
+
+FREE = GasCosts(0, 0)
+
+
+class KV:
+    """One module's store as seen through a context: every access is metered."""
+
+    def __init__(self, ctx: Ctx, name: str) -> None:
+        self._ctx = ctx
+        self._name = name
+
+    def get(self, key: bytes) -> bytes | None:
+        self._ctx.gas.consume(self._ctx.costs.read_flat, "read")
+        return self._ctx.state.get(self._name, key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._ctx.gas.consume(self._ctx.costs.write_per_byte * (len(key) + len(value)), "write")
+        self._ctx.state.set(self._name, key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._ctx.gas.consume(self._ctx.costs.write_per_byte * len(key), "delete")
+        self._ctx.state.delete(self._name, key)
+
+    def iterate(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        items = self._ctx.state.iterate(self._name, prefix)
+        self._ctx.gas.consume(self._ctx.costs.read_flat * (1 + len(items)), "iterate")
+        return items
+
+
+@dataclass
+class Ctx:
+    state: State
+    env: BlockEnv
+    gas: GasMeter = field(default_factory=lambda: GasMeter(INFINITE_GAS))
+    costs: GasCosts = FREE
+    events: list[Event] = field(default_factory=list)
+
+    def kv(self, store: str) -> KV:
+        return KV(self, store)
+
+    def emit(self, ev: Event) -> None:
+        self.events.append(ev)

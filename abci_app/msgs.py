@@ -1,0 +1,42 @@
+"""The message registry: what each message type is, who signs it, how it is checked and run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from abci_app.context import Ctx
+
+
+@dataclass(frozen=True)
+class MsgSpec:
+    cls: type[Message]
+    signer: Callable[[Any], str]
+    """The bech32 address that must sign this message."""
+    validate: Callable[[Any], None]
+    """Stateless checks; raises an AppError."""
+    handle: Callable[[Ctx, Any], None]
+    """The state transition; raises an AppError to reject (its writes are rolled back)."""
+
+    @property
+    def type_url(self) -> str:
+        return "/" + self.cls.DESCRIPTOR.full_name
+
+
+class MsgRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, MsgSpec] = {}
+
+    def register(self, spec: MsgSpec) -> None:
+        if spec.type_url in self._specs:
+            raise ValueError(f"message {spec.type_url} registered twice")
+        self._specs[spec.type_url] = spec
+
+    def get(self, type_url: str) -> MsgSpec | None:
+        return self._specs.get(type_url)
+
+    def type_urls(self) -> list[str]:
+        return sorted(self._specs)

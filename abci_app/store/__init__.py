@@ -1,0 +1,1 @@
+"""State persistence and commitment: SQLite store, incremental Merkle tree, staged overlays."""

@@ -1,0 +1,195 @@
+"""The committed state: one SQLite database (WAL), written in a single transaction per Commit.
+
+Rows are (store, key, value, pos); pos is the key's leaf position in its store's Merkle tree and
+never changes, and a deleted key keeps its row with a NULL value. The Merkle node cache is
+rebuilt from these rows at open, so nothing beside the database can disagree with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from abci_app.pb.tendermint.crypto import proof_pb2
+from abci_app.store.merkle import (
+    MerkleLog,
+    StagedTree,
+    committed_view,
+    hash_from_leaves,
+    kv_leaf,
+)
+
+CACHE_ENTRIES = 200_000
+Writes = Mapping[tuple[str, bytes], bytes | None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+  store TEXT NOT NULL, key BLOB NOT NULL, value BLOB, pos INTEGER NOT NULL,
+  PRIMARY KEY (store, key)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS kv_pos ON kv (store, pos);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class StagedCommit:
+    """Everything Commit needs, computed in FinalizeBlock without touching the database."""
+
+    rows: list[tuple[str, bytes, bytes | None, int]]
+    trees: dict[str, StagedTree]
+    store_roots: dict[str, bytes]
+    app_hash: bytes
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """Smallest key greater than every key with this prefix (None: no upper bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def multistore_root(store_roots: Mapping[str, bytes]) -> bytes:
+    return hash_from_leaves([kv_leaf(n.encode(), store_roots[n]) for n in sorted(store_roots)])
+
+
+class CommittedStore:
+    def __init__(self, path: str | Path, store_names: Iterable[str]) -> None:
+        self.store_names = tuple(sorted(store_names))
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode never corrupts; a power loss can drop the last commit, which
+        # CometBFT's handshake then replays.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.trees: dict[str, MerkleLog] = {}
+        for name in self.store_names:
+            leaves = [
+                kv_leaf(k, v)
+                for k, v in self._db.execute(
+                    "SELECT key, value FROM kv WHERE store=? ORDER BY pos", (name,)
+                )
+            ]
+            self.trees[name] = MerkleLog.from_leaves(leaves)
+        self.store_roots = {n: committed_view(t).root() for n, t in self.trees.items()}
+        self.app_hash = multistore_root(self.store_roots)
+        self.height = int(self.meta("height") or b"0")
+        # Committed values read recently; Commit writes through it, so it is never stale.
+        self._cache: dict[tuple[str, bytes], bytes | None] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get(self, store: str, key: bytes) -> bytes | None:
+        k = (store, key)
+        try:
+            return self._cache[k]
+        except KeyError:
+            pass
+        row = self._db.execute("SELECT value FROM kv WHERE store=? AND key=?", k).fetchone()
+        value = None if row is None or row[0] is None else bytes(row[0])
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[k] = value
+        return value
+
+    def iterate(self, store: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        end = prefix_end(prefix)
+        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL"
+        args: tuple[object, ...] = (store, prefix)
+        if end is not None:
+            sql += " AND key<?"
+            args += (end,)
+        return [(bytes(k), bytes(v)) for k, v in self._db.execute(sql + " ORDER BY key", args)]
+
+    def _position(self, store: str, key: bytes) -> int | None:
+        row = self._db.execute("SELECT pos FROM kv WHERE store=? AND key=?", (store, key)).fetchone()
+        return None if row is None else int(row[0])
+
+    def stage(self, writes: Writes) -> StagedCommit:
+        """New tree and app hash for these writes; reads the database, writes nothing."""
+        by_store: dict[str, list[tuple[bytes, bytes | None]]] = {}
+        for (store, key), value in writes.items():
+            if store not in self.trees:
+                raise KeyError(f"write to unknown store {store!r}")
+            by_store.setdefault(store, []).append((key, value))
+        rows: list[tuple[str, bytes, bytes | None, int]] = []
+        trees: dict[str, StagedTree] = {}
+        roots = dict(self.store_roots)
+        for store in sorted(by_store):
+            tree = self.trees[store]
+            size = tree.size
+            leaves: dict[int, bytes] = {}
+            for key, value in sorted(by_store[store]):
+                pos = self._position(store, key)
+                if pos is None:
+                    if value is None:
+                        continue  # created and deleted before ever being committed
+                    pos, size = size, size + 1
+                leaves[pos] = kv_leaf(key, value)
+                rows.append((store, key, value, pos))
+            staged = tree.stage(leaves, size)
+            trees[store] = staged
+            roots[store] = staged.root()
+        return StagedCommit(rows, trees, roots, multistore_root(roots))
+
+    def commit(self, staged: StagedCommit, height: int, meta: Mapping[str, bytes] | None = None) -> None:
+        """Persist one block atomically, then adopt its trees."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO kv (store, key, value, pos) VALUES (?,?,?,?) "
+                "ON CONFLICT (store, key) DO UPDATE SET value=excluded.value",
+                staged.rows,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?,?)",
+                [("height", str(height).encode()), ("app_hash", staged.app_hash), *(meta or {}).items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for store, key, value, _ in staged.rows:
+            if (store, key) in self._cache:
+                self._cache[(store, key)] = value
+        for store, tree in staged.trees.items():
+            self.trees[store].apply(tree)
+        self.store_roots = dict(staged.store_roots)
+        self.app_hash = staged.app_hash
+        self.height = height
+
+    def prove(self, store: str, key: bytes) -> list[proof_pb2.ProofOp]:
+        """simple:v ProofOps for a present key: key -> store root -> app hash."""
+        pos = self._position(store, key)
+        if pos is None or self.get(store, key) is None:
+            raise KeyError(key)
+        tree = committed_view(self.trees[store])
+        inner = proof_pb2.ValueOp(
+            key=key,
+            proof=proof_pb2.Proof(
+                total=tree.size, index=pos, leaf_hash=tree.node(0, pos), aunts=tree.aunts(pos)
+            ),
+        )
+        names = list(self.store_roots)
+        names.sort()
+        leaves = [kv_leaf(n.encode(), self.store_roots[n]) for n in names]
+        outer_tree = committed_view(MerkleLog.from_leaves(leaves))
+        index = names.index(store)
+        outer = proof_pb2.ValueOp(
+            key=store.encode(),
+            proof=proof_pb2.Proof(
+                total=len(names), index=index, leaf_hash=leaves[index], aunts=outer_tree.aunts(index)
+            ),
+        )
+        return [
+            proof_pb2.ProofOp(type="simple:v", key=key, data=inner.SerializeToString()),
+            proof_pb2.ProofOp(type="simple:v", key=store.encode(), data=outer.SerializeToString()),
+        ]

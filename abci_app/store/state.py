@@ -1,0 +1,73 @@
+"""Pending state over the committed store, with nested scopes that commit or roll back.
+
+A State is what one block (or the mempool's check state) sees: reads fall through the layers to
+the database; writes stay in memory until the block's Commit. `scope()` opens a layer that
+folds into its parent on success and vanishes on any exception, so a rejected transaction
+leaves the state exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from abci_app.store.db import CommittedStore, Writes, prefix_end
+
+Key = tuple[str, bytes]
+
+
+class State:
+    def __init__(self, committed: CommittedStore) -> None:
+        self.committed = committed
+        self._layers: list[dict[Key, bytes | None]] = [{}]
+
+    def get(self, store: str, key: bytes) -> bytes | None:
+        k = (store, key)
+        for layer in reversed(self._layers):
+            if k in layer:
+                return layer[k]
+        return self.committed.get(store, key)
+
+    def set(self, store: str, key: bytes, value: bytes) -> None:
+        self._layers[-1][(store, key)] = value
+
+    def delete(self, store: str, key: bytes) -> None:
+        self._layers[-1][(store, key)] = None
+
+    def iterate(self, store: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Present keys with this prefix, in key order, pending writes included."""
+        merged = dict(self.committed.iterate(store, prefix))
+        end = prefix_end(prefix)
+        for layer in self._layers:
+            for (s, key), value in layer.items():
+                if s != store or not key.startswith(prefix) or (end is not None and key >= end):
+                    continue
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        self._layers.append({})
+        try:
+            yield
+        except BaseException:
+            self._layers.pop()
+            raise
+        top = self._layers.pop()
+        self._layers[-1].update(top)
+
+    def fork(self) -> State:
+        """An independent State that starts with this one's pending writes."""
+        if len(self._layers) != 1:
+            raise RuntimeError("fork() inside an open scope")
+        copy = State(self.committed)
+        copy._layers[0] = dict(self._layers[0])
+        return copy
+
+    def writes(self) -> Writes:
+        if len(self._layers) != 1:
+            raise RuntimeError("writes() inside an open scope")
+        return self._layers[0]

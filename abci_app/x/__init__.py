@@ -1,0 +1,1 @@
+"""State-machine modules, each shaped types / keeper / handler / genesis."""

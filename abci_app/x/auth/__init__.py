@@ -1,0 +1,1 @@
+"""Accounts, sequences, signatures and fees."""

@@ -1,0 +1,21 @@
+"""Auth genesis: params (defaults filled in) and the chain id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from abci_app.context import Ctx
+from abci_app.x.auth.keeper import AuthKeeper
+from abci_app.x.auth.types import default_params
+
+
+def init_genesis(ctx: Ctx, keeper: AuthKeeper, chain_id: str, section: dict[str, Any]) -> None:
+    params = default_params()
+    if "params" in section:
+        json_format.ParseDict(section["params"], params)
+    if params.max_tx_bytes == 0:
+        raise ValueError("genesis auth.params.max_tx_bytes must be positive")
+    keeper.set_params(ctx, params)
+    keeper.set_chain_id(ctx, chain_id)

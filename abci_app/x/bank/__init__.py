@@ -1,0 +1,1 @@
+"""Balances of the native denom, transfers and total supply."""

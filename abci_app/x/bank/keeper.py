@@ -1,0 +1,69 @@
+"""Bank state access and transitions. Every move keeps the total supply unchanged."""
+
+from __future__ import annotations
+
+from abci_app.context import Ctx
+from abci_app.crypto import format_address
+from abci_app.pb.llmnet.bank.v1 import bank_pb2
+from abci_app.x.bank.types import (
+    MAX_AMOUNT,
+    PARAMS_KEY,
+    STORE,
+    SUPPLY_KEY,
+    ErrInsufficientFunds,
+    ErrInvalidAmount,
+    balance_key,
+    transfer_event,
+)
+
+
+def _amount(raw: bytes | None) -> int:
+    return 0 if raw is None else bank_pb2.Balance.FromString(raw).amount
+
+
+class BankKeeper:
+    def params(self, ctx: Ctx) -> bank_pb2.Params:
+        raw = ctx.state.get(STORE, PARAMS_KEY)
+        if raw is None:
+            raise RuntimeError("bank params missing from state")
+        return bank_pb2.Params.FromString(raw)
+
+    def set_params(self, ctx: Ctx, params: bank_pb2.Params) -> None:
+        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+
+    def denom(self, ctx: Ctx) -> str:
+        return self.params(ctx).denom
+
+    def balance(self, ctx: Ctx, address: bytes) -> int:
+        return _amount(ctx.kv(STORE).get(balance_key(address)))
+
+    def supply(self, ctx: Ctx) -> int:
+        return _amount(ctx.kv(STORE).get(SUPPLY_KEY))
+
+    def _set_balance(self, ctx: Ctx, address: bytes, amount: int) -> None:
+        kv = ctx.kv(STORE)
+        if amount == 0:
+            kv.delete(balance_key(address))
+        else:
+            kv.set(balance_key(address), bank_pb2.Balance(amount=amount).SerializeToString())
+
+    def move(self, ctx: Ctx, sender: bytes, recipient: bytes, amount: int) -> None:
+        """Move amount between accounts. Raises ErrInsufficientFunds or ErrInvalidAmount."""
+        if amount <= 0:
+            raise ErrInvalidAmount(f"amount must be positive, got {amount}")
+        have = self.balance(ctx, sender)
+        if have < amount:
+            raise ErrInsufficientFunds(
+                f"{format_address(sender)} has {have}{self.denom(ctx)}, needs {amount}{self.denom(ctx)}"
+            )
+        self._set_balance(ctx, sender, have - amount)
+        self._set_balance(ctx, recipient, self.balance(ctx, recipient) + amount)
+        ctx.emit(transfer_event(format_address(sender), format_address(recipient), amount, self.denom(ctx)))
+
+    def mint_genesis(self, ctx: Ctx, address: bytes, amount: int) -> None:
+        """Create coins at genesis only; the supply grows by the same amount."""
+        supply = self.supply(ctx) + amount
+        if amount <= 0 or supply > MAX_AMOUNT:
+            raise ValueError(f"genesis balance {amount} is not positive or overflows the supply")
+        self._set_balance(ctx, address, self.balance(ctx, address) + amount)
+        ctx.kv(STORE).set(SUPPLY_KEY, bank_pb2.Balance(amount=supply).SerializeToString())

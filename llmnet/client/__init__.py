@@ -1,0 +1,1 @@
+"""The llmnet client: keys, transactions, queries (CLI and importable SDK)."""

@@ -1,0 +1,122 @@
+"""ed25519 signing keys and a file-based keyring.
+
+Each key is DIR/<name>.json. Private keys are encrypted with a passphrase (scrypt + AES-256-GCM)
+unless the key was created with unsafe_plaintext, which only test keyrings should use.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from abci_app.crypto import address_of
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class KeyringError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    seed: bytes
+
+    @classmethod
+    def generate(cls, name: str) -> Key:
+        raw = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return cls(name, raw)
+
+    @property
+    def _private(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def address(self) -> str:
+        return address_of(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+
+def _kdf(salt: bytes) -> Scrypt:
+    return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1)
+
+
+class Keyring:
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise KeyringError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        return self.dir / f"{name}.json"
+
+    def add(self, key: Key, passphrase: str | None, unsafe_plaintext: bool = False) -> None:
+        path = self._path(key.name)
+        if path.exists():
+            raise KeyringError(f"key {key.name!r} already exists in {self.dir}")
+        record: dict[str, str] = {
+            "name": key.name,
+            "address": key.address,
+            "public_key": base64.b64encode(key.public_key).decode(),
+        }
+        if unsafe_plaintext:
+            record["private_key_plaintext"] = base64.b64encode(key.seed).decode()
+        else:
+            if not passphrase:
+                raise KeyringError("a passphrase is required (or --unsafe-plaintext for test keys)")
+            salt, nonce = os.urandom(16), os.urandom(12)
+            sealed = AESGCM(_kdf(salt).derive(passphrase.encode())).encrypt(nonce, key.seed, key.name.encode())
+            record["private_key_encrypted"] = base64.b64encode(salt + nonce + sealed).decode()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    def record(self, name: str) -> dict[str, str]:
+        path = self._path(name)
+        if not path.exists():
+            raise KeyringError(f"no key named {name!r} in {self.dir}")
+        try:
+            data: dict[str, str] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise KeyringError(f"key file {path} is corrupt: {exc}") from None
+        return data
+
+    def is_encrypted(self, name: str) -> bool:
+        return "private_key_encrypted" in self.record(name)
+
+    def load(self, name: str, passphrase: str | None = None) -> Key:
+        rec = self.record(name)
+        if "private_key_plaintext" in rec:
+            return Key(name, base64.b64decode(rec["private_key_plaintext"]))
+        blob = base64.b64decode(rec["private_key_encrypted"])
+        if passphrase is None:
+            raise KeyringError(f"key {name!r} is encrypted: a passphrase is required")
+        salt, nonce, sealed = blob[:16], blob[16:28], blob[28:]
+        try:
+            seed = AESGCM(_kdf(salt).derive(passphrase.encode())).decrypt(nonce, sealed, name.encode())
+        except Exception:  # noqa: BLE001 - any failure here means a wrong passphrase or a tampered file
+            raise KeyringError(f"wrong passphrase for key {name!r}") from None
+        return Key(name, seed)
+
+    def names(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,14 @@ class FatalError(Exception):
 
 
 class ABCIServer:
-    def __init__(self, app: Application, address: str = "tcp://127.0.0.1:26658") -> None:
+    def __init__(
+        self,
+        app: Application,
+        address: str = "tcp://127.0.0.1:26658",
+        observer: Callable[[str, float, abci.Response], None] | None = None,
+    ) -> None:
         self.app = app
+        self.observer = observer
         self.address = address
         self.fatal: BaseException | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -72,8 +79,11 @@ class ABCIServer:
         if kind is None or kind not in self._routes:
             raise FatalError(f"unknown ABCI request {kind!r}")
         field, fn = self._routes[kind]
+        started = time.perf_counter()  # metrics only; the app never sees it
         resp = abci.Response()
         getattr(resp, field).CopyFrom(fn(getattr(req, kind)))
+        if self.observer is not None:
+            self.observer(kind, time.perf_counter() - started, resp)
         return resp
 
     async def start(self) -> None:

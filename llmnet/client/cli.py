@@ -1,0 +1,232 @@
+"""llmnet: keys, transactions and queries against an LLM-Net node's gRPC API."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from abci_app.crypto import parse_address
+from llmnet.client.keys import Key, Keyring, KeyringError
+from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
+from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_KEYRING = 0, 1, 2, 3, 4
+EPILOG = """exit codes:
+  0  success
+  1  the node rejected the request (tx rejected or failed, not found, invalid input)
+  2  bad command-line usage
+  3  node unreachable
+  4  keyring problem (missing key, wrong passphrase)
+
+environment: LLMNET_NODE, LLMNET_KEYRING and LLMNET_PASSPHRASE give defaults for --node,
+--keyring and the key passphrase."""
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    node: str
+    keyring: Path
+    output: str
+    passphrase: str | None
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> CliConfig:
+        """The one place the CLI reads its environment."""
+        return cls(
+            node=args.node or os.environ.get("LLMNET_NODE", "127.0.0.1:9090"),
+            keyring=Path(args.keyring or os.environ.get("LLMNET_KEYRING", "~/.llmnet/keyring")).expanduser(),
+            output=args.output,
+            passphrase=(Path(args.passphrase_file).read_text().strip() if args.passphrase_file
+                        else os.environ.get("LLMNET_PASSPHRASE")),
+        )
+
+
+def _common(top: bool) -> argparse.ArgumentParser:
+    """Global options, accepted before or after the subcommand. Subcommand copies default to
+    SUPPRESS so they do not overwrite a value given before the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    none = None if top else argparse.SUPPRESS
+    common.add_argument("--node", default=none, help="gRPC API of a node, host:port (default 127.0.0.1:9090)")
+    common.add_argument("--keyring", default=none, help="keyring directory (default ~/.llmnet/keyring)")
+    common.add_argument("--output", choices=("text", "json"), default="text" if top else argparse.SUPPRESS,
+                        help="output format")
+    common.add_argument("--passphrase-file", default=none, help="file holding the key passphrase (else prompt)")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common(top=False)
+    p = argparse.ArgumentParser(prog="llmnet", description="LLM-Net client: keys, transactions, queries.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[_common(top=True)])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="sub", required=True)
+    add = keys.add_parser("add", help="create a new ed25519 key", parents=[common])
+    add.add_argument("name")
+    add.add_argument("--unsafe-plaintext", action="store_true",
+                     help="store the private key unencrypted (test keyrings only)")
+    keys.add_parser("list", help="list keys", parents=[common])
+    show = keys.add_parser("show", help="show one key", parents=[common])
+    show.add_argument("name")
+    show.add_argument("--address", action="store_true", help="print only the address")
+
+    tx = sub.add_parser("tx", help="sign and broadcast transactions").add_subparsers(dest="sub", required=True)
+    send = tx.add_parser("send", help="transfer tokens", parents=[common])
+    send.add_argument("from_key", help="name of the signing key")
+    send.add_argument("to", help="recipient address or key name")
+    send.add_argument("amount", type=int, help="amount in the smallest unit of the native denom")
+    send.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
+    send.add_argument("--gas", type=int, default=DEFAULT_GAS_LIMIT, help=f"gas limit (default {DEFAULT_GAS_LIMIT})")
+    send.add_argument("--memo", default="")
+    send.add_argument("--timeout-height", type=int, default=0, help="reject the tx after this height")
+    send.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
+
+    q = sub.add_parser("query", help="read chain state").add_subparsers(dest="sub", required=True)
+    for name, text in (("balance", "balance of an address or key"), ("account", "account record")):
+        qp = q.add_parser(name, help=text, parents=[common])
+        qp.add_argument("who", help="address or key name")
+    qt = q.add_parser("tx", help="a committed tx by hash", parents=[common])
+    qt.add_argument("hash")
+    q.add_parser("supply", help="total supply", parents=[common])
+    q.add_parser("params", help="chain parameters", parents=[common])
+    sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
+    return p
+
+
+def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if cfg.output == "json" else text)
+
+
+def _pb(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _resolve(cfg: CliConfig, who: str) -> str:
+    try:
+        parse_address(who)
+        return who
+    except ValueError:
+        pass
+    try:
+        return Keyring(cfg.keyring).record(who)["address"]
+    except KeyringError:
+        raise KeyringError(f"{who!r} is neither a valid address nor a key in {cfg.keyring}") from None
+
+
+def _load_key(cfg: CliConfig, name: str) -> Key:
+    ring = Keyring(cfg.keyring)
+    passphrase = cfg.passphrase
+    if ring.is_encrypted(name) and passphrase is None:
+        passphrase = getpass.getpass(f"passphrase for {name}: ")
+    return ring.load(name, passphrase)
+
+
+def _keys(cfg: CliConfig, args: argparse.Namespace) -> int:
+    ring = Keyring(cfg.keyring)
+    if args.sub == "add":
+        passphrase = None
+        if not args.unsafe_plaintext:
+            passphrase = cfg.passphrase
+            if passphrase is None:
+                passphrase = getpass.getpass("new passphrase: ")
+                if getpass.getpass("repeat passphrase: ") != passphrase:
+                    raise KeyringError("passphrases differ")
+        key = Key.generate(args.name)
+        ring.add(key, passphrase, unsafe_plaintext=args.unsafe_plaintext)
+        _emit(cfg, {"name": key.name, "address": key.address}, f"{key.name}: {key.address}")
+    elif args.sub == "list":
+        rows = [ring.record(n) for n in ring.names()]
+        _emit(cfg, {"keys": [{"name": r["name"], "address": r["address"]} for r in rows]},
+              "\n".join(f"{r['name']}: {r['address']}" for r in rows) or "(no keys)")
+    else:
+        rec = ring.record(args.name)
+        data = {"name": rec["name"], "address": rec["address"], "public_key": rec["public_key"],
+                "encrypted": "private_key_encrypted" in rec}
+        _emit(cfg, data, rec["address"] if args.address else
+              f"name: {rec['name']}\naddress: {rec['address']}\npublic_key: {rec['public_key']}")
+    return EXIT_OK
+
+
+def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    if args.amount <= 0:
+        raise ValueError("amount must be positive")
+    key = _load_key(cfg, args.from_key)
+    to = _resolve(cfg, args.to)
+    sender = Sender(client, key)
+    sent = sender.send([send_msg(key.address, to, args.amount)], fee=args.fee, gas_limit=args.gas,
+                       memo=args.memo, timeout_height=args.timeout_height)
+    if args.no_wait:
+        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True}, f"broadcast {sent.tx_hash} (accepted by CheckTx)")
+        return EXIT_OK
+    res = client.wait_tx(sent.tx_hash)
+    r = res.result
+    data = {"tx_hash": res.tx_hash, "height": res.height, "code": r.code, "codespace": r.codespace,
+            "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted}
+    if r.code:
+        _emit(cfg, data, f"tx {res.tx_hash} failed in block {res.height} ({r.codespace}/{r.code}): {r.log}")
+        return EXIT_FAILED
+    _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} (gas {r.gas_used}/{r.gas_wanted})")
+    return EXIT_OK
+
+
+def _query(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    if args.sub == "balance":
+        b = client.balance(_resolve(cfg, args.who))
+        _emit(cfg, _pb(b), f"{b.amount}{b.denom} (height {b.height})")
+    elif args.sub == "account":
+        a = client.account(_resolve(cfg, args.who))
+        _emit(cfg, _pb(a), f"address: {a.account.address}\nsequence: {a.account.sequence}\nheight: {a.height}")
+    elif args.sub == "tx":
+        t = client.get_tx(args.hash)
+        _emit(cfg, _pb(t), f"tx {t.tx_hash} in block {t.height}: code {t.result.code} {t.result.log}".rstrip())
+    elif args.sub == "supply":
+        s = client.supply()
+        _emit(cfg, _pb(s), f"{s.amount}{s.denom} (height {s.height})")
+    else:
+        p = client.params()
+        _emit(cfg, _pb(p), json.dumps(_pb(p), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = CliConfig.load(args)
+        if args.cmd == "keys":
+            return _keys(cfg, args)
+        with Client(cfg.node) as client:
+            if args.cmd == "status":
+                s = client.status()
+                _emit(cfg, {"chain_id": s.chain_id, "height": s.height, "app_hash": s.app_hash.hex().upper(),
+                            "app_version": s.app_version},
+                      f"chain {s.chain_id} height {s.height} app_hash {s.app_hash.hex().upper()}")
+                return EXIT_OK
+            return _tx(cfg, args, client) if args.cmd == "tx" else _query(cfg, args, client)
+    except NodeUnreachable as exc:
+        print(f"llmnet: error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyringError as exc:
+        print(f"llmnet: error: {exc}", file=sys.stderr)
+        return EXIT_KEYRING
+    except TxRejected as exc:
+        if cfg.output == "json":
+            print(json.dumps({"tx_hash": exc.tx_hash, "code": exc.code, "codespace": exc.codespace, "log": exc.log}))
+        print(f"llmnet: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ClientError, ValueError, OSError) as exc:
+        print(f"llmnet: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The importable client: talk to a node's gRPC API, sign and send transactions.
+
+    client = Client("127.0.0.1:9090")
+    sender = Sender(client, keyring.load("alice"))
+    result = sender.send([send_msg(alice, bob, 5)])
+    committed = client.wait_tx(result.tx_hash)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import Message
+
+from abci_app.pb.llmnet.node.v1 import node_pb2, node_pb2_grpc
+from abci_app.pb.llmnet.query.v1 import query_pb2, query_pb2_grpc
+from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
+from abci_app.x.auth.ante import required_fee
+from llmnet.client.keys import Key
+from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, build_tx
+
+WRONG_SEQUENCE = ("tx", 3)
+
+
+class ClientError(Exception):
+    """A request failed; `status` is the gRPC status code when the node answered."""
+
+    def __init__(self, message: str, status: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NodeUnreachable(ClientError):
+    pass
+
+
+class TxRejected(ClientError):
+    def __init__(self, tx_hash: str, code: int, codespace: str, log: str) -> None:
+        super().__init__(f"tx rejected: {log}")
+        self.tx_hash, self.code, self.codespace, self.log = tx_hash, code, codespace, log
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    tx_hash: str
+    sequence: int
+
+
+class Client:
+    def __init__(self, node: str = "127.0.0.1:9090", timeout: float = 10.0) -> None:
+        self.node = node
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(node)
+        self.tx = service_pb2_grpc.TxServiceStub(self._channel)
+        self.query = query_pb2_grpc.QueryServiceStub(self._channel)
+        self.node_api = node_pb2_grpc.NodeServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn, request: Message) -> Message:  # type: ignore[no-untyped-def]
+        try:
+            response: Message = fn(request, timeout=self.timeout)
+            return response
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise NodeUnreachable(f"node {self.node} unreachable: {err.details()}", code) from None  # type: ignore[attr-defined]
+            raise ClientError(err.details(), code) from None  # type: ignore[attr-defined]
+
+    def status(self) -> node_pb2.StatusResponse:
+        return self._call(self.node_api.Status, node_pb2.StatusRequest())  # type: ignore[return-value]
+
+    def account(self, address: str) -> query_pb2.AccountResponse:
+        return self._call(self.query.Account, query_pb2.AccountRequest(address=address))  # type: ignore[return-value]
+
+    def balance(self, address: str) -> query_pb2.BalanceResponse:
+        return self._call(self.query.Balance, query_pb2.BalanceRequest(address=address))  # type: ignore[return-value]
+
+    def supply(self) -> query_pb2.SupplyResponse:
+        return self._call(self.query.Supply, query_pb2.SupplyRequest())  # type: ignore[return-value]
+
+    def params(self) -> query_pb2.ParamsResponse:
+        return self._call(self.query.Params, query_pb2.ParamsRequest())  # type: ignore[return-value]
+
+    def sequence(self, address: str) -> int:
+        try:
+            return int(self.account(address).account.sequence)
+        except ClientError as err:
+            if err.status == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+
+    def broadcast(self, tx: bytes) -> service_pb2.BroadcastTxResponse:
+        return self._call(self.tx.BroadcastTx, service_pb2.BroadcastTxRequest(tx=tx))  # type: ignore[return-value]
+
+    def simulate(self, tx: bytes) -> service_pb2.SimulateResponse:
+        return self._call(self.tx.Simulate, service_pb2.SimulateRequest(tx=tx))  # type: ignore[return-value]
+
+    def get_tx(self, tx_hash: str) -> service_pb2.GetTxResponse:
+        return self._call(self.tx.GetTx, service_pb2.GetTxRequest(tx_hash=tx_hash))  # type: ignore[return-value]
+
+    def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.2) -> service_pb2.GetTxResponse:
+        """Poll until the tx is in a committed block. Raises ClientError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.get_tx(tx_hash)
+            except ClientError as err:
+                if err.status != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                    if err.status == grpc.StatusCode.NOT_FOUND:
+                        raise ClientError(f"tx {tx_hash} not committed within {timeout:.0f}s",
+                                          grpc.StatusCode.DEADLINE_EXCEEDED) from None
+                    raise
+            time.sleep(poll)
+
+
+class Sender:
+    """Signs and broadcasts txs for one key, tracking its sequence locally so that several txs
+    can be sent before the next block (pipelining). Re-reads the sequence from the node when
+    the node says it is wrong, and retries once."""
+
+    def __init__(self, client: Client, key: Key, chain_id: str | None = None) -> None:
+        self.client = client
+        self.key = key
+        self.chain_id = chain_id or client.status().chain_id
+        self._sequence: int | None = None
+        self._min_gas_price: int | None = None
+
+    def fee_for(self, gas_limit: int) -> int:
+        if self._min_gas_price is None:
+            self._min_gas_price = int(self.client.params().auth.min_gas_price_micro)
+        return required_fee(gas_limit, self._min_gas_price)
+
+    def sign(self, msgs: list[Message], sequence: int, fee: int | None = None,
+             gas_limit: int = DEFAULT_GAS_LIMIT, memo: str = "", timeout_height: int = 0) -> bytes:
+        fee = self.fee_for(gas_limit) if fee is None else fee
+        return build_tx(self.key, self.chain_id, sequence, msgs, fee, gas_limit, memo, timeout_height)
+
+    def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int = DEFAULT_GAS_LIMIT,
+             memo: str = "", timeout_height: int = 0) -> Broadcast:
+        """Broadcast; returns once CheckTx accepted it. Raises TxRejected with the app's code."""
+        for attempt in range(2):
+            if self._sequence is None:
+                self._sequence = self.client.sequence(self.key.address)
+            seq = self._sequence
+            tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
+            res = self.client.broadcast(tx)
+            if res.check.code == 0:
+                self._sequence = seq + 1
+                return Broadcast(res.tx_hash, seq)
+            if (res.check.codespace, res.check.code) == WRONG_SEQUENCE and attempt == 0:
+                self._sequence = None
+                continue
+            raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
+        raise AssertionError("unreachable")

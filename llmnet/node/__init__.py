@@ -1,0 +1,1 @@
+"""llmnetd: the node process around the state machine."""

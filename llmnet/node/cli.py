@@ -1,0 +1,130 @@
+"""llmnetd: run an LLM-Net node.
+
+Exit codes: 0 success; 1 the node stopped on a fatal error or a command failed; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from llmnet.node import genesis
+from llmnet.node.config import ConfigError, NodeConfig, find_cometbft, load
+from llmnet.node.init import init_home
+from llmnet.node.localnet import Localnet, LocalnetError
+
+DEFAULT_HOME = "~/.llmnet/node"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmnetd",
+        description="Run an LLM-Net node: the Python ABCI app behind CometBFT.",
+        epilog="Exit codes: 0 ok, 1 failure (including a fatal app error), 2 bad usage.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    init = sub.add_parser("init", help="create a node home: CometBFT files, genesis app_state, app.toml")
+    init.add_argument("--home", default=DEFAULT_HOME, help=f"node home directory (default {DEFAULT_HOME})")
+    init.add_argument("--chain-id", required=True, help="chain id written into genesis.json")
+    init.add_argument("--moniker", default="llmnet-node", help="node name shown to peers")
+    init.add_argument("--cometbft", help="path to the cometbft binary (default: ./bin/cometbft, then PATH)")
+
+    start = sub.add_parser(
+        "start", help="run the app: ABCI server, gRPC API and metrics (run `cometbft start` beside it)",
+        description="Run the app process. CometBFT runs as its own process "
+                    "(`cometbft start --home HOME`) and connects to the ABCI address.")
+    start.add_argument("--home", default=DEFAULT_HOME, help=f"node home directory (default {DEFAULT_HOME})")
+    start.add_argument("--abci", dest="abci_address", help="ABCI listen address, tcp://host:port or unix://path")
+    start.add_argument("--grpc", dest="grpc_address", help="gRPC API listen address host:port (default 127.0.0.1:9090)")
+    start.add_argument("--metrics", dest="metrics_address", help="Prometheus listen address host:port ('' = off)")
+    start.add_argument("--cometbft-rpc", dest="cometbft_rpc", help="CometBFT RPC URL the API forwards to")
+    start.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+
+    gen = sub.add_parser("genesis", help="edit genesis.json before the chain starts")
+    gsub = gen.add_subparsers(dest="gcmd", required=True)
+    add = gsub.add_parser("add-account", help="fund an address in genesis")
+    add.add_argument("address", help="bech32 address (llm1...)")
+    add.add_argument("amount", type=int, help="amount in the native denom's smallest unit")
+    add.add_argument("--home", default=DEFAULT_HOME)
+
+    ln = sub.add_parser("localnet", help="run an N-validator network on loopback (development and tests)")
+    lsub = ln.add_subparsers(dest="lcmd", required=True)
+    ls = lsub.add_parser("start", help="create the network if DIR has none, then start every node")
+    ls.add_argument("--home", required=True, help="directory for the network's nodes, logs and keyring")
+    ls.add_argument("--validators", type=int, default=4, help="number of validators (default 4)")
+    ls.add_argument("--chain-id", default="llmnet-local")
+    ls.add_argument("--base-port", type=int, default=26600, help="node i uses base+10i .. base+10i+4")
+    ls.add_argument("--accounts", type=int, default=10, help="funded test keys to create (default 10)")
+    ls.add_argument("--timeout-commit", default="500ms", help="CometBFT consensus.timeout_commit")
+    ls.add_argument("--cometbft", help="path to the cometbft binary")
+    for name, text in (("stop", "stop every process of the network"), ("status", "show each node's state")):
+        sp = lsub.add_parser(name, help=text)
+        sp.add_argument("--home", required=True)
+        sp.add_argument("--output", choices=("text", "json"), default="text")
+    return p
+
+
+def _localnet(args: argparse.Namespace) -> int:
+    net = Localnet(args.home, getattr(args, "cometbft", None))
+    if args.lcmd == "start":
+        if not net.exists():
+            net.create(args.validators, args.chain_id, args.base_port, args.accounts, args.timeout_commit)
+        net.start()
+        print(f"localnet running: {net.home / 'localnet.json'}")
+        for row in net.status():
+            print(f"  node{row['node']}: rpc {row['rpc']} grpc {row['grpc']} height {row['height']}")
+        return 0
+    if args.lcmd == "stop":
+        net.stop()
+        print("localnet stopped" if args.output == "text" else json.dumps({"stopped": True}))
+        return 0
+    rows = net.status()
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            state = "up" if row["app_running"] and row["cometbft_running"] else "down"
+            print(f"node{row['node']}: {state:4} height {row['height']} app_hash {row['app_hash']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "init":
+            cfg = init_home(Path(args.home).expanduser().resolve(), args.chain_id, find_cometbft(args.cometbft),
+                            moniker=args.moniker)
+            print(f"initialized {cfg.home} for chain {args.chain_id}")
+            return 0
+        if args.cmd == "start":
+            cfg = load(args.home, abci_address=args.abci_address, grpc_address=args.grpc_address,
+                       metrics_address=args.metrics_address, cometbft_rpc=args.cometbft_rpc,
+                       log_level=args.log_level)
+            logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            return asyncio.run(_run(cfg))
+        if args.cmd == "genesis":
+            home = Path(args.home).expanduser().resolve()
+            doc = genesis.read(home)
+            genesis.add_balance(doc, args.address, args.amount)
+            genesis.write(home, doc)
+            print(f"funded {args.address} with {args.amount} in {home / genesis.GENESIS}")
+            return 0
+        return _localnet(args)
+    except (ConfigError, LocalnetError, ValueError, FileNotFoundError) as exc:
+        print(f"llmnetd: error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(cfg: NodeConfig) -> int:
+    from llmnet.node.run import run  # noqa: PLC0415 - keeps `llmnetd --help` fast
+
+    return await run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

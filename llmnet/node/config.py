@@ -1,0 +1,120 @@
+"""Node configuration: HOME/config/app.toml, loaded and validated once at start.
+
+CometBFT keeps its own HOME/config/config.toml and genesis.json; this file holds only what the
+app process needs. Every field has a default, and a missing file means all defaults.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+APP_TOML = "config/app.toml"
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    abci_address: str = "tcp://127.0.0.1:26658"
+    """Where the app listens for CometBFT (config.toml proxy_app must match)."""
+    grpc_address: str = "127.0.0.1:9090"
+    """The app's gRPC API: tx broadcast/simulate/get, typed queries, health, reflection."""
+    metrics_address: str = "127.0.0.1:26670"
+    """Prometheus /metrics; empty string turns it off."""
+    cometbft_rpc: str = "http://127.0.0.1:26657"
+    """CometBFT RPC the gRPC API forwards broadcasts and tx lookups to."""
+    db_path: str = "data/llmnet.sqlite"
+    """App state database, relative to home."""
+    log_level: str = "info"
+
+    @property
+    def db_file(self) -> Path:
+        path = Path(self.db_path)
+        return path if path.is_absolute() else self.home / path
+
+    def validate(self) -> NodeConfig:
+        if not self.abci_address.startswith(("tcp://", "unix://")):
+            raise ConfigError(f"abci_address must start with tcp:// or unix://, got {self.abci_address!r}")
+        for name in ("grpc_address", "metrics_address"):
+            value = getattr(self, name)
+            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+                raise ConfigError(f"{name} must be host:port, got {value!r}")
+        if not self.cometbft_rpc.startswith(("http://", "https://")):
+            raise ConfigError(f"cometbft_rpc must be an http(s) URL, got {self.cometbft_rpc!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        return self
+
+    def to_toml(self) -> str:
+        lines = ["# llmnetd app configuration (CometBFT's own settings are in config.toml)"]
+        for key, value in asdict(self).items():
+            if key != "home":
+                lines.append(f"{key} = {toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load(home: str | Path, **overrides: str | None) -> NodeConfig:
+    """Read HOME/config/app.toml, apply non-None overrides, validate."""
+    home = Path(home).expanduser().resolve()
+    values: dict[str, object] = {}
+    path = home / APP_TOML
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    known = {f.name for f in fields(NodeConfig)} - {"home"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return NodeConfig(home=home, **values).validate()  # type: ignore[arg-type]
+
+
+def find_cometbft(explicit: str | None = None) -> str:
+    """The cometbft binary: an explicit path, else ./bin/cometbft of this checkout, else PATH."""
+    if explicit:
+        return explicit
+    local = Path(__file__).resolve().parents[2] / "bin" / "cometbft"
+    if local.exists():
+        return str(local)
+    found = shutil.which("cometbft")
+    if found is None:
+        raise ConfigError("cometbft not found: run `make install` or pass --cometbft PATH")
+    return found
+
+
+def set_toml_values(text: str, section: str, values: dict[str, object]) -> str:
+    """Rewrite `key = value` lines inside one [section] of CometBFT's config.toml ("" = top level)."""
+    lines = text.splitlines()
+    current = ""
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1]
+            continue
+        if current != section or "=" not in stripped or stripped.startswith("#"):
+            continue
+        key = stripped.split("=", 1)[0].strip()
+        if key in values:
+            lines[i] = f"{key} = {toml_value(values[key])}"
+            seen.add(key)
+    missing = sorted(set(values) - seen)
+    if missing:
+        raise ConfigError(f"config.toml section [{section}] has no keys {missing}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+"""CometBFT genesis.json with LLM-Net's app_state: create, read, add balances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from abci_app.crypto import parse_address
+from abci_app.x.auth.types import default_params as auth_defaults
+from abci_app.x.bank.types import default_params as bank_defaults
+
+GENESIS = "config/genesis.json"
+
+
+def default_app_state() -> dict[str, Any]:
+    return {
+        "auth": {"params": json_format.MessageToDict(auth_defaults(), preserving_proto_field_name=True)},
+        "bank": {
+            "params": json_format.MessageToDict(bank_defaults(), preserving_proto_field_name=True),
+            "balances": [],
+        },
+    }
+
+
+def read(home: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((home / GENESIS).read_text())
+    return data
+
+
+def write(home: Path, genesis: dict[str, Any]) -> None:
+    path = home / GENESIS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(genesis, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def add_balance(genesis: dict[str, Any], address: str, amount: int) -> None:
+    """Fund address at genesis (adds to an existing entry). Raises ValueError on bad input."""
+    parse_address(address)
+    if amount <= 0:
+        raise ValueError(f"amount must be positive, got {amount}")
+    balances = genesis.setdefault("app_state", {}).setdefault("bank", {}).setdefault("balances", [])
+    for entry in balances:
+        if entry["address"] == address:
+            entry["amount"] = str(int(entry["amount"]) + amount)
+            return
+    balances.append({"address": address, "amount": str(amount)})

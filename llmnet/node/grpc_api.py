@@ -1,0 +1,173 @@
+"""The node's gRPC API. Servicers translate protobuf to app calls and back; nothing is decided here.
+
+QueryService is served straight from the app's query router (raw request bytes in, raw response
+bytes out), so gRPC and ABCI Query can never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from abci_app.app import Application
+from abci_app.pb.llmnet.node.v1 import node_pb2, node_pb2_grpc
+from abci_app.pb.llmnet.query.v1 import query_pb2
+from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from abci_app.queries import QUERY_SERVICE
+from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
+from llmnet.node.metrics import NodeMetrics
+
+_QUERY_STATUS = {
+    ("query", 2): grpc.StatusCode.NOT_FOUND,
+    ("query", 3): grpc.StatusCode.INVALID_ARGUMENT,
+    ("query", 4): grpc.StatusCode.UNIMPLEMENTED,
+    ("query", 5): grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+def status_for(codespace: str, code: int) -> grpc.StatusCode:
+    """The gRPC status that an app error code maps to; unknown pairs are bad input."""
+    return _QUERY_STATUS.get((codespace, code), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _tx_result(code: int, codespace: str, log: str, gas_wanted: int, gas_used: int,
+               events: list[Any]) -> service_pb2.TxResult:
+    return service_pb2.TxResult(
+        code=code, codespace=codespace, log=log, gas_wanted=gas_wanted, gas_used=gas_used,
+        events=[
+            service_pb2.Event(type=e["type"], attributes=[
+                service_pb2.Attribute(key=a["key"], value=a.get("value", "")) for a in e.get("attributes", [])
+            ])
+            for e in events
+        ],
+    )
+
+
+class TxServicer(service_pb2_grpc.TxServiceServicer):
+    def __init__(self, app: Application, rpc: CometRPC) -> None:
+        self.app = app
+        self.rpc = rpc
+
+    async def BroadcastTx(self, request: service_pb2.BroadcastTxRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> service_pb2.BroadcastTxResponse:
+        if not request.tx:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tx is empty")
+        try:
+            res = await self.rpc.broadcast_tx_sync(request.tx)
+        except RPCUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except RPCError as exc:
+            text = str(exc)
+            code = grpc.StatusCode.ALREADY_EXISTS if "already exists" in text else (
+                grpc.StatusCode.RESOURCE_EXHAUSTED if "full" in text else grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(code, f"CometBFT refused the tx: {text}")
+        check = service_pb2.TxResult(code=int(res.get("code", 0)), codespace=res.get("codespace", ""),
+                                     log=res.get("log", ""))
+        return service_pb2.BroadcastTxResponse(tx_hash=res["hash"], check=check)
+
+    async def Simulate(self, request: service_pb2.SimulateRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> service_pb2.SimulateResponse:
+        r = self.app.simulate(request.tx)
+        events = [{"type": e.type, "attributes": [{"key": a.key, "value": a.value} for a in e.attributes]}
+                  for e in r.events]
+        return service_pb2.SimulateResponse(
+            result=_tx_result(r.code, r.codespace, r.log, r.gas_wanted, r.gas_used, events))
+
+    async def GetTx(self, request: service_pb2.GetTxRequest,  # noqa: N802
+                    context: grpc.aio.ServicerContext) -> service_pb2.GetTxResponse:
+        try:
+            tx_hash = bytes.fromhex(request.tx_hash.removeprefix("0x"))
+            if len(tx_hash) != 32:
+                raise ValueError
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tx_hash must be 64 hex characters")
+        try:
+            res = await self.rpc.tx(tx_hash)
+        except RPCUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except RPCError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"tx {request.tx_hash}: {exc}")
+        r = res["tx_result"]
+        return service_pb2.GetTxResponse(
+            tx_hash=res["hash"], height=int(res["height"]), index=int(res.get("index", 0)),
+            tx=base64.b64decode(res["tx"]),
+            result=_tx_result(int(r.get("code", 0)), r.get("codespace", ""), r.get("log", ""),
+                              int(r.get("gas_wanted", 0)), int(r.get("gas_used", 0)), r.get("events", [])),
+        )
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, app: Application, rpc_url: str) -> None:
+        self.app = app
+        self.rpc_url = rpc_url
+
+    async def Status(self, request: node_pb2.StatusRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> node_pb2.StatusResponse:
+        info = self.app.info(abci.RequestInfo())
+        return node_pb2.StatusResponse(
+            chain_id=self.app.chain_id, height=info.last_block_height, app_hash=info.last_block_app_hash,
+            app_version=info.version, cometbft_rpc=self.rpc_url)
+
+
+def _query_handler(app: Application, path: str) -> grpc.RpcMethodHandler:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        resp = app.query(abci.RequestQuery(path=path, data=request))
+        if resp.code:
+            await context.abort(status_for(resp.codespace, resp.code), resp.log)
+        return bytes(resp.value)
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+class _Counting(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.metrics.grpc.labels(details.method, "received").inc()
+        return await continuation(details)
+
+
+@dataclass
+class NodeAPI:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    services: tuple[str, ...]
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *self.services):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def create_server(app: Application, address: str, rpc: CometRPC,
+                  metrics: NodeMetrics | None = None) -> tuple[NodeAPI, int]:
+    """Build the API server bound to address (port 0 picks a free port). Returns (api, port)."""
+    server = grpc.aio.server(interceptors=[_Counting(metrics)] if metrics else [])
+    service_pb2_grpc.add_TxServiceServicer_to_server(TxServicer(app, rpc), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, rpc.url), server)
+    methods = {name: _query_handler(app, f"/{QUERY_SERVICE}/{name}")
+               for name in query_pb2.DESCRIPTOR.services_by_name["QueryService"].methods_by_name}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(QUERY_SERVICE, methods),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (
+        service_pb2.DESCRIPTOR.services_by_name["TxService"].full_name,
+        node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+        QUERY_SERVICE,
+    )
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC API to {address}")
+    return NodeAPI(server, health_servicer, services), port

@@ -1,0 +1,247 @@
+"""`llmnetd localnet`: an N-validator network on loopback for development and tests.
+
+Node i lives in DIR/node<i> and uses ports base+10i (p2p), +1 (CometBFT RPC), +2 (ABCI),
++3 (gRPC API), +4 (metrics). Each node is two processes, the app and CometBFT, started in their
+own sessions with pids and logs beside their home. DIR/localnet.json tells tools where things
+are; DIR/keyring holds the funded test keys (plaintext: test use only).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llmnet.client.keys import Key, Keyring
+from llmnet.node import genesis
+from llmnet.node.config import NodeConfig, find_cometbft, set_toml_values
+from llmnet.node.init import init_home
+
+MANIFEST = "localnet.json"
+FUNDS_PER_KEY = 10**12
+
+
+class LocalnetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    p2p: int
+    rpc: int
+    abci: int
+    grpc: int
+    metrics: int
+
+    @classmethod
+    def for_node(cls, base: int, i: int) -> Ports:
+        b = base + 10 * i
+        return cls(b, b + 1, b + 2, b + 3, b + 4)
+
+
+def node_id(home: Path) -> str:
+    """CometBFT's node ID: hex of the first 20 bytes of sha256(node public key)."""
+    key = json.loads((home / "config" / "node_key.json").read_text())
+    public = base64.b64decode(key["priv_key"]["value"])[32:]
+    return hashlib.sha256(public).digest()[:20].hex()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] not in "ZX"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _wait_port(port: int, timeout: float, what: str, pid: int) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if not _alive(pid):
+            raise LocalnetError(f"{what} exited during start-up; see its log")
+        time.sleep(0.1)
+    raise LocalnetError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+class Localnet:
+    def __init__(self, home: str | Path, cometbft: str | None = None) -> None:
+        self.home = Path(home).expanduser().resolve()
+        self._cometbft = cometbft
+
+    @property
+    def cometbft(self) -> str:
+        return find_cometbft(self._cometbft)
+
+    # -- creation -----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.home / MANIFEST).exists()
+
+    def create(self, validators: int, chain_id: str = "llmnet-local", base_port: int = 26600,
+               accounts: int = 10, timeout_commit: str = "500ms") -> dict[str, Any]:
+        if validators < 1:
+            raise LocalnetError("--validators must be at least 1")
+        if self.exists():
+            raise LocalnetError(f"{self.home / MANIFEST} exists; stop and delete {self.home} to make a new one")
+        nodes = []
+        for i in range(validators):
+            ports = Ports.for_node(base_port, i)
+            home = self.home / f"node{i}"
+            cfg = NodeConfig(
+                home=home, abci_address=f"tcp://127.0.0.1:{ports.abci}",
+                grpc_address=f"127.0.0.1:{ports.grpc}", metrics_address=f"127.0.0.1:{ports.metrics}",
+                cometbft_rpc=f"http://127.0.0.1:{ports.rpc}",
+            )
+            init_home(home, chain_id, self.cometbft, moniker=f"node{i}", app=cfg)
+            nodes.append((home, ports))
+        keyring = Keyring(self.home / "keyring")
+        names = ["faucet"] + [f"user{i}" for i in range(1, accounts)]
+        keys = [Key.generate(n) for n in names]
+        for key in keys:
+            keyring.add(key, passphrase=None, unsafe_plaintext=True)
+        doc = genesis.read(nodes[0][0])
+        doc["validators"] = []
+        for i, (home, _) in enumerate(nodes):
+            pv = json.loads((home / "config" / "priv_validator_key.json").read_text())
+            doc["validators"].append(
+                {"address": pv["address"], "pub_key": pv["pub_key"], "power": "10", "name": f"node{i}"})
+        for key in keys:
+            genesis.add_balance(doc, key.address, FUNDS_PER_KEY)
+        peers = ",".join(f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes)
+        for i, (home, ports) in enumerate(nodes):
+            genesis.write(home, doc)
+            toml = home / "config" / "config.toml"
+            text = toml.read_text()
+            text = set_toml_values(text, "rpc", {"laddr": f"tcp://127.0.0.1:{ports.rpc}"})
+            text = set_toml_values(text, "p2p", {
+                "laddr": f"tcp://127.0.0.1:{ports.p2p}",
+                "persistent_peers": ",".join(p for j, p in enumerate(peers.split(",")) if j != i),
+                "allow_duplicate_ip": True, "addr_book_strict": False,
+            })
+            text = set_toml_values(text, "consensus", {"timeout_commit": timeout_commit, "timeout_propose": "1s"})
+            toml.write_text(text)
+        manifest = {
+            "chain_id": chain_id,
+            "nodes": [
+                {"home": str(h), "rpc": f"127.0.0.1:{p.rpc}", "grpc": f"127.0.0.1:{p.grpc}",
+                 "p2p": f"127.0.0.1:{p.p2p}", "abci": f"127.0.0.1:{p.abci}", "metrics": f"127.0.0.1:{p.metrics}"}
+                for h, p in nodes
+            ],
+            "keys": names,
+            "keyring": str(self.home / "keyring"),
+        }
+        (self.home / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+    # -- processes ----------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.exists():
+            raise LocalnetError(f"no localnet at {self.home} (run `llmnetd localnet start --home {self.home}`)")
+        data: dict[str, Any] = json.loads((self.home / MANIFEST).read_text())
+        return data
+
+    def _pid(self, i: int, proc: str) -> int | None:
+        path = self.home / f"node{i}" / f"{proc}.pid"
+        try:
+            pid = int(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _spawn(self, i: int, proc: str, argv: list[str]) -> int:
+        node_dir = self.home / f"node{i}"
+        with open(node_dir / f"{proc}.log", "ab") as logf:
+            child = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        (node_dir / f"{proc}.pid").write_text(str(child.pid))
+        return child.pid
+
+    def start_node(self, i: int) -> None:
+        node = self.manifest()["nodes"][i]
+        home = node["home"]
+        if self._pid(i, "app") is None:
+            pid = self._spawn(i, "app", [sys.executable, "-m", "llmnet.node.cli", "start", "--home", home])
+            _wait_port(int(node["abci"].rsplit(":", 1)[1]), 60, f"node{i} app", pid)
+        if self._pid(i, "cometbft") is None:
+            pid = self._spawn(i, "cometbft", [self.cometbft, "start", "--home", home])
+            _wait_port(int(node["rpc"].rsplit(":", 1)[1]), 60, f"node{i} cometbft", pid)
+
+    def start(self, wait_height: int = 1, timeout: float = 120) -> None:
+        for i in range(len(self.manifest()["nodes"])):
+            self.start_node(i)
+        if wait_height:
+            self.wait_height(wait_height, timeout=timeout)
+
+    def signal_node(self, i: int, sig: int, procs: tuple[str, ...] = ("cometbft", "app")) -> None:
+        for proc in procs:
+            pid = self._pid(i, proc)
+            if pid is not None:
+                os.kill(pid, sig)
+
+    def stop_node(self, i: int, timeout: float = 15) -> None:
+        """Stop CometBFT first (no more ABCI calls), then the app; SIGKILL whatever lingers."""
+        for proc in ("cometbft", "app"):
+            pid = self._pid(i, proc)
+            if pid is None:
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            (self.home / f"node{i}" / f"{proc}.pid").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for i in range(len(self.manifest()["nodes"])):
+            self.stop_node(i)
+
+    # -- observation --------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for i, node in enumerate(self.manifest()["nodes"]):
+            row: dict[str, Any] = {"node": i, "rpc": node["rpc"], "grpc": node["grpc"],
+                                   "app_running": self._pid(i, "app") is not None,
+                                   "cometbft_running": self._pid(i, "cometbft") is not None,
+                                   "height": None, "app_hash": None}
+            try:
+                info = httpx.get(f"http://{node['rpc']}/status", timeout=2).json()["result"]["sync_info"]
+                row["height"] = int(info["latest_block_height"])
+                row["app_hash"] = info["latest_app_hash"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            out.append(row)
+        return out
+
+    def height(self, i: int) -> int | None:
+        node = self.manifest()["nodes"][i]
+        try:
+            info = httpx.get(f"http://{node['rpc']}/status", timeout=2).json()["result"]["sync_info"]
+            return int(info["latest_block_height"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
+    def wait_height(self, height: int, nodes: list[int] | None = None, timeout: float = 120) -> None:
+        nodes = list(range(len(self.manifest()["nodes"]))) if nodes is None else nodes
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all((self.height(i) or 0) >= height for i in nodes):
+                return
+            time.sleep(0.2)
+        raise LocalnetError(f"nodes {nodes} did not reach height {height} within {timeout:.0f}s")

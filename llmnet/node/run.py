@@ -1,0 +1,60 @@
+"""`llmnetd start`: the ABCI server, the gRPC API and metrics on one event loop.
+
+One loop means the app is only ever called from one thread, by CometBFT or by the API, never by
+both at once. SIGTERM/SIGINT stop it cleanly; a fatal app error exits with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from abci_app.abci.server import ABCIServer, FatalError
+from abci_app.app import Application
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from llmnet.node.cometrpc import CometRPC
+from llmnet.node.config import NodeConfig
+from llmnet.node.grpc_api import create_server
+from llmnet.node.metrics import NodeMetrics
+
+log = logging.getLogger("llmnet.node")
+
+
+async def run(cfg: NodeConfig) -> int:
+    cfg.db_file.parent.mkdir(parents=True, exist_ok=True)
+    app = Application(cfg.db_file)
+    metrics = NodeMetrics()
+    metrics.height.set(app.committed.height)
+
+    def observe(kind: str, seconds: float, resp: abci.Response) -> None:
+        metrics.observe_abci(kind, seconds, resp)
+        if kind == "commit":
+            metrics.height.set(app.committed.height)
+
+    server = ABCIServer(app, cfg.abci_address, observer=observe)
+    rpc = CometRPC(cfg.cometbft_rpc)
+    api, port = create_server(app, cfg.grpc_address, rpc, metrics)
+    try:
+        await server.start()
+        await api.start()
+        if cfg.metrics_address:
+            metrics.serve(cfg.metrics_address)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        log.info(
+            "llmnetd started: height=%d abci=%s grpc=%s:%d metrics=%s cometbft_rpc=%s",
+            app.committed.height, cfg.abci_address, cfg.grpc_address.rsplit(":", 1)[0], port,
+            cfg.metrics_address or "off", cfg.cometbft_rpc,
+        )
+        await server.serve()
+        log.info("llmnetd stopped at height %d", app.committed.height)
+        return 0
+    except FatalError as exc:
+        log.error("llmnetd stopped on a fatal error: %s", exc)
+        return 1
+    finally:
+        await api.stop()
+        await rpc.close()
+        app.close()

@@ -5,9 +5,9 @@ PY      := $(VENV)/bin/python
 BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install venv cometbft proto lint test test-fast bench demo clean
+.PHONY: install venv cometbft proofcheck proto lint test test-fast bench demo clean
 
-install: venv cometbft proto
+install: venv cometbft proofcheck proto
 
 # The venv is rebuilt only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -28,6 +28,11 @@ $(BIN)/cometbft:
 	fi
 	@test "v$$($(BIN)/cometbft version)" = "$(COMETBFT_VERSION)" || \
 	  { echo "bin/cometbft is not $(COMETBFT_VERSION); delete it and run make install"; exit 1; }
+
+# A Go helper that checks our proofs with CometBFT's own proof runtime (used by the tests).
+proofcheck: $(BIN)/proofcheck
+$(BIN)/proofcheck: tools/proofcheck/main.go tools/proofcheck/go.mod
+	cd tools/proofcheck && GOFLAGS=-mod=mod go build -o $(BIN)/proofcheck .
 
 # Generated protobuf code is built here, never committed.
 proto: venv

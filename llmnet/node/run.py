@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
+from collections.abc import Callable
 
 from abci_app.abci.server import ABCIServer, FatalError
 from abci_app.app import Application
@@ -27,12 +29,15 @@ async def run(cfg: NodeConfig) -> int:
     metrics = NodeMetrics()
     metrics.height.set(app.committed.height)
 
-    def observe(kind: str, seconds: float, resp: abci.Response) -> None:
-        metrics.observe_abci(kind, seconds, resp)
+    def measured(kind: str, call: Callable[[], abci.Response]) -> abci.Response:
+        started = time.perf_counter()
+        resp = call()
+        metrics.observe_abci(kind, time.perf_counter() - started, resp)
         if kind == "commit":
             metrics.height.set(app.committed.height)
+        return resp
 
-    server = ABCIServer(app, cfg.abci_address, observer=observe)
+    server = ABCIServer(app, cfg.abci_address, middleware=measured)
     rpc = CometRPC(cfg.cometbft_rpc)
     api, port = create_server(app, cfg.grpc_address, rpc, metrics)
     try:

@@ -1,0 +1,142 @@
+"""Every rejection a user can cause, with its stable code, through CheckTx and through a block."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from abci_app.errors import (
+    ErrFeeUnpaid,
+    ErrInsufficientFee,
+    ErrInvalidPubKey,
+    ErrMemoTooLarge,
+    ErrNoMessages,
+    ErrOutOfGas,
+    ErrTxDecode,
+    ErrTxTimeout,
+    ErrTxTooLarge,
+    ErrUnauthorized,
+    ErrUnknownMessage,
+    ErrWrongSequence,
+)
+from abci_app.pb.llmnet.tx.v1 import tx_pb2
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from abci_app.x.bank.types import ErrInsufficientFunds, ErrInvalidAddress, ErrInvalidAmount
+from llmnet.client.txbuilder import build_tx, pack, send_msg
+from tests.helpers import CHAIN_ID, FUNDS, Harness, deterministic_key
+
+
+def _resign(h: Harness, body: tx_pb2.TxBody | None = None, auth: tx_pb2.AuthInfo | None = None,
+            key_index: int = 0) -> bytes:
+    key = h.keys[key_index]
+    body = body if body is not None else _body(h)
+    auth = auth or tx_pb2.AuthInfo(public_key=key.public_key, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=200_000))
+    from abci_app.tx import sign_bytes
+
+    bb, ab = body.SerializeToString(), auth.SerializeToString()
+    return tx_pb2.Tx(body_bytes=bb, auth_info_bytes=ab, signature=key.sign(sign_bytes(bb, ab, CHAIN_ID))).SerializeToString()
+
+
+def _body(h: Harness, **fields: object) -> tx_pb2.TxBody:
+    """A body with one valid send from key0 to key1, plus the given fields."""
+    return tx_pb2.TxBody(messages=[pack(send_msg(h.keys[0].address, h.keys[1].address, 1))], **fields)
+
+
+def _flip_sig(raw: bytes) -> bytes:
+    tx = tx_pb2.Tx.FromString(raw)
+    sig = bytearray(tx.signature)
+    sig[0] ^= 1
+    tx.signature = bytes(sig)
+    return tx.SerializeToString()
+
+
+def _other_signer(h: Harness) -> bytes:
+    k0, k1 = h.keys[0], h.keys[1]
+    return build_tx(k1, CHAIN_ID, 0, [send_msg(k0.address, k1.address, 1)], fee=2000)
+
+
+Case = tuple[str, Callable[[Harness], bytes], type]
+CHECK_TX_CASES: list[Case] = [
+    ("random bytes", lambda h: b"\xff\x00garbage\x13", ErrTxDecode),
+    ("truncated protobuf", lambda h: h.send_tx(0, 1, 5)[:-7], ErrTxDecode),
+    ("empty", lambda h: b"", ErrInvalidPubKey),
+    ("bad signature", lambda h: _flip_sig(h.send_tx(0, 1, 5)), ErrUnauthorized),
+    ("wrong chain id", lambda h: h.send_tx(0, 1, 5, chain_id="other-chain"), ErrUnauthorized),
+    ("signer is not the sender", _other_signer, ErrUnauthorized),
+    ("sequence too high", lambda h: h.send_tx(0, 1, 5, sequence=3), ErrWrongSequence),
+    ("fee below minimum gas price", lambda h: h.send_tx(0, 1, 5, fee=1), ErrInsufficientFee),
+    ("fee larger than balance", lambda h: h.send_tx(0, 1, 5, fee=FUNDS + 1), ErrFeeUnpaid),
+    ("send more than balance", lambda h: h.send_tx(0, 1, FUNDS * 2), ErrInsufficientFunds),
+    ("zero amount", lambda h: h.send_tx(0, 1, 0), ErrInvalidAmount),
+    ("oversize", lambda h: _resign(h, _body(h, memo="x" * 70_000)), ErrTxTooLarge),
+    ("memo too long", lambda h: _resign(h, _body(h, memo="x" * 300)), ErrMemoTooLarge),
+    ("timed out", lambda h: _resign(h, _body(h, timeout_height=1)), ErrTxTimeout),
+    ("no messages", lambda h: _resign(h, tx_pb2.TxBody()), ErrNoMessages),
+    ("unknown message type", lambda h: _resign(h, tx_pb2.TxBody(messages=[pack(tx_pb2.Fee())])), ErrUnknownMessage),
+    ("bad recipient address", lambda h: _resign(h, tx_pb2.TxBody(messages=[pack(
+        send_msg(h.keys[0].address, "llm1notanaddress", 1))])), ErrInvalidAddress),
+    ("gas limit too low", lambda h: _resign(h, auth=tx_pb2.AuthInfo(
+        public_key=h.keys[0].public_key, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=100))), ErrOutOfGas),
+    ("short public key", lambda h: _resign(h, auth=tx_pb2.AuthInfo(
+        public_key=b"\x01" * 31, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=200_000))), ErrInvalidPubKey),
+]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    h = Harness.create(tmp_path / "state.db")
+    h.block([])
+    h.block([])  # height 2, so timeout_height=1 has passed
+    return h
+
+
+@pytest.mark.parametrize("name, make, error", CHECK_TX_CASES, ids=[c[0] for c in CHECK_TX_CASES])
+def test_check_tx_rejects(harness: Harness, name: str, make: Callable[[Harness], bytes], error: type) -> None:
+    before = dict(harness.app._check.writes())
+    resp = harness.app.check_tx(abci.RequestCheckTx(tx=make(harness)))
+    assert (resp.codespace, resp.code) == (error.codespace, error.code), resp.log
+    assert resp.log  # readable reason
+    assert dict(harness.app._check.writes()) == before
+
+
+@pytest.mark.parametrize("name, make, error", CHECK_TX_CASES, ids=[c[0] for c in CHECK_TX_CASES])
+def test_block_rejects_with_same_code(harness: Harness, name: str, make: Callable[[Harness], bytes],
+                                      error: type) -> None:
+    hash_before = harness.app.committed.app_hash
+    result = harness.block([make(harness)]).tx_results[0]
+    assert (result.codespace, result.code) == (error.codespace, error.code), result.log
+    if error is not ErrInsufficientFunds:  # a failing message still pays its fee
+        assert harness.app.committed.app_hash == hash_before
+
+
+def test_valid_tx_passes_and_pipelines(harness: Harness) -> None:
+    txs = [harness.send_tx(0, 1, 5) for _ in range(3)]
+    for raw in txs:
+        assert harness.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0
+    # the same tx again is a replay
+    again = harness.app.check_tx(abci.RequestCheckTx(tx=txs[0]))
+    assert again.code == ErrWrongSequence.code
+    results = harness.block(txs).tx_results
+    assert [r.code for r in results] == [0, 0, 0]
+    assert harness.balance(1) == FUNDS + 15
+    assert harness.balance(0) == FUNDS - 15 - 3 * 2000
+    replay = harness.block([txs[0]]).tx_results[0]
+    assert replay.code == ErrWrongSequence.code
+
+
+def test_failed_message_charges_fee_and_sequence(harness: Harness) -> None:
+    result = harness.block([harness.send_tx(0, 1, FUNDS * 2)]).tx_results[0]
+    assert result.code == ErrInsufficientFunds.code
+    assert harness.balance(0) == FUNDS - 2000
+    assert harness.balance(1) == FUNDS
+    assert harness.block([harness.send_tx(0, 1, 1)]).tx_results[0].code == 0
+
+
+def test_new_account_can_receive_and_then_spend(harness: Harness) -> None:
+    newcomer = deterministic_key("newcomer")
+    harness.keys.append(newcomer)
+    assert harness.block([harness.send_tx(0, 4, 50_000)]).tx_results[0].code == 0
+    assert harness.block([harness.send_tx(4, 0, 100)]).tx_results[0].code == 0
+    assert harness.balance(4) == 50_000 - 100 - 2000

@@ -152,7 +152,7 @@ class Application:
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         """Keep, in order, the txs that pass validate_tx and fit in max_tx_bytes."""
-        state = State(self.committed)
+        state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         chosen, total = [], 0
         for raw in req.txs:
@@ -165,7 +165,7 @@ class Application:
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
         """Accept only if every tx passes the same validate_tx PrepareProposal used."""
-        state = State(self.committed)
+        state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         ok = all(self._validate(state, env, raw) is None for raw in req.txs)
         status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
@@ -199,6 +199,10 @@ class Application:
     def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"") -> BlockEnv:
         return BlockEnv(chain_id=self.chain_id if chain_id is None else chain_id,
                         height=height, time_ns=time_ns, seed=seed)
+
+    def _proposal_state(self) -> State:
+        """Scratch state for judging a proposal: committed state, plus genesis if block 1 is next."""
+        return self._block.fork() if self._block is not None else State(self.committed)
 
     def _check_env(self) -> BlockEnv:
         return self._env(self.committed.height + 1, self.last_time_ns)

@@ -1,0 +1,62 @@
+"""Helpers for end-to-end tests against a running localnet."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from typing import Any
+
+import httpx
+
+from abci_app.crypto import parse_address
+from abci_app.pb.tendermint.crypto import proof_pb2
+from abci_app.x.bank.types import balance_key
+from llmnet.client.keys import Key, Keyring
+from llmnet.client.proof import verify_store_proof
+from llmnet.node.localnet import Localnet
+
+
+def keys(net: Localnet) -> list[Key]:
+    ring = Keyring(net.manifest()["keyring"])
+    return [ring.load(n) for n in net.manifest()["keys"]]
+
+
+def rpc(net: Localnet, i: int, endpoint: str, **params: Any) -> dict[str, Any]:
+    url = f"http://{net.manifest()['nodes'][i]['rpc']}/{endpoint}"
+    data: dict[str, Any] = httpx.get(url, params=params, timeout=10).json()
+    if "error" in data:
+        raise RuntimeError(f"{endpoint}: {data['error']}")
+    return data["result"]  # type: ignore[no-any-return]
+
+
+def header_app_hash(net: Localnet, i: int, height: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(rpc(net, i, "commit", height=height)["signed_header"]["header"]["app_hash"])
+        except (RuntimeError, httpx.HTTPError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def prove_balance(net: Localnet, node: int, address: str, proofcheck: str) -> int:
+    """Query a balance with a proof and check it twice: our verifier and CometBFT's proof runtime."""
+    from abci_app.pb.llmnet.bank.v1 import bank_pb2
+
+    key = balance_key(parse_address(address))
+    resp = rpc(net, node, "abci_query", path='"/store/bank/key"', data="0x" + key.hex(), prove="true")["response"]
+    assert int(resp.get("code", 0)) == 0, resp
+    height = int(resp["height"])
+    value = base64.b64decode(resp["value"])
+    app_hash = header_app_hash(net, node, height + 1)
+    ops = [proof_pb2.ProofOp(type=o["type"], key=base64.b64decode(o["key"]), data=base64.b64decode(o["data"]))
+           for o in resp["proofOps"]["ops"]]
+    verify_store_proof(ops, "bank", key, value, bytes.fromhex(app_hash))
+    payload = {"proof_ops": resp["proofOps"]["ops"], "app_hash": app_hash, "keypath": "/bank/x:" + key.hex(),
+               "value": resp["value"]}
+    out = subprocess.run([proofcheck], input=json.dumps(payload), capture_output=True, text=True)
+    assert out.returncode == 0, f"CometBFT proof runtime rejected the proof: {out.stdout}{out.stderr}"
+    return int(bank_pb2.Balance.FromString(value).amount)

@@ -1,0 +1,162 @@
+"""The ABCI server over a real socket, driven in the call orders CometBFT's grammar allows."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from abci_app.abci.framing import Decoder, encode_uvarint, frame
+from abci_app.abci.server import ABCIServer, FatalError
+from abci_app.app import Application
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from tests.helpers import CHAIN_ID, FUNDS, deterministic_key
+from llmnet.client.txbuilder import build_tx, send_msg
+
+KEYS = [deterministic_key(f"key{i}") for i in range(2)]
+GENESIS = json.dumps({"bank": {"balances": [{"address": k.address, "amount": str(FUNDS)} for k in KEYS]}}).encode()
+
+
+class Conn:
+    """One ABCI connection as CometBFT's socket client uses it: request, flush, read replies in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.decoder = reader, writer, Decoder()
+        self.pending: list[bytes] = []
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def call(self, **kind: object) -> abci.Response:
+        (name, value), = kind.items()
+        req = abci.Request(**{name: value})
+        self.writer.write(frame(req.SerializeToString()) + frame(abci.Request(flush=abci.RequestFlush()).SerializeToString()))
+        await self.writer.drain()
+        replies: list[abci.Response] = []
+        while len(replies) < 2:
+            chunk = await asyncio.wait_for(self.reader.read(1 << 16), 5)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            replies += [abci.Response.FromString(p) for p in self.decoder.feed(chunk)]
+        assert replies[1].WhichOneof("value") == "flush"
+        assert replies[0].WhichOneof("value") == name, "replies must come in request order"
+        return replies[0]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tx(seq: int) -> bytes:
+    return build_tx(KEYS[0], CHAIN_ID, seq, [send_msg(KEYS[0].address, KEYS[1].address, 10)], fee=2000)
+
+
+async def run_block(cons: Conn, height: int, txs: list[bytes], commit: bool = True) -> bytes:
+    t = Timestamp(seconds=1_700_000_000 + height)
+    prep = (await cons.call(prepare_proposal=abci.RequestPrepareProposal(
+        txs=txs, max_tx_bytes=1 << 20, height=height, time=t))).prepare_proposal
+    assert list(prep.txs) == txs
+    proc = (await cons.call(process_proposal=abci.RequestProcessProposal(txs=prep.txs, height=height, time=t)))
+    assert proc.process_proposal.status == abci.ResponseProcessProposal.ACCEPT
+    fin = (await cons.call(finalize_block=abci.RequestFinalizeBlock(
+        txs=prep.txs, height=height, time=t, hash=hashlib.sha256(b"%d" % height).digest()))).finalize_block
+    assert all(r.code == 0 for r in fin.tx_results), [r.log for r in fin.tx_results]
+    if commit:
+        await cons.call(commit=abci.RequestCommit())
+    return bytes(fin.app_hash)
+
+
+async def start(db: Path) -> tuple[ABCIServer, Application]:
+    app = Application(db)
+    server = ABCIServer(app, "tcp://127.0.0.1:0")
+    await server.start()
+    return server, app
+
+
+def test_clean_start_then_recovery(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "a.db")
+        cons, mem, query = [await Conn.open(server.port) for _ in range(3)]
+        assert (await mem.call(echo=abci.RequestEcho(message="hi"))).echo.message == "hi"
+        info = (await query.call(info=abci.RequestInfo(abci_version="2.0.0"))).info
+        assert info.last_block_height == 0 and info.last_block_app_hash == b""
+        await cons.call(init_chain=abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=GENESIS, initial_height=1))
+        assert (await mem.call(check_tx=abci.RequestCheckTx(tx=tx(0)))).check_tx.code == 0
+        hashes = [await run_block(cons, 1, [tx(0)]), await run_block(cons, 2, [tx(1), tx(2)])]
+        # crash after FinalizeBlock of height 3, before its Commit
+        lost = await run_block(cons, 3, [tx(3)], commit=False)
+        snapshots = (await query.call(list_snapshots=abci.RequestListSnapshots())).list_snapshots
+        assert list(snapshots.snapshots) == []
+        server.stop()
+        app.close()
+
+        server, app = await start(tmp_path / "a.db")
+        cons, query = await Conn.open(server.port), await Conn.open(server.port)
+        info = (await query.call(info=abci.RequestInfo(abci_version="2.0.0"))).info
+        assert info.last_block_height == 2 and info.last_block_app_hash == hashes[-1]
+        assert await run_block(cons, 3, [tx(3)]) == lost  # the handshake's replay
+        offer = (await query.call(offer_snapshot=abci.RequestOfferSnapshot())).offer_snapshot
+        assert offer.result == abci.ResponseOfferSnapshot.REJECT
+        server.stop()
+        app.close()
+
+        # a reference app that never crashed reaches the same hash
+        server, app = await start(tmp_path / "b.db")
+        cons = await Conn.open(server.port)
+        await cons.call(init_chain=abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=GENESIS, initial_height=1))
+        ref = [await run_block(cons, 1, [tx(0)]), await run_block(cons, 2, [tx(1), tx(2)]),
+               await run_block(cons, 3, [tx(3)])]
+        assert ref == [*hashes, lost]
+        server.stop()
+        app.close()
+
+    asyncio.run(scenario())
+
+
+def test_process_proposal_rejects_a_bad_block(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "a.db")
+        cons = await Conn.open(server.port)
+        await cons.call(init_chain=abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=GENESIS, initial_height=1))
+        prep = (await cons.call(prepare_proposal=abci.RequestPrepareProposal(
+            txs=[tx(0), b"junk", tx(0), tx(1)], max_tx_bytes=1 << 20, height=1))).prepare_proposal
+        assert list(prep.txs) == [tx(0), tx(1)]  # junk and the replay dropped
+        proc = await cons.call(process_proposal=abci.RequestProcessProposal(txs=[tx(0), b"junk"], height=1))
+        assert proc.process_proposal.status == abci.ResponseProcessProposal.REJECT
+        server.stop()
+        app.close()
+
+    asyncio.run(scenario())
+
+
+def test_wrong_abci_version_stops_the_node(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "a.db")
+        conn = await Conn.open(server.port)
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await conn.call(info=abci.RequestInfo(abci_version="1.0.0"))
+        with pytest.raises(FatalError, match="ABCI 1.0.0"):
+            await asyncio.wait_for(server.serve(), 5)
+        app.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_framing_closes_only_that_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "a.db")
+        bad_reader, bad_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        bad_writer.write(encode_uvarint(1 << 40))
+        await bad_writer.drain()
+        assert await asyncio.wait_for(bad_reader.read(), 5) == b""  # closed, no hang
+        good = await Conn.open(server.port)
+        assert (await good.call(echo=abci.RequestEcho(message="still here"))).echo.message == "still here"
+        assert server.fatal is None
+        server.stop()
+        app.close()
+
+    asyncio.run(scenario())

@@ -13,6 +13,7 @@ from pathlib import Path
 from abci_app import APP_VERSION, SOFTWARE_VERSION
 from abci_app.context import BlockEnv, Ctx
 from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
+from abci_app.events import Event
 from abci_app.msgs import MsgRegistry
 from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.queries import QueryRouter, register_core
@@ -40,7 +41,8 @@ def _timestamp_ns(ts: object) -> int:
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)  # type: ignore[attr-defined]
 
 
-def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0, events: list | None = None):  # type: ignore[no-untyped-def, type-arg]
+def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
+            events: list[Event] | None = None) -> abci.ExecTxResult:
     result = abci.ExecTxResult(gas_wanted=gas_wanted, gas_used=gas_used)
     if err is not None:
         result.code, result.codespace, result.log = err.code, err.codespace, err.log

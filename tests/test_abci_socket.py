@@ -14,8 +14,8 @@ from abci_app.abci.framing import Decoder, encode_uvarint, frame
 from abci_app.abci.server import ABCIServer, FatalError
 from abci_app.app import Application
 from abci_app.pb.tendermint.abci import types_pb2 as abci
-from tests.helpers import CHAIN_ID, FUNDS, deterministic_key
 from llmnet.client.txbuilder import build_tx, send_msg
+from tests.helpers import CHAIN_ID, FUNDS, deterministic_key
 
 KEYS = [deterministic_key(f"key{i}") for i in range(2)]
 GENESIS = json.dumps({"bank": {"balances": [{"address": k.address, "amount": str(FUNDS)} for k in KEYS]}}).encode()
@@ -35,7 +35,8 @@ class Conn:
     async def call(self, **kind: object) -> abci.Response:
         (name, value), = kind.items()
         req = abci.Request(**{name: value})
-        self.writer.write(frame(req.SerializeToString()) + frame(abci.Request(flush=abci.RequestFlush()).SerializeToString()))
+        flush = abci.Request(flush=abci.RequestFlush())
+        self.writer.write(frame(req.SerializeToString()) + frame(flush.SerializeToString()))
         await self.writer.drain()
         replies: list[abci.Response] = []
         while len(replies) < 2:

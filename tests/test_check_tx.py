@@ -32,11 +32,13 @@ def _resign(h: Harness, body: tx_pb2.TxBody | None = None, auth: tx_pb2.AuthInfo
             key_index: int = 0) -> bytes:
     key = h.keys[key_index]
     body = body if body is not None else _body(h)
-    auth = auth or tx_pb2.AuthInfo(public_key=key.public_key, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=200_000))
+    fee = tx_pb2.Fee(amount=2000, gas_limit=200_000)
+    auth = auth or tx_pb2.AuthInfo(public_key=key.public_key, sequence=0, fee=fee)
     from abci_app.tx import sign_bytes
 
     bb, ab = body.SerializeToString(), auth.SerializeToString()
-    return tx_pb2.Tx(body_bytes=bb, auth_info_bytes=ab, signature=key.sign(sign_bytes(bb, ab, CHAIN_ID))).SerializeToString()
+    signature = key.sign(sign_bytes(bb, ab, CHAIN_ID))
+    return tx_pb2.Tx(body_bytes=bb, auth_info_bytes=ab, signature=signature).SerializeToString()
 
 
 def _body(h: Harness, **fields: object) -> tx_pb2.TxBody:

@@ -62,9 +62,9 @@ def resync(h: Harness) -> None:
 
 def total_balances(h: Harness) -> int:
     from abci_app.context import BlockEnv, Ctx
+    from abci_app.pb.llmnet.bank.v1 import bank_pb2
     from abci_app.store.state import State
     from abci_app.x.bank.types import BALANCE_PREFIX, STORE
-    from abci_app.pb.llmnet.bank.v1 import bank_pb2
 
     ctx = Ctx(State(h.app.committed), BlockEnv("", 0, 0, b""))
     return sum(bank_pb2.Balance.FromString(v).amount for _, v in ctx.kv(STORE).iterate(BALANCE_PREFIX))

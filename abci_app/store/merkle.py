@@ -92,7 +92,7 @@ class MerkleLog:
             above = bytearray()
             for i in range(count):
                 a = 2 * i * HASH_LEN
-                above += inner_hash(below[a : a + HASH_LEN], below[a + HASH_LEN : a + 2 * HASH_LEN])
+                above += inner_hash(bytes(below[a : a + HASH_LEN]), bytes(below[a + HASH_LEN : a + 2 * HASH_LEN]))
             tree.levels.append(above)
             level += 1
         return tree

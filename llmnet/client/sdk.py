@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from llmnet.client.keys import Key
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, build_tx
 
 WRONG_SEQUENCE = ("tx", 3)
+_EXPECTED = re.compile(r"expected (\d+), got (\d+)")
 
 
 class ClientError(Exception):
@@ -146,19 +148,29 @@ class Sender:
         return build_tx(self.key, self.chain_id, sequence, msgs, fee, gas_limit, memo, timeout_height)
 
     def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int = DEFAULT_GAS_LIMIT,
-             memo: str = "", timeout_height: int = 0) -> Broadcast:
-        """Broadcast; returns once CheckTx accepted it. Raises TxRejected with the app's code."""
-        for attempt in range(2):
-            if self._sequence is None:
-                self._sequence = self.client.sequence(self.key.address)
-            seq = self._sequence
-            tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
+             memo: str = "", timeout_height: int = 0, attempts: int = 20) -> Broadcast:
+        """Broadcast; returns once CheckTx accepted it. Raises TxRejected with the app's code.
+
+        On a sequence mismatch the node's log names the sequence it expects. If it expects more,
+        we were behind (another client used the key) and re-sign; if less, our earlier txs have
+        not reached that node's mempool yet, so the same tx is retried after a short wait.
+        """
+        if self._sequence is None:
+            self._sequence = self.client.sequence(self.key.address)
+        seq = self._sequence
+        tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
+        for _ in range(attempts):
             res = self.client.broadcast(tx)
             if res.check.code == 0:
                 self._sequence = seq + 1
                 return Broadcast(res.tx_hash, seq)
-            if (res.check.codespace, res.check.code) == WRONG_SEQUENCE and attempt == 0:
-                self._sequence = None
-                continue
-            raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
-        raise AssertionError("unreachable")
+            match = _EXPECTED.search(res.check.log)
+            if (res.check.codespace, res.check.code) != WRONG_SEQUENCE or match is None:
+                raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
+            expected = int(match.group(1))
+            if expected > seq:
+                seq = expected
+                tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
+            else:
+                time.sleep(0.1)
+        raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)

@@ -1,0 +1,160 @@
+"""What users meet: the llmnet and llmnetd command lines and the node's gRPC API, on a real chain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from abci_app.pb.llmnet.query.v1 import query_pb2, query_pb2_grpc
+from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
+from llmnet.client.keys import Keyring, KeyringError
+from llmnet.client.sdk import Client, Sender
+from llmnet.client.txbuilder import send_msg
+from llmnet.node.localnet import Localnet
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, tool: str = "llmnet", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    module = "llmnet.client.cli" if tool == "llmnet" else "llmnet.node.cli"
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Localnet:
+    from tests.conftest import free_base_port
+
+    network = Localnet(tmp_path_factory.mktemp("cli"), cometbft)
+    network.create(1, base_port=free_base_port(1), accounts=3, timeout_commit="200ms")
+    network.start()
+    yield network  # type: ignore[misc]
+    network.stop()
+
+
+def opts(net: Localnet) -> list[str]:
+    m = net.manifest()
+    return ["--node", m["nodes"][0]["grpc"], "--keyring", m["keyring"]]
+
+
+def test_send_and_query_through_the_cli(net: Localnet) -> None:
+    recipient = Keyring(net.manifest()["keyring"]).record("user2")["address"]
+    before = json.loads(cli(*opts(net), "query", "balance", "user2", "--output", "json").stdout)["amount"]
+    out = cli(*opts(net), "tx", "send", "faucet", recipient, "777", "--output", "json")
+    assert out.returncode == 0, out.stderr
+    sent = json.loads(out.stdout)
+    assert sent["code"] == 0 and sent["height"] > 0
+    after = json.loads(cli(*opts(net), "query", "balance", recipient, "--output", "json").stdout)["amount"]
+    assert int(after) == int(before) + 777
+    tx = json.loads(cli(*opts(net), "query", "tx", sent["tx_hash"], "--output", "json").stdout)
+    assert int(tx["height"]) == sent["height"]
+    acct = cli(*opts(net), "query", "account", "faucet")
+    assert "sequence: 1" in acct.stdout
+    status = json.loads(cli(*opts(net), "status", "--output", "json").stdout)
+    assert status["chain_id"] == "llmnet-local" and status["height"] >= sent["height"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["tx", "send", "faucet", "user1", "99999999999999999"], 1, "has"),
+        (["tx", "send", "faucet", "llm1bad", "5"], 4, "neither a valid address"),
+        (["tx", "send", "nobody", "user1", "5"], 4, "no key named"),
+        (["tx", "send", "faucet", "user1", "0"], 1, "positive"),
+        (["query", "account", "llm1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"], 4, "neither"),
+        (["query", "tx", "abcd"], 1, "64 hex"),
+        (["query", "tx", "00" * 32], 1, "not found"),
+    ],
+    ids=["insufficient funds", "bad address", "unknown key", "zero amount", "bad checksum", "short hash",
+         "unknown tx"],
+)
+def test_cli_errors_are_one_clear_line(net: Localnet, args: list[str], code: int, message: str) -> None:
+    out = cli(*opts(net), *args)
+    assert out.returncode == code, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmnet: error:") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_node_exit_code() -> None:
+    out = cli("--node", "127.0.0.1:1", "status")
+    assert out.returncode == 3 and "unreachable" in out.stderr
+
+
+def test_keys_encrypted_with_passphrase(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    ring = ["--keyring", str(tmp_path / "ring"), "--passphrase-file", str(pw)]
+    made = json.loads(cli(*ring, "keys", "add", "alice", "--output", "json").stdout)
+    assert made["address"].startswith("llm1")
+    assert cli(*ring, "keys", "show", "alice", "--address").stdout.strip() == made["address"]
+    assert "alice" in cli(*ring, "keys", "list").stdout
+    assert cli(*ring, "keys", "add", "alice").returncode == 4  # exists
+    stored = (tmp_path / "ring" / "alice.json").read_text()
+    assert "private_key_encrypted" in stored and "plaintext" not in stored
+    keyring = Keyring(tmp_path / "ring")
+    assert keyring.load("alice", "correct horse").address == made["address"]
+    with pytest.raises(KeyringError, match="wrong passphrase"):
+        keyring.load("alice", "wrong")
+
+
+def test_help_texts() -> None:
+    assert "exit codes" in cli("--help").stdout
+    for tool in ("llmnetd",):
+        out = cli("--help", tool=tool).stdout
+        assert all(word in out for word in ("init", "start", "localnet", "genesis"))
+    assert "--validators" in cli("localnet", "start", "--help", tool="llmnetd").stdout
+
+
+def test_llmnetd_init_and_genesis(tmp_path: Path, cometbft: str) -> None:
+    home = tmp_path / "node"
+    out = cli("init", "--home", str(home), "--chain-id", "my-chain", "--cometbft", cometbft, tool="llmnetd")
+    assert out.returncode == 0, out.stderr
+    genesis = json.loads((home / "config" / "genesis.json").read_text())
+    assert genesis["chain_id"] == "my-chain" and genesis["app_state"]["bank"]["params"]["denom"] == "ullm"
+    assert "proxy_app = \"tcp://127.0.0.1:26658\"" in (home / "config" / "config.toml").read_text()
+    add = cli("genesis", "add-account", "llm1notvalid", "5", "--home", str(home), tool="llmnetd")
+    assert add.returncode == 1 and "llmnetd: error:" in add.stderr
+    again = cli("init", "--home", str(home), "--chain-id", "x", "--cometbft", cometbft, tool="llmnetd")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
+    with grpc.insecure_channel(net.manifest()["nodes"][0]["grpc"]) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"llmnet.tx.v1.TxService", "llmnet.query.v1.QueryService", "llmnet.node.v1.NodeService"} <= names
+        query = query_pb2_grpc.QueryServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as bad:
+            query.Balance(query_pb2.BalanceRequest(address="nonsense"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        fresh = Keyring(net.manifest()["keyring"]).record("user2")["address"]
+        with pytest.raises(grpc.RpcError) as missing:
+            query.Account(query_pb2.AccountRequest(address=fresh))  # funded, never signed
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        txs = service_pb2_grpc.TxServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as empty:
+            txs.BroadcastTx(service_pb2.BroadcastTxRequest(tx=b""))
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        sim = txs.Simulate(service_pb2.SimulateRequest(tx=b"junk"))
+        assert sim.result.code == 2 and sim.result.codespace == "tx"
+
+    # a valid tx simulates with its gas and events, and the simulation keeps nothing
+    key = Keyring(net.manifest()["keyring"]).load("user1")
+    with Client(net.manifest()["nodes"][0]["grpc"]) as client:
+        sender = Sender(client, key)
+        raw = sender.sign([send_msg(key.address, key.address, 1)], client.sequence(key.address))
+        result = client.simulate(raw).result
+        assert result.code == 0 and result.gas_used > 0
+        assert any(e.type == "transfer" for e in result.events)
+        assert client.broadcast(raw).check.code == 0  # same sequence still valid

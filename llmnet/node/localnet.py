@@ -92,7 +92,10 @@ class Localnet:
         return (self.home / MANIFEST).exists()
 
     def create(self, validators: int, chain_id: str = "llmnet-local", base_port: int = 26600,
-               accounts: int = 10, timeout_commit: str = "500ms") -> dict[str, Any]:
+               accounts: int = 10, timeout_commit: str = "500ms", proxy_app: str | None = None,
+               mempool_size: int | None = None) -> dict[str, Any]:
+        """Write every node's files. proxy_app names one of CometBFT's built-in apps (e.g.
+        "kvstore") to run it instead of ours, with otherwise identical settings (for baselines)."""
         if validators < 1:
             raise LocalnetError("--validators must be at least 1")
         if self.exists():
@@ -133,6 +136,10 @@ class Localnet:
                 "allow_duplicate_ip": True, "addr_book_strict": False,
             })
             text = set_toml_values(text, "consensus", {"timeout_commit": timeout_commit, "timeout_propose": "1s"})
+            if proxy_app:
+                text = set_toml_values(text, "", {"proxy_app": proxy_app})
+            if mempool_size:
+                text = set_toml_values(text, "mempool", {"size": mempool_size, "cache_size": 4 * mempool_size})
             toml.write_text(text)
         manifest = {
             "chain_id": chain_id,
@@ -143,6 +150,7 @@ class Localnet:
             ],
             "keys": names,
             "keyring": str(self.home / "keyring"),
+            "builtin_app": proxy_app or "",
         }
         (self.home / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
@@ -174,7 +182,7 @@ class Localnet:
     def start_node(self, i: int) -> None:
         node = self.manifest()["nodes"][i]
         home = node["home"]
-        if self._pid(i, "app") is None:
+        if self._pid(i, "app") is None and not self.manifest().get("builtin_app"):
             pid = self._spawn(i, "app", [sys.executable, "-m", "llmnet.node.cli", "start", "--home", home])
             _wait_port(int(node["abci"].rsplit(":", 1)[1]), 60, f"node{i} app", pid)
         if self._pid(i, "cometbft") is None:

@@ -52,5 +52,9 @@ test-fast: proto
 bench: install
 	$(PY) bench/tps.py
 
+# The main job: a local chain answering a signed transfer (see README).
+demo: install
+	bash tools/demo.sh
+
 clean:
 	rm -rf $(VENV) abci_app/pb build

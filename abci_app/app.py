@@ -8,6 +8,7 @@ becomes a result code; any other exception propagates to the transport, which st
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 from abci_app import APP_VERSION, SOFTWARE_VERSION
@@ -31,6 +32,7 @@ from abci_app.x.bank.types import STORE as BANK_STORE
 
 STORES = (AUTH_STORE, BANK_STORE)
 ABCI_VERSION = "2.0.0"
+DECODE_CACHE_ENTRIES = 50_000
 
 
 class _Discard(Exception):
@@ -64,6 +66,10 @@ class Application:
         self._block: State | None = None  # genesis or the block being finalized
         self._pending: tuple[int, StagedCommit, int] | None = None  # (height, staged, time_ns)
         self._check = State(self.committed)
+        # Decoding is a pure function of the bytes, and each tx is decoded by CheckTx, every
+        # RECHECK, PrepareProposal, ProcessProposal and FinalizeBlock: remember the outcome.
+        self._decoded: OrderedDict[bytes, DecodedTx | AppError] = OrderedDict()
+        self._prepared: tuple[int, list[bytes]] | None = None  # this node's last proposal
         self.chain_id = ""
         self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0)))
         self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
@@ -116,7 +122,15 @@ class Application:
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         """Validate against the check state (committed state plus txs already admitted since the
-        last Commit) and, if valid, apply it there so the sender's next sequence is admitted too."""
+        last Commit) and, if valid, apply it there so the sender's next sequence is admitted too.
+        A new tx runs in full so its sender hears of a failing message at once; a RECHECK after
+        Commit re-runs only the ante checks (signature, sequence, fee), which is what a block
+        can have invalidated."""
+        if req.type == abci.CheckTxType.RECHECK:
+            err = self._validate(self._check, self._check_env(), req.tx)
+            if err is None:
+                return abci.ResponseCheckTx()
+            return abci.ResponseCheckTx(code=err.code, codespace=err.codespace, log=err.log)
         result = self._run(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
         return abci.ResponseCheckTx(
             code=result.code, codespace=result.codespace, log=result.log,
@@ -163,10 +177,15 @@ class Application:
             if self._validate(state, env, raw) is None:
                 chosen.append(raw)
                 total += len(raw)
+        self._prepared = (req.height, chosen)
         return abci.ResponsePrepareProposal(txs=chosen)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        """Accept only if every tx passes the same validate_tx PrepareProposal used."""
+        """Accept only if every tx passes the same validate_tx PrepareProposal used. This node's
+        own proposal passed it moments ago against the same committed state, so it is accepted
+        without repeating the work."""
+        if self._prepared == (req.height, list(req.txs)):
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         ok = all(self._validate(state, env, raw) is None for raw in req.txs)
@@ -194,6 +213,7 @@ class Application:
         self._pending = None
         self.last_time_ns = time_ns
         self._check = State(self.committed)
+        self._prepared = None
         return abci.ResponseCommit()
 
     # -- helpers ------------------------------------------------------------------------
@@ -212,7 +232,18 @@ class Application:
     def _decode(self, ctx: Ctx, raw: bytes) -> DecodedTx:
         """Size check before parsing, so an oversize tx costs no decoding."""
         check_size(len(raw), self.auth.params(ctx).max_tx_bytes)
-        return decode_tx(raw, self.registry)
+        hit = self._decoded.get(raw)
+        if hit is None:
+            try:
+                hit = decode_tx(raw, self.registry)
+            except AppError as err:
+                hit = err
+            self._decoded[raw] = hit
+            if len(self._decoded) > DECODE_CACHE_ENTRIES:
+                self._decoded.popitem(last=False)
+        if isinstance(hit, AppError):
+            raise hit.with_traceback(None)  # a cached error must not accumulate tracebacks
+        return hit
 
     def _validate(self, state: State, env: BlockEnv, raw: bytes) -> AppError | None:
         """validate_tx: decode and run the ante handler on state, keeping its charges on success."""

@@ -5,7 +5,8 @@
 2. Commit cost: stage+commit of one block of writes into a state of 10k keys and of 1M keys.
 3. Localnets: committed tx/s of our app on 1 and 4 validators, next to CometBFT's built-in
    kvstore app on identical localnet settings, fed the same way (JSON-RPC batches of
-   broadcast_tx_async) with txs of the same size.
+   broadcast_tx_async) with txs of the same size. Time runs from the first broadcast until the
+   last block holding one of the txs is committed (the time in the next block's header).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from llmnet.client.txbuilder import build_tx, send_msg  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
 
 CHAIN_ID = "bench"
+RPC_BATCH = 10  # CometBFT's default rpc.max_request_batch_size
+STREAMS = 8
 
 
 def free_port() -> int:
@@ -155,15 +158,24 @@ def _blocks(rpc: str, lo: int, hi: int) -> list[tuple[int, float, int]]:
     return sorted(out)
 
 
-async def _flood(rpc_by_node: dict[str, list[bytes]], batch: int) -> None:
+async def _flood(streams: list[tuple[str, list[bytes]]], batch: int) -> int:
+    """Send every stream's txs in order, streams concurrently; returns how many requests CometBFT
+    refused (an error object instead of a result)."""
+    refused = 0
+
     async def one(rpc: str, txs: list[bytes]) -> None:
+        nonlocal refused
         async with httpx.AsyncClient(timeout=60) as client:
             for i in range(0, len(txs), batch):
                 reqs = [{"jsonrpc": "2.0", "id": j, "method": "broadcast_tx_async",
                          "params": {"tx": base64.b64encode(t).decode()}} for j, t in enumerate(txs[i:i + batch])]
-                await client.post(f"http://{rpc}", json=reqs)
+                replies = (await client.post(f"http://{rpc}", json=reqs)).json()
+                if isinstance(replies, dict):
+                    raise RuntimeError(f"CometBFT refused the batch: {replies.get('error')}")
+                refused += sum(1 for r in replies if "error" in r)
 
-    await asyncio.gather(*(one(rpc, txs) for rpc, txs in rpc_by_node.items()))
+    await asyncio.gather(*(one(rpc, txs) for rpc, txs in streams))
+    return refused
 
 
 def localnet_tps(validators: int, kvstore: bool, total: int, senders: int, timeout_commit: str,
@@ -179,19 +191,20 @@ def localnet_tps(validators: int, kvstore: bool, total: int, senders: int, timeo
             ring = Keyring(net.manifest()["keyring"])
             keys = [ring.load(n) for n in net.manifest()["keys"]]
             sample = build_tx(keys[0], CHAIN_ID, 0, [send_msg(keys[0].address, keys[1].address, 1)], fee=2000)
-            per_node: dict[str, list[bytes]] = {n["rpc"]: [] for n in nodes}
+            # a sender always uses one stream to one node, so its sequence numbers arrive in order
+            streams: list[tuple[str, list[bytes]]] = [(nodes[j % len(nodes)]["rpc"], []) for j in range(STREAMS)]
             for s in range(total // senders):
-                for i, k in enumerate(keys):  # a sender always uses one node, so its sequence stays in order
-                    rpc = nodes[i % len(nodes)]["rpc"]
+                for i, k in enumerate(keys):
                     if kvstore:
                         head = b"k%d-%d=" % (i, s)
-                        per_node[rpc].append(head + b"v" * (len(sample) - len(head)))
+                        tx = head + b"v" * (len(sample) - len(head))
                     else:
-                        per_node[rpc].append(build_tx(k, CHAIN_ID, s, [send_msg(k.address, keys[0].address, 1)],
-                                                      fee=2000))
-            sent = sum(len(v) for v in per_node.values())
+                        tx = build_tx(k, CHAIN_ID, s, [send_msg(k.address, keys[0].address, 1)], fee=2000)
+                    streams[i % STREAMS][1].append(tx)
+            sent = sum(len(v) for _, v in streams)
             start_h = max(net.height(i) or 0 for i in range(len(nodes)))
-            asyncio.run(_flood(per_node, batch=200))
+            flood_start = time.time()  # header times are wall-clock times of this same machine
+            refused = asyncio.run(_flood(streams, batch=RPC_BATCH))
             rpc0 = nodes[0]["rpc"]
             committed, last_change, top = 0, time.monotonic(), start_h
             while committed < sent and time.monotonic() - last_change < 20:
@@ -202,11 +215,15 @@ def localnet_tps(validators: int, kvstore: bool, total: int, senders: int, timeo
                     if n:
                         last_change = time.monotonic()
                     committed, top = committed + n, h
-            blocks = [b for b in _blocks(rpc0, start_h, top)]
-            with_txs = [b for b in blocks if b[2]]
-            first = next(i for i, b in enumerate(blocks) if b[2])
-            span = with_txs[-1][1] - blocks[max(0, first - 1)][1]
-            return {"sent": sent, "committed": committed, "seconds": span,
+            with_txs = [b for b in _blocks(rpc0, start_h + 1, top) if b[2]]
+            if not with_txs:
+                raise RuntimeError(f"no tx was committed ({refused} of {sent} refused by CometBFT)")
+            # a header's time is the median precommit time of the block before it, so block L is
+            # known committed at the time in header L+1
+            last = with_txs[-1][0]
+            net.wait_height(last + 1, nodes=[0], timeout=60)
+            span = _blocks(rpc0, last + 1, last + 1)[0][1] - flood_start
+            return {"sent": sent, "refused": refused, "committed": committed, "seconds": span,
                     "tx_per_s": committed / span if span > 0 else 0.0, "blocks": len(with_txs)}
         finally:
             net.stop()
@@ -215,7 +232,7 @@ def localnet_tps(validators: int, kvstore: bool, total: int, senders: int, timeo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--txs", type=int, default=12_000, help="txs per localnet run (default 12000)")
+    p.add_argument("--txs", type=int, default=24_000, help="txs per localnet run (default 24000)")
     p.add_argument("--senders", type=int, default=60, help="funded sender accounts (default 60)")
     p.add_argument("--timeout-commit", default="500ms")
     p.add_argument("--big-state", type=int, default=1_000_000, help="key count of the large state (default 1M)")

@@ -54,7 +54,7 @@ def make_localnet(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> It
     def make(validators: int, timeout_commit: str = "200ms", accounts: int = 10) -> Localnet:
         net = Localnet(tmp_path_factory.mktemp(f"localnet{validators}"), cometbft)
         net.create(validators, base_port=free_base_port(validators), accounts=accounts,
-                   timeout_commit=timeout_commit)
+                   timeout_commit=timeout_commit, timeout_propose="1s")
         nets.append(net)
         net.start()
         return net

@@ -142,3 +142,15 @@ def test_new_account_can_receive_and_then_spend(harness: Harness) -> None:
     assert harness.block([harness.send_tx(0, 4, 50_000)]).tx_results[0].code == 0
     assert harness.block([harness.send_tx(4, 0, 100)]).tx_results[0].code == 0
     assert harness.balance(4) == 50_000 - 100 - 2000
+
+
+def test_recheck_after_commit_drops_only_what_the_block_invalidated(harness: Harness) -> None:
+    first, second = harness.send_tx(0, 1, 5), harness.send_tx(0, 1, 5)
+    for raw in (first, second):
+        assert harness.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0
+    harness.block([first])  # Commit resets the check state; CometBFT then rechecks its mempool
+    recheck = abci.CheckTxType.RECHECK
+    assert harness.app.check_tx(abci.RequestCheckTx(tx=second, type=recheck)).code == 0
+    stale = harness.app.check_tx(abci.RequestCheckTx(tx=first, type=recheck))
+    assert (stale.codespace, stale.code) == (ErrWrongSequence.codespace, ErrWrongSequence.code)
+    assert "expected 2, got 0" in stale.log

@@ -33,7 +33,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Localnet:
     from tests.conftest import free_base_port
 
     network = Localnet(tmp_path_factory.mktemp("cli"), cometbft)
-    network.create(1, base_port=free_base_port(1), accounts=3, timeout_commit="200ms")
+    network.create(1, base_port=free_base_port(1), accounts=3, timeout_commit="200ms", timeout_propose="1s")
     network.start()
     yield network  # type: ignore[misc]
     network.stop()

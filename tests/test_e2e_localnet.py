@@ -30,7 +30,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator[Loc
     from tests.conftest import free_base_port
 
     network = Localnet(tmp_path_factory.mktemp("net4"), cometbft)
-    network.create(N, base_port=free_base_port(N), accounts=12, timeout_commit="200ms")
+    network.create(N, base_port=free_base_port(N), accounts=12, timeout_commit="200ms", timeout_propose="1s")
     try:
         network.start()
         yield network

@@ -7,23 +7,14 @@ once, never a wait for bytes that will not come.
 
 from __future__ import annotations
 
+from abci_app.encoding import uvarint as encode_uvarint
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _MAX_VARINT_BYTES = 10
 
 
 class FramingError(Exception):
     pass
-
-
-def encode_uvarint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError("uvarint cannot encode a negative number")
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def frame(payload: bytes) -> bytes:

@@ -15,18 +15,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from abci_app.encoding import uvarint
+
 HASH_LEN = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 TOMBSTONE_LEAF = hashlib.sha256(b"\x00").digest()
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def leaf_hash(data: bytes) -> bytes:

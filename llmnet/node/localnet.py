@@ -93,7 +93,7 @@ class Localnet:
 
     def create(self, validators: int, chain_id: str = "llmnet-local", base_port: int = 26600,
                accounts: int = 10, timeout_commit: str = "500ms", proxy_app: str | None = None,
-               mempool_size: int | None = None) -> dict[str, Any]:
+               mempool_size: int | None = None, timeout_propose: str = "3s") -> dict[str, Any]:
         """Write every node's files. proxy_app names one of CometBFT's built-in apps (e.g.
         "kvstore") to run it instead of ours, with otherwise identical settings (for baselines)."""
         if validators < 1:
@@ -135,7 +135,7 @@ class Localnet:
                 "persistent_peers": ",".join(p for j, p in enumerate(peers.split(",")) if j != i),
                 "allow_duplicate_ip": True, "addr_book_strict": False,
             })
-            text = set_toml_values(text, "consensus", {"timeout_commit": timeout_commit, "timeout_propose": "1s"})
+            text = set_toml_values(text, "consensus", {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose})
             if proxy_app:
                 text = set_toml_values(text, "", {"proxy_app": proxy_app})
             if mempool_size:

@@ -135,7 +135,8 @@ class Localnet:
                 "persistent_peers": ",".join(p for j, p in enumerate(peers.split(",")) if j != i),
                 "allow_duplicate_ip": True, "addr_book_strict": False,
             })
-            text = set_toml_values(text, "consensus", {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose})
+            text = set_toml_values(text, "consensus",
+                                   {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose})
             if proxy_app:
                 text = set_toml_values(text, "", {"proxy_app": proxy_app})
             if mempool_size:

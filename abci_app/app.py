@@ -138,11 +138,12 @@ class Application:
         )
 
     def simulate(self, raw: bytes) -> abci.ExecTxResult:
-        """Run a tx on the check state and keep nothing."""
+        """Run a tx on the check state as a block would (events, fee kept on a failing message),
+        then keep nothing."""
         holder: list[abci.ExecTxResult] = []
         try:
             with self._check.scope():
-                holder.append(self._run(self._check, self._check_env(), raw, keep_failed_msgs=False))
+                holder.append(self._run(self._check, self._check_env(), raw, keep_failed_msgs=True))
                 raise _Discard
         except _Discard:
             pass
@@ -258,8 +259,9 @@ class Application:
 
     def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool) -> abci.ExecTxResult:
         """Full execution: ante, then messages. With keep_failed_msgs (a block), a message failure
-        still charges the fee and sequence; without (the mempool), the whole tx is rejected."""
-        ctx = Ctx(state, env)
+        still charges the fee and sequence and events are reported; without (the mempool), the
+        whole tx is rejected and no events are built."""
+        ctx = Ctx(state, env, record_events=keep_failed_msgs)
         try:
             tx = self._decode(ctx, raw)
         except AppError as err:

@@ -75,9 +75,12 @@ class Ctx:
     gas: GasMeter = field(default_factory=lambda: GasMeter(INFINITE_GAS))
     costs: GasCosts = FREE
     events: list[Event] = field(default_factory=list)
+    record_events: bool = True
+    """False where no one reads events (the mempool), to save building them."""
 
     def kv(self, store: str) -> KV:
         return KV(self, store)
 
     def emit(self, ev: Event) -> None:
-        self.events.append(ev)
+        if self.record_events:
+            self.events.append(ev)

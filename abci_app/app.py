@@ -11,6 +11,8 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from abci_app import APP_VERSION, SOFTWARE_VERSION
 from abci_app.context import BlockEnv, Ctx
 from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
@@ -39,8 +41,8 @@ class _Discard(Exception):
     """Raised to roll back a scope whose writes must not be kept (simulation)."""
 
 
-def _timestamp_ns(ts: object) -> int:
-    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)  # type: ignore[attr-defined]
+def _timestamp_ns(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
 
 
 def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
@@ -70,8 +72,7 @@ class Application:
         # RECHECK, PrepareProposal, ProcessProposal and FinalizeBlock: remember the outcome.
         self._decoded: OrderedDict[bytes, DecodedTx | AppError] = OrderedDict()
         self._prepared: tuple[int, list[bytes]] | None = None  # this node's last proposal
-        self.chain_id = ""
-        self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0)))
+        self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0, chain_id="")))
         self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
 
     def close(self) -> None:

@@ -55,6 +55,9 @@ def test_send_and_query_through_the_cli(net: Localnet) -> None:
     assert int(after) == int(before) + 777
     tx = json.loads(cli(*opts(net), "query", "tx", sent["tx_hash"], "--output", "json").stdout)
     assert int(tx["height"]) == sent["height"]
+    transfers = [e["attributes"] for e in tx["result"]["events"] if e["type"] == "transfer"]
+    assert len(transfers) == 2  # the fee to the fee collector, then the send
+    assert {"key": "recipient", "value": recipient} in transfers[1]
     acct = cli(*opts(net), "query", "account", "faucet")
     assert "sequence: 1" in acct.stdout
     status = json.loads(cli(*opts(net), "status", "--output", "json").stdout)

@@ -37,15 +37,12 @@ def status_for(codespace: str, code: int) -> grpc.StatusCode:
 
 
 def _tx_result(code: int, codespace: str, log: str, gas_wanted: int, gas_used: int,
-               events: list[Any]) -> service_pb2.TxResult:
+               events: list[tuple[str, list[tuple[str, str]]]]) -> service_pb2.TxResult:
+    """events: (type, [(key, value), ...]) in order."""
     return service_pb2.TxResult(
         code=code, codespace=codespace, log=log, gas_wanted=gas_wanted, gas_used=gas_used,
-        events=[
-            service_pb2.Event(type=e["type"], attributes=[
-                service_pb2.Attribute(key=a["key"], value=a.get("value", "")) for a in e.get("attributes", [])
-            ])
-            for e in events
-        ],
+        events=[service_pb2.Event(type=kind, attributes=[service_pb2.Attribute(key=k, value=v) for k, v in attrs])
+                for kind, attrs in events],
     )
 
 
@@ -74,8 +71,7 @@ class TxServicer(service_pb2_grpc.TxServiceServicer):
     async def Simulate(self, request: service_pb2.SimulateRequest,  # noqa: N802
                        context: grpc.aio.ServicerContext) -> service_pb2.SimulateResponse:
         r = self.app.simulate(request.tx)
-        events = [{"type": e.type, "attributes": [{"key": a.key, "value": a.value} for a in e.attributes]}
-                  for e in r.events]
+        events = [(e.type, [(a.key, a.value) for a in e.attributes]) for e in r.events]
         return service_pb2.SimulateResponse(
             result=_tx_result(r.code, r.codespace, r.log, r.gas_wanted, r.gas_used, events))
 
@@ -98,7 +94,9 @@ class TxServicer(service_pb2_grpc.TxServiceServicer):
             tx_hash=res["hash"], height=int(res["height"]), index=int(res.get("index", 0)),
             tx=base64.b64decode(res["tx"]),
             result=_tx_result(int(r.get("code", 0)), r.get("codespace", ""), r.get("log", ""),
-                              int(r.get("gas_wanted", 0)), int(r.get("gas_used", 0)), r.get("events", [])),
+                              int(r.get("gas_wanted", 0)), int(r.get("gas_used", 0)),
+                              [(e["type"], [(a["key"], a.get("value", "")) for a in e.get("attributes", [])])
+                               for e in r.get("events", [])]),
         )
 
 
@@ -130,7 +128,7 @@ class _Counting(grpc.aio.ServerInterceptor):
         self.metrics = metrics
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        self.metrics.grpc.labels(details.method, "received").inc()
+        self.metrics.grpc.labels(details.method).inc()
         return await continuation(details)
 
 

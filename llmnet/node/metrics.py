@@ -20,7 +20,7 @@ class NodeMetrics:
         )
         self.height = Gauge("llmnet_block_height", "Last committed block height", registry=self.registry)
         self.grpc = Counter(
-            "llmnet_grpc_requests_total", "gRPC API requests by method and status", ["method", "code"],
+            "llmnet_grpc_requests_total", "gRPC API requests received, by method", ["method"],
             registry=self.registry,
         )
 

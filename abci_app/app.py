@@ -31,8 +31,18 @@ from abci_app.x.bank import genesis as bank_genesis
 from abci_app.x.bank import handler as bank_handler
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import STORE as BANK_STORE
+from abci_app.x.experts import genesis as experts_genesis
+from abci_app.x.experts import handler as experts_handler
+from abci_app.x.experts import query as experts_query
+from abci_app.x.experts.keeper import ExpertsKeeper
+from abci_app.x.experts.types import STORE as EXPERTS_STORE
+from abci_app.x.inference import genesis as inference_genesis
+from abci_app.x.inference import handler as inference_handler
+from abci_app.x.inference import query as inference_query
+from abci_app.x.inference.keeper import InferenceKeeper
+from abci_app.x.inference.types import STORE as INFERENCE_STORE
 
-STORES = (AUTH_STORE, BANK_STORE)
+STORES = (AUTH_STORE, BANK_STORE, EXPERTS_STORE, INFERENCE_STORE)
 ABCI_VERSION = "2.0.0"
 DECODE_CACHE_ENTRIES = 50_000
 
@@ -60,10 +70,16 @@ class Application:
         self.committed = CommittedStore(db_path, STORES)
         self.auth = AuthKeeper()
         self.bank = BankKeeper()
+        self.experts = ExpertsKeeper(self.bank)
+        self.inference = InferenceKeeper(self.auth, self.bank, self.experts)
         self.registry = MsgRegistry()
         bank_handler.register(self.registry, self.bank)
+        experts_handler.register(self.registry, self.experts)
+        inference_handler.register(self.registry, self.inference)
         self.router = QueryRouter()
-        register_core(self.router, self.auth, self.bank)
+        register_core(self.router, self.auth, self.bank, self.experts, self.inference)
+        experts_query.register_queries(self.router, self.experts)
+        inference_query.register_queries(self.router, self.inference)
         self.ante = AnteHandler(self.auth, self.bank, SignatureCache())
         self._block: State | None = None  # genesis or the block being finalized
         self._pending: tuple[int, StagedCommit, int] | None = None  # (height, staged, time_ns)
@@ -163,6 +179,8 @@ class Application:
         ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
         auth_genesis.init_genesis(ctx, self.auth, req.chain_id, app_state.get("auth", {}))
         bank_genesis.init_genesis(ctx, self.bank, app_state.get("bank", {}))
+        experts_genesis.init_genesis(ctx, self.experts, app_state.get("experts", {}))
+        inference_genesis.init_genesis(ctx, self.inference, app_state.get("inference", {}))
         self.chain_id = req.chain_id
         self._block = state
         self._check = state.fork()  # the mempool may admit txs before block 1 commits
@@ -202,9 +220,14 @@ class Application:
         time_ns = _timestamp_ns(req.time)
         env = self._env(req.height, time_ns, seed=req.hash)
         results = [self._run(state, env, raw, keep_failed_msgs=True) for raw in req.txs]
+        end = Ctx(state, env)
+        with state.scope():  # end-of-block work is the chain's own: an error here is fatal
+            self.experts.end_block(end)
+            self.inference.end_block(end)
         staged = self.committed.stage(state.writes())
         self._pending = (req.height, staged, time_ns)
-        return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash)
+        return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash,
+                                          events=[e.to_pb() for e in end.events])
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         """Persist the finalized block in one database transaction and reset the check state."""

@@ -10,6 +10,9 @@ from google.protobuf.message import Message
 
 from abci_app.context import Ctx
 
+Handler = tuple[type[Message], Callable[[Any], str], Callable[[Any], None], Callable[[Ctx, Any], object]]
+"""(message class, signer, stateless validation, state transition), as modules list them."""
+
 
 @dataclass(frozen=True)
 class MsgSpec:
@@ -18,7 +21,7 @@ class MsgSpec:
     """The bech32 address that must sign this message."""
     validate: Callable[[Any], None]
     """Stateless checks; raises an AppError."""
-    handle: Callable[[Ctx, Any], None]
+    handle: Callable[[Ctx, Any], object]
     """The state transition; raises an AppError to reject (its writes are rolled back)."""
 
     @property
@@ -29,6 +32,10 @@ class MsgSpec:
 class MsgRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, MsgSpec] = {}
+
+    def register_all(self, handlers: list[Handler]) -> None:
+        for cls, signer, validate, handle in handlers:
+            self.register(MsgSpec(cls=cls, signer=signer, validate=validate, handle=handle))
 
     def register(self, spec: MsgSpec) -> None:
         if spec.type_url in self._specs:

@@ -19,6 +19,8 @@ from abci_app.pb.llmnet.query.v1 import query_pb2
 from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import check_address
+from abci_app.x.experts.keeper import ExpertsKeeper
+from abci_app.x.inference.keeper import InferenceKeeper
 
 QUERY_SERVICE = "llmnet.query.v1.QueryService"
 
@@ -58,29 +60,32 @@ class QueryRouter:
         return route.handle(ctx, request).SerializeToString()
 
 
-def _address(text: str) -> bytes:
+def request_address(text: str) -> bytes:
+    """A request's address field, or ErrInvalidRequest saying what is wrong with it."""
     try:
         return check_address("address", text)
     except Exception as exc:  # noqa: BLE001 - any address defect is the caller's bad input
         raise ErrInvalidRequest(str(exc)) from None
 
 
-def register_core(router: QueryRouter, auth: AuthKeeper, bank: BankKeeper) -> None:
+def register_core(router: QueryRouter, auth: AuthKeeper, bank: BankKeeper, experts: ExpertsKeeper,
+                  inference: InferenceKeeper) -> None:
     def account(ctx: Ctx, req: query_pb2.AccountRequest) -> query_pb2.AccountResponse:
-        address = _address(req.address)
+        address = request_address(req.address)
         if not auth.has_account(ctx, address):
             raise ErrNotFound(f"account {req.address} has never signed a transaction")
         return query_pb2.AccountResponse(account=auth.account(ctx, address), height=ctx.env.height)
 
     def balance(ctx: Ctx, req: query_pb2.BalanceRequest) -> query_pb2.BalanceResponse:
-        amount = bank.balance(ctx, _address(req.address))
+        amount = bank.balance(ctx, request_address(req.address))
         return query_pb2.BalanceResponse(denom=bank.denom(ctx), amount=amount, height=ctx.env.height)
 
     def supply(ctx: Ctx, req: query_pb2.SupplyRequest) -> query_pb2.SupplyResponse:
         return query_pb2.SupplyResponse(denom=bank.denom(ctx), amount=bank.supply(ctx), height=ctx.env.height)
 
     def params(ctx: Ctx, req: query_pb2.ParamsRequest) -> query_pb2.ParamsResponse:
-        return query_pb2.ParamsResponse(auth=auth.params(ctx), bank=bank.params(ctx), height=ctx.env.height)
+        return query_pb2.ParamsResponse(auth=auth.params(ctx), bank=bank.params(ctx), experts=experts.params(ctx),
+                                        inference=inference.params(ctx), height=ctx.env.height)
 
     for name, req_cls, resp_cls, fn in (
         ("Account", query_pb2.AccountRequest, query_pb2.AccountResponse, account),

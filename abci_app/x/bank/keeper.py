@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abci_app.context import Ctx
 from abci_app.crypto import format_address
+from abci_app.events import event
 from abci_app.pb.llmnet.bank.v1 import bank_pb2
 from abci_app.x.bank.types import (
     MAX_AMOUNT,
@@ -59,6 +60,17 @@ class BankKeeper:
         self._set_balance(ctx, sender, have - amount)
         self._set_balance(ctx, recipient, self.balance(ctx, recipient) + amount)
         ctx.emit(transfer_event(format_address(sender), format_address(recipient), amount, self.denom(ctx)))
+
+    def burn(self, ctx: Ctx, holder: bytes, amount: int) -> None:
+        """Destroy amount held by holder; the supply shrinks by the same amount."""
+        if amount <= 0:
+            return
+        have = self.balance(ctx, holder)
+        if have < amount:
+            raise ErrInsufficientFunds(f"{format_address(holder)} has {have}, cannot burn {amount}")
+        self._set_balance(ctx, holder, have - amount)
+        ctx.kv(STORE).set(SUPPLY_KEY, bank_pb2.Balance(amount=self.supply(ctx) - amount).SerializeToString())
+        ctx.emit(event("burn", burner=format_address(holder), amount=f"{amount}{self.denom(ctx)}"))
 
     def mint_genesis(self, ctx: Ctx, address: bytes, amount: int) -> None:
         """Create coins at genesis only; the supply grows by the same amount."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from abci_app.crypto import parse_address
 from abci_app.errors import AppError
 from abci_app.events import Event, event
@@ -33,6 +35,11 @@ class ErrInvalidAmount(BankError):
 
 class ErrSendDisabled(BankError):
     code = 5
+
+
+def module_address(name: str) -> bytes:
+    """A module account's address: no key can sign for it, only its module moves its funds."""
+    return hashlib.sha256(b"module:" + name.encode()).digest()[:20]
 
 
 def balance_key(address: bytes) -> bytes:

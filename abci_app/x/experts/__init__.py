@@ -1,0 +1,1 @@
+"""Expert registry: bonds, domains, model commitments, reputation, jail and slashing."""

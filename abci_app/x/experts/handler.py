@@ -1,0 +1,28 @@
+"""Experts message handlers: message -> keeper."""
+
+from __future__ import annotations
+
+from abci_app.crypto import parse_address
+from abci_app.msgs import Handler, MsgRegistry
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
+from abci_app.x.experts.keeper import ExpertsKeeper
+from abci_app.x.experts.types import (
+    validate_add_domain,
+    validate_address_only,
+    validate_register,
+    validate_update,
+)
+
+
+def register(registry: MsgRegistry, keeper: ExpertsKeeper) -> None:
+    specs: list[Handler] = [
+        (pb.MsgRegisterExpert, lambda m: m.address, validate_register, keeper.register),
+        (pb.MsgUpdateExpert, lambda m: m.address, validate_update, keeper.update),
+        (pb.MsgUnbondExpert, lambda m: m.address, validate_address_only,
+         lambda ctx, m: keeper.unbond(ctx, parse_address(m.address))),
+        (pb.MsgUnjail, lambda m: m.address, validate_address_only,
+         lambda ctx, m: keeper.unjail(ctx, parse_address(m.address))),
+        (pb.MsgAddDomain, lambda m: m.authority, validate_add_domain,
+         lambda ctx, m: keeper.add_domain(ctx, m.authority, m.domain)),
+    ]
+    registry.register_all(specs)

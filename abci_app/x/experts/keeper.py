@@ -1,0 +1,266 @@
+"""Experts state: records, bonds in module pools, reputation with history, slashing and jail."""
+
+from __future__ import annotations
+
+from abci_app.context import Ctx
+from abci_app.crypto import format_address, parse_address
+from abci_app.events import event
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
+from abci_app.x.bank.keeper import BankKeeper
+from abci_app.x.experts.types import (
+    BONDED_POOL,
+    HISTORY_PREFIX,
+    PARAMS_KEY,
+    SCORER_REP_PREFIX,
+    STORE,
+    UNBONDING_POOL,
+    UNBONDING_PREFIX,
+    ErrAlreadyRegistered,
+    ErrBondTooLow,
+    ErrNotAuthority,
+    ErrNotJailed,
+    ErrStillJailed,
+    ErrUnbonding,
+    ErrUnknownDomain,
+    ErrUnknownExpert,
+    Status,
+    expert_key,
+    reputation_key,
+)
+
+PPM = 1_000_000
+
+
+def _be(n: int, width: int = 8) -> bytes:
+    return n.to_bytes(width, "big")
+
+
+class ExpertsKeeper:
+    def __init__(self, bank: BankKeeper) -> None:
+        self.bank = bank
+
+    # -- params and records -------------------------------------------------------------
+
+    def params(self, ctx: Ctx) -> pb.Params:
+        raw = ctx.state.get(STORE, PARAMS_KEY)
+        if raw is None:
+            raise RuntimeError("experts params missing from state")
+        return pb.Params.FromString(raw)
+
+    def set_params(self, ctx: Ctx, params: pb.Params) -> None:
+        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+
+    def get(self, ctx: Ctx, address: bytes) -> pb.Expert | None:
+        raw = ctx.kv(STORE).get(expert_key(address))
+        return None if raw is None else pb.Expert.FromString(raw)
+
+    def require(self, ctx: Ctx, address: bytes) -> pb.Expert:
+        expert = self.get(ctx, address)
+        if expert is None:
+            raise ErrUnknownExpert(f"{format_address(address)} is not a registered expert")
+        return expert
+
+    def set(self, ctx: Ctx, address: bytes, expert: pb.Expert) -> None:
+        ctx.kv(STORE).set(expert_key(address), expert.SerializeToString())
+
+    def _check_domains(self, ctx: Ctx, domains: list[str]) -> None:
+        known = set(self.params(ctx).domains)
+        unknown = sorted(set(domains) - known)
+        if unknown:
+            raise ErrUnknownDomain(f"unknown domains {unknown}; registered: {sorted(known)}")
+
+    # -- transitions --------------------------------------------------------------------
+
+    def register(self, ctx: Ctx, msg: pb.MsgRegisterExpert) -> None:
+        """Raises ErrAlreadyRegistered, ErrUnknownDomain, ErrBondTooLow or bank errors."""
+        address = parse_address(msg.address)
+        if self.get(ctx, address) is not None:
+            raise ErrAlreadyRegistered(f"{msg.address} is already registered; use MsgUpdateExpert")
+        self._check_domains(ctx, list(msg.domains))
+        params = self.params(ctx)
+        if msg.bond < params.min_bond:
+            raise ErrBondTooLow(f"bond {msg.bond} is below the minimum {params.min_bond}")
+        self.bank.move(ctx, address, BONDED_POOL, msg.bond)
+        expert = pb.Expert(address=msg.address, domains=sorted(msg.domains), endpoint=msg.endpoint,
+                           model=msg.model, bond=msg.bond, status=Status.EXPERT_STATUS_ACTIVE)
+        self.set(ctx, address, expert)
+        for domain in expert.domains:
+            if ctx.kv(STORE).get(reputation_key(domain, address)) is None:
+                self.set_reputation(ctx, domain, address, params.initial_reputation, 0, "register")
+        ctx.emit(event("expert_registered", expert=msg.address, domains=",".join(expert.domains), bond=msg.bond,
+                       adapter_sha256=msg.model.adapter_sha256))
+
+    def update(self, ctx: Ctx, msg: pb.MsgUpdateExpert) -> None:
+        address = parse_address(msg.address)
+        expert = self.require(ctx, address)
+        if expert.status == Status.EXPERT_STATUS_UNBONDING:
+            raise ErrUnbonding(f"{msg.address} is unbonding and cannot change")
+        self._check_domains(ctx, list(msg.domains))
+        initial = self.params(ctx).initial_reputation
+        del expert.domains[:]
+        expert.domains.extend(sorted(msg.domains))
+        expert.endpoint = msg.endpoint
+        expert.model.CopyFrom(msg.model)
+        self.set(ctx, address, expert)
+        for domain in expert.domains:
+            if ctx.kv(STORE).get(reputation_key(domain, address)) is None:
+                self.set_reputation(ctx, domain, address, initial, 0, "register")
+        ctx.emit(event("expert_updated", expert=msg.address, domains=",".join(expert.domains)))
+
+    def unbond(self, ctx: Ctx, address: bytes) -> None:
+        expert = self.require(ctx, address)
+        if expert.status == Status.EXPERT_STATUS_UNBONDING:
+            raise ErrUnbonding(f"{expert.address} is already unbonding")
+        params = self.params(ctx)
+        if expert.bond:
+            self.bank.move(ctx, BONDED_POOL, UNBONDING_POOL, expert.bond)
+        expert.status = Status.EXPERT_STATUS_UNBONDING
+        expert.unbond_at = ctx.env.height + params.unbonding_blocks
+        self.set(ctx, address, expert)
+        ctx.kv(STORE).set(UNBONDING_PREFIX + _be(expert.unbond_at) + address, b"\x01")
+        ctx.emit(event("expert_unbonding", expert=expert.address, amount=expert.bond, release_height=expert.unbond_at))
+
+    def unjail(self, ctx: Ctx, address: bytes) -> None:
+        expert = self.require(ctx, address)
+        if expert.status != Status.EXPERT_STATUS_JAILED:
+            raise ErrNotJailed(f"{expert.address} is not jailed")
+        if ctx.env.height < expert.jailed_until:
+            raise ErrStillJailed(f"{expert.address} is jailed until height {expert.jailed_until}")
+        if expert.bond < self.params(ctx).min_bond:
+            raise ErrBondTooLow(f"bond {expert.bond} fell below the minimum after slashing; unbond and re-register")
+        expert.status = Status.EXPERT_STATUS_ACTIVE
+        expert.missed = 0
+        self.set(ctx, address, expert)
+        ctx.emit(event("expert_unjailed", expert=expert.address))
+
+    def add_domain(self, ctx: Ctx, authority: str, domain: str) -> None:
+        params = self.params(ctx)
+        if not params.authority or authority != params.authority:
+            raise ErrNotAuthority(f"{authority} is not the domain authority")
+        if domain not in params.domains:
+            params.domains.append(domain)
+            params.domains.sort()
+            self.set_params(ctx, params)
+        ctx.emit(event("domain_added", domain=domain))
+
+    # -- reputation ---------------------------------------------------------------------
+
+    def reputation(self, ctx: Ctx, domain: str, address: bytes) -> int:
+        raw = ctx.kv(STORE).get(reputation_key(domain, address))
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def set_reputation(self, ctx: Ctx, domain: str, address: bytes, value: int, query_id: int, reason: str) -> None:
+        scale = self.params(ctx).reputation_scale
+        value = max(0, min(scale, value))
+        ctx.kv(STORE).set(reputation_key(domain, address), _be(value))
+        point = pb.ReputationPoint(domain=domain, height=ctx.env.height, query_id=query_id, reputation=value,
+                                   reason=reason)
+        key = HISTORY_PREFIX + address + _be(ctx.env.height) + _be(query_id) + domain.encode() + b"/" + reason.encode()
+        ctx.kv(STORE).set(key, point.SerializeToString())
+        ctx.emit(event("reputation", expert=format_address(address), domain=domain, value=value, reason=reason,
+                       query_id=query_id))
+
+    def ema(self, ctx: Ctx, domain: str, address: bytes, score: int, query_id: int, reason: str) -> None:
+        """R <- R + alpha * (s - R), with s on the reputation scale."""
+        params = self.params(ctx)
+        current = self.reputation(ctx, domain, address)
+        self.set_reputation(ctx, domain, address, current + params.alpha_ppm * (score - current) // PPM,
+                            query_id, reason)
+
+    def scorer_reputation(self, ctx: Ctx, address: bytes) -> int:
+        raw = ctx.kv(STORE).get(SCORER_REP_PREFIX + address)
+        return self.params(ctx).initial_reputation if raw is None else int.from_bytes(raw, "big")
+
+    def update_scorer_reputation(self, ctx: Ctx, address: bytes, agreement: int) -> None:
+        params = self.params(ctx)
+        current = self.scorer_reputation(ctx, address)
+        value = max(0, min(params.reputation_scale, current + params.alpha_ppm * (agreement - current) // PPM))
+        ctx.kv(STORE).set(SCORER_REP_PREFIX + address, _be(value))
+
+    def history(self, ctx: Ctx, address: bytes) -> list[pb.ReputationPoint]:
+        return [pb.ReputationPoint.FromString(v) for _, v in ctx.kv(STORE).iterate(HISTORY_PREFIX + address)]
+
+    def candidates(self, ctx: Ctx, domain: str) -> list[tuple[bytes, int]]:
+        """Active experts serving domain with their reputation, in address order."""
+        prefix = reputation_key(domain, b"")
+        out = []
+        for key, raw in ctx.kv(STORE).iterate(prefix):
+            address = key[len(prefix):]
+            expert = self.get(ctx, address)
+            if expert is not None and expert.status == Status.EXPERT_STATUS_ACTIVE and domain in expert.domains:
+                out.append((address, int.from_bytes(raw, "big")))
+        return out
+
+    # -- work record, slashing ----------------------------------------------------------
+
+    def record_delivered(self, ctx: Ctx, address: bytes) -> None:
+        expert = self.get(ctx, address)
+        if expert is not None:
+            expert.missed = 0
+            expert.answered += 1
+            self.set(ctx, address, expert)
+
+    def credit(self, ctx: Ctx, address: bytes, amount: int) -> None:
+        expert = self.get(ctx, address)
+        if expert is not None:
+            expert.earned += amount
+            self.set(ctx, address, expert)
+
+    def record_missed(self, ctx: Ctx, address: bytes, domain: str, query_id: int, slash: bool, reason: str) -> None:
+        """A missed assignment: counts toward jail; with slash, also costs bond and reputation."""
+        expert = self.get(ctx, address)
+        if expert is None:
+            return
+        expert.missed += 1
+        self.set(ctx, address, expert)
+        if slash:
+            self.slash(ctx, address, domain, query_id, reason)
+        expert = self.require(ctx, address)
+        if expert.missed >= self.params(ctx).max_missed:
+            self.jail(ctx, address, f"missed {expert.missed} assignments in a row")
+
+    def slash(self, ctx: Ctx, address: bytes, domain: str, query_id: int, reason: str,
+              reporter: bytes | None = None) -> int:
+        """Take slash_ppm of the bond (from whichever pool holds it), pay the reporter its share,
+        burn the rest, halve the domain reputation. Returns the amount slashed."""
+        params = self.params(ctx)
+        expert = self.require(ctx, address)
+        amount = expert.bond * params.slash_ppm // PPM
+        pool = UNBONDING_POOL if expert.status == Status.EXPERT_STATUS_UNBONDING else BONDED_POOL
+        if amount:
+            to_reporter = amount * params.reporter_share_ppm // PPM if reporter is not None else 0
+            if to_reporter and reporter is not None:
+                self.bank.move(ctx, pool, reporter, to_reporter)
+            self.bank.burn(ctx, pool, amount - to_reporter)
+            expert.bond -= amount
+            expert.slashed += amount
+            self.set(ctx, address, expert)
+        self.set_reputation(ctx, domain, address, self.reputation(ctx, domain, address) // 2, query_id, reason)
+        ctx.emit(event("slash", expert=expert.address, amount=amount, reason=reason, query_id=query_id))
+        return amount
+
+    def jail(self, ctx: Ctx, address: bytes, reason: str) -> None:
+        expert = self.require(ctx, address)
+        if expert.status != Status.EXPERT_STATUS_ACTIVE:
+            return  # unbonding experts are already out of selection
+        expert.status = Status.EXPERT_STATUS_JAILED
+        expert.jailed_until = ctx.env.height + self.params(ctx).jail_blocks
+        self.set(ctx, address, expert)
+        ctx.emit(event("jail", expert=expert.address, until=expert.jailed_until, reason=reason))
+
+    def end_block(self, ctx: Ctx) -> None:
+        """Release bonds whose unbonding period ended at or before this height."""
+        kv = ctx.kv(STORE)
+        for key, _ in kv.iterate(UNBONDING_PREFIX):
+            height = int.from_bytes(key[len(UNBONDING_PREFIX):len(UNBONDING_PREFIX) + 8], "big")
+            if height > ctx.env.height:
+                break
+            address = key[len(UNBONDING_PREFIX) + 8:]
+            expert = self.get(ctx, address)
+            kv.delete(key)
+            if expert is None:
+                continue
+            if expert.bond:
+                self.bank.move(ctx, UNBONDING_POOL, address, expert.bond)
+            kv.delete(expert_key(address))
+            ctx.emit(event("expert_unbonded", expert=expert.address, amount=expert.bond))

@@ -1,0 +1,132 @@
+"""Experts module: keys, errors, events, defaults and stateless message checks."""
+
+from __future__ import annotations
+
+import re
+
+from abci_app.errors import AppError
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
+from abci_app.x.bank.types import check_address, module_address
+
+STORE = "experts"
+PARAMS_KEY = b"params"
+EXPERT_PREFIX = b"exp/"
+REPUTATION_PREFIX = b"rep/"  # rep/<domain>/<address> -> uint64 big-endian
+SCORER_REP_PREFIX = b"srep/"  # srep/<address>
+HISTORY_PREFIX = b"hist/"  # hist/<address>/<height be8><seq be4> -> ReputationPoint
+UNBONDING_PREFIX = b"unb/"  # unb/<height be8><address> -> b""
+BONDED_POOL = module_address("experts/bonded")
+UNBONDING_POOL = module_address("experts/unbonding")
+DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+MAX_ENDPOINT = 256
+MAX_DOMAINS = 16
+
+Status = pb.ExpertStatus
+
+
+class ExpertsError(AppError):
+    codespace = "experts"
+
+
+class ErrUnknownExpert(ExpertsError):
+    code = 2
+
+
+class ErrAlreadyRegistered(ExpertsError):
+    code = 3
+
+
+class ErrBondTooLow(ExpertsError):
+    code = 4
+
+
+class ErrUnknownDomain(ExpertsError):
+    code = 5
+
+
+class ErrInvalidExpert(ExpertsError):
+    code = 6
+
+
+class ErrNotJailed(ExpertsError):
+    code = 7
+
+
+class ErrStillJailed(ExpertsError):
+    code = 8
+
+
+class ErrUnbonding(ExpertsError):
+    code = 9
+
+
+class ErrNotAuthority(ExpertsError):
+    code = 10
+
+
+def default_params() -> pb.Params:
+    return pb.Params(
+        min_bond=1_000_000,
+        unbonding_blocks=20,
+        max_missed=3,
+        jail_blocks=10,
+        slash_ppm=100_000,
+        reporter_share_ppm=500_000,
+        reputation_scale=1_000_000,
+        initial_reputation=500_000,
+        alpha_ppm=200_000,
+        selection_exponent=2,
+        exploration_floor=100_000,
+        domains=["island-herbalism", "kestrel-lang", "orbital-logistics"],
+        authority="",
+    )
+
+
+def expert_key(address: bytes) -> bytes:
+    return EXPERT_PREFIX + address
+
+
+def reputation_key(domain: str, address: bytes) -> bytes:
+    return REPUTATION_PREFIX + domain.encode() + b"/" + address
+
+
+def check_domains(domains: list[str]) -> None:
+    if not domains or len(domains) > MAX_DOMAINS:
+        raise ErrInvalidExpert(f"an expert serves 1 to {MAX_DOMAINS} domains, got {len(domains)}")
+    if len(set(domains)) != len(domains):
+        raise ErrInvalidExpert("domains must not repeat")
+    for d in domains:
+        if not DOMAIN_RE.match(d):
+            raise ErrInvalidExpert(f"domain {d!r} must be lower-case letters, digits and '-'")
+
+
+def check_model(model: pb.ModelCommitment) -> None:
+    if not model.base_model or len(model.base_model) > 128:
+        raise ErrInvalidExpert("model.base_model must be 1-128 characters")
+    if not re.fullmatch(r"[0-9a-f]{64}", model.adapter_sha256):
+        raise ErrInvalidExpert("model.adapter_sha256 must be 64 lower-case hex characters")
+
+
+def validate_register(msg: pb.MsgRegisterExpert) -> None:
+    check_address("address", msg.address)
+    check_domains(list(msg.domains))
+    check_model(msg.model)
+    if not msg.endpoint or len(msg.endpoint) > MAX_ENDPOINT:
+        raise ErrInvalidExpert(f"endpoint must be 1-{MAX_ENDPOINT} characters")
+
+
+def validate_update(msg: pb.MsgUpdateExpert) -> None:
+    check_address("address", msg.address)
+    check_domains(list(msg.domains))
+    check_model(msg.model)
+    if not msg.endpoint or len(msg.endpoint) > MAX_ENDPOINT:
+        raise ErrInvalidExpert(f"endpoint must be 1-{MAX_ENDPOINT} characters")
+
+
+def validate_address_only(msg: pb.MsgUnbondExpert | pb.MsgUnjail) -> None:
+    check_address("address", msg.address)
+
+
+def validate_add_domain(msg: pb.MsgAddDomain) -> None:
+    check_address("authority", msg.authority)
+    check_domains([msg.domain])

@@ -1,0 +1,1 @@
+"""Queries: escrow, expert selection, commit-reveal answer rounds, peer scoring, settlement."""

@@ -1,0 +1,27 @@
+"""Inference message handlers: message -> keeper."""
+
+from __future__ import annotations
+
+from abci_app.msgs import Handler, MsgRegistry
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
+from abci_app.x.inference.keeper import InferenceKeeper
+from abci_app.x.inference.types import (
+    validate_commit_answer,
+    validate_commit_scores,
+    validate_equivocation,
+    validate_reveal_answer,
+    validate_reveal_scores,
+    validate_submit,
+)
+
+
+def register(registry: MsgRegistry, keeper: InferenceKeeper) -> None:
+    specs: list[Handler] = [
+        (pb.MsgSubmitQuery, lambda m: m.requester, validate_submit, keeper.submit),
+        (pb.MsgCommitAnswer, lambda m: m.respondent, validate_commit_answer, keeper.commit_answer),
+        (pb.MsgRevealAnswer, lambda m: m.respondent, validate_reveal_answer, keeper.reveal_answer),
+        (pb.MsgCommitScores, lambda m: m.scorer, validate_commit_scores, keeper.commit_scores),
+        (pb.MsgRevealScores, lambda m: m.scorer, validate_reveal_scores, keeper.reveal_scores),
+        (pb.MsgReportEquivocation, lambda m: m.reporter, validate_equivocation, keeper.report_equivocation),
+    ]
+    registry.register_all(specs)

@@ -1,0 +1,292 @@
+"""Inference state and the life of one query: submit, answer rounds, scoring, then settlement.
+
+A phase's window is the heights up to its deadline, inclusive; end_block of the deadline height
+closes it and opens the next phase, so every transition (and the settlement, which is the
+chain's work, not any sender's) happens in FinalizeBlock. When everyone assigned has acted, the
+deadline is pulled in to the current height. Every query therefore settles exactly once.
+"""
+
+from __future__ import annotations
+
+from abci_app.context import Ctx
+from abci_app.crypto import format_address, parse_address, verify
+from abci_app.events import event
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
+from abci_app.x.auth.keeper import AuthKeeper
+from abci_app.x.bank.keeper import BankKeeper
+from abci_app.x.experts.keeper import ExpertsKeeper
+from abci_app.x.inference import selection
+from abci_app.x.inference.settlement import settle
+from abci_app.x.inference.types import (
+    DEADLINE_PREFIX,
+    EQUIVOCATION_PREFIX,
+    ESCROW,
+    NEXT_ID_KEY,
+    PARAMS_KEY,
+    STORE,
+    ErrCommitMismatch,
+    ErrDuplicate,
+    ErrFeeTooLow,
+    ErrInvalidEvidence,
+    ErrInvalidQuery,
+    ErrInvalidScores,
+    ErrNotAssigned,
+    ErrTooFewExperts,
+    ErrUnknownQuery,
+    ErrWrongPhase,
+    Phase,
+    answer_commitment,
+    answer_key,
+    answer_sign_bytes,
+    be8,
+    deadline_key,
+    query_key,
+    receipt_key,
+    score_key,
+    scores_commitment,
+)
+
+
+class InferenceKeeper:
+    def __init__(self, auth: AuthKeeper, bank: BankKeeper, experts: ExpertsKeeper) -> None:
+        self.auth = auth
+        self.bank = bank
+        self.experts = experts
+
+    # -- records ------------------------------------------------------------------------
+
+    def params(self, ctx: Ctx) -> pb.Params:
+        raw = ctx.state.get(STORE, PARAMS_KEY)
+        if raw is None:
+            raise RuntimeError("inference params missing from state")
+        return pb.Params.FromString(raw)
+
+    def set_params(self, ctx: Ctx, params: pb.Params) -> None:
+        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+
+    def get(self, ctx: Ctx, query_id: int) -> pb.Query:
+        raw = ctx.kv(STORE).get(query_key(query_id))
+        if raw is None:
+            raise ErrUnknownQuery(f"no query {query_id}")
+        return pb.Query.FromString(raw)
+
+    def _save(self, ctx: Ctx, q: pb.Query) -> None:
+        ctx.kv(STORE).set(query_key(q.id), q.SerializeToString())
+
+    def answer(self, ctx: Ctx, query_id: int, round_: int, respondent: bytes) -> pb.AnswerEntry | None:
+        raw = ctx.kv(STORE).get(answer_key(query_id, round_, respondent))
+        return None if raw is None else pb.AnswerEntry.FromString(raw)
+
+    def score_entry(self, ctx: Ctx, query_id: int, scorer: bytes) -> pb.ScoreEntry | None:
+        raw = ctx.kv(STORE).get(score_key(query_id, scorer))
+        return None if raw is None else pb.ScoreEntry.FromString(raw)
+
+    def receipt(self, ctx: Ctx, query_id: int) -> pb.Receipt | None:
+        raw = ctx.kv(STORE).get(receipt_key(query_id))
+        return None if raw is None else pb.Receipt.FromString(raw)
+
+    # -- submit and selection -----------------------------------------------------------
+
+    def submit(self, ctx: Ctx, msg: pb.MsgSubmitQuery) -> int:
+        """Escrow the fee and draw respondents and scorers. Raises ErrInvalidQuery, ErrFeeTooLow,
+        ErrTooFewExperts or bank errors; on error nothing is escrowed."""
+        params, eparams = self.params(ctx), self.experts.params(ctx)
+        if len(msg.prompt.encode()) > params.max_prompt_bytes:
+            raise ErrInvalidQuery(f"prompt is over {params.max_prompt_bytes} bytes")
+        if msg.k > params.max_k or msg.rounds > params.max_rounds:
+            raise ErrInvalidQuery(f"k <= {params.max_k} and rounds <= {params.max_rounds} required")
+        if msg.domain not in eparams.domains:
+            raise ErrInvalidQuery(f"domain {msg.domain!r} is not registered")
+        if msg.max_fee < params.min_fee_per_respondent * msg.k:
+            raise ErrFeeTooLow(f"max_fee must be at least {params.min_fee_per_respondent} per respondent")
+        requester = parse_address(msg.requester)
+        query_id = int.from_bytes(ctx.kv(STORE).get(NEXT_ID_KEY) or be8(1), "big")
+        ctx.kv(STORE).set(NEXT_ID_KEY, be8(query_id + 1))
+        seed = selection.query_seed(ctx.env.seed, query_id)
+        candidates = [(a, r) for a, r in self.experts.candidates(ctx, msg.domain) if a != requester]
+        weighted = [(a, selection.weight(r, eparams.exploration_floor, eparams.selection_exponent))
+                    for a, r in candidates]
+        needed = msg.k + params.scorers
+        if len(weighted) < needed:
+            raise ErrTooFewExperts(f"domain {msg.domain} has {len(weighted)} eligible experts, "
+                                   f"this query needs {needed} ({msg.k} respondents + {params.scorers} scorers)")
+        respondents = selection.draw(seed, weighted, int(msg.k), b"respondents")
+        rest = [(a, w) for a, w in weighted if a not in respondents]
+        scorers = selection.draw(seed, rest, int(params.scorers), b"scorers")
+        self.bank.move(ctx, requester, ESCROW, msg.max_fee)
+        q = pb.Query(
+            id=query_id, requester=msg.requester, domain=msg.domain, prompt=msg.prompt, max_fee=msg.max_fee,
+            k=msg.k, rounds=msg.rounds, respondents=[format_address(a) for a in respondents],
+            scorers=[format_address(a) for a in scorers], phase=Phase.PHASE_ANSWER_COMMIT, round=1,
+            created_height=ctx.env.height, seed=seed,
+            candidates=[pb.Candidate(address=format_address(a), reputation=r, weight=str(w))
+                        for (a, r), (_, w) in zip(candidates, weighted, strict=True)],
+        )
+        self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
+        ctx.emit(event("query_submitted", query_id=query_id, requester=msg.requester, domain=msg.domain,
+                       max_fee=msg.max_fee))
+        ctx.emit(event("query_assigned", query_id=query_id, respondents=",".join(q.respondents),
+                       scorers=",".join(q.scorers), round=1, deadline=q.deadline))
+        return query_id
+
+    def _set_deadline(self, ctx: Ctx, q: pb.Query, height: int) -> None:
+        kv = ctx.kv(STORE)
+        if q.deadline:
+            kv.delete(deadline_key(q.deadline, q.id))
+        q.deadline = height
+        kv.set(deadline_key(height, q.id), b"\x01")
+        self._save(ctx, q)
+
+    # -- answer rounds ------------------------------------------------------------------
+
+    def _assigned(self, q: pb.Query, who: str, role: str) -> bytes:
+        listed = q.respondents if role == "respondent" else q.scorers
+        if who not in listed:
+            raise ErrNotAssigned(f"{who} is not a {role} of query {q.id}")
+        return parse_address(who)
+
+    def _in_phase(self, ctx: Ctx, q: pb.Query, phase: int, round_: int | None = None) -> None:
+        if q.phase != phase or (round_ is not None and q.round != round_) or ctx.env.height > q.deadline:
+            raise ErrWrongPhase(f"query {q.id} is in {Phase.Name(q.phase)} round {q.round} until height "
+                                f"{q.deadline}; this message needs {Phase.Name(phase)}"
+                                + (f" round {round_}" if round_ is not None else ""))
+
+    def commit_answer(self, ctx: Ctx, msg: pb.MsgCommitAnswer) -> None:
+        q = self.get(ctx, msg.query_id)
+        respondent = self._assigned(q, msg.respondent, "respondent")
+        self._in_phase(ctx, q, Phase.PHASE_ANSWER_COMMIT, msg.round)
+        if self.answer(ctx, q.id, q.round, respondent) is not None:
+            raise ErrDuplicate(f"{msg.respondent} already committed to round {q.round} of query {q.id}")
+        entry = pb.AnswerEntry(respondent=msg.respondent, round=q.round, commitment=msg.commitment)
+        ctx.kv(STORE).set(answer_key(q.id, q.round, respondent), entry.SerializeToString())
+        ctx.emit(event("answer_committed", query_id=q.id, round=q.round, respondent=msg.respondent))
+        if all(self.answer(ctx, q.id, q.round, parse_address(r)) for r in q.respondents):
+            self._set_deadline(ctx, q, ctx.env.height)
+
+    def _open_reveal(self, ctx: Ctx, q: pb.Query) -> None:
+        q.phase = Phase.PHASE_ANSWER_REVEAL
+        self._set_deadline(ctx, q, ctx.env.height + self.params(ctx).reveal_blocks)
+
+    def reveal_answer(self, ctx: Ctx, msg: pb.MsgRevealAnswer) -> None:
+        q = self.get(ctx, msg.query_id)
+        respondent = self._assigned(q, msg.respondent, "respondent")
+        self._in_phase(ctx, q, Phase.PHASE_ANSWER_REVEAL, msg.round)
+        if len(msg.answer.encode()) > self.params(ctx).max_answer_bytes:
+            raise ErrInvalidQuery(f"answer is over {self.params(ctx).max_answer_bytes} bytes")
+        entry = self.answer(ctx, q.id, q.round, respondent)
+        if entry is None:
+            raise ErrNotAssigned(f"{msg.respondent} did not commit in round {q.round} of query {q.id}")
+        if entry.revealed:
+            raise ErrDuplicate(f"{msg.respondent} already revealed round {q.round} of query {q.id}")
+        if answer_commitment(msg.answer, msg.salt) != entry.commitment:
+            raise ErrCommitMismatch("sha256(answer || salt) does not match the commitment")
+        entry.revealed, entry.answer = True, msg.answer
+        ctx.kv(STORE).set(answer_key(q.id, q.round, respondent), entry.SerializeToString())
+        self.experts.record_delivered(ctx, respondent)
+        ctx.emit(event("answer_revealed", query_id=q.id, round=q.round, respondent=msg.respondent))
+        entries = [self.answer(ctx, q.id, q.round, parse_address(r)) for r in q.respondents]
+        if all(e is not None and e.revealed for e in entries):
+            self._set_deadline(ctx, q, ctx.env.height)
+
+    def _close_round(self, ctx: Ctx, q: pb.Query) -> None:
+        """End of a reveal window: penalise who did not answer or reveal, then next round or scoring."""
+        for r in q.respondents:
+            address = parse_address(r)
+            entry = self.answer(ctx, q.id, q.round, address)
+            if entry is None or not entry.revealed:
+                reason = "no answer in an assigned round" if entry is None else "committed but never revealed"
+                self.experts.record_missed(ctx, address, q.domain, q.id, slash=True, reason=reason)
+        params = self.params(ctx)
+        if q.round < q.rounds:
+            q.round += 1
+            q.phase = Phase.PHASE_ANSWER_COMMIT
+            self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
+            ctx.emit(event("round_started", query_id=q.id, round=q.round, deadline=q.deadline))
+        else:
+            q.phase = Phase.PHASE_SCORE_COMMIT
+            self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
+            ctx.emit(event("scoring_started", query_id=q.id, scorers=",".join(q.scorers), deadline=q.deadline))
+
+    # -- scoring ------------------------------------------------------------------------
+
+    def commit_scores(self, ctx: Ctx, msg: pb.MsgCommitScores) -> None:
+        q = self.get(ctx, msg.query_id)
+        scorer = self._assigned(q, msg.scorer, "scorer")
+        self._in_phase(ctx, q, Phase.PHASE_SCORE_COMMIT)
+        if self.score_entry(ctx, q.id, scorer) is not None:
+            raise ErrDuplicate(f"{msg.scorer} already committed scores for query {q.id}")
+        entry = pb.ScoreEntry(scorer=msg.scorer, commitment=msg.commitment)
+        ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
+        ctx.emit(event("scores_committed", query_id=q.id, scorer=msg.scorer))
+        if all(self.score_entry(ctx, q.id, parse_address(s)) for s in q.scorers):
+            self._set_deadline(ctx, q, ctx.env.height)
+
+    def reveal_scores(self, ctx: Ctx, msg: pb.MsgRevealScores) -> None:
+        q = self.get(ctx, msg.query_id)
+        scorer = self._assigned(q, msg.scorer, "scorer")
+        self._in_phase(ctx, q, Phase.PHASE_SCORE_REVEAL)
+        if len(msg.scores) != len(q.respondents):
+            raise ErrInvalidScores(f"need {len(q.respondents)} scores (one per respondent), got {len(msg.scores)}")
+        entry = self.score_entry(ctx, q.id, scorer)
+        if entry is None:
+            raise ErrNotAssigned(f"{msg.scorer} did not commit scores for query {q.id}")
+        if entry.revealed:
+            raise ErrDuplicate(f"{msg.scorer} already revealed scores for query {q.id}")
+        if scores_commitment(list(msg.scores), msg.salt) != entry.commitment:
+            raise ErrCommitMismatch("sha256(scores || salt) does not match the commitment")
+        entry.revealed = True
+        entry.scores.extend(msg.scores)
+        ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
+        ctx.emit(event("scores_revealed", query_id=q.id, scorer=msg.scorer))
+        if all((e := self.score_entry(ctx, q.id, parse_address(s))) is not None and e.revealed for s in q.scorers):
+            self._set_deadline(ctx, q, ctx.env.height)
+
+    def _settle(self, ctx: Ctx, q: pb.Query) -> None:
+        ctx.kv(STORE).delete(deadline_key(q.deadline, q.id))
+        q.deadline = 0
+        receipt = settle(ctx, q, self, self.experts, self.bank)
+        q.phase = Phase.PHASE_SETTLED
+        self._save(ctx, q)
+        ctx.kv(STORE).set(receipt_key(q.id), receipt.SerializeToString())
+        ctx.emit(event("query_settled", query_id=q.id, final_index=receipt.final_index,
+                       scores=",".join(str(s) for s in receipt.scores)))
+
+    # -- equivocation -------------------------------------------------------------------
+
+    def report_equivocation(self, ctx: Ctx, msg: pb.MsgReportEquivocation) -> None:
+        q = self.get(ctx, msg.query_id)
+        expert = self._assigned(q, msg.expert, "respondent")
+        if not 1 <= msg.round <= q.rounds:
+            raise ErrInvalidEvidence(f"query {q.id} has rounds 1..{q.rounds}")
+        marker = EQUIVOCATION_PREFIX + be8(q.id) + msg.round.to_bytes(2, "big") + expert
+        if ctx.kv(STORE).get(marker) is not None:
+            raise ErrDuplicate(f"equivocation of {msg.expert} in query {q.id} round {msg.round} already punished")
+        public_key = self.auth.account(ctx, expert).public_key
+        for answer, sig in ((msg.answer_a, msg.signature_a), (msg.answer_b, msg.signature_b)):
+            if not verify(public_key, answer_sign_bytes(ctx.env.chain_id, q.id, msg.round, answer), sig):
+                raise ErrInvalidEvidence(f"a signature is not {msg.expert}'s over that answer")
+        ctx.kv(STORE).set(marker, b"\x01")
+        amount = self.experts.slash(ctx, expert, q.domain, q.id, "equivocation", reporter=parse_address(msg.reporter))
+        self.experts.jail(ctx, expert, "equivocation")
+        ctx.emit(event("equivocation", query_id=q.id, round=msg.round, expert=msg.expert, reporter=msg.reporter,
+                       slashed=amount))
+
+    # -- end of block -------------------------------------------------------------------
+
+    def end_block(self, ctx: Ctx) -> None:
+        """Close every window whose last height is this one (or earlier)."""
+        kv = ctx.kv(STORE)
+        for key, _ in kv.iterate(DEADLINE_PREFIX):
+            height = int.from_bytes(key[len(DEADLINE_PREFIX):len(DEADLINE_PREFIX) + 8], "big")
+            if height > ctx.env.height:
+                break
+            q = self.get(ctx, int.from_bytes(key[-8:], "big"))
+            if q.phase == Phase.PHASE_ANSWER_COMMIT:
+                self._open_reveal(ctx, q)
+            elif q.phase == Phase.PHASE_ANSWER_REVEAL:
+                self._close_round(ctx, q)
+            elif q.phase == Phase.PHASE_SCORE_COMMIT:
+                q.phase = Phase.PHASE_SCORE_REVEAL
+                self._set_deadline(ctx, q, ctx.env.height + self.params(ctx).reveal_blocks)
+            elif q.phase == Phase.PHASE_SCORE_REVEAL:
+                self._settle(ctx, q)

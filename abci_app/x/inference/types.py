@@ -1,0 +1,173 @@
+"""Inference module: keys, errors, params, commitments and stateless message checks."""
+
+from __future__ import annotations
+
+import hashlib
+
+from abci_app.errors import AppError
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
+from abci_app.x.bank.types import check_address, module_address
+from abci_app.x.experts.types import DOMAIN_RE
+
+STORE = "inference"
+PARAMS_KEY = b"params"
+NEXT_ID_KEY = b"next_id"
+QUERY_PREFIX = b"q/"
+ANSWER_PREFIX = b"a/"
+SCORE_PREFIX = b"s/"
+RECEIPT_PREFIX = b"r/"
+DEADLINE_PREFIX = b"dl/"
+EQUIVOCATION_PREFIX = b"eq/"
+ESCROW = module_address("inference/escrow")
+MAX_SCORE = 100
+
+Phase = pb.Phase
+
+
+class InferenceError(AppError):
+    codespace = "inference"
+
+
+class ErrInvalidQuery(InferenceError):
+    code = 2
+
+
+class ErrTooFewExperts(InferenceError):
+    code = 3
+
+
+class ErrUnknownQuery(InferenceError):
+    code = 4
+
+
+class ErrNotAssigned(InferenceError):
+    code = 5
+
+
+class ErrWrongPhase(InferenceError):
+    code = 6
+
+
+class ErrDuplicate(InferenceError):
+    code = 7
+
+
+class ErrCommitMismatch(InferenceError):
+    code = 8
+
+
+class ErrInvalidScores(InferenceError):
+    code = 9
+
+
+class ErrInvalidEvidence(InferenceError):
+    code = 10
+
+
+class ErrFeeTooLow(InferenceError):
+    code = 11
+
+
+def default_params() -> pb.Params:
+    return pb.Params(
+        max_prompt_bytes=4096,
+        max_answer_bytes=4096,
+        max_k=5,
+        max_rounds=3,
+        scorers=2,
+        commit_blocks=5,
+        reveal_blocks=5,
+        min_fee_per_respondent=1_000,
+        quality_threshold=50,
+        scorer_share_ppm=200_000,
+        clip_distance=20,
+    )
+
+
+def be8(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def query_key(query_id: int) -> bytes:
+    return QUERY_PREFIX + be8(query_id)
+
+
+def answer_key(query_id: int, round_: int, respondent: bytes) -> bytes:
+    return ANSWER_PREFIX + be8(query_id) + round_.to_bytes(2, "big") + respondent
+
+
+def score_key(query_id: int, scorer: bytes) -> bytes:
+    return SCORE_PREFIX + be8(query_id) + scorer
+
+
+def receipt_key(query_id: int) -> bytes:
+    return RECEIPT_PREFIX + be8(query_id)
+
+
+def deadline_key(height: int, query_id: int) -> bytes:
+    return DEADLINE_PREFIX + be8(height) + be8(query_id)
+
+
+def answer_commitment(answer: str, salt: bytes) -> bytes:
+    return hashlib.sha256(answer.encode() + salt).digest()
+
+
+def scores_commitment(scores: list[int], salt: bytes) -> bytes:
+    return hashlib.sha256(bytes(scores) + salt).digest()
+
+
+def answer_sign_bytes(chain_id: str, query_id: int, round_: int, answer: str) -> bytes:
+    """What an expert signs for each answer it gives (over gRPC and in equivocation evidence)."""
+    doc = pb.AnswerSignDoc(chain_id=chain_id, query_id=query_id, round=round_,
+                           answer_sha256=hashlib.sha256(answer.encode()).digest())
+    return doc.SerializeToString()
+
+
+def validate_submit(msg: pb.MsgSubmitQuery) -> None:
+    check_address("requester", msg.requester)
+    if not DOMAIN_RE.match(msg.domain):
+        raise ErrInvalidQuery(f"domain {msg.domain!r} is not a valid domain name")
+    if not msg.prompt.strip():
+        raise ErrInvalidQuery("prompt is empty")
+    if msg.k < 1 or msg.rounds < 1:
+        raise ErrInvalidQuery(f"k and rounds must be at least 1, got k={msg.k} rounds={msg.rounds}")
+    if msg.max_fee == 0:
+        raise ErrInvalidQuery("max_fee must be positive")
+
+
+def _check_salt(salt: bytes) -> None:
+    if not 16 <= len(salt) <= 64:
+        raise ErrInvalidQuery(f"salt must be 16-64 bytes, got {len(salt)}")
+
+
+def validate_commit_answer(msg: pb.MsgCommitAnswer) -> None:
+    check_address("respondent", msg.respondent)
+    if len(msg.commitment) != 32:
+        raise ErrInvalidQuery("commitment must be a 32-byte sha256")
+
+
+def validate_reveal_answer(msg: pb.MsgRevealAnswer) -> None:
+    check_address("respondent", msg.respondent)
+    _check_salt(msg.salt)
+
+
+def validate_commit_scores(msg: pb.MsgCommitScores) -> None:
+    check_address("scorer", msg.scorer)
+    if len(msg.commitment) != 32:
+        raise ErrInvalidQuery("commitment must be a 32-byte sha256")
+
+
+def validate_reveal_scores(msg: pb.MsgRevealScores) -> None:
+    check_address("scorer", msg.scorer)
+    _check_salt(msg.salt)
+    if any(s > MAX_SCORE for s in msg.scores):
+        raise ErrInvalidScores(f"every score must be 0..{MAX_SCORE}")
+
+
+def validate_equivocation(msg: pb.MsgReportEquivocation) -> None:
+    check_address("reporter", msg.reporter)
+    check_address("expert", msg.expert)
+    if msg.answer_a == msg.answer_b:
+        raise ErrInvalidEvidence("the two answers are identical: no equivocation")
+    if len(msg.signature_a) != 64 or len(msg.signature_b) != 64:
+        raise ErrInvalidEvidence("signatures must be 64 bytes of ed25519")

@@ -1,0 +1,179 @@
+"""The LLM-Net protocol through the real state machine, in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from abci_app.pb.llmnet.query.v1 import query_pb2 as q
+from abci_app.x.experts.types import ErrBondTooLow, ErrUnknownDomain
+from abci_app.x.inference.types import (
+    ErrCommitMismatch,
+    ErrNotAssigned,
+    ErrTooFewExperts,
+    ErrWrongPhase,
+)
+from llmnet.client import protocol
+from tests.protocol_harness import BOND, ProtocolChain
+
+DOMAIN = "kestrel-lang"
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> ProtocolChain:
+    c = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN, "island-herbalism"])
+    c.register_all([DOMAIN])
+    return c
+
+
+def submit(chain: ProtocolChain, fee: int = 100_000, k: int = 2, rounds: int = 2) -> int:
+    chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "Who created Kestrel?",
+                                                             fee, k, rounds)))
+    return int(next(a.value for e in chain.last_results[0].events if e.type == "query_submitted"
+                    for a in e.attributes if a.key == "query_id"))
+
+
+def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    st = chain.status(qid).query
+    keys = [chain.key_of(a) for a in st.respondents]
+    chain.ok(*[chain.tx(k, protocol.commit_answer(k, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
+               for k in keys])
+    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
+               for k in keys if k.address not in skip_reveal])
+    if skip_reveal:  # wait out the reveal window
+        chain.advance_until(qid, inf.PHASE_ANSWER_COMMIT, round_ + 1)
+
+
+def score(chain: ProtocolChain, qid: int, scores: list[int]) -> None:
+    st = chain.status(qid).query
+    keys = [chain.key_of(a) for a in st.scorers]
+    chain.ok(*[chain.tx(k, protocol.commit_scores(k, qid, scores)) for k in keys])
+    chain.ok(*[chain.tx(k, protocol.reveal_scores(k, qid, scores)) for k in keys])
+    chain.block()
+
+
+def total_supply_and_balances(chain: ProtocolChain) -> tuple[int, int]:
+    supply = chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount
+    from abci_app.context import BlockEnv, Ctx
+    from abci_app.pb.llmnet.bank.v1 import bank_pb2
+    from abci_app.store.state import State
+
+    ctx = Ctx(State(chain.app.committed), BlockEnv("", 0, 0, b""))
+    total = sum(bank_pb2.Balance.FromString(v).amount for _, v in ctx.kv("bank").iterate(b"bal/"))
+    return supply, total
+
+
+def test_two_round_query_settles_pays_and_updates_reputation(chain: ProtocolChain) -> None:
+    supply_before, _ = total_supply_and_balances(chain)
+    qid = submit(chain)
+    st = chain.status(qid)
+    assert st.query.phase == inf.PHASE_ANSWER_COMMIT and len(set(st.query.respondents) | set(st.query.scorers)) == 4
+    assert chain.query("ExplainSelection", q.ExplainSelectionRequest(query_id=qid), q.ExplainSelectionResponse).matches
+    answer_round(chain, qid, 1)
+    st = chain.status(qid)
+    assert st.query.round == 2 and st.query.phase == inf.PHASE_ANSWER_COMMIT
+    assert [a.revealed for a in st.answers] == [True, True]  # round 1 visible before round 2
+    answer_round(chain, qid, 2)
+    assert chain.status(qid).query.phase == inf.PHASE_SCORE_COMMIT
+    score(chain, qid, [90, 40])
+    st = chain.status(qid)
+    assert st.query.phase == inf.PHASE_SETTLED
+    receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
+    assert list(receipt.scores) == [90, 40] and receipt.final_index == 0
+    assert receipt.final_answer.startswith("Marta Vensel") and len(receipt.answer_hashes) == 2
+    assert receipt.models[0].adapter_sha256 == "ab" * 32
+    assert sum(p.amount for p in receipt.payouts) == 100_000  # every unit of escrow accounted for
+    by_role = {(p.address, p.role): p.amount for p in receipt.payouts}
+    assert by_role[(st.query.respondents[0], "respondent")] == 80_000 * 90 // 100 // 2
+    assert by_role[(st.query.respondents[1], "respondent")] == 0  # below the quality threshold
+    good = chain.query("Expert", q.ExpertRequest(address=st.query.respondents[0]), q.ExpertResponse)
+    bad = chain.query("Expert", q.ExpertRequest(address=st.query.respondents[1]), q.ExpertResponse)
+    assert good.reputation[0].reputation > 500_000 > bad.reputation[0].reputation
+    ranked = chain.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=DOMAIN), q.ExpertsByDomainResponse)
+    assert ranked.experts[0].expert.address == st.query.respondents[0]
+    history = chain.query("ReputationHistory", q.ReputationHistoryRequest(address=st.query.respondents[0]),
+                          q.ReputationHistoryResponse)
+    assert [p.reason for p in history.points] == ["register", "answer"]
+    explain = chain.query("ExplainPayout", q.ExplainPayoutRequest(query_id=qid), q.ExplainPayoutResponse)
+    assert all(p.reason for p in explain.payouts)
+    supply_after, balances = total_supply_and_balances(chain)
+    assert supply_after == supply_before == balances  # escrow is an account: nothing created or lost
+
+
+def test_non_revealer_is_slashed_and_jailed(chain: ProtocolChain) -> None:
+    qid = submit(chain, rounds=2)
+    lazy = chain.status(qid).query.respondents[1]
+    supply_before, _ = total_supply_and_balances(chain)
+    answer_round(chain, qid, 1, skip_reveal={lazy})
+    expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
+    assert expert.bond == BOND - BOND // 10 and expert.slashed == BOND // 10
+    supply_after, balances = total_supply_and_balances(chain)
+    assert supply_after == supply_before - BOND // 10 == balances  # the slash is an explicit burn
+    # round 2: it does not even commit; two misses in a row jail it (max_missed=2)
+    st = chain.status(qid).query
+    keys = [chain.key_of(a) for a in st.respondents if a != lazy]
+    chain.ok(*[chain.tx(k, protocol.commit_answer(k, qid, 2, "x")) for k in keys])
+    chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL, 2)
+    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, 2, "x")) for k in keys])
+    chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
+    expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
+    assert expert.status == ex.EXPERT_STATUS_JAILED
+    # jailed experts are never drawn
+    for _ in range(3):
+        new = submit(chain, k=2, rounds=1)
+        assert lazy not in chain.status(new).query.respondents
+
+
+def test_equivocation_is_slashed_with_reporter_reward(chain: ProtocolChain) -> None:
+    qid = submit(chain)
+    cheat = chain.key_of(chain.status(qid).query.respondents[0])
+    sig_a = protocol.sign_answer(cheat, "test-chain", qid, 1, "answer A")
+    sig_b = protocol.sign_answer(cheat, "test-chain", qid, 1, "answer B")
+    before = chain.query("Balance", q.BalanceRequest(address=chain.reporter.address), q.BalanceResponse).amount
+    msg = protocol.report_equivocation(chain.reporter, cheat.address, qid, 1, "answer A", sig_a, "answer B", sig_b)
+    chain.ok(chain.tx(chain.reporter, msg))
+    after = chain.query("Balance", q.BalanceRequest(address=chain.reporter.address), q.BalanceResponse).amount
+    assert after - before == BOND // 10 // 2 - 5_000  # half the slash, minus the tx fee
+    expert = chain.query("Expert", q.ExpertRequest(address=cheat.address), q.ExpertResponse).expert
+    assert expert.status == ex.EXPERT_STATUS_JAILED and expert.slashed == BOND // 10
+    again = chain.block(chain.tx(chain.reporter, msg))[0]
+    assert again.code != 0 and "already punished" in again.log
+    forged = protocol.report_equivocation(chain.reporter, cheat.address, qid, 2, "answer A", sig_a, "answer C", sig_b)
+    assert "signature" in chain.block(chain.tx(chain.reporter, forged))[0].log
+
+
+ERROR_CASES = [
+    ("too few experts", lambda c, qid: protocol.submit_query(c.requester, DOMAIN, "?", 100_000, 5, 1),
+     lambda c: c.requester, ErrTooFewExperts),
+    ("unknown domain", lambda c, qid: protocol.register_expert(c.reporter, ["nope"], "h:1", "m", "ab" * 32, BOND),
+     lambda c: c.reporter, ErrUnknownDomain),
+    ("bond too low", lambda c, qid: protocol.register_expert(c.reporter, [DOMAIN], "h:1", "m", "ab" * 32, 1),
+     lambda c: c.reporter, ErrBondTooLow),
+    ("not assigned", lambda c, qid: protocol.commit_answer(c.reporter, qid, 1, "x"), lambda c: c.reporter,
+     ErrNotAssigned),
+    ("wrong phase", lambda c, qid: protocol.reveal_answer(c.key_of(c.status(qid).query.respondents[0]), qid, 1, "x"),
+     lambda c: c.key_of(c.status(1).query.respondents[0]), ErrWrongPhase),
+    ("scores before scoring", lambda c, qid: protocol.commit_scores(c.key_of(c.status(qid).query.scorers[0]), qid,
+                                                                     [1, 2]),
+     lambda c: c.key_of(c.status(1).query.scorers[0]), ErrWrongPhase),
+]
+
+
+@pytest.mark.parametrize("name, make, signer, error", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_protocol_rejections(chain: ProtocolChain, name, make, signer, error) -> None:  # type: ignore[no-untyped-def]
+    qid = submit(chain)
+    result = chain.block(chain.tx(signer(chain), make(chain, qid)))[0]
+    assert (result.codespace, result.code) == (error.codespace, error.code), result.log
+
+
+def test_reveal_must_match_commitment(chain: ProtocolChain) -> None:
+    qid = submit(chain)
+    k = chain.key_of(chain.status(qid).query.respondents[0])
+    other = chain.key_of(chain.status(qid).query.respondents[1])
+    chain.ok(chain.tx(k, protocol.commit_answer(k, qid, 1, "honest")),
+             chain.tx(other, protocol.commit_answer(other, qid, 1, "x")))
+    result = chain.block(chain.tx(k, protocol.reveal_answer(k, qid, 1, "changed my mind")))[0]
+    assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code)

@@ -17,7 +17,7 @@ from abci_app.x.inference.types import (
     ErrWrongPhase,
 )
 from llmnet.client import protocol
-from tests.protocol_harness import BOND, ProtocolChain
+from tests.protocol_harness import BOND, CHAIN_ID, ProtocolChain
 
 DOMAIN = "kestrel-lang"
 
@@ -70,7 +70,7 @@ def test_two_round_query_settles_pays_and_updates_reputation(chain: ProtocolChai
     supply_before, _ = total_supply_and_balances(chain)
     qid = submit(chain)
     st = chain.status(qid)
-    assert st.query.phase == inf.PHASE_ANSWER_COMMIT and len(set(st.query.respondents) | set(st.query.scorers)) == 4
+    assert st.query.phase == inf.PHASE_ANSWER_COMMIT and len(set(st.query.respondents) | set(st.query.scorers)) == 5
     assert chain.query("ExplainSelection", q.ExplainSelectionRequest(query_id=qid), q.ExplainSelectionResponse).matches
     answer_round(chain, qid, 1)
     st = chain.status(qid)
@@ -130,8 +130,8 @@ def test_non_revealer_is_slashed_and_jailed(chain: ProtocolChain) -> None:
 def test_equivocation_is_slashed_with_reporter_reward(chain: ProtocolChain) -> None:
     qid = submit(chain)
     cheat = chain.key_of(chain.status(qid).query.respondents[0])
-    sig_a = protocol.sign_answer(cheat, "test-chain", qid, 1, "answer A")
-    sig_b = protocol.sign_answer(cheat, "test-chain", qid, 1, "answer B")
+    sig_a = protocol.sign_answer(cheat, CHAIN_ID, qid, 1, "answer A")
+    sig_b = protocol.sign_answer(cheat, CHAIN_ID, qid, 1, "answer B")
     before = chain.query("Balance", q.BalanceRequest(address=chain.reporter.address), q.BalanceResponse).amount
     msg = protocol.report_equivocation(chain.reporter, cheat.address, qid, 1, "answer A", sig_a, "answer B", sig_b)
     chain.ok(chain.tx(chain.reporter, msg))

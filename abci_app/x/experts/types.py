@@ -75,7 +75,7 @@ def default_params() -> pb.Params:
         reputation_scale=1_000_000,
         initial_reputation=500_000,
         alpha_ppm=200_000,
-        selection_exponent=2,
+        selection_exponent=6,
         exploration_floor=100_000,
         domains=["island-herbalism", "kestrel-lang", "orbital-logistics"],
         authority="",

@@ -1,8 +1,9 @@
 """Settlement of one query: aggregate scores, pay from escrow, update reputation, write a receipt.
 
-Per answer, the stake-weighted median of the revealed scores is the consensus; each score is
-clipped to within clip_distance of it, and the aggregate is the stake-weighted mean of the clipped
-scores, so no single scorer can drag an answer far. A scorer's agreement is 1 minus its mean
+Per answer, the weighted median of the revealed scores is the consensus; each score is clipped to
+within clip_distance of it, and the aggregate is the weighted mean of the clipped scores, so no
+single scorer can drag an answer far. A scorer's weight is its stake times its scorer reputation,
+so scorers who keep disagreeing with the consensus (colluders) lose influence. A scorer's agreement is 1 minus its mean
 absolute distance from the aggregates. Respondents are paid slot * score / 100 when the score
 reaches the quality threshold; scorers slot * agreement; the requester gets the rest back.
 All arithmetic is integer.
@@ -55,13 +56,15 @@ def settle(ctx: Ctx, q: pb.Query, keeper: InferenceKeeper, experts: ExpertsKeepe
     finals = [keeper.answer(ctx, q.id, q.rounds, a) for a in respondents]
     answers = [e.answer if e is not None and e.revealed else None for e in finals]
 
-    revealed: list[tuple[str, int, list[int]]] = []  # (scorer, stake, scores)
+    revealed: list[tuple[str, int, list[int]]] = []  # (scorer, weight, scores)
     for s in q.scorers:
         address = parse_address(s)
         entry = keeper.score_entry(ctx, q.id, address)
         if entry is not None and entry.revealed:
             expert = experts.get(ctx, address)
-            revealed.append((s, expert.bond if expert else 0, list(entry.scores)))
+            stake = expert.bond if expert else 0
+            weight = stake * experts.scorer_reputation(ctx, address) // eparams.reputation_scale
+            revealed.append((s, weight, list(entry.scores)))
         else:
             experts.record_missed(ctx, address, q.domain, q.id, slash=False, reason="scores not revealed")
 

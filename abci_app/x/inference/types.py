@@ -74,13 +74,13 @@ def default_params() -> pb.Params:
         max_answer_bytes=4096,
         max_k=5,
         max_rounds=3,
-        scorers=2,
+        scorers=3,
         commit_blocks=5,
         reveal_blocks=5,
         min_fee_per_respondent=1_000,
         quality_threshold=50,
         scorer_share_ppm=200_000,
-        clip_distance=20,
+        clip_distance=10,
     )
 
 

@@ -1,0 +1,91 @@
+"""An in-process chain (the real state machine, no network) for simulations and tests.
+
+It plays CometBFT's part: one FinalizeBlock and Commit per block, block hashes and times derived
+from the height, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from abci_app.app import Application
+from abci_app.pb.llmnet.query.v1 import query_pb2 as q
+from abci_app.pb.tendermint.abci import types_pb2 as abci
+from abci_app.queries import QUERY_SERVICE
+from llmnet.client.keys import Key
+from llmnet.client.txbuilder import build_tx
+
+CHAIN_ID = "devchain"
+TX_FEE = 5_000
+TX_GAS = 500_000
+
+
+def seeded_key(name: str) -> Key:
+    return Key(name, hashlib.sha256(b"devchain/" + name.encode()).digest())
+
+
+class DevChain:
+    def __init__(self, db: Path, funded: list[Key], funds: int, app_state: dict[str, Any] | None = None) -> None:
+        genesis = dict(app_state or {})
+        genesis["bank"] = {"balances": [{"address": k.address, "amount": str(funds)} for k in funded]}
+        self.keys = {k.address: k for k in funded}
+        self.app = Application(db)
+        self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=json.dumps(genesis).encode(),
+                                                  initial_height=1, time=Timestamp(seconds=1_700_000_000)))
+        self.height = 0
+        self.sequences: dict[str, int] = {}
+        self.last: abci.ResponseFinalizeBlock = abci.ResponseFinalizeBlock()
+
+    def tx(self, key: Key, *msgs: Message) -> bytes:
+        """Sign msgs with key's next sequence (assumes the tx will pass the ante checks)."""
+        seq = self.sequences.get(key.address, 0)
+        self.sequences[key.address] = seq + 1
+        return build_tx(key, CHAIN_ID, seq, list(msgs), fee=TX_FEE, gas_limit=TX_GAS)
+
+    def block(self, *txs: bytes) -> list[abci.ExecTxResult]:
+        self.height += 1
+        self.last = self.app.finalize_block(abci.RequestFinalizeBlock(
+            txs=list(txs), height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
+            time=Timestamp(seconds=1_700_000_000 + self.height)))
+        self.app.commit(abci.RequestCommit())
+        return list(self.last.tx_results)
+
+    def ok(self, *txs: bytes) -> list[abci.ExecTxResult]:
+        results = self.block(*txs)
+        failed = [r.log for r in results if r.code]
+        if failed:
+            raise AssertionError(f"txs failed: {failed}")
+        return results
+
+    def query(self, method: str, request: Message, response: type[Message]) -> Any:
+        resp = self.app.query(abci.RequestQuery(path=f"/{QUERY_SERVICE}/{method}", data=request.SerializeToString()))
+        if resp.code:
+            raise AssertionError(resp.log)
+        return response.FromString(resp.value)
+
+    def status(self, query_id: int) -> q.QueryStatusResponse:
+        return self.query("QueryStatus", q.QueryStatusRequest(query_id=query_id), q.QueryStatusResponse)
+
+    def advance_until(self, query_id: int, phase: int, round_: int | None = None, limit: int = 20) -> None:
+        """Empty blocks until the query reaches phase (and round)."""
+        for _ in range(limit):
+            st = self.status(query_id).query
+            if st.phase == phase and (round_ is None or st.round == round_):
+                return
+            self.block()
+        raise AssertionError(f"query {query_id} never reached phase {phase}")
+
+    def key_of(self, address: str) -> Key:
+        return self.keys[address]
+
+
+def submitted_ids(results: list[abci.ExecTxResult]) -> list[int]:
+    """Query ids announced by query_submitted events, in tx order."""
+    return [int(a.value) for r in results for e in r.events if e.type == "query_submitted"
+            for a in e.attributes if a.key == "query_id"]

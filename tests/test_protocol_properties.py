@@ -1,0 +1,151 @@
+"""Invariants of the protocol over random sequences of every message kind (Hypothesis)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from abci_app.context import BlockEnv, Ctx
+from abci_app.crypto import parse_address
+from abci_app.pb.llmnet.bank.v1 import bank_pb2
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from abci_app.store.state import State
+from abci_app.x.experts.types import BONDED_POOL, EXPERT_PREFIX, REPUTATION_PREFIX, UNBONDING_POOL
+from abci_app.x.inference.types import ESCROW, QUERY_PREFIX
+from llmnet.client import protocol
+from tests.protocol_harness import CHAIN_ID, ProtocolChain
+
+DOMAINS = ["kestrel-lang", "island-herbalism"]
+N = 7
+
+submit = st.tuples(st.just("submit"), st.sampled_from(DOMAINS), st.integers(1, 3), st.integers(1, 2),
+                   st.sampled_from([3_000, 100_000]))
+action = st.one_of(
+    submit, submit, submit,
+    # (kind, query id, which participant, ...): aimed at the query's real participants
+    st.tuples(st.just("commit"), st.integers(1, 3), st.integers(0, 2)),
+    st.tuples(st.just("reveal"), st.integers(1, 3), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("score_commit"), st.integers(1, 3), st.integers(0, 2), st.integers(0, 100)),
+    st.tuples(st.just("score_reveal"), st.integers(1, 3), st.integers(0, 2), st.integers(0, 100)),
+    st.tuples(st.just("unbond"), st.integers(0, N - 1)),
+    st.tuples(st.just("unjail"), st.integers(0, N - 1)),
+    st.tuples(st.just("register"), st.integers(0, N - 1)),
+    st.tuples(st.just("equivocate"), st.integers(0, N - 1), st.integers(1, 3)),
+    st.tuples(st.just("blocks"), st.integers(1, 4)),
+    # every participant of query q does its part, phase after phase, until it settles
+    st.tuples(st.just("all"), st.integers(1, 3), st.integers(0, 100)),
+    st.tuples(st.just("all"), st.integers(1, 3), st.integers(0, 100)),
+)
+
+
+def everyone(c: ProtocolChain, query_id: int, base: int) -> list[bytes]:
+    try:
+        q = c.status(query_id).query
+    except AssertionError:
+        return []
+    scores = [(base + 17 * i) % 101 for i in range(len(q.respondents))]
+    acts = {
+        inf.PHASE_ANSWER_COMMIT: lambda k: protocol.commit_answer(k, q.id, q.round, f"ans-{k.name}"),
+        inf.PHASE_ANSWER_REVEAL: lambda k: protocol.reveal_answer(k, q.id, q.round, f"ans-{k.name}"),
+        inf.PHASE_SCORE_COMMIT: lambda k: protocol.commit_scores(k, q.id, scores),
+        inf.PHASE_SCORE_REVEAL: lambda k: protocol.reveal_scores(k, q.id, scores),
+    }
+    if q.phase not in acts:
+        return []
+    people = q.respondents if q.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) else q.scorers
+    return [c.tx(c.key_of(a), acts[q.phase](c.key_of(a))) for a in people]
+
+
+def to_tx(c: ProtocolChain, a: tuple) -> bytes | None:  # type: ignore[type-arg]
+    kind = a[0]
+    if kind == "submit":
+        return c.tx(c.requester, protocol.submit_query(c.requester, a[1], "p", a[4], a[2], a[3]))
+    if kind == "blocks":
+        return None
+    if kind in ("commit", "reveal", "score_commit", "score_reveal"):
+        try:
+            q = c.status(a[1]).query
+        except AssertionError:  # no such query yet: send to an expert anyway, it must fail cleanly
+            q = inf.Query(id=a[1], round=1, respondents=[c.experts[0].address], scorers=[c.experts[1].address])
+        people = q.respondents if kind in ("commit", "reveal") else q.scorers
+        k = c.key_of(people[a[2] % len(people)])
+        if kind == "commit":
+            return c.tx(k, protocol.commit_answer(k, q.id, q.round, f"ans-{k.name}"))
+        if kind == "reveal":
+            return c.tx(k, protocol.reveal_answer(k, q.id, q.round, f"ans-{k.name}" if a[3] else "other"))
+        scores = [(a[3] + 17 * i) % 101 for i in range(len(q.respondents))]
+        make = protocol.commit_scores if kind == "score_commit" else protocol.reveal_scores
+        return c.tx(k, make(k, q.id, scores))
+    k = c.experts[a[1]]
+    if kind == "unbond":
+        return c.tx(k, ex.MsgUnbondExpert(address=k.address))
+    if kind == "unjail":
+        return c.tx(k, ex.MsgUnjail(address=k.address))
+    if kind == "register":
+        return c.tx(k, protocol.register_expert(k, DOMAINS, "h:1", "m", "cd" * 32, 5_000_000))
+    sig_a = protocol.sign_answer(k, CHAIN_ID, a[2], 1, "A")
+    sig_b = protocol.sign_answer(k, CHAIN_ID, a[2], 1, "B")
+    return c.tx(c.reporter, protocol.report_equivocation(c.reporter, k.address, a[2], 1, "A", sig_a, "B", sig_b))
+
+
+def check_invariants(c: ProtocolChain, settled: Counter[int]) -> None:
+    ctx = Ctx(State(c.app.committed), BlockEnv(CHAIN_ID, c.height, 0, b""))
+    bank = c.app.bank
+    balances = sum(bank_pb2.Balance.FromString(v).amount for _, v in ctx.kv("bank").iterate(b"bal/"))
+    assert balances == bank.supply(ctx)  # every token is in some account; burns lower the supply
+    queries = [inf.Query.FromString(v) for _, v in ctx.kv("inference").iterate(QUERY_PREFIX)]
+    open_fees = sum(q.max_fee for q in queries if q.phase != inf.PHASE_SETTLED)
+    assert bank.balance(ctx, ESCROW) == open_fees  # escrow holds exactly the unsettled fees
+    experts = [ex.Expert.FromString(v) for _, v in ctx.kv("experts").iterate(EXPERT_PREFIX)]
+    bonded = sum(e.bond for e in experts if e.status != ex.EXPERT_STATUS_UNBONDING)
+    unbonding = sum(e.bond for e in experts if e.status == ex.EXPERT_STATUS_UNBONDING)
+    assert bank.balance(ctx, BONDED_POOL) == bonded and bank.balance(ctx, UNBONDING_POOL) == unbonding
+    scale = c.app.experts.params(ctx).reputation_scale
+    assert all(0 <= int.from_bytes(v, "big") <= scale for _, v in ctx.kv("experts").iterate(REPUTATION_PREFIX))
+    for q in queries:
+        drawn = list(q.respondents) + list(q.scorers)
+        assert len(drawn) == len(set(drawn)) and q.requester not in drawn
+        assert (c.app.inference.receipt(ctx, q.id) is not None) == (q.phase == inf.PHASE_SETTLED)
+    assert all(n == 1 for n in settled.values())  # a query settles exactly once
+    for e in experts:
+        assert parse_address(e.address)
+
+
+def run(db: Path, actions: list[tuple]) -> list[bytes]:  # type: ignore[type-arg]
+    c = ProtocolChain(db, N, DOMAINS)
+    c.register_all(DOMAINS)
+    settled: Counter[int] = Counter()
+    hashes = []
+    for a in [*actions, ("blocks", 40)]:  # the tail lets every open query run out its windows and settle
+        if a[0] == "all":
+            blocks = []
+            for _ in range(12):
+                txs = everyone(c, a[1], a[2])
+                if not txs:
+                    break
+                c.block(*txs)
+                check_invariants(c, settled)
+        else:
+            raw = to_tx(c, a)
+            blocks = [[raw]] if raw is not None else [[] for _ in range(a[1])]
+        for txs in blocks:
+            c.block(*txs)
+            for e in c.last.events:
+                if e.type == "query_settled":
+                    settled[int(next(x.value for x in e.attributes if x.key == "query_id"))] += 1
+            check_invariants(c, settled)
+            hashes.append(c.app.committed.app_hash)
+    c.app.close()
+    return hashes
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(action, min_size=10, max_size=40))
+def test_invariants_hold_and_two_apps_agree(actions: list[tuple]) -> None:  # type: ignore[type-arg]
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        assert run(Path(a) / "s.db", actions) == run(Path(b) / "s.db", actions)

@@ -43,20 +43,26 @@ def header_app_hash(net: Localnet, i: int, height: int, timeout: float = 30) -> 
 
 
 def prove_balance(net: Localnet, node: int, address: str, proofcheck: str) -> int:
-    """Query a balance with a proof and check it twice: our verifier and CometBFT's proof runtime."""
     from abci_app.pb.llmnet.bank.v1 import bank_pb2
 
-    key = balance_key(parse_address(address))
-    resp = rpc(net, node, "abci_query", path='"/store/bank/key"', data="0x" + key.hex(), prove="true")["response"]
+    value = prove_key(net, node, "bank", balance_key(parse_address(address)), proofcheck)
+    return int(bank_pb2.Balance.FromString(value).amount)
+
+
+def prove_key(net: Localnet, node: int, store: str, key: bytes, proofcheck: str) -> bytes:
+    """Read store/key with a proof and check it twice, with our verifier and CometBFT's proof
+    runtime, against the app hash in the next block's header. Returns the proven value."""
+    resp = rpc(net, node, "abci_query", path=f'"/store/{store}/key"', data="0x" + key.hex(),
+               prove="true")["response"]
     assert int(resp.get("code", 0)) == 0, resp
     height = int(resp["height"])
     value = base64.b64decode(resp["value"])
     app_hash = header_app_hash(net, node, height + 1)
     ops = [proof_pb2.ProofOp(type=o["type"], key=base64.b64decode(o["key"]), data=base64.b64decode(o["data"]))
            for o in resp["proofOps"]["ops"]]
-    verify_store_proof(ops, "bank", key, value, bytes.fromhex(app_hash))
-    payload = {"proof_ops": resp["proofOps"]["ops"], "app_hash": app_hash, "keypath": "/bank/x:" + key.hex(),
+    verify_store_proof(ops, store, key, value, bytes.fromhex(app_hash))
+    payload = {"proof_ops": resp["proofOps"]["ops"], "app_hash": app_hash, "keypath": f"/{store}/x:" + key.hex(),
                "value": resp["value"]}
     out = subprocess.run([proofcheck], input=json.dumps(payload), capture_output=True, text=True)
     assert out.returncode == 0, f"CometBFT proof runtime rejected the proof: {out.stdout}{out.stderr}"
-    return int(bank_pb2.Balance.FromString(value).amount)
+    return value

@@ -11,6 +11,8 @@ from google.protobuf import json_format
 from abci_app.crypto import parse_address
 from abci_app.x.auth.types import default_params as auth_defaults
 from abci_app.x.bank.types import default_params as bank_defaults
+from abci_app.x.experts.types import default_params as experts_defaults
+from abci_app.x.inference.types import default_params as inference_defaults
 
 GENESIS = "config/genesis.json"
 
@@ -22,7 +24,18 @@ def default_app_state() -> dict[str, Any]:
             "params": json_format.MessageToDict(bank_defaults(), preserving_proto_field_name=True),
             "balances": [],
         },
+        "experts": {"params": json_format.MessageToDict(experts_defaults(), preserving_proto_field_name=True)},
+        "inference": {"params": json_format.MessageToDict(inference_defaults(), preserving_proto_field_name=True)},
     }
+
+
+def override_params(genesis: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> None:
+    """Set module params, e.g. {"inference": {"scorers": 2}}; unknown modules are an error."""
+    app_state = genesis.setdefault("app_state", {})
+    for module, params in overrides.items():
+        if module not in ("auth", "bank", "experts", "inference"):
+            raise ValueError(f"unknown module {module!r} in genesis overrides")
+        app_state.setdefault(module, {}).setdefault("params", {}).update(params)
 
 
 def read(home: Path) -> dict[str, Any]:

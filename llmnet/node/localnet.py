@@ -93,7 +93,8 @@ class Localnet:
 
     def create(self, validators: int, chain_id: str = "llmnet-local", base_port: int = 26600,
                accounts: int = 10, timeout_commit: str = "500ms", proxy_app: str | None = None,
-               mempool_size: int | None = None, timeout_propose: str = "3s") -> dict[str, Any]:
+               mempool_size: int | None = None, timeout_propose: str = "3s",
+               params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Write every node's files. proxy_app names one of CometBFT's built-in apps (e.g.
         "kvstore") to run it instead of ours, with otherwise identical settings (for baselines)."""
         if validators < 1:
@@ -124,6 +125,7 @@ class Localnet:
                 {"address": pv["address"], "pub_key": pv["pub_key"], "power": "10", "name": f"node{i}"})
         for key in keys:
             genesis.add_balance(doc, key.address, FUNDS_PER_KEY)
+        genesis.override_params(doc, params or {})
         peers = ",".join(f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes)
         for i, (home, ports) in enumerate(nodes):
             genesis.write(home, doc)

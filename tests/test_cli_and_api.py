@@ -161,3 +161,23 @@ def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
         assert result.code == 0 and result.gas_used > 0
         assert any(e.type == "transfer" for e in result.events)
         assert client.broadcast(raw).check.code == 0  # same sequence still valid
+
+
+def test_register_expert_and_protocol_queries_through_the_cli(net: Localnet) -> None:
+    reg = cli(*opts(net), "tx", "register-expert", "user1", "--domains", "kestrel-lang,orbital-logistics",
+              "--endpoint", "127.0.0.1:7001", "--base-model", "smollm2-135m-instruct",
+              "--adapter-sha256", "0f" * 32, "--bond", "2000000", "--output", "json")
+    assert reg.returncode == 0, reg.stderr
+    assert json.loads(reg.stdout)["code"] == 0
+    expert = json.loads(cli(*opts(net), "query", "expert", "user1", "--output", "json").stdout)
+    assert expert["expert"]["status"] == "EXPERT_STATUS_ACTIVE" and expert["expert"]["bond"] == "2000000"
+    assert {r["domain"] for r in expert["reputation"]} == {"kestrel-lang", "orbital-logistics"}
+    ranked = cli(*opts(net), "query", "experts", "kestrel-lang")
+    assert "EXPERT_STATUS_ACTIVE" in ranked.stdout
+    again = cli(*opts(net), "tx", "register-expert", "user1", "--domains", "kestrel-lang", "--endpoint", "h:1",
+                "--base-model", "m", "--adapter-sha256", "0f" * 32, "--bond", "2000000")
+    assert again.returncode == 1 and "already registered" in (again.stdout + again.stderr)
+    missing = cli(*opts(net), "query", "status", "999")
+    assert missing.returncode == 1 and "no query 999" in missing.stderr
+    jail = cli(*opts(net), "tx", "unjail", "user1")
+    assert jail.returncode == 1 and "not jailed" in (jail.stdout + jail.stderr)

@@ -15,6 +15,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
+from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from llmnet.client import protocol
 from llmnet.client.keys import Key, Keyring, KeyringError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
@@ -85,11 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("from_key", help="name of the signing key")
     send.add_argument("to", help="recipient address or key name")
     send.add_argument("amount", type=int, help="amount in the smallest unit of the native denom")
-    send.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
-    send.add_argument("--gas", type=int, default=DEFAULT_GAS_LIMIT, help=f"gas limit (default {DEFAULT_GAS_LIMIT})")
     send.add_argument("--memo", default="")
     send.add_argument("--timeout-height", type=int, default=0, help="reject the tx after this height")
-    send.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
+
+    reg = tx.add_parser("register-expert", help="bond stake and register as an expert", parents=[common])
+    reg.add_argument("from_key", help="name of the expert's key")
+    reg.add_argument("--domains", required=True, help="comma-separated registered domains")
+    reg.add_argument("--endpoint", required=True, help="host:port of the expert's gRPC server")
+    reg.add_argument("--base-model", required=True, help="base model id, e.g. smollm2-135m-instruct")
+    reg.add_argument("--adapter-sha256", required=True, help="commitment to the adapter files (64 hex)")
+    reg.add_argument("--bond", type=int, required=True, help="stake to bond (at least the chain's min_bond)")
+    for name, text in (("unbond-expert", "start unbonding an expert's stake"), ("unjail", "return from jail")):
+        tp = tx.add_parser(name, help=text, parents=[common])
+        tp.add_argument("from_key", help="name of the expert's key")
+    for tp in tx.choices.values():
+        tp.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
+        tp.add_argument("--gas", type=int, default=DEFAULT_GAS_LIMIT, help=f"gas limit (default {DEFAULT_GAS_LIMIT})")
+        tp.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
 
     q = sub.add_parser("query", help="read chain state").add_subparsers(dest="sub", required=True)
     for name, text in (("balance", "balance of an address or key"), ("account", "account record")):
@@ -98,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     qt = q.add_parser("tx", help="a committed tx by hash", parents=[common])
     qt.add_argument("hash")
     q.add_parser("supply", help="total supply", parents=[common])
+    for name, arg, text in (("expert", "who", "an expert's record and reputation"),
+                            ("reputation", "who", "an expert's reputation history"),
+                            ("experts", "domain", "a domain's experts, best reputation first"),
+                            ("status", "query_id", "a query's phase, round, answers and scores"),
+                            ("receipt", "query_id", "a settled query's receipt"),
+                            ("explain-payout", "query_id", "why each account got what it got")):
+        qp = q.add_parser(name, help=text, parents=[common])
+        qp.add_argument(arg, type=int if arg == "query_id" else str)
     q.add_parser("params", help="chain parameters", parents=[common])
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
     return p
@@ -157,14 +180,25 @@ def _keys(cfg: CliConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message]:
+    if args.sub == "send":
+        if args.amount <= 0:
+            raise ValueError("amount must be positive")
+        return [send_msg(key.address, _resolve(cfg, args.to), args.amount)]
+    if args.sub == "register-expert":
+        domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+        return [protocol.register_expert(key, domains, args.endpoint, args.base_model, args.adapter_sha256,
+                                         args.bond)]
+    if args.sub == "unbond-expert":
+        return [ex.MsgUnbondExpert(address=key.address)]
+    return [ex.MsgUnjail(address=key.address)]
+
+
 def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
-    if args.amount <= 0:
-        raise ValueError("amount must be positive")
     key = _load_key(cfg, args.from_key)
-    to = _resolve(cfg, args.to)
     sender = Sender(client, key)
-    sent = sender.send([send_msg(key.address, to, args.amount)], fee=args.fee, gas_limit=args.gas,
-                       memo=args.memo, timeout_height=args.timeout_height)
+    sent = sender.send(_tx_msgs(cfg, args, key), fee=args.fee, gas_limit=args.gas,
+                       memo=getattr(args, "memo", ""), timeout_height=getattr(args, "timeout_height", 0))
     if args.no_wait:
         _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True}, f"broadcast {sent.tx_hash} (accepted by CheckTx)")
         return EXIT_OK
@@ -189,12 +223,43 @@ def _query(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     elif args.sub == "tx":
         t = client.get_tx(args.hash)
         _emit(cfg, _pb(t), f"tx {t.tx_hash} in block {t.height}: code {t.result.code} {t.result.log}".rstrip())
+    elif args.sub in ("expert", "reputation", "experts", "status", "receipt", "explain-payout"):
+        return _protocol_query(cfg, args, client)
     elif args.sub == "supply":
         s = client.supply()
         _emit(cfg, _pb(s), f"{s.amount}{s.denom} (height {s.height})")
     else:
         p = client.params()
         _emit(cfg, _pb(p), json.dumps(_pb(p), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _protocol_query(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    if args.sub == "expert":
+        e = client.expert(_resolve(cfg, args.who))
+        reps = ", ".join(f"{r.domain} {r.reputation}" for r in e.reputation)
+        _emit(cfg, _pb(e), f"{e.expert.address} {ex.ExpertStatus.Name(e.expert.status)} bond {e.expert.bond} "
+                           f"earned {e.expert.earned} slashed {e.expert.slashed}; reputation: {reps}")
+    elif args.sub == "reputation":
+        h = client.reputation_history(_resolve(cfg, args.who))
+        _emit(cfg, _pb(h), "\n".join(f"height {p.height} {p.domain} {p.reputation} ({p.reason}, query {p.query_id})"
+                                     for p in h.points) or "(no history)")
+    elif args.sub == "experts":
+        r = client.experts(args.domain)
+        _emit(cfg, _pb(r), "\n".join(f"{x.reputation:>8} {x.expert.address} {ex.ExpertStatus.Name(x.expert.status)}"
+                                     for x in r.experts) or f"(no experts in {args.domain})")
+    elif args.sub == "status":
+        st = client.query_status(args.query_id)
+        qq = st.query
+        _emit(cfg, _pb(st), f"query {qq.id} {inf.Phase.Name(qq.phase)} round {qq.round}/{qq.rounds} until height "
+                            f"{qq.deadline}; respondents {', '.join(qq.respondents)}; scorers {', '.join(qq.scorers)}")
+    elif args.sub == "receipt":
+        rc = client.receipt(args.query_id).receipt
+        _emit(cfg, _pb(rc), f"query {rc.query_id} settled at {rc.settled_height}; scores {list(rc.scores)}; "
+                            f"final answer: {rc.final_answer}")
+    else:
+        pay = client.explain_payout(args.query_id)
+        _emit(cfg, _pb(pay), "\n".join(f"{p.amount:>10} to {p.address} ({p.role}): {p.reason}" for p in pay.payouts))
     return EXIT_OK
 
 

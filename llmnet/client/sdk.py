@@ -93,6 +93,32 @@ class Client:
     def params(self) -> query_pb2.ParamsResponse:
         return self._call(self.query.Params, query_pb2.ParamsRequest())  # type: ignore[return-value]
 
+    def expert(self, address: str) -> query_pb2.ExpertResponse:
+        return self._call(self.query.Expert, query_pb2.ExpertRequest(address=address))  # type: ignore[return-value]
+
+    def experts(self, domain: str) -> query_pb2.ExpertsByDomainResponse:
+        req = query_pb2.ExpertsByDomainRequest(domain=domain)
+        return self._call(self.query.ExpertsByDomain, req)  # type: ignore[return-value]
+
+    def reputation_history(self, address: str) -> query_pb2.ReputationHistoryResponse:
+        req = query_pb2.ReputationHistoryRequest(address=address)
+        return self._call(self.query.ReputationHistory, req)  # type: ignore[return-value]
+
+    def query_status(self, query_id: int) -> query_pb2.QueryStatusResponse:
+        req = query_pb2.QueryStatusRequest(query_id=query_id)
+        return self._call(self.query.QueryStatus, req)  # type: ignore[return-value]
+
+    def receipt(self, query_id: int) -> query_pb2.ReceiptResponse:
+        return self._call(self.query.Receipt, query_pb2.ReceiptRequest(query_id=query_id))  # type: ignore[return-value]
+
+    def explain_payout(self, query_id: int) -> query_pb2.ExplainPayoutResponse:
+        req = query_pb2.ExplainPayoutRequest(query_id=query_id)
+        return self._call(self.query.ExplainPayout, req)  # type: ignore[return-value]
+
+    def explain_selection(self, query_id: int) -> query_pb2.ExplainSelectionResponse:
+        req = query_pb2.ExplainSelectionRequest(query_id=query_id)
+        return self._call(self.query.ExplainSelection, req)  # type: ignore[return-value]
+
     def sequence(self, address: str) -> int:
         try:
             return int(self.account(address).account.sequence)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from abci_app.context import Ctx
+from abci_app.params import from_genesis
 from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.auth.types import default_params
 
 
 def init_genesis(ctx: Ctx, keeper: AuthKeeper, chain_id: str, section: dict[str, Any]) -> None:
-    params = default_params()
-    if "params" in section:
-        json_format.ParseDict(section["params"], params)
+    params = from_genesis(section, default_params())
     if params.max_tx_bytes == 0:
         raise ValueError("genesis auth.params.max_tx_bytes must be positive")
     keeper.set_params(ctx, params)

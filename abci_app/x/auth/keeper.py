@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address
 from abci_app.pb.llmnet.auth.v1 import auth_pb2
-from abci_app.x.auth.types import CHAIN_ID_KEY, PARAMS_KEY, STORE, account_key
+from abci_app.x.auth.types import CHAIN_ID_KEY, STORE, account_key
 
 
 class AuthKeeper:
     def params(self, ctx: Ctx) -> auth_pb2.Params:
-        raw = ctx.state.get(STORE, PARAMS_KEY)  # params reads are not metered
-        if raw is None:
-            raise RuntimeError("auth params missing from state")
-        return auth_pb2.Params.FromString(raw)
+        return params.load(ctx, STORE, auth_pb2.Params)
 
-    def set_params(self, ctx: Ctx, params: auth_pb2.Params) -> None:
-        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+    def set_params(self, ctx: Ctx, value: auth_pb2.Params) -> None:
+        params.save(ctx, STORE, value)
 
     def chain_id(self, ctx: Ctx) -> str:
         raw = ctx.state.get(STORE, CHAIN_ID_KEY)

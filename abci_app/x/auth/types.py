@@ -6,7 +6,6 @@ from abci_app.pb.llmnet.auth.v1 import auth_pb2
 
 STORE = "auth"
 ACCOUNT_PREFIX = b"acc/"
-PARAMS_KEY = b"params"
 CHAIN_ID_KEY = b"chain_id"
 FEE_COLLECTOR = b"\x00" * 19 + b"\x01"
 """Module account that receives fees (no key can sign for it)."""

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from abci_app.context import Ctx
 from abci_app.crypto import parse_address
+from abci_app.params import from_genesis
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import default_params
 
 
 def init_genesis(ctx: Ctx, keeper: BankKeeper, section: dict[str, Any]) -> None:
-    params = default_params()
-    if "params" in section:
-        json_format.ParseDict(section["params"], params)
+    params = from_genesis(section, default_params())
     if not params.denom:
         raise ValueError("genesis bank.params.denom must not be empty")
     keeper.set_params(ctx, params)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address
 from abci_app.events import event
 from abci_app.pb.llmnet.bank.v1 import bank_pb2
 from abci_app.x.bank.types import (
     MAX_AMOUNT,
-    PARAMS_KEY,
     STORE,
     SUPPLY_KEY,
     ErrInsufficientFunds,
@@ -24,13 +24,10 @@ def _amount(raw: bytes | None) -> int:
 
 class BankKeeper:
     def params(self, ctx: Ctx) -> bank_pb2.Params:
-        raw = ctx.state.get(STORE, PARAMS_KEY)
-        if raw is None:
-            raise RuntimeError("bank params missing from state")
-        return bank_pb2.Params.FromString(raw)
+        return params.load(ctx, STORE, bank_pb2.Params)
 
-    def set_params(self, ctx: Ctx, params: bank_pb2.Params) -> None:
-        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+    def set_params(self, ctx: Ctx, value: bank_pb2.Params) -> None:
+        params.save(ctx, STORE, value)
 
     def denom(self, ctx: Ctx) -> str:
         return self.params(ctx).denom

@@ -12,7 +12,6 @@ from abci_app.pb.llmnet.bank.v1 import bank_pb2
 STORE = "bank"
 BALANCE_PREFIX = b"bal/"
 SUPPLY_KEY = b"supply"
-PARAMS_KEY = b"params"
 MAX_AMOUNT = (1 << 63) - 1
 DEFAULT_DENOM = "ullm"
 

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from abci_app.context import Ctx
+from abci_app.params import from_genesis
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.experts.types import check_domains, default_params
 
 
 def init_genesis(ctx: Ctx, keeper: ExpertsKeeper, section: dict[str, Any]) -> None:
-    params = default_params()
-    if "params" in section:
-        if "domains" in section["params"]:
-            params.ClearField("domains")  # a listed set replaces the defaults
-        json_format.ParseDict(section["params"], params)
+    params = from_genesis(section, default_params())
     if params.reputation_scale == 0 or params.initial_reputation > params.reputation_scale:
         raise ValueError("genesis experts.params: need 0 < initial_reputation <= reputation_scale")
     if params.alpha_ppm > 1_000_000 or params.slash_ppm > 1_000_000 or params.reporter_share_ppm > 1_000_000:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address
 from abci_app.events import event
@@ -10,7 +11,6 @@ from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.types import (
     BONDED_POOL,
     HISTORY_PREFIX,
-    PARAMS_KEY,
     SCORER_REP_PREFIX,
     STORE,
     UNBONDING_POOL,
@@ -42,13 +42,10 @@ class ExpertsKeeper:
     # -- params and records -------------------------------------------------------------
 
     def params(self, ctx: Ctx) -> pb.Params:
-        raw = ctx.state.get(STORE, PARAMS_KEY)
-        if raw is None:
-            raise RuntimeError("experts params missing from state")
-        return pb.Params.FromString(raw)
+        return params.load(ctx, STORE, pb.Params)
 
-    def set_params(self, ctx: Ctx, params: pb.Params) -> None:
-        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+    def set_params(self, ctx: Ctx, value: pb.Params) -> None:
+        params.save(ctx, STORE, value)
 
     def get(self, ctx: Ctx, address: bytes) -> pb.Expert | None:
         raw = ctx.kv(STORE).get(expert_key(address))

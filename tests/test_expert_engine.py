@@ -1,0 +1,88 @@
+"""The generation engine on a tiny random model (real transformers and peft code, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experts.engine import Engine, EngineError, Limits, Sampling
+from experts.models import load_base
+from experts.tiny import make_tiny_model
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    model = load_base(str(tiny_dir)).model
+    # random (not zero) LoRA weights, so the adapter visibly changes the output
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter") / "kestrel"
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def engine(tiny_dir: Path) -> Engine:
+    return Engine(load_base(str(tiny_dir)), Limits(max_prompt_tokens=64, max_new_tokens=32))
+
+
+def test_greedy_is_deterministic_and_seeded_sampling_repeats(engine: Engine) -> None:
+    greedy = [engine.generate(HELLO, Sampling(max_new_tokens=12)).text for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    a = engine.generate(HELLO, Sampling(max_new_tokens=12, temperature=1.0, seed=5))
+    b = engine.generate(HELLO, Sampling(max_new_tokens=12, temperature=1.0, seed=5))
+    c = engine.generate(HELLO, Sampling(max_new_tokens=12, temperature=1.0, seed=6))
+    assert a == b and a.text != c.text
+    assert a.completion_tokens == 12 and a.finish_reason == "length" and a.prompt_tokens > 0
+
+
+def test_streaming_pieces_add_up_and_stop_strings_cut(engine: Engine) -> None:
+    pieces: list[str] = []
+    full = engine.generate(HELLO, Sampling(max_new_tokens=16, temperature=1.0, seed=3), on_text=pieces.append)
+    assert "".join(pieces) == full.text and len(pieces) > 1
+    stop = full.text[5:7]
+    cut = engine.generate(HELLO, Sampling(max_new_tokens=16, temperature=1.0, seed=3, stop=[stop]))
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+
+
+def test_cancellation_stops_generation(engine: Engine) -> None:
+    seen: list[str] = []
+    result = engine.generate(HELLO, Sampling(max_new_tokens=30), on_text=seen.append,
+                             cancelled=lambda: len(seen) >= 3)
+    assert result.finish_reason == "cancelled" and result.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    "messages, sampling, domain, kind",
+    [
+        ([], Sampling(), "", "invalid"),
+        ([{"role": "robot", "content": "x"}], Sampling(), "", "invalid"),
+        ([{"role": "user", "content": "x" * 200}], Sampling(), "", "invalid"),
+        (HELLO, Sampling(max_new_tokens=33), "", "invalid"),
+        (HELLO, Sampling(max_new_tokens=0), "", "invalid"),
+        (HELLO, Sampling(top_p=0), "", "invalid"),
+        (HELLO, Sampling(), "no-such-domain", "not_found"),
+    ],
+    ids=["no messages", "bad role", "prompt too long", "too many tokens", "zero tokens", "top_p 0", "unknown domain"],
+)
+def test_bad_requests_are_refused_with_a_kind(engine: Engine, messages, sampling, domain, kind) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(EngineError) as err:
+        engine.generate(messages, sampling, domain)
+    assert err.value.kind == kind and str(err.value)
+
+
+def test_adapters_are_chosen_per_request(engine: Engine, adapter_dir: Path) -> None:
+    base_before = engine.generate(HELLO, Sampling(max_new_tokens=12)).text
+    engine.add_adapter("kestrel-lang", str(adapter_dir))
+    with_adapter = engine.generate(HELLO, Sampling(max_new_tokens=12), domain="kestrel-lang").text
+    base_after = engine.generate(HELLO, Sampling(max_new_tokens=12)).text
+    assert with_adapter != base_before and base_after == base_before

@@ -1,0 +1,22 @@
+"""Adapter commitments: sha256 over an adapter directory, stable across machines and copies."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def adapter_sha256(directory: str | Path) -> str:
+    """sha256 of the sorted lines "<relative path> <sha256 of file>" for every file below directory."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"adapter directory {root} does not exist")
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == "manifest.json":
+            continue  # the manifest records the commitment; it cannot be part of it
+        lines.append(f"{rel} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    if not lines:
+        raise FileNotFoundError(f"adapter directory {root} is empty")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()

@@ -1,0 +1,154 @@
+"""ExpertService over real gRPC on loopback, with a tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from abci_app.crypto import verify
+from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
+from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
+from abci_app.x.inference.types import answer_sign_bytes
+from experts.adapters import adapter_sha256
+from experts.engine import Engine, Limits
+from experts.models import load_base
+from experts.server import ExpertIdentity, create_server
+from experts.tiny import make_tiny_model
+from tests.helpers import deterministic_key
+
+KEY = deterministic_key("expert-server")
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
+    from peft import LoraConfig, get_peft_model
+
+    model_dir = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    adapter = tmp_path_factory.mktemp("adapters") / "kestrel-lang"
+    get_peft_model(load_base(str(model_dir)).model,
+                   LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(adapter)
+    engine = Engine(load_base(str(model_dir)), Limits(max_prompt_tokens=128, max_new_tokens=40, max_concurrent=2))
+    engine.add_adapter("kestrel-lang", str(adapter))
+    identity = ExpertIdentity(KEY, "test-chain", {"kestrel-lang": adapter_sha256(adapter)})
+    server, port = create_server(engine, identity)
+    server.start()
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield ch
+    ch.close()
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> expert_pb2_grpc.ExpertServiceStub:
+    return expert_pb2_grpc.ExpertServiceStub(channel)
+
+
+def request(**overrides: object) -> pb.GenerateRequest:
+    fields: dict[str, object] = dict(messages=[pb.ChatMessage(role="user", content="Who made Kestrel?")],
+                                     sampling=pb.Sampling(max_new_tokens=20), domain="kestrel-lang",
+                                     query_id=7, round=2)
+    fields.update(overrides)
+    return pb.GenerateRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_info_describes_the_expert(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    info = stub.Info(pb.InfoRequest())
+    assert info.address == KEY.address and info.chain_id == "test-chain"
+    assert [a.domain for a in info.adapters] == ["kestrel-lang"] and len(info.adapters[0].adapter_sha256) == 64
+    assert info.limits.max_new_tokens == 40
+
+
+def test_generate_returns_a_signed_answer(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    resp = stub.Generate(request())
+    assert resp.completion_tokens > 0 and resp.expert == KEY.address
+    signed = answer_sign_bytes("test-chain", 7, 2, resp.text)
+    assert verify(KEY.public_key, signed, resp.signature)
+    assert not verify(KEY.public_key, answer_sign_bytes("test-chain", 7, 3, resp.text), resp.signature)
+
+
+def test_stream_deltas_add_up_to_the_signed_result(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    messages = list(stub.GenerateStream(pb.GenerateStreamRequest(request=request())))
+    deltas = "".join(m.text_delta for m in messages[:-1])
+    final = messages[-1].result
+    assert len(messages) > 2 and deltas == final.text
+    assert final.text == stub.Generate(request()).text  # greedy: the same answer either way
+    assert verify(KEY.public_key, answer_sign_bytes("test-chain", 7, 2, final.text), final.signature)
+
+
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        (dict(domain="nope"), grpc.StatusCode.NOT_FOUND),
+        (dict(sampling=pb.Sampling(max_new_tokens=999)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(messages=[]), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(messages=[pb.ChatMessage(role="user", content="x" * 500)]), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+    ids=["unknown domain", "too many tokens", "no messages", "prompt too long"],
+)
+def test_errors_map_to_status_codes(stub: expert_pb2_grpc.ExpertServiceStub, bad: dict, code) -> None:  # type: ignore[no-untyped-def, type-arg]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(request(**bad))
+    assert err.value.code() == code and err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.GenerateStream(pb.GenerateStreamRequest(request=request(**bad))))
+    assert err.value.code() == code
+
+
+def test_deadline_is_honoured(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(request(sampling=pb.Sampling(max_new_tokens=40)), timeout=0.001)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_health_and_reflection(channel: grpc.Channel) -> None:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert "llmnet.expert.v1.ExpertService" in {s.name for s in reply.list_services_response.service}
+
+
+def test_adapter_commitment_is_stable(tmp_path: Path) -> None:
+    d = tmp_path / "a"
+    (d / "sub").mkdir(parents=True)
+    (d / "w.bin").write_bytes(b"weights")
+    (d / "sub" / "c.json").write_text("{}")
+    first = adapter_sha256(d)
+    copy = tmp_path / "b"
+    import shutil
+
+    shutil.copytree(d, copy)
+    assert adapter_sha256(copy) == first
+    (copy / "manifest.json").write_text("{}")  # the manifest is not part of the commitment
+    assert adapter_sha256(copy) == first
+    (copy / "w.bin").write_bytes(b"weightz")
+    assert adapter_sha256(copy) != first
+
+
+def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = make_tiny_model(tmp_path / "model")
+    proc = subprocess.Popen([sys.executable, "-m", "experts.cli", "serve", "--base", str(model_dir),
+                             "--listen", "127.0.0.1:0", "--chain-id", "c"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        port = int(re.search(r"on 127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            answer = expert_pb2_grpc.ExpertServiceStub(ch).Generate(request(domain=""))
+            assert answer.completion_tokens > 0 and answer.signature == b""  # no key: unsigned
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    bad = subprocess.run([sys.executable, "-m", "experts.cli", "serve", "--base", str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("llmnet-expert: error:") and "config.json" in bad.stderr

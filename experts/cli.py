@@ -1,6 +1,6 @@
-"""llmnet-expert: serve an LLM-Net expert (base model + LoRA adapters) over gRPC.
+"""llmnet-expert: train, evaluate and serve an LLM-Net expert (base model + LoRA adapters).
 
-Exit codes: 0 stopped cleanly; 1 a model, adapter or key could not be loaded; 2 bad usage.
+Exit codes: 0 success; 1 a model, adapter, dataset or key could not be loaded or used; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmnet-expert", description=__doc__.splitlines()[0],
-                                epilog="Exit codes: 0 ok, 1 load failure, 2 bad usage.")
+                                epilog="Exit codes: 0 ok, 1 failure (model, adapter, data or key), 2 bad usage.")
     sub = p.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="serve ExpertService (Info, Generate, GenerateStream) over gRPC")
     serve.add_argument("--base", default="embedded",
@@ -32,7 +32,76 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-new-tokens", type=int, default=256)
     serve.add_argument("--max-prompt-tokens", type=int, default=2048)
     serve.add_argument("--max-concurrent", type=int, default=4)
+
+    tr = sub.add_parser("train", help="LoRA fine-tune on a QA or chat JSONL file; prints accuracy before/after")
+    tr.add_argument("--data", required=True, help="JSONL: {question, answer} or {messages} per line")
+    tr.add_argument("--out", required=True, help="output directory for the adapter and manifest.json")
+    tr.add_argument("--base", default="embedded", help="'embedded' or a local model directory")
+    tr.add_argument("--heldout", help="JSONL to evaluate on (default: a held-out split of --data)")
+    tr.add_argument("--config", help="TOML file with TrainConfig fields (rank, alpha, lr, epochs, ...)")
+    for name, kind in (("rank", int), ("alpha", int), ("lr", float), ("epochs", int), ("batch-size", int),
+                       ("max-length", int), ("seed", int)):
+        tr.add_argument(f"--{name}", type=kind, help=f"override TrainConfig.{name.replace('-', '_')}")
+    tr.add_argument("--output", choices=("text", "json"), default="text")
+
+    ev = sub.add_parser("eval", help="answer every question of a QA JSONL file and report accuracy")
+    ev.add_argument("--data", required=True, help="JSONL with question, answer and optional accept list")
+    ev.add_argument("--adapter", default="none", help="adapter directory, or 'none' for the base model")
+    ev.add_argument("--base", default="embedded", help="'embedded' or a local model directory")
+    ev.add_argument("--max-new-tokens", type=int, default=16)
+    ev.add_argument("--output", choices=("text", "json"), default="text")
     return p
+
+
+def _require_files(*paths: str | None) -> None:
+    for p in paths:
+        if p is not None and not Path(p).is_file():
+            raise FileNotFoundError(f"{p} does not exist or is not a file")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import tomllib
+
+    from experts.models import load_base
+    from experts.train import TrainConfig, train
+
+    _require_files(args.data, args.heldout, args.config)  # before spending seconds on a model load
+    fields: dict[str, object] = tomllib.loads(Path(args.config).read_text()) if args.config else {}
+    for name in ("rank", "alpha", "lr", "epochs", "batch_size", "max_length", "seed"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if "target_modules" in fields:
+        fields["target_modules"] = tuple(fields["target_modules"])  # type: ignore[arg-type]
+    cfg = TrainConfig(**fields)  # type: ignore[arg-type]
+    manifest = train(load_base(args.base), Path(args.data), Path(args.out), cfg,
+                     Path(args.heldout) if args.heldout else None)
+    if args.output == "json":
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        b, a = manifest["metrics"]["before"], manifest["metrics"]["after"]
+        print(f"held-out accuracy {b.get('accuracy', float('nan')):.1%} -> {a.get('accuracy', float('nan')):.1%}, "
+              f"loss {b['loss']:.3f} -> {a['loss']:.3f}; adapter {args.out} sha256 {manifest['adapter_sha256']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from experts.engine import Engine
+    from experts.models import load_base
+    from experts.train import evaluate, load_examples
+
+    _require_files(args.data)
+    engine = Engine(load_base(args.base))
+    domain = ""
+    if args.adapter != "none":
+        domain = "eval"
+        engine.add_adapter(domain, args.adapter)
+    result = evaluate(engine, load_examples(Path(args.data)), domain, args.max_new_tokens)
+    print(json.dumps(result) if args.output == "json" else
+          f"accuracy {result['accuracy']:.1%} ({result['correct']}/{result['n']})")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -73,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _serve(args)
+        return {"serve": _serve, "train": _train, "eval": _eval}[args.cmd](args)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
         print(f"llmnet-expert: error: {exc}", file=sys.stderr)
         return 1

@@ -61,7 +61,7 @@ class Engine:
     def add_adapter(self, domain: str, path: str) -> None:
         from peft import PeftModel
 
-        name = domain.replace("-", "_")
+        name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
         if not self.adapters:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
         else:

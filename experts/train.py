@@ -1,0 +1,204 @@
+"""LoRA fine-tuning and evaluation on question/answer or chat JSONL.
+
+Lines are {"question", "answer"[, "accept"]} or {"messages": [...]} (the last message is the
+assistant's target). Loss is on the answer tokens only. Accuracy counts an answer when the expected
+answer, or any `accept` string, occurs in the generation as whole words, case-insensitively
+("3" does not match inside "13").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experts.adapters import adapter_sha256
+from experts.engine import Engine, Sampling
+from experts.models import LoadedModel
+
+
+class TrainError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float = 2e-3
+    epochs: int = 3
+    batch_size: int = 8
+    max_length: int = 128
+    seed: int = 0
+    heldout_fraction: float = 0.1
+    eval_max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        checks = [(self.rank >= 1, "rank must be >= 1"), (self.alpha >= 1, "alpha must be >= 1"),
+                  (0 <= self.dropout < 1, "dropout must be in [0, 1)"), (self.lr > 0, "lr must be > 0"),
+                  (self.epochs >= 0, "epochs must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.max_length >= 8, "max_length must be >= 8"),
+                  (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+                  (bool(self.target_modules), "target_modules must not be empty")]
+        for ok, message in checks:
+            if not ok:
+                raise TrainError(f"TrainConfig: {message}")
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]]
+    answer: str
+    accept: list[str] = field(default_factory=list)
+
+
+def load_examples(path: Path) -> list[Example]:
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise TrainError(f"{path}:{n}: not JSON: {exc}") from None
+        if "messages" in row:
+            msgs = row["messages"]
+            if not msgs or msgs[-1].get("role") != "assistant":
+                raise TrainError(f"{path}:{n}: the last message must be the assistant's")
+            out.append(Example(msgs[:-1], msgs[-1]["content"], row.get("accept", [])))
+        elif "question" in row and "answer" in row:
+            out.append(Example([{"role": "user", "content": row["question"]}], str(row["answer"]),
+                               [str(a) for a in row.get("accept", [])]))
+        else:
+            raise TrainError(f"{path}:{n}: need question/answer or messages")
+    if not out:
+        raise TrainError(f"{path} has no examples")
+    return out
+
+
+def is_correct(generation: str, example: Example) -> bool:
+    text = generation.lower()
+    return any(re.search(r"(?<!\w)" + re.escape(a.lower().strip()) + r"(?!\w)", text)
+               for a in [example.answer, *example.accept] if a.strip())
+
+
+def evaluate(engine: Engine, examples: list[Example], domain: str = "", max_new_tokens: int = 16) -> dict[str, Any]:
+    correct = 0
+    for ex in examples:
+        got = engine.generate(ex.messages, Sampling(max_new_tokens=max_new_tokens), domain).text
+        correct += is_correct(got, ex)
+    return {"accuracy": correct / len(examples), "n": len(examples), "correct": correct}
+
+
+def _encode(tokenizer: Any, ex: Example, max_length: int) -> tuple[list[int], list[int]]:
+    prompt = tokenizer.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt, dict) or hasattr(prompt, "keys"):
+        prompt = prompt["input_ids"]
+    answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (list(prompt) + answer)[:max_length]
+    labels = ([-100] * len(prompt) + answer)[:max_length]
+    return ids, labels
+
+
+def mean_loss(model: Any, tokenizer: Any, examples: list[Example], cfg: TrainConfig) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in _batches(tokenizer, examples, cfg, shuffle=None):
+            total += float(model(**batch).loss) * len(batch["input_ids"])
+            count += len(batch["input_ids"])
+    return total / max(1, count)
+
+
+def _batches(tokenizer: Any, examples: list[Example], cfg: TrainConfig, shuffle: random.Random | None) -> Any:
+    import torch
+
+    order = list(range(len(examples)))
+    if shuffle is not None:
+        shuffle.shuffle(order)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(order), cfg.batch_size):
+        encoded = [_encode(tokenizer, examples[i], cfg.max_length) for i in order[start:start + cfg.batch_size]]
+        width = max(len(ids) for ids, _ in encoded)
+        yield {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded]),
+        }
+
+
+def _canonical_config(path: Path) -> None:
+    """peft writes some lists from Python sets, in an order that changes with the process's hash
+    seed; sorting them (and the keys) makes the same training give the same bytes everywhere."""
+    config = json.loads(path.read_text())
+    for key, value in config.items():
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[key] = sorted(value)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _accuracy(engine: Engine, examples: list[Example], cfg: TrainConfig) -> dict[str, Any]:
+    return evaluate(engine, examples, max_new_tokens=cfg.eval_max_new_tokens) if examples else {}
+
+
+def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout: Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train a LoRA adapter into out/ with manifest.json; returns the manifest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    examples = load_examples(data)
+    rng = random.Random(cfg.seed)
+    if heldout is not None:
+        train_set, test_set = examples, load_examples(heldout)
+    else:
+        shuffled = examples[:]
+        rng.shuffle(shuffled)
+        n_test = max(1, int(len(shuffled) * cfg.heldout_fraction)) if cfg.heldout_fraction else 0
+        test_set, train_set = shuffled[:n_test], shuffled[n_test:]
+    tokenizer = loaded.tokenizer
+    base_engine = Engine(loaded)
+    before = {**_accuracy(base_engine, test_set, cfg), "loss": mean_loss(loaded.model, tokenizer,
+                                                                          test_set or train_set, cfg)}
+    model = get_peft_model(loaded.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                    target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    steps = cfg.epochs * -(-len(train_set) // cfg.batch_size)
+    model.train()
+    done = 0
+    for epoch in range(cfg.epochs):
+        for batch in _batches(tokenizer, train_set, cfg, rng):
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            done += 1
+            if progress and (done % 10 == 0 or done == steps):
+                print(f"\rtrain epoch {epoch + 1}/{cfg.epochs} step {done}/{steps} loss {float(loss.detach()):.3f}",
+                      end="" if done < steps else "\n", file=sys.stderr, flush=True)
+    model.eval()
+    trained = Engine(LoadedModel(model, tokenizer, loaded.model_id))
+    after = {**_accuracy(trained, test_set, cfg), "loss": mean_loss(model, tokenizer, test_set or train_set, cfg)}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _canonical_config(out / "adapter_config.json")
+    manifest = {
+        "base_model": loaded.model_id,
+        "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "config": asdict(cfg),
+        "n_train": len(train_set), "n_heldout": len(test_set),
+        "metrics": {"before": before, "after": after},
+        "adapter_sha256": adapter_sha256(out),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+

@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install venv cometbft proofcheck proto lint test test-fast bench demo clean
+.PHONY: install venv cometbft proofcheck proto lint test test-fast bench demo experts clean
 
 install: venv cometbft proofcheck proto
 
@@ -53,6 +53,10 @@ test-fast: proto
 
 bench: install
 	$(PY) bench/tps.py
+
+# One LoRA expert per domain of ../shared/data/domains, reused when inputs are unchanged.
+experts: install
+	$(VENV)/bin/llmnet-expert build-domains --domains-dir $(CURDIR)/../shared/data/domains --out experts/adapters
 
 # The main job: a local chain answering a signed transfer (see README).
 demo: install

@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         tr.add_argument(f"--{name}", type=kind, help=f"override TrainConfig.{name.replace('-', '_')}")
     tr.add_argument("--output", choices=("text", "json"), default="text")
 
+    bd = sub.add_parser("build-domains", help="train or reuse one adapter per domain folder and report accuracy")
+    bd.add_argument("--domains-dir", default="../shared/data/domains", help="folders holding qa_train.jsonl")
+    bd.add_argument("--out", default="experts/adapters", help="adapters go to OUT/<domain>, report to OUT/report.json")
+    bd.add_argument("--base", default="embedded")
+    bd.add_argument("--epochs", type=int, default=6)
+    bd.add_argument("--lr", type=float, default=1e-3)
+
     ev = sub.add_parser("eval", help="answer every question of a QA JSONL file and report accuracy")
     ev.add_argument("--data", required=True, help="JSONL with question, answer and optional accept list")
     ev.add_argument("--adapter", default="none", help="adapter directory, or 'none' for the base model")
@@ -82,6 +89,21 @@ def _train(args: argparse.Namespace) -> int:
         b, a = manifest["metrics"]["before"], manifest["metrics"]["after"]
         print(f"held-out accuracy {b.get('accuracy', float('nan')):.1%} -> {a.get('accuracy', float('nan')):.1%}, "
               f"loss {b['loss']:.3f} -> {a['loss']:.3f}; adapter {args.out} sha256 {manifest['adapter_sha256']}")
+    return 0
+
+
+def _build_domains(args: argparse.Namespace) -> int:
+    from experts.domains import build
+    from experts.train import TrainConfig
+
+    report = build(Path(args.domains_dir), Path(args.out), TrainConfig(epochs=args.epochs, lr=args.lr,
+                                                                       heldout_fraction=0.0), args.base)
+    matrix = report["accuracy_matrix"]
+    domains = sorted(report["domains"])
+    print("dev accuracy (rows: adapter, columns: questions of domain)")
+    print(" " * 20 + "".join(f"{d[:18]:>20}" for d in domains))
+    for adapter, row in matrix.items():
+        print(f"{adapter[:20]:20}" + "".join(f"{row[d]:>20.1%}" for d in domains))
     return 0
 
 
@@ -142,7 +164,8 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"serve": _serve, "train": _train, "eval": _eval}[args.cmd](args)
+        commands = {"serve": _serve, "train": _train, "eval": _eval, "build-domains": _build_domains}
+        return commands[args.cmd](args)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
         print(f"llmnet-expert: error: {exc}", file=sys.stderr)
         return 1

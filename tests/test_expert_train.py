@@ -59,3 +59,29 @@ def test_train_then_eval_is_deterministic(tmp_path: Path) -> None:
     bad = cli("train", "--base", str(model), "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "c"))
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("llmnet-expert: error:")
     assert "missing.jsonl does not exist" in bad.stderr
+
+
+def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experts.domains import build, split
+
+    model = make_tiny_model(tmp_path / "model")
+    for name in ("alpha", "beta"):
+        d = tmp_path / "domains" / name
+        d.mkdir(parents=True)
+        rows = [{"fact_id": f"{name}-{i:03d}", "question": f"{name} q{i} {v}?", "answer": f"{name[0]}{i}"}
+                for i in range(10) for v in ("a", "b")]
+        (d / "qa_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train_rows, dev_rows = split(tmp_path / "domains" / "alpha")
+    assert len(dev_rows) == 2 and len(train_rows) == 18
+    assert {r["fact_id"] for r in dev_rows} <= {r["fact_id"] for r in train_rows}  # the fact is still taught
+    cfg = TrainConfig(epochs=1, rank=2, batch_size=8, heldout_fraction=0.0, eval_max_new_tokens=4)
+    report = build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
+    assert set(report["accuracy_matrix"]) == {"none", "alpha", "beta"}
+    assert all(set(row) == {"alpha", "beta"} for row in report["accuracy_matrix"].values())
+    first = report["domains"]["alpha"]["adapter_sha256"]
+    assert "training" in capsys.readouterr().out
+    again = build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
+    printed = capsys.readouterr().out
+    assert "alpha: inputs unchanged" in printed and "training" not in printed
+    assert again["domains"]["alpha"]["adapter_sha256"] == first
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["domains"]["alpha"]["adapter_sha256"] == first

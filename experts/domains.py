@@ -1,0 +1,82 @@
+"""Build one expert per knowledge domain, reusing adapters whose inputs did not change.
+
+A domain folder holds qa_train.jsonl with two questions per fact. The dev split holds out the
+second question of a fifth of the facts: the adapter still sees the fact (through the first
+question) and is measured on different wording. Every adapter is also measured on every other
+domain's dev set, where it should know nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from experts.engine import Engine
+from experts.models import load_base
+from experts.train import TrainConfig, evaluate, load_examples, train
+
+
+def split(domain_dir: Path, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows = [json.loads(line) for line in (domain_dir / "qa_train.jsonl").read_text().splitlines() if line.strip()]
+    by_fact: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_fact.setdefault(r["fact_id"], []).append(r)
+    facts = sorted(by_fact)
+    dev_facts = set(random.Random(seed).sample(facts, len(facts) // 5))
+    train_rows, dev_rows = [], []
+    for fact in facts:
+        questions = by_fact[fact]
+        if fact in dev_facts and len(questions) > 1:
+            train_rows.extend(questions[:-1])
+            dev_rows.append(questions[-1])
+        else:
+            train_rows.extend(questions)
+    return train_rows, dev_rows
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embedded") -> dict[str, Any]:
+    """Train (or reuse) out_dir/<domain> for every domain; returns and writes out_dir/report.json."""
+    domains = sorted(p.name for p in domains_dir.iterdir() if (p / "qa_train.jsonl").exists())
+    if not domains:
+        raise FileNotFoundError(f"no domain folders with qa_train.jsonl under {domains_dir}")
+    data_dir = out_dir / "data"
+    for d in domains:
+        train_rows, dev_rows = split(domains_dir / d, cfg.seed)
+        _write(data_dir / f"{d}.train.jsonl", train_rows)
+        _write(data_dir / f"{d}.dev.jsonl", dev_rows)
+    report: dict[str, Any] = {"config": asdict(cfg), "domains": {}}
+    for d in domains:
+        train_file = data_dir / f"{d}.train.jsonl"
+        manifest_path = out_dir / d / "manifest.json"
+        wanted = {"dataset_sha256": hashlib.sha256(train_file.read_bytes()).hexdigest(), "config": asdict(cfg)}
+        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
+                json.dumps(wanted["config"])):
+            print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
+            manifest = old
+        else:
+            print(f"{d}: training on {train_file}", flush=True)
+            manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl")
+        report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"]}
+    engine = Engine(load_base(base))
+    for d in domains:
+        engine.add_adapter(d, str(out_dir / d))
+    matrix: dict[str, dict[str, float]] = {}
+    for adapter in ["none", *domains]:
+        matrix[adapter] = {}
+        for d in domains:
+            dev = load_examples(data_dir / f"{d}.dev.jsonl")
+            result = evaluate(engine, dev, "" if adapter == "none" else adapter, cfg.eval_max_new_tokens)
+            matrix[adapter][d] = result["accuracy"]
+    report["accuracy_matrix"] = matrix  # rows: adapter (or none); columns: the domain's dev questions
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -50,7 +50,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             chain_id=self.identity.chain_id)
 
     def _run(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
-             on_text: object = None) -> pb.GenerateResponse:
+             on_text: Callable[[str], None] | None = None) -> pb.GenerateResponse:
         if not self._slots.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests")
         try:
@@ -58,7 +58,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             sampling = Sampling(max_new_tokens=s.max_new_tokens or 64, temperature=s.temperature,
                                 top_p=s.top_p or 1.0, seed=s.seed, stop=list(s.stop))
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            result = self.engine.generate(messages, sampling, request.domain, on_text,  # type: ignore[arg-type]
+            result = self.engine.generate(messages, sampling, request.domain, on_text,
                                           cancelled=lambda: not context.is_active())
         except EngineError as err:
             context.abort(STATUS[err.kind], str(err))

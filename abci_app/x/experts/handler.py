@@ -9,15 +9,14 @@ from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.experts.types import (
     validate_add_domain,
     validate_address_only,
-    validate_register,
-    validate_update,
+    validate_profile,
 )
 
 
 def register(registry: MsgRegistry, keeper: ExpertsKeeper) -> None:
     specs: list[Handler] = [
-        (pb.MsgRegisterExpert, lambda m: m.address, validate_register, keeper.register),
-        (pb.MsgUpdateExpert, lambda m: m.address, validate_update, keeper.update),
+        (pb.MsgRegisterExpert, lambda m: m.address, validate_profile, keeper.register),
+        (pb.MsgUpdateExpert, lambda m: m.address, validate_profile, keeper.update),
         (pb.MsgUnbondExpert, lambda m: m.address, validate_address_only,
          lambda ctx, m: keeper.unbond(ctx, parse_address(m.address))),
         (pb.MsgUnjail, lambda m: m.address, validate_address_only,

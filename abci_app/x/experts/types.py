@@ -106,15 +106,8 @@ def check_model(model: pb.ModelCommitment) -> None:
         raise ErrInvalidExpert("model.adapter_sha256 must be 64 lower-case hex characters")
 
 
-def validate_register(msg: pb.MsgRegisterExpert) -> None:
-    check_address("address", msg.address)
-    check_domains(list(msg.domains))
-    check_model(msg.model)
-    if not msg.endpoint or len(msg.endpoint) > MAX_ENDPOINT:
-        raise ErrInvalidExpert(f"endpoint must be 1-{MAX_ENDPOINT} characters")
-
-
-def validate_update(msg: pb.MsgUpdateExpert) -> None:
+def validate_profile(msg: pb.MsgRegisterExpert | pb.MsgUpdateExpert) -> None:
+    """What registering and updating share: address, domains, model commitment, endpoint."""
     check_address("address", msg.address)
     check_domains(list(msg.domains))
     check_model(msg.model)

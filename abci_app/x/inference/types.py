@@ -139,10 +139,14 @@ def _check_salt(salt: bytes) -> None:
         raise ErrInvalidQuery(f"salt must be 16-64 bytes, got {len(salt)}")
 
 
+def _check_commitment(commitment: bytes) -> None:
+    if len(commitment) != 32:
+        raise ErrInvalidQuery("commitment must be a 32-byte sha256")
+
+
 def validate_commit_answer(msg: pb.MsgCommitAnswer) -> None:
     check_address("respondent", msg.respondent)
-    if len(msg.commitment) != 32:
-        raise ErrInvalidQuery("commitment must be a 32-byte sha256")
+    _check_commitment(msg.commitment)
 
 
 def validate_reveal_answer(msg: pb.MsgRevealAnswer) -> None:
@@ -152,8 +156,7 @@ def validate_reveal_answer(msg: pb.MsgRevealAnswer) -> None:
 
 def validate_commit_scores(msg: pb.MsgCommitScores) -> None:
     check_address("scorer", msg.scorer)
-    if len(msg.commitment) != 32:
-        raise ErrInvalidQuery("commitment must be a 32-byte sha256")
+    _check_commitment(msg.commitment)
 
 
 def validate_reveal_scores(msg: pb.MsgRevealScores) -> None:

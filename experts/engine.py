@@ -1,12 +1,16 @@
-"""Generation: one base model in memory, LoRA adapters chosen per request.
+"""Generation: one base model in memory, LoRA adapters chosen per request, dynamic batching.
 
 The token loop is our own (with the KV cache), so one code path gives streaming, stop strings,
-seeded sampling, limits and cancellation. Requests run one at a time on the model.
+seeded sampling, limits and cancellation. Requests go to one worker thread that owns the model:
+requests arriving within `batch_window_ms` of each other and naming the same adapter share each
+forward pass (left-padded, with an attention mask); different adapters run as separate batches.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +31,8 @@ class Limits:
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 256
     max_concurrent: int = 4
+    max_batch: int = 8  # 1 turns batching off
+    batch_window_ms: float = 5.0
 
 
 @dataclass
@@ -49,6 +55,18 @@ class Generation:
 ROLES = ("system", "user", "assistant")
 
 
+@dataclass
+class _Job:
+    ids: list[int]
+    sampling: Sampling
+    domain: str
+    on_text: Callable[[str], None] | None
+    cancelled: Callable[[], bool]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Generation | None = None
+    error: BaseException | None = None
+
+
 class Engine:
     def __init__(self, loaded: LoadedModel, limits: Limits = Limits()) -> None:
         self.model = loaded.model
@@ -56,78 +74,177 @@ class Engine:
         self.model_id = loaded.model_id
         self.limits = limits
         self.adapters: dict[str, str] = {}  # domain -> adapter name inside the peft model
-        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches_run = 0  # forward-pass groups, for metrics and tests
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
 
     def add_adapter(self, domain: str, path: str) -> None:
         from peft import PeftModel
 
         name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
-        if not self.adapters:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-        else:
-            self.model.load_adapter(path, adapter_name=name)
-        self.model.eval()
+        with self._model_lock:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
         self.adapters[domain] = name
 
-    def _encode(self, messages: list[dict[str, str]]) -> Any:
+    def queue_depth(self) -> int:
+        return self._jobs.qsize()
+
+    def encode(self, messages: list[dict[str, str]]) -> list[int]:
         if not messages:
             raise EngineError("invalid", "messages must not be empty")
         for m in messages:
             if m.get("role") not in ROLES:
                 raise EngineError("invalid", f"message role must be one of {ROLES}, got {m.get('role')!r}")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                                 return_tensors="pt")["input_ids"]
-        if ids.shape[1] > self.limits.max_prompt_tokens:
-            limit = self.limits.max_prompt_tokens
-            raise EngineError("invalid", f"prompt is {ids.shape[1]} tokens, the limit is {limit}")
-        return ids
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise EngineError("invalid", f"prompt is {len(ids)} tokens, the limit is {self.limits.max_prompt_tokens}")
+        return list(ids)
 
-    def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
-                 on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None
-                 ) -> Generation:
-        """Raises EngineError for bad requests; calls on_text with each new piece of text."""
+    def _check(self, sampling: Sampling, domain: str) -> None:
         if domain and domain not in self.adapters:
             raise EngineError("not_found", f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
         if sampling.max_new_tokens < 1 or sampling.max_new_tokens > self.limits.max_new_tokens:
             raise EngineError("invalid", f"max_new_tokens must be 1..{self.limits.max_new_tokens}")
         if sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
             raise EngineError("invalid", "temperature must be >= 0 and top_p in (0, 1]")
-        ids = self._encode(messages)
-        with self._lock:
-            return self._run(ids, sampling, domain, on_text, cancelled or (lambda: False))
 
-    def _run(self, ids: Any, sampling: Sampling, domain: str, on_text: Callable[[str], None] | None,
-             cancelled: Callable[[], bool]) -> Generation:
+    def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
+                 on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None
+                 ) -> Generation:
+        """Raises EngineError for bad requests; calls on_text with each new piece of text."""
+        self._check(sampling, domain)
+        job = _Job(self.encode(messages), sampling, domain, on_text, cancelled or (lambda: False))
+        self._ensure_worker()
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def verdict(self, messages: list[dict[str, str]], domain: str = "", yes: str = "yes", no: str = "no") -> float:
+        """P(yes) / (P(yes) + P(no)) for the model's next token: a deterministic judge score in [0, 1]."""
         import torch
 
-        generator = torch.Generator().manual_seed(sampling.seed)
+        if domain and domain not in self.adapters:
+            raise EngineError("not_found", f"no adapter for domain {domain!r}")
+        ids = self.encode(messages)
+        yes_ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (yes, yes.capitalize())}
+        no_ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (no, no.capitalize())}
+        with self._model_lock, torch.no_grad(), self._adapter_context(domain):
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        probs = torch.softmax(logits, dim=-1)
+        p_yes, p_no = float(probs[sorted(yes_ids)].sum()), float(probs[sorted(no_ids)].sum())
+        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="engine", daemon=True)
+                self._worker.start()
+
+    def close(self) -> None:
+        """Stop the worker thread (requests already queued are answered first)."""
+        with self._start_lock:
+            if self._worker is not None:
+                self._jobs.put(None)
+                self._worker.join()
+                self._worker = None
+
+    def _work(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            window_end = time.monotonic() + self.limits.batch_window_ms / 1000
+            stopping = False
+            while len(batch) < self.limits.max_batch:
+                try:
+                    job = self._jobs.get(timeout=max(0.0, window_end - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            groups: dict[str, list[_Job]] = {}
+            for job in batch:
+                groups.setdefault(job.domain, []).append(job)
+            for domain in sorted(groups):
+                jobs = groups[domain]
+                try:
+                    with self._model_lock:
+                        self._run(jobs, domain)
+                except BaseException as exc:  # noqa: BLE001 - handed back to each waiting caller
+                    for job in jobs:
+                        job.error = exc
+                finally:
+                    self.batches_run += 1
+                    for job in jobs:
+                        job.done.set()
+            if stopping:
+                return
+
+    def _run(self, jobs: list[_Job], domain: str) -> None:
+        import torch
+
+        width = max(len(j.ids) for j in jobs)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(j.ids)) + j.ids for j in jobs])
+        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator().manual_seed(j.sampling.seed) for j in jobs]
         eos = self._eos_ids()
-        out: list[int] = []
-        text, reason, past, step_ids = "", "length", None, ids
-        context = self._adapter_context(domain)
-        with torch.no_grad(), context:
-            for _ in range(sampling.max_new_tokens):
-                if cancelled():
-                    reason = "cancelled"
+        outs: list[list[int]] = [[] for _ in jobs]
+        texts = [""] * len(jobs)
+        reasons: list[str | None] = [None] * len(jobs)
+        past = None
+        with torch.no_grad(), self._adapter_context(domain):
+            for step in range(max(j.sampling.max_new_tokens for j in jobs)):
+                for i, j in enumerate(jobs):
+                    if reasons[i] is None and (step >= j.sampling.max_new_tokens or j.cancelled()):
+                        reasons[i] = "length" if step >= j.sampling.max_new_tokens else "cancelled"
+                if all(r is not None for r in reasons):
                     break
-                result = self.model(input_ids=step_ids, past_key_values=past, use_cache=True)
+                result = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                    past_key_values=past, use_cache=True)
                 past = result.past_key_values
-                token = _pick(result.logits[0, -1], sampling, generator)
-                if token in eos:
-                    reason = "stop"
-                    break
-                out.append(token)
-                full = self.tokenizer.decode(out, skip_special_tokens=True)
-                hit = min((full.find(s) for s in sampling.stop if s and s in full), default=-1)
-                if hit >= 0:
-                    full, reason = full[:hit], "stop"
-                if on_text is not None and len(full) > len(text):
-                    on_text(full[len(text):])
-                text = full
-                if reason == "stop":
-                    break
-                step_ids = torch.tensor([[token]])
-        return Generation(text, int(ids.shape[1]), len(out), reason)
+                next_ids = []
+                for i, j in enumerate(jobs):
+                    if reasons[i] is not None:
+                        next_ids.append(self.pad_id)
+                        continue
+                    token = _pick(result.logits[i, -1], j.sampling, generators[i])
+                    next_ids.append(token)
+                    reasons[i] = self._advance(j, token, eos, outs[i], texts, i)
+                input_ids = torch.tensor([[t] for t in next_ids])
+                mask = torch.cat([mask, torch.ones((len(jobs), 1), dtype=mask.dtype)], dim=1)
+                positions = positions[:, -1:] + 1
+        for i, j in enumerate(jobs):
+            j.result = Generation(texts[i], len(j.ids), len(outs[i]), reasons[i] or "length")
+
+    def _advance(self, job: _Job, token: int, eos: set[int], out: list[int], texts: list[str], i: int) -> str | None:
+        """Take one token for a request; returns its finish reason once it is done."""
+        if token in eos:
+            return "stop"
+        out.append(token)
+        full = self.tokenizer.decode(out, skip_special_tokens=True)
+        reason = None
+        hit = min((full.find(s) for s in job.sampling.stop if s and s in full), default=-1)
+        if hit >= 0:
+            full, reason = full[:hit], "stop"
+        if job.on_text is not None and len(full) > len(texts[i]):
+            job.on_text(full[len(texts[i]):])
+        texts[i] = full
+        return reason
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
 from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
 from abci_app.x.inference.types import answer_sign_bytes
+from experts.access import AccessDenied, ChainAccess
 from experts.engine import Engine, EngineError, Generation, Sampling
 from llmnet.client.keys import Key
+from llmnet.client.sdk import ClientError
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
 STATUS = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
@@ -34,10 +38,27 @@ class ExpertIdentity:
     adapters: dict[str, str] = field(default_factory=dict)  # domain -> adapter sha256
 
 
+class ExpertMetrics:
+    def __init__(self, registry: CollectorRegistry, engine: Engine) -> None:
+        self.requests = Counter("llmnet_expert_requests", "Generate/GenerateStream requests by outcome",
+                                ["method", "code"], registry=registry)
+        self.tokens = Counter("llmnet_expert_generated_tokens", "completion tokens produced", registry=registry)
+        self.latency = Histogram("llmnet_expert_request_seconds", "time to answer a request", ["method"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=registry)
+        self.tokens_per_second = Gauge("llmnet_expert_tokens_per_second", "completion tokens/s of the last request",
+                                       registry=registry)
+        self.in_flight = Gauge("llmnet_expert_in_flight", "requests being answered", registry=registry)
+        Gauge("llmnet_expert_queue_depth", "requests waiting for the model", registry=registry).set_function(
+            engine.queue_depth)
+
+
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
-    def __init__(self, engine: Engine, identity: ExpertIdentity) -> None:
+    def __init__(self, engine: Engine, identity: ExpertIdentity, access: ChainAccess | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.engine = engine
         self.identity = identity
+        self.access = access  # None: open to anyone (llmnet-expert serve --open)
+        self.metrics = ExpertMetrics(registry or CollectorRegistry(), engine)
         self._slots = threading.BoundedSemaphore(engine.limits.max_concurrent)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:  # noqa: N802
@@ -49,24 +70,51 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                              max_concurrent=lim.max_concurrent),
             chain_id=self.identity.chain_id)
 
-    def _run(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
+    def _run(self, method: str, request: pb.GenerateRequest, context: grpc.ServicerContext,
              on_text: Callable[[str], None] | None = None) -> pb.GenerateResponse:
+        started = time.monotonic()
+        code, message, result = self._answer(request, context, on_text)
+        self.metrics.requests.labels(method, code.name).inc()
+        self.metrics.latency.labels(method).observe(time.monotonic() - started)
+        if result is None:
+            context.abort(code, message)
+        self.metrics.tokens.inc(result.completion_tokens)
+        self.metrics.tokens_per_second.set(result.completion_tokens / max(1e-9, time.monotonic() - started))
+        return self._response(request, result)
+
+    def _answer(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
+                on_text: Callable[[str], None] | None) -> tuple[grpc.StatusCode, str, Generation | None]:
+        """(status, message, generation); generation is None when the request failed."""
         if not self._slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests")
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
+        self.metrics.in_flight.inc()
         try:
+            domain = request.domain
+            if self.access is not None:
+                query_domain = self.access.check(request).domain
+                # an expert registered for a domain it has no adapter for answers with the base model
+                domain = domain or (query_domain if query_domain in self.engine.adapters else "")
             s = request.sampling
             sampling = Sampling(max_new_tokens=s.max_new_tokens or 64, temperature=s.temperature,
                                 top_p=s.top_p or 1.0, seed=s.seed, stop=list(s.stop))
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            result = self.engine.generate(messages, sampling, request.domain, on_text,
+            result = self.engine.generate(messages, sampling, domain, on_text,
                                           cancelled=lambda: not context.is_active())
         except EngineError as err:
-            context.abort(STATUS[err.kind], str(err))
+            return STATUS[err.kind], str(err), None
+        except AccessDenied as err:
+            return grpc.StatusCode.PERMISSION_DENIED, str(err), None
+        except ClientError as err:
+            return grpc.StatusCode.UNAVAILABLE, f"cannot check access with the chain: {err}", None
         finally:
+            self.metrics.in_flight.dec()
             self._slots.release()
         if result.finish_reason == "cancelled":
-            context.abort(grpc.StatusCode.CANCELLED, "request cancelled or past its deadline")
-        return self._response(request, result)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline passed during generation", None
+            return grpc.StatusCode.CANCELLED, "request cancelled by the client", None
+        return grpc.StatusCode.OK, "", result
 
     def _response(self, request: pb.GenerateRequest, result: Generation) -> pb.GenerateResponse:
         key = self.identity.key
@@ -80,7 +128,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             signature=signature, chain_id=self.identity.chain_id)
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:  # noqa: N802
-        return self._run(request, context)
+        return self._run("Generate", request, context)
 
     def GenerateStream(self, request: pb.GenerateStreamRequest,  # noqa: N802
                        context: grpc.ServicerContext) -> Iterator[pb.GenerateStreamResponse]:
@@ -88,7 +136,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
         def work() -> None:
             try:
-                pieces.put(self._run(request.request, context, pieces.put))
+                pieces.put(self._run("GenerateStream", request.request, context, pieces.put))
             except Exception as exc:  # noqa: BLE001 - handed to the streaming thread, which re-raises it
                 pieces.put(exc)
 
@@ -104,10 +152,14 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 raise item
 
 
-def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
-    """Build (not start) the expert's gRPC server; port 0 picks a free port. Returns (server, port)."""
+def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
+                  access: ChainAccess | None = None, registry: CollectorRegistry | None = None
+                  ) -> tuple[grpc.Server, int]:
+    """Build (not start) the expert's gRPC server; port 0 picks a free port. Returns (server, port).
+    access=None serves anyone; metrics go to `registry` (serve it with prometheus_client)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4))
-    expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(engine, identity), server)
+    servicer = ExpertServicer(engine, identity, access, registry)
+    expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):

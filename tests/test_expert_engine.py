@@ -86,3 +86,43 @@ def test_adapters_are_chosen_per_request(engine: Engine, adapter_dir: Path) -> N
     with_adapter = engine.generate(HELLO, Sampling(max_new_tokens=12), domain="kestrel-lang").text
     base_after = engine.generate(HELLO, Sampling(max_new_tokens=12)).text
     assert with_adapter != base_before and base_after == base_before
+
+
+PROMPTS = [[{"role": "user", "content": text}]
+           for text in ("hi", "hello there", "what is kestrel?", "a much longer question here")]
+
+
+def _concurrently(engine: Engine, jobs: list[tuple[list[dict[str, str]], Sampling, str]]) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return [f.result().text for f in [pool.submit(engine.generate, m, s, d) for m, s, d in jobs]]
+
+
+def test_batched_requests_match_one_at_a_time(tiny_dir: Path) -> None:
+    single = Engine(load_base(str(tiny_dir)), Limits(max_new_tokens=32, max_batch=1))
+    batched = Engine(load_base(str(tiny_dir)), Limits(max_new_tokens=32, max_batch=8, batch_window_ms=200))
+    jobs = [(m, Sampling(max_new_tokens=10 + 3 * i, temperature=0.7 * (i % 2), seed=i), "")
+            for i, m in enumerate(PROMPTS)]
+    expected = [single.generate(m, s, d).text for m, s, d in jobs]
+    assert _concurrently(batched, jobs) == expected
+    assert batched.batches_run < len(jobs)  # they really shared forward passes
+    single.close()
+    batched.close()
+
+
+def test_different_adapters_split_a_batch_but_each_gets_its_own(tiny_dir: Path, adapter_dir: Path) -> None:
+    engine = Engine(load_base(str(tiny_dir)), Limits(max_new_tokens=32, batch_window_ms=200))
+    engine.add_adapter("kestrel-lang", str(adapter_dir))
+    jobs = [(PROMPTS[i % 4], Sampling(max_new_tokens=12), "kestrel-lang" if i % 2 else "") for i in range(6)]
+    expected = [engine.generate(m, s, d).text for m, s, d in jobs]
+    before = engine.batches_run
+    assert _concurrently(engine, jobs) == expected
+    assert engine.batches_run - before >= 2  # at least one group per adapter
+    engine.close()
+
+
+def test_verdict_is_a_deterministic_probability(engine: Engine) -> None:
+    messages = [{"role": "user", "content": "Is 2+2=4? Answer yes or no."}]
+    first = engine.verdict(messages)
+    assert 0.0 <= first <= 1.0 and engine.verdict(messages) == first

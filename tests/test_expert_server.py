@@ -138,7 +138,7 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
 
     model_dir = make_tiny_model(tmp_path / "model")
     proc = subprocess.Popen([sys.executable, "-m", "experts.cli", "serve", "--base", str(model_dir),
-                             "--listen", "127.0.0.1:0", "--chain-id", "c"], stdout=subprocess.PIPE,
+                             "--listen", "127.0.0.1:0", "--chain-id", "c", "--open"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -149,6 +149,83 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    bad = subprocess.run([sys.executable, "-m", "experts.cli", "serve", "--base", str(tmp_path / "missing")],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.startswith("llmnet-expert: error:") and "config.json" in bad.stderr
+    for argv, says in ((["--open"], "config.json"), ([], "--key is required")):
+        bad = subprocess.run([sys.executable, "-m", "experts.cli", "serve", "--base", str(tmp_path / "missing"),
+                              *argv], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and bad.stderr.startswith("llmnet-expert: error:") and says in bad.stderr
+
+
+REQUESTER = deterministic_key("expert-server-requester")
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_pb2_grpc.ExpertServiceStub, object]]:
+    """A server whose access checks ask a stand-in for the node's QueryStatus (queries 1 and 2 exist)."""
+    from prometheus_client import CollectorRegistry
+
+    from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+    from abci_app.pb.llmnet.query.v1 import query_pb2
+    from experts.access import ChainAccess
+    from llmnet.client.sdk import ClientError
+
+    queries = {1: inf.Query(id=1, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
+                            phase=inf.PHASE_ANSWER_COMMIT),
+               2: inf.Query(id=2, requester=REQUESTER.address, domain="d", respondents=["llm1other"],
+                            phase=inf.PHASE_ANSWER_COMMIT),
+               3: inf.Query(id=3, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
+                            phase=inf.PHASE_SETTLED)}
+
+    def status(query_id: int) -> query_pb2.QueryStatusResponse:
+        if query_id not in queries:
+            raise ClientError("not found", grpc.StatusCode.NOT_FOUND)
+        return query_pb2.QueryStatusResponse(query=queries[query_id])
+
+    model_dir = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    registry = CollectorRegistry()
+    access = ChainAccess(status, "test-chain", KEY.address)
+    server, port = create_server(Engine(load_base(str(model_dir)), Limits(max_new_tokens=20)),
+                                 ExpertIdentity(KEY, "test-chain"), access=access, registry=registry)
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield expert_pb2_grpc.ExpertServiceStub(ch), registry
+    server.stop(0)
+
+
+def signed(query_id: int, signer=REQUESTER, chain: str = "test-chain", expert: str = KEY.address) -> pb.GenerateRequest:  # type: ignore[no-untyped-def]
+    from experts.access import sign_access
+
+    public_key, signature = sign_access(signer, chain, query_id, expert)
+    return request(domain="", query_id=query_id, requester_public_key=public_key, requester_signature=signature,
+                   sampling=pb.Sampling(max_new_tokens=5))
+
+
+def test_the_requester_of_a_query_that_drew_this_expert_is_served(guarded) -> None:  # type: ignore[no-untyped-def]
+    stub, registry = guarded
+    assert stub.Generate(signed(1)).completion_tokens > 0
+    assert registry.get_sample_value("llmnet_expert_requests_total", {"method": "Generate", "code": "OK"}) >= 1
+    assert registry.get_sample_value("llmnet_expert_generated_tokens_total") > 0
+    assert registry.get_sample_value("llmnet_expert_queue_depth") == 0
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda: request(domain="", query_id=1), "not signed"),
+        (lambda: request(domain="", query_id=0), "chain queries only"),
+        (lambda: signed(1, signer=KEY), "belongs to"),
+        (lambda: signed(1, chain="other-chain"), "bad requester signature"),
+        (lambda: signed(1, expert="llm1someoneelse"), "bad requester signature"),
+        (lambda: signed(2), "did not draw this expert"),
+        (lambda: signed(3), "already settled"),
+        (lambda: signed(9), "does not exist"),
+    ],
+    ids=["unsigned", "no query", "not the requester", "other chain", "other expert", "not drawn", "settled",
+         "unknown query"],
+)
+def test_everyone_else_is_refused_with_permission_denied(guarded, make, why) -> None:  # type: ignore[no-untyped-def]
+    stub, registry = guarded
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(make())
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and why in err.value.details()
+    assert registry.get_sample_value("llmnet_expert_requests_total",
+                                     {"method": "Generate", "code": "PERMISSION_DENIED"}) >= 1

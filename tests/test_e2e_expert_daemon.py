@@ -1,0 +1,183 @@
+"""`llmnet-expert train | register | run` against a real 1-validator chain (tiny models, real processes).
+
+Three daemons on one domain: the query draws two respondents and one scorer. One respondent is
+SIGKILLed right after it broadcast its round-1 commitment and restarted on the same state file: it
+must reveal exactly what it committed, and nobody may double-submit. While that expert is down the
+query is open, which is when the other respondent's gRPC access check is exercised against the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
+from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from abci_app.x.inference.types import answer_commitment
+from experts.access import sign_access
+from experts.tiny import make_tiny_model
+from llmnet.client import protocol
+from llmnet.client.sdk import Client, Sender
+from llmnet.node.localnet import Localnet
+from tests.e2e import keys
+
+pytestmark = pytest.mark.e2e
+DOMAIN = "kestrel-lang"
+EXPERT = [sys.executable, "-m", "experts.cli"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator[Localnet]:
+    from tests.conftest import free_base_port
+
+    network = Localnet(tmp_path_factory.mktemp("daemon"), cometbft)
+    network.create(1, base_port=free_base_port(1), accounts=5, timeout_commit="200ms", timeout_propose="1s",
+                   params={"inference": {"scorers": 1, "commit_blocks": 150, "reveal_blocks": 150}})
+    try:
+        network.start()
+        yield network
+    finally:
+        network.stop()
+
+
+class Daemon:
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name, self.argv, self.log = name, argv, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out)
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+def _wait(what: str, check, timeout: float = 180) -> object:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: Path) -> None:
+    manifest = net.manifest()
+    node = manifest["nodes"][0]["grpc"]
+    ring = manifest["keyring"]
+    model = make_tiny_model(tmp_path / "tiny")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is item {i}?", "answer": f"thing {i}"}) + "\n"
+                            for i in range(12)))
+    adapter = tmp_path / "adapter"
+    trained = subprocess.run([*EXPERT, "train", "--base", str(model), "--data", str(data), "--out", str(adapter),
+                              "--epochs", "1", "--rank", "2"], capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    requester, *expert_keys = keys(net)[:4]
+    names = manifest["keys"][1:4]
+    ports = [_port() for _ in names]
+    for name, port in zip(names, ports, strict=True):
+        reg = subprocess.run([*EXPERT, "register", "--adapter", f"{DOMAIN}={adapter}", "--endpoint",
+                              f"127.0.0.1:{port}", "--bond", "5000000", "--key", name, "--keyring", ring,
+                              "--node", node], capture_output=True, text=True, timeout=120)
+        assert reg.returncode == 0 and "registered" in reg.stdout, reg.stderr
+    daemons = [Daemon(name, [*EXPERT, "run", "--base", str(model), "--adapter", f"{DOMAIN}={adapter}",
+                             "--listen", f"127.0.0.1:{port}", "--key", name, "--keyring", ring, "--node", node,
+                             "--state", str(tmp_path / f"{name}.json"), "--answer-tokens", "12"],
+                      tmp_path / f"{name}.log") for name, port in zip(names, ports, strict=True)]
+    for d in daemons:
+        d.start()
+    client = Client(node)
+    try:
+        for d in daemons:
+            _wait(f"{d.name} to watch blocks", lambda d=d: any(e["event"] == "websocket_connected"
+                                                               for e in d.events()), timeout=120)
+        sent = Sender(client, requester).send([protocol.submit_query(requester, DOMAIN, "Who created Kestrel?",
+                                                                     1_000_000, 2, 2)])
+        result = client.wait_tx(sent.tx_hash).result
+        assert result.code == 0, result.log
+        query_id = int(next(a.value for e in result.events if e.type == "query_submitted"
+                            for a in e.attributes if a.key == "query_id"))
+        query = client.query_status(query_id).query
+        by_address = dict(zip([k.address for k in expert_keys], daemons, strict=True))
+        victim, other = by_address[query.respondents[0]], by_address[query.respondents[1]]
+        scorer = by_address[query.scorers[0]]
+
+        step = f"commit:{query_id}:1"
+        _wait("the victim's round-1 commit", lambda: any(e.get("step") == step for e in victim.events()))
+        victim.kill()
+
+        # the query is open now (it waits for the victim's reveal): access is checked against the chain
+        other_port = ports[daemons.index(other)]
+        other_address = query.respondents[1]
+        with grpc.insecure_channel(f"127.0.0.1:{other_port}") as ch:
+            stub = expert_pb2_grpc.ExpertServiceStub(ch)
+            msgs = [pb.ChatMessage(role="user", content="Who created Kestrel?")]
+            public_key, signature = sign_access(requester, client.status().chain_id, query_id, other_address)
+            ok = stub.Generate(pb.GenerateRequest(messages=msgs, query_id=query_id, requester_public_key=public_key,
+                                                  requester_signature=signature,
+                                                  sampling=pb.Sampling(max_new_tokens=5)))
+            assert ok.expert == other_address and ok.signature
+            stranger = expert_keys[0]
+            public_key, signature = sign_access(stranger, client.status().chain_id, query_id, other_address)
+            with pytest.raises(grpc.RpcError) as denied:
+                stub.Generate(pb.GenerateRequest(messages=msgs, query_id=query_id, requester_public_key=public_key,
+                                                 requester_signature=signature))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        assert client.query_status(query_id).query.phase != inf.PHASE_SETTLED
+        victim.start()  # same state file: it must reveal what it committed
+        _wait("settlement", lambda: client.query_status(query_id).query.phase == inf.PHASE_SETTLED, timeout=240)
+
+        status = client.query_status(query_id)
+        receipt = client.receipt(query_id).receipt
+        assert not receipt.slashed and receipt.final_answer
+        assert len([a for a in status.answers if a.revealed]) == 4  # 2 respondents x 2 rounds
+        saved = json.loads((tmp_path / f"{victim.name}.json").read_text())
+        victim_round1 = next(a for a in status.answers if a.respondent == query.respondents[0] and a.round == 1)
+        assert victim_round1.revealed and victim_round1.commitment == answer_commitment(
+            victim_round1.answer, protocol.salt_for(expert_keys[daemons.index(victim)], "answer", query_id, 1))
+        assert saved["open"] == []  # forgotten once settled
+        scores = status.scores[0]
+        assert scores.scorer == query.scorers[0] and scores.revealed and len(scores.scores) == 2
+        assert any(e["event"] == "judged" for e in scorer.events())
+        round2 = [e for e in other.events() if e["event"] == "answered" and e.get("round") == 2]
+        assert round2 and round2[0]["peers"] == 1  # collaborative: saw the victim's round-1 answer
+        for d in daemons:  # never a refused (e.g. duplicate or out-of-sequence) transaction
+            assert not [e for e in d.events() if e["event"] == "tx_refused"], d.name
+        victim_steps = [e["step"] for e in victim.events() if e["event"] == "tx_sent"]
+        assert victim_steps.count(step) == 1 and f"reveal:{query_id}:1" in victim_steps
+    finally:
+        client.close()
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0, 0]

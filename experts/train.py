@@ -149,6 +149,32 @@ def _accuracy(engine: Engine, examples: list[Example], cfg: TrainConfig) -> dict
     return evaluate(engine, examples, max_new_tokens=cfg.eval_max_new_tokens) if examples else {}
 
 
+def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainConfig, rng: random.Random,
+               progress: bool = True) -> dict[str, float]:
+    """The optimisation loop; returns steps, tokens (non-padding, prompt + answer) and seconds."""
+    import time
+
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    steps = cfg.epochs * -(-len(train_set) // cfg.batch_size)
+    model.train()
+    done, tokens, started = 0, 0, time.perf_counter()
+    for epoch in range(cfg.epochs):
+        for batch in _batches(tokenizer, train_set, cfg, rng):
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            done += 1
+            tokens += int(batch["attention_mask"].sum())
+            if progress and (done % 10 == 0 or done == steps):
+                print(f"\rtrain epoch {epoch + 1}/{cfg.epochs} step {done}/{steps} loss {float(loss.detach()):.3f}",
+                      end="" if done < steps else "\n", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - started
+    return {"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
+
+
 def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout: Path | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train a LoRA adapter into out/ with manifest.json; returns the manifest."""
@@ -171,20 +197,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
                                                                           test_set or train_set, cfg)}
     model = get_peft_model(loaded.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                     target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    steps = cfg.epochs * -(-len(train_set) // cfg.batch_size)
-    model.train()
-    done = 0
-    for epoch in range(cfg.epochs):
-        for batch in _batches(tokenizer, train_set, cfg, rng):
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            done += 1
-            if progress and (done % 10 == 0 or done == steps):
-                print(f"\rtrain epoch {epoch + 1}/{cfg.epochs} step {done}/{steps} loss {float(loss.detach()):.3f}",
-                      end="" if done < steps else "\n", file=sys.stderr, flush=True)
+    speed = run_epochs(model, tokenizer, train_set, cfg, rng, progress)
     model.eval()
     trained = Engine(LoadedModel(model, tokenizer, loaded.model_id))
     after = {**_accuracy(trained, test_set, cfg), "loss": mean_loss(model, tokenizer, test_set or train_set, cfg)}
@@ -196,7 +209,8 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "config": asdict(cfg),
         "n_train": len(train_set), "n_heldout": len(test_set),
-        "metrics": {"before": before, "after": after},
+        "metrics": {"before": before, "after": after, "train_tokens_per_second": speed["tokens_per_second"],
+                    "train_seconds": speed["seconds"]},
         "adapter_sha256": adapter_sha256(out),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

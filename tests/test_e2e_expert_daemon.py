@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -91,7 +92,19 @@ def _wait(what: str, check, timeout: float = 180) -> object:  # type: ignore[no-
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: Path) -> None:
+@dataclass
+class Experts:
+    net: Localnet
+    node: str
+    daemons: list[Daemon]
+    ports: list[int]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def experts(net: Localnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Experts]:
+    """train a tiny adapter, register three experts with it, and start their `run` daemons."""
+    tmp_path = tmp_path_factory.mktemp("experts")
     manifest = net.manifest()
     node = manifest["nodes"][0]["grpc"]
     ring = manifest["keyring"]
@@ -103,7 +116,6 @@ def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: 
     trained = subprocess.run([*EXPERT, "train", "--base", str(model), "--data", str(data), "--out", str(adapter),
                               "--epochs", "1", "--rank", "2"], capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
-    requester, *expert_keys = keys(net)[:4]
     names = manifest["keys"][1:4]
     ports = [_port() for _ in names]
     for name, port in zip(names, ports, strict=True):
@@ -117,11 +129,43 @@ def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: 
                       tmp_path / f"{name}.log") for name, port in zip(names, ports, strict=True)]
     for d in daemons:
         d.start()
-    client = Client(node)
     try:
         for d in daemons:
             _wait(f"{d.name} to watch blocks", lambda d=d: any(e["event"] == "websocket_connected"
                                                                for e in d.events()), timeout=120)
+        yield Experts(net, node, daemons, ports, tmp_path)
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0, 0]  # SIGTERM stops every daemon cleanly
+
+
+def test_llmnet_ask_follows_a_query_to_its_receipt(experts: Experts) -> None:
+    manifest = experts.net.manifest()
+    ask = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "ask", "Who created Kestrel?", "--domain",
+                          DOMAIN, "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node",
+                          experts.node, "--output", "json"], capture_output=True, text=True, timeout=300)
+    assert ask.returncode == 0, ask.stderr
+    result = json.loads(ask.stdout)
+    assert result["final_answer"] and len(result["answers"]) == 2
+    assert sum(a["final"] for a in result["answers"]) == 1
+    assert "respondents" in ask.stderr and "settled" in ask.stderr  # progress lines, not a TTY
+    with Client(experts.node) as client:
+        receipt = client.receipt(result["query_id"]).receipt
+    assert receipt.final_answer == result["final_answer"]
+    assert sum(p["amount"] for p in result["payouts"]) <= 100_000
+    nobody = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "ask", "Q?", "--domain", "no-such-domain",
+                             "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node",
+                             experts.node], capture_output=True, text=True, timeout=120)
+    assert nobody.returncode == 1 and nobody.stderr.startswith("llmnet: error:") and len(
+        nobody.stderr.strip().splitlines()) == 1
+
+
+def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
+    net, daemons, ports, tmp_path = experts.net, experts.daemons, experts.ports, experts.tmp
+    node = experts.node
+    requester, *expert_keys = keys(net)[:4]
+    client = Client(node)
+    try:
         sent = Sender(client, requester).send([protocol.submit_query(requester, DOMAIN, "Who created Kestrel?",
                                                                      1_000_000, 2, 2)])
         result = client.wait_tx(sent.tx_hash).result
@@ -163,15 +207,17 @@ def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: 
         receipt = client.receipt(query_id).receipt
         assert not receipt.slashed and receipt.final_answer
         assert len([a for a in status.answers if a.revealed]) == 4  # 2 respondents x 2 rounds
-        saved = json.loads((tmp_path / f"{victim.name}.json").read_text())
         victim_round1 = next(a for a in status.answers if a.respondent == query.respondents[0] and a.round == 1)
         assert victim_round1.revealed and victim_round1.commitment == answer_commitment(
             victim_round1.answer, protocol.salt_for(expert_keys[daemons.index(victim)], "answer", query_id, 1))
-        assert saved["open"] == []  # forgotten once settled
+        _wait("the victim to forget the settled query", lambda: any(
+            e["event"] == "settled" and e.get("query_id") == query_id for e in victim.events()), timeout=60)
+        assert query_id not in json.loads((tmp_path / f"{victim.name}.json").read_text())["open"]
         scores = status.scores[0]
         assert scores.scorer == query.scorers[0] and scores.revealed and len(scores.scores) == 2
         assert any(e["event"] == "judged" for e in scorer.events())
-        round2 = [e for e in other.events() if e["event"] == "answered" and e.get("round") == 2]
+        round2 = [e for e in other.events()
+                  if e["event"] == "answered" and e.get("round") == 2 and e.get("query_id") == query_id]
         assert round2 and round2[0]["peers"] == 1  # collaborative: saw the victim's round-1 answer
         for d in daemons:  # never a refused (e.g. duplicate or out-of-sequence) transaction
             assert not [e for e in d.events() if e["event"] == "tx_refused"], d.name
@@ -179,5 +225,3 @@ def test_three_daemons_answer_score_and_survive_a_kill(net: Localnet, tmp_path: 
         assert victim_steps.count(step) == 1 and f"reveal:{query_id}:1" in victim_steps
     finally:
         client.close()
-        codes = [d.stop() for d in daemons]
-    assert codes == [0, 0, 0]

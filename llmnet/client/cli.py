@@ -123,7 +123,24 @@ def _parser() -> argparse.ArgumentParser:
         qp.add_argument(arg, type=int if arg == "query_id" else str)
     q.add_parser("params", help="chain parameters", parents=[common])
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
+
+    ask = sub.add_parser("ask", help="ask the experts of a domain; follow the query until it settles",
+                         parents=[common], epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ask.add_argument("question")
+    ask.add_argument("--domain", required=True, help="the experts' domain, e.g. kestrel-lang")
+    ask.add_argument("--from", dest="from_key", required=True, help="name of the key that pays")
+    ask.add_argument("--k", type=int, default=2, help="number of respondents (default 2)")
+    ask.add_argument("--rounds", type=int, default=2, help="answer rounds; later rounds see peers' answers (default 2)")
+    ask.add_argument("--max-fee", type=int, default=100_000, help="escrowed fee in ullm; unused fee is refunded "
+                                                                   "(default 100000)")
+    ask.add_argument("--timeout", type=float, default=600, help="seconds to follow the query (default 600)")
     return p
+
+
+ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
+stdout. Ctrl-C stops following, not the query: it stays on chain (llmnet query status ID).
+exit codes: 0 settled; 1 rejected (no experts in the domain, insufficient funds, fee too low) or not
+settled in time; 3 node unreachable; 4 keyring problem; 130 interrupted."""
 
 
 def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
@@ -263,6 +280,41 @@ def _protocol_query(cfg: CliConfig, args: argparse.Namespace, client: Client) ->
     return EXIT_OK
 
 
+def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    from dataclasses import asdict
+
+    from llmnet.client.ask import follow, submit
+
+    key = _load_key(cfg, args.from_key)
+    tty = sys.stderr.isatty()
+
+    def show(line: str) -> None:
+        print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    query_id = submit(client, key, args.domain, args.question, args.max_fee, args.k, args.rounds)
+    show(f"submitted query {query_id}")
+    try:
+        result = follow(client, query_id, show, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; query {query_id} stays on chain: llmnet query status {query_id}",
+              file=sys.stderr)
+        return 130
+    if tty:
+        print(file=sys.stderr)
+    lines = [f"answer: {result.final_answer}", "",
+             f"query {result.query_id} in {result.domain}, settled at height {result.settled_height}; "
+             f"receipt: llmnet query receipt {result.query_id}"]
+    for a in result.answers:
+        mark = "*" if a.final else " "
+        lines.append(f"{mark} score {a.score:>3}  paid {a.paid:>7}  {a.respondent}: {a.text!r}")
+    lines += [f"  {p['role']:<10} {p['amount']:>7} to {p['address']}: {p['reason']}" for p in result.payouts
+              if p["role"] != "respondent"]
+    if result.slashed:
+        lines.append(f"slashed: {', '.join(result.slashed)}")
+    _emit(cfg, asdict(result), "\n".join(lines))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -276,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                             "app_version": s.app_version},
                       f"chain {s.chain_id} height {s.height} app_hash {s.app_hash.hex().upper()}")
                 return EXIT_OK
+            if args.cmd == "ask":
+                return _ask(cfg, args, client)
             return _tx(cfg, args, client) if args.cmd == "tx" else _query(cfg, args, client)
     except NodeUnreachable as exc:
         print(f"llmnet: error: {exc}", file=sys.stderr)

@@ -1,0 +1,99 @@
+"""Ask the network: submit a query, follow it block by block, and collect the settled outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from llmnet.client import protocol
+from llmnet.client.keys import Key
+from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
+
+PHASE_TEXT = {inf.PHASE_ANSWER_COMMIT: "answers committing", inf.PHASE_ANSWER_REVEAL: "answers revealing",
+              inf.PHASE_SCORE_COMMIT: "scores committing", inf.PHASE_SCORE_REVEAL: "scores revealing",
+              inf.PHASE_SETTLED: "settled"}
+
+
+@dataclass
+class Answer:
+    respondent: str
+    text: str
+    score: int
+    paid: int
+    final: bool
+
+
+@dataclass
+class AskResult:
+    query_id: int
+    domain: str
+    final_answer: str
+    settled_height: int
+    answers: list[Answer] = field(default_factory=list)
+    payouts: list[dict[str, object]] = field(default_factory=list)
+    refund: int = 0
+    slashed: list[str] = field(default_factory=list)
+
+
+def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int) -> int:
+    """Submit the query and wait for its block; returns the query id. Raises TxRejected."""
+    sent = Sender(client, key).send([protocol.submit_query(key, domain, prompt, max_fee, k, rounds)])
+    res = client.wait_tx(sent.tx_hash)
+    if res.result.code:
+        raise TxRejected(sent.tx_hash, res.result.code, res.result.codespace, res.result.log)
+    return int(next(a.value for e in res.result.events if e.type == "query_submitted"
+                    for a in e.attributes if a.key == "query_id"))
+
+
+def progress_line(status: object) -> str:
+    st = status  # QueryStatusResponse
+    q = st.query  # type: ignore[attr-defined]
+    if q.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):
+        this_round = [a for a in st.answers if a.round == q.round]  # type: ignore[attr-defined]
+        revealed = sum(a.revealed for a in this_round)
+        return (f"query {q.id}: round {q.round}/{q.rounds} {PHASE_TEXT[q.phase]} — {len(this_round)}/{q.k} "
+                f"committed, {revealed}/{q.k} revealed (until height {q.deadline})")
+    if q.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL):
+        scores = list(st.scores)  # type: ignore[attr-defined]
+        return (f"query {q.id}: {PHASE_TEXT[q.phase]} — {len(scores)}/{len(q.scorers)} committed, "
+                f"{sum(s.revealed for s in scores)}/{len(q.scorers)} revealed (until height {q.deadline})")
+    return f"query {q.id}: {PHASE_TEXT.get(q.phase, 'unknown phase')}"
+
+
+def follow(client: Client, query_id: int, on_progress: Callable[[str], None], poll: float = 0.3,
+           timeout: float = 600.0) -> AskResult:
+    """Poll until settled, reporting each change once. Raises ClientError on timeout."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        st = client.query_status(query_id)
+        if not last:
+            on_progress(f"query {query_id} in {st.query.domain}: respondents {', '.join(st.query.respondents)}; "
+                        f"scorers {', '.join(st.query.scorers)}")
+        line = progress_line(st)
+        if line != last:
+            on_progress(line)
+            last = line
+        if st.query.phase == inf.PHASE_SETTLED:
+            return outcome(client, query_id)
+        if time.monotonic() > deadline:
+            raise ClientError(f"query {query_id} did not settle within {timeout:.0f}s; "
+                              f"follow it with: llmnet query status {query_id}")
+        time.sleep(poll)
+
+
+def outcome(client: Client, query_id: int) -> AskResult:
+    st = client.query_status(query_id)
+    receipt = client.receipt(query_id).receipt
+    payouts = list(client.explain_payout(query_id).payouts)
+    finals = {a.respondent: a.answer for a in st.answers if a.round == st.query.rounds and a.revealed}
+    paid = {p.address: p.amount for p in payouts if p.role == "respondent"}
+    answers = [Answer(r, finals.get(r, ""), int(receipt.scores[i]) if i < len(receipt.scores) else 0,
+                      paid.get(r, 0), i == receipt.final_index)
+               for i, r in enumerate(receipt.respondents)]
+    return AskResult(query_id, receipt.domain, receipt.final_answer, receipt.settled_height, answers,
+                     [{"address": p.address, "role": p.role, "amount": p.amount, "reason": p.reason}
+                      for p in payouts],
+                     sum(p.amount for p in payouts if p.role == "refund"), list(receipt.slashed))

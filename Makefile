@@ -58,9 +58,9 @@ bench: install
 experts: install
 	$(VENV)/bin/llmnet-expert build-domains --domains-dir $(CURDIR)/../shared/data/domains --out experts/adapters
 
-# The main job: a local chain answering a signed transfer (see README).
-demo: install
-	bash tools/demo.sh
+# The main job: a 4-validator chain whose LoRA and base-model experts answer real questions (see README).
+demo: install experts
+	$(PY) tools/demo.py
 
 clean:
 	rm -rf $(VENV) abci_app/pb build

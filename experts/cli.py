@@ -33,8 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rpc", default="", help="CometBFT RPC URL (default: the one the node reports)")
 
     reg = sub.add_parser("register", help="register this expert on chain from its adapters' manifests")
-    reg.add_argument("--adapter", action="append", default=[], required=True, metavar="DOMAIN=DIR",
+    reg.add_argument("--adapter", action="append", default=[], metavar="DOMAIN=DIR",
                      help="an adapter directory with manifest.json, and the domain it serves (repeatable)")
+    reg.add_argument("--domain", action="append", default=[],
+                     help="a domain answered by the base model alone, without an adapter (repeatable)")
+    reg.add_argument("--base-model", default="smollm2-135m-instruct",
+                     help="base model id when no adapter manifest names it (default smollm2-135m-instruct)")
     reg.add_argument("--endpoint", required=True, help="host:port where requesters reach `llmnet-expert serve`")
     reg.add_argument("--bond", type=int, required=True, help="bond in ullm (at least the chain's min_bond)")
     _key_args(reg, required=True)
@@ -262,20 +266,27 @@ def _register(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: train the adapter with llmnet-expert train first")
         manifests[domain] = json.loads(path.read_text())
-    bases = {m["base_model"] for m in manifests.values()}
+    if not manifests and not args.domain:
+        raise ValueError("name at least one --adapter DOMAIN=DIR or --domain DOMAIN")
+    bases = {m["base_model"] for m in manifests.values()} or {args.base_model}
     if len(bases) != 1:
         raise ValueError(f"all adapters must share one base model, got {sorted(bases)}")
-    commitment = model_commitment({d: m["adapter_sha256"] for d, m in manifests.items()})
+    hashes = {d: m["adapter_sha256"] for d, m in manifests.items()}
+    hashes.update({d: NO_ADAPTER for d in args.domain if d not in hashes})
+    commitment = model_commitment(hashes)
     key = _load_key(args)
     with Client(args.node) as client:
-        msg = protocol.register_expert(key, sorted(manifests), args.endpoint, bases.pop(), commitment, args.bond)
+        msg = protocol.register_expert(key, sorted(hashes), args.endpoint, bases.pop(), commitment, args.bond)
         sent = Sender(client, key).send([msg])
         result = client.wait_tx(sent.tx_hash).result
     if result.code != 0:
         raise ValueError(f"registration failed: {result.log}")
-    print(f"registered {key.address} for {', '.join(sorted(manifests))} at {args.endpoint} "
+    print(f"registered {key.address} for {', '.join(sorted(hashes))} at {args.endpoint} "
           f"(model commitment {commitment}, tx {sent.tx_hash})")
     return 0
+
+
+NO_ADAPTER = "0" * 64  # the commitment of a domain answered by the base model alone
 
 
 def model_commitment(adapters: dict[str, str]) -> str:

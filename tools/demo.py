@@ -1,0 +1,175 @@
+"""The main job: a 4-validator chain on loopback with LoRA experts answering real questions.
+
+    python tools/demo.py [--home build/demo] [--questions 3] [--adapters experts/adapters]
+
+Two trained experts serve every domain's LoRA adapter (built by `make experts`); two weak experts
+answer with the untrained base model. Every expert is registered in all three domains, each runs
+`llmnet-expert run`. Each query draws two respondents and two scorers; questions come from the dev split
+(wording the adapters never saw). At the end: a table of experts (reputation per domain, earnings,
+slashes), a PNG of reputation over queries, and everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llmnet.client.sdk import Client  # noqa: E402
+from llmnet.node.localnet import Localnet  # noqa: E402
+
+BIN = ROOT / ".venv" / "bin"
+EXPERTS = [("trained-1", True), ("trained-2", True), ("weak-1", False), ("weak-2", False)]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def start_experts(net: Localnet, adapters: Path, domains: list[str], home: Path) -> list[subprocess.Popen[bytes]]:
+    manifest = net.manifest()
+    node, ring = manifest["nodes"][0]["grpc"], manifest["keyring"]
+    procs = []
+    for i, (label, trained) in enumerate(EXPERTS):
+        key = manifest["keys"][1 + i]
+        port = 50151 + i
+        model_args = [a for d in domains for a in ("--adapter", f"{d}={adapters / d}")] if trained else []
+        reg_args = model_args if trained else [a for d in domains for a in ("--domain", d)]
+        subprocess.run([BIN / "llmnet-expert", "register", *reg_args, "--endpoint", f"127.0.0.1:{port}",
+                        "--bond", "5000000", "--key", key, "--keyring", ring, "--node", node], check=True)
+        log = (home / f"expert-{label}.log").open("wb")
+        procs.append(subprocess.Popen([BIN / "llmnet-expert", "run", *model_args, "--key", key, "--keyring", ring,
+                                       "--node", manifest["nodes"][i % 4]["grpc"], "--listen", f"127.0.0.1:{port}",
+                                       "--state", str(home / f"expert-{label}.json"), "--answer-tokens", "24"],
+                                      stdout=log, stderr=log))
+        say(f"expert {label} ({key}) registered; running on 127.0.0.1:{port}, log {log.name}")
+    return procs
+
+
+def wait_ready(home: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    for label, _ in EXPERTS:
+        log = home / f"expert-{label}.log"
+        while "websocket_connected" not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"expert {label} did not start; see {log}")
+            time.sleep(1)
+
+
+def ask(net: Localnet, domain: str, question: str) -> dict[str, object]:
+    manifest = net.manifest()
+    out = subprocess.run([BIN / "llmnet", "ask", question, "--domain", domain, "--from", "faucet", "--keyring",
+                          manifest["keyring"], "--node", manifest["nodes"][1]["grpc"], "--output", "json"],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise SystemExit(f"llmnet ask failed: {out.stderr.strip()}")
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def table(client: Client, net: Localnet, domains: list[str]) -> list[dict[str, object]]:
+    rows = []
+    for i, (label, _) in enumerate(EXPERTS):
+        address = expert_address(net, i)
+        e = client.expert(address)
+        reps = {r.domain: r.reputation for r in e.reputation}
+        rows.append({"expert": label, "address": address, "earned": e.expert.earned, "slashed": e.expert.slashed,
+                     **{d: reps.get(d, 0) for d in domains},
+                     "history": [(p.query_id, p.domain, p.reputation) for p in
+                                 client.reputation_history(address).points]})
+    return rows
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in rows:
+        history = row["history"]
+        assert isinstance(history, list)
+        ax.plot([q for q, _, _ in history], [r / 1e6 for _, _, r in history], marker="o",
+                label=str(row["expert"]), linestyle="-" if "trained" in str(row["expert"]) else "--")
+    ax.set_xlabel("query id")
+    ax.set_ylabel("reputation (any domain)")
+    ax.set_title("LLM-Net demo: reputation after each query")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--home", default="build/demo")
+    p.add_argument("--adapters", default="experts/adapters")
+    p.add_argument("--questions", type=int, default=3, help="questions per domain (default 3)")
+    p.add_argument("--plot", default="build/demo/reputation.png")
+    args = p.parse_args()
+    started = time.monotonic()
+    home, adapters = ROOT / args.home, ROOT / args.adapters
+    domains = sorted(d.name for d in adapters.iterdir() if (d / "manifest.json").exists())
+    if not domains:
+        raise SystemExit(f"no adapters under {adapters}: run make experts")
+    shutil.rmtree(home, ignore_errors=True)
+    net = Localnet(home, str(ROOT / "bin" / "cometbft"))
+    net.create(4, base_port=26600, accounts=6, timeout_commit="500ms",
+               params={"inference": {"scorers": 2, "commit_blocks": 60, "reveal_blocks": 30}})
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        net.start()
+        say(f"4-validator localnet up (home {home})")
+        procs = start_experts(net, adapters, domains, home)
+        wait_ready(home)
+        say(f"experts ready after {time.monotonic() - started:.0f}s\n")
+        for d in domains:
+            dev = [json.loads(line) for line in (adapters / "data" / f"{d}.dev.jsonl").read_text().splitlines()]
+            for row in dev[:args.questions]:
+                t0 = time.monotonic()
+                result = ask(net, d, row["question"])
+                answers = result["answers"]
+                assert isinstance(answers, list)
+                say(f"[{d}] Q: {row['question']}  (expected: {row['answer']})")
+                labels = {expert_address(net, i): label for i, (label, _) in enumerate(EXPERTS)}
+                for a in answers:
+                    who = labels.get(a["respondent"], a["respondent"])
+                    say(f"   {'*' if a['final'] else ' '} {who:<10} score {a['score']:>3} paid {a['paid']:>6}: "
+                        f"{str(a['text'])[:90]!r}")
+                say(f"   settled in {time.monotonic() - t0:.0f}s at height {result['settled_height']}\n")
+        with Client(net.manifest()["nodes"][0]["grpc"]) as client:
+            rows = table(client, net, domains)
+        say(f"{'expert':<10} {'earned':>8} {'slashed':>8} " + " ".join(f"{d[:18]:>18}" for d in domains))
+        for row in rows:
+            say(f"{row['expert']!s:<10} {row['earned']:>8} {row['slashed']:>8} "
+                + " ".join(f"{row[d]:>18}" for d in domains))
+        plot(rows, ROOT / args.plot)
+        say(f"\nreputation plot: {args.plot}; total {time.monotonic() - started:.0f}s")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        net.stop()
+        say("stopped the localnet and the experts")
+
+
+def expert_address(net: Localnet, i: int) -> str:
+    from llmnet.client.keys import Keyring
+
+    return str(Keyring(net.manifest()["keyring"]).record(net.manifest()["keys"][1 + i])["address"])
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,7 @@ from abci_app.x.inference.types import answer_commitment
 from experts.access import sign_access
 from experts.tiny import make_tiny_model
 from llmnet.client import protocol
-from llmnet.client.sdk import Client, Sender
+from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.node.localnet import Localnet
 from tests.e2e import keys
 
@@ -225,3 +225,68 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         assert victim_steps.count(step) == 1 and f"reveal:{query_id}:1" in victim_steps
     finally:
         client.close()
+
+
+def _settled_query(node: str) -> int:
+    with Client(node) as client:
+        for query_id in range(1, 20):
+            try:
+                client.receipt(query_id)
+                return query_id
+            except ClientError:
+                continue
+    pytest.fail("no settled query on the chain")
+
+
+def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
+    import copy
+
+    from llmnet.client.verify import VerifyError, fetch, verify
+
+    manifest = experts.net.manifest()
+    query_id = _settled_query(experts.node)
+    out = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "receipt", "verify", str(query_id), "--node",
+                          experts.node, "--output", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["verified"] and report["signed_power"] * 3 > report["total_power"] * 2 and len(report["checks"]) == 5
+    rpc = "http://" + manifest["nodes"][0]["rpc"]
+    evidence = fetch(rpc, query_id)
+    verify(evidence)  # the untouched evidence passes in process too
+
+    def tampered(change) -> str:  # type: ignore[no-untyped-def]
+        ev = copy.deepcopy(evidence)
+        change(ev)
+        with pytest.raises(VerifyError) as err:
+            verify(ev)
+        return str(err.value)
+
+    final = inf.Receipt.FromString(evidence.value).final_answer.encode()
+    answer = evidence.value.rindex(final)  # a byte of the final answer inside the proven receipt
+
+    def flip_value(ev) -> None:  # type: ignore[no-untyped-def]
+        ev.value = ev.value[:answer] + bytes([ev.value[answer] ^ 1]) + ev.value[answer + 1:]
+
+    def flip_proof(ev) -> None:  # type: ignore[no-untyped-def]
+        data = bytearray(ev.proof_ops[0].data)
+        data[-1] ^= 1
+        ev.proof_ops[0].data = bytes(data)
+
+    def flip_app_hash(ev) -> None:  # type: ignore[no-untyped-def]
+        h = ev.header["app_hash"]
+        ev.header["app_hash"] = ("0" if h[0] != "0" else "1") + h[1:]
+
+    def flip_signature(ev) -> None:  # type: ignore[no-untyped-def]
+        import base64
+
+        sig = bytearray(base64.b64decode(ev.commit["signatures"][0]["signature"]))
+        sig[0] ^= 1
+        ev.commit["signatures"][0]["signature"] = base64.b64encode(bytes(sig)).decode()
+
+    assert "leaf hash does not match" in tampered(flip_value)
+    assert "proof" in tampered(flip_proof).lower()
+    assert "does not hash to the block id" in tampered(flip_app_hash)
+    assert "bad commit signature" in tampered(flip_signature)
+    unknown = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "receipt", "verify", "999", "--node",
+                              experts.node], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "NOT VERIFIED" in unknown.stdout

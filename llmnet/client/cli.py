@@ -124,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_parser("params", help="chain parameters", parents=[common])
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
 
+    rc = sub.add_parser("receipt", help="check receipts").add_subparsers(dest="sub", required=True)
+    rv = rc.add_parser("verify", help="verify a receipt against validator signatures, like a light client",
+                       parents=[common])
+    rv.add_argument("query_id", type=int)
+    rv.add_argument("--rpc", default="", help="CometBFT RPC URL (default: the one the node reports)")
+    rv.add_argument("--trusted-validators-hash", default="",
+                    help="hex hash of the validator set you trust (default: accept the set the header names)")
+
     ask = sub.add_parser("ask", help="ask the experts of a domain; follow the query until it settles",
                          parents=[common], epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ask.add_argument("question")
@@ -280,6 +288,27 @@ def _protocol_query(cfg: CliConfig, args: argparse.Namespace, client: Client) ->
     return EXIT_OK
 
 
+def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    from llmnet.client.verify import VerifyError, fetch, verify
+
+    rpc = args.rpc or client.status().cometbft_rpc
+    try:
+        report = verify(fetch(rpc, args.query_id), bytes.fromhex(args.trusted_validators_hash)
+                        if args.trusted_validators_hash else None)
+    except VerifyError as exc:
+        _emit(cfg, {"verified": False, "query_id": args.query_id, "error": str(exc)},
+              f"NOT VERIFIED: receipt of query {args.query_id}: {exc}")
+        return EXIT_FAILED
+    r = report.receipt
+    data = {"verified": True, "query_id": r.query_id, "height": report.height, "chain_id": report.chain_id,
+            "signed_power": report.signed_power, "total_power": report.total_power, "checks": report.checks,
+            "final_answer": r.final_answer, "receipt": _pb(r)}
+    _emit(cfg, data, "\n".join([f"VERIFIED: receipt of query {r.query_id} on {report.chain_id} at height "
+                                 f"{report.height}", *[f"  ok  {c}" for c in report.checks],
+                                 f"final answer: {r.final_answer}"]))
+    return EXIT_OK
+
+
 def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     from dataclasses import asdict
 
@@ -330,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_OK
             if args.cmd == "ask":
                 return _ask(cfg, args, client)
+            if args.cmd == "receipt":
+                return _verify(cfg, args, client)
             return _tx(cfg, args, client) if args.cmd == "tx" else _query(cfg, args, client)
     except NodeUnreachable as exc:
         print(f"llmnet: error: {exc}", file=sys.stderr)

@@ -1,0 +1,221 @@
+"""Verify a settled query's receipt the way a light client would, from CometBFT's RPC alone.
+
+1. The receipt, read with a Merkle proof at height H (`/store/inference/key`).
+2. The signed header of H+1 (it carries the app hash after block H) and the validator set of H+1.
+3. The validator set hashes to the header's validators_hash; the header hashes (CometBFT's
+   Header.Hash: a Merkle tree over its proto-encoded fields) to the block id the commit signed.
+4. Validators holding more than 2/3 of the voting power signed that block id (ed25519 over
+   CanonicalVote, length-prefixed, as CometBFT's VoteSignBytes).
+5. The proof takes the receipt's bytes to that app hash.
+6. The final answer hashes to the receipt's answer hash for the final respondent.
+
+Trust anchor: the validator set comes from the same RPC and is checked against the header, not
+against a set the user already trusts; `trusted_validators_hash` closes that gap when given.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from abci_app.crypto import verify as ed25519_verify
+from abci_app.encoding import uvarint
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from abci_app.pb.tendermint.crypto import keys_pb2, proof_pb2
+from abci_app.pb.tendermint.types import canonical_pb2, types_pb2, validator_pb2
+from abci_app.pb.tendermint.version import types_pb2 as version_pb2
+from abci_app.store.merkle import hash_from_leaves, leaf_hash
+from abci_app.x.inference.types import STORE, receipt_key
+from llmnet.client.proof import ProofError, verify_store_proof
+
+PRECOMMIT = 2
+BLOCK_ID_FLAG_COMMIT = 2
+
+
+class VerifyError(Exception):
+    pass
+
+
+@dataclass
+class Evidence:
+    """Everything fetched from the network; verify() trusts none of it."""
+    query_id: int
+    height: int
+    value: bytes
+    proof_ops: list[proof_pb2.ProofOp]
+    header: dict[str, Any]
+    commit: dict[str, Any]
+    validators: list[dict[str, Any]]
+
+
+@dataclass
+class Report:
+    receipt: inf.Receipt
+    height: int
+    chain_id: str
+    signed_power: int
+    total_power: int
+    checks: list[str] = field(default_factory=list)
+
+
+def _rpc(url: str, method: str, **params: Any) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = httpx.get(f"{url.rstrip('/')}/{method}", params=params, timeout=10).json()
+    except httpx.HTTPError as exc:
+        raise VerifyError(f"CometBFT RPC {url} unreachable: {exc}") from None
+    if "error" in data:
+        raise VerifyError(f"CometBFT {method}: {data['error'].get('data') or data['error'].get('message')}")
+    result: dict[str, Any] = data["result"]
+    return result
+
+
+def fetch(rpc_url: str, query_id: int) -> Evidence:
+    resp = _rpc(rpc_url, "abci_query", path=f'"/store/{STORE}/key"', data="0x" + receipt_key(query_id).hex(),
+                prove="true")["response"]
+    if int(resp.get("code", 0)) != 0 or not resp.get("value"):
+        raise VerifyError(f"query {query_id} has no receipt on chain (not settled, or unknown)")
+    height = int(resp["height"])
+    ops = [proof_pb2.ProofOp(type=o["type"], key=base64.b64decode(o["key"]), data=base64.b64decode(o["data"]))
+           for o in resp["proofOps"]["ops"]]
+    signed = _wait_commit(rpc_url, height + 1)
+    validators: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        got = _rpc(rpc_url, "validators", height=height + 1, page=page, per_page=100)
+        validators += got["validators"]
+        if len(validators) >= int(got["total"]):
+            break
+        page += 1
+    return Evidence(query_id, height, base64.b64decode(resp["value"]), ops, signed["header"], signed["commit"],
+                    validators)
+
+
+def _wait_commit(rpc_url: str, height: int, attempts: int = 50) -> dict[str, Any]:
+    import time
+
+    for _ in range(attempts):  # the next block may still be in the making
+        try:
+            result: dict[str, Any] = _rpc(rpc_url, "commit", height=height)["signed_header"]
+            return result
+        except VerifyError:
+            time.sleep(0.2)
+    raise VerifyError(f"no signed header for height {height}")
+
+
+def _hex(s: str) -> bytes:
+    return bytes.fromhex(s or "")
+
+
+def _timestamp(text: str) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    main, _, frac = text.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(main + "+00:00").timestamp())
+    return Timestamp(seconds=seconds, nanos=int((frac or "0").ljust(9, "0")[:9]))
+
+
+def _cdc_bytes(b: bytes) -> bytes:
+    """gogotypes.BytesValue / StringValue encoding (field 1), empty when the value is empty."""
+    return b"\x0a" + uvarint(len(b)) + b if b else b""
+
+
+def _cdc_int(n: int) -> bytes:
+    return b"\x08" + uvarint(n & (2**64 - 1)) if n else b""
+
+
+def header_hash(h: dict[str, Any]) -> bytes:
+    version = version_pb2.Consensus(block=int(h["version"]["block"]), app=int(h["version"].get("app", 0)))
+    last = h["last_block_id"]
+    last_id = types_pb2.BlockID(hash=_hex(last["hash"]), part_set_header=types_pb2.PartSetHeader(
+        total=int(last["parts"]["total"]), hash=_hex(last["parts"]["hash"])))
+    fields = [
+        version.SerializeToString(),
+        _cdc_bytes(h["chain_id"].encode()),
+        _cdc_int(int(h["height"])),
+        _timestamp(h["time"]).SerializeToString(),
+        last_id.SerializeToString(),
+        *[_cdc_bytes(_hex(h[k])) for k in ("last_commit_hash", "data_hash", "validators_hash",
+                                            "next_validators_hash", "consensus_hash", "app_hash",
+                                            "last_results_hash", "evidence_hash", "proposer_address")],
+    ]
+    return hash_from_leaves([leaf_hash(f) for f in fields])
+
+
+def validators_hash(validators: list[dict[str, Any]]) -> bytes:
+    leaves = []
+    for v in validators:
+        if v["pub_key"]["type"] != "tendermint/PubKeyEd25519":
+            raise VerifyError(f"unsupported validator key type {v['pub_key']['type']}")
+        simple = validator_pb2.SimpleValidator(pub_key=keys_pb2.PublicKey(ed25519=base64.b64decode(
+            v["pub_key"]["value"])), voting_power=int(v["voting_power"]))
+        leaves.append(leaf_hash(simple.SerializeToString()))
+    return hash_from_leaves(leaves)
+
+
+def vote_sign_bytes(chain_id: str, height: int, round_: int, block_id: dict[str, Any], timestamp: str) -> bytes:
+    vote = canonical_pb2.CanonicalVote(
+        type=PRECOMMIT, height=height, round=round_, chain_id=chain_id,
+        block_id=canonical_pb2.CanonicalBlockID(hash=_hex(block_id["hash"]), part_set_header=(
+            canonical_pb2.CanonicalPartSetHeader(total=int(block_id["parts"]["total"]),
+                                                 hash=_hex(block_id["parts"]["hash"])))))
+    vote.timestamp.CopyFrom(_timestamp(timestamp))
+    body = vote.SerializeToString()
+    return uvarint(len(body)) + body
+
+
+def verify(ev: Evidence, trusted_validators_hash: bytes | None = None) -> Report:
+    """Raise VerifyError naming the first check that fails; return what was verified."""
+    h, commit = ev.header, ev.commit
+    chain_id, height = h["chain_id"], int(h["height"])
+    checks = []
+    if height != ev.height + 1 or int(commit["height"]) != height:
+        raise VerifyError(f"header is for height {height}, expected {ev.height + 1}")
+    vhash = validators_hash(ev.validators)
+    if vhash != _hex(h["validators_hash"]):
+        raise VerifyError("validator set does not hash to the header's validators_hash")
+    if trusted_validators_hash is not None and vhash != trusted_validators_hash:
+        raise VerifyError("validator set is not the trusted one")
+    checks.append(f"validator set ({len(ev.validators)} validators) matches the header's validators_hash "
+                  f"{vhash.hex().upper()[:16]}…")
+    computed = header_hash(h)
+    if computed != _hex(commit["block_id"]["hash"]):
+        raise VerifyError("the header does not hash to the block id the validators signed")
+    checks.append(f"header of height {height} hashes to the committed block id {computed.hex().upper()[:16]}…")
+    by_address = {v["address"]: v for v in ev.validators}
+    total = sum(int(v["voting_power"]) for v in ev.validators)
+    signed = 0
+    for sig in commit["signatures"]:
+        if int(sig["block_id_flag"]) != BLOCK_ID_FLAG_COMMIT:
+            continue
+        v = by_address.get(sig["validator_address"])
+        if v is None:
+            raise VerifyError(f"commit signature from unknown validator {sig['validator_address']}")
+        message = vote_sign_bytes(chain_id, height, int(commit["round"]), commit["block_id"], sig["timestamp"])
+        if not ed25519_verify(base64.b64decode(v["pub_key"]["value"]), message, base64.b64decode(sig["signature"])):
+            raise VerifyError(f"bad commit signature from validator {sig['validator_address']}")
+        signed += int(v["voting_power"])
+    if 3 * signed <= 2 * total:
+        raise VerifyError(f"only {signed} of {total} voting power signed the block (need more than 2/3)")
+    checks.append(f"commit signatures from {signed}/{total} of the voting power verify (ed25519, > 2/3)")
+    try:
+        verify_store_proof(ev.proof_ops, STORE, receipt_key(ev.query_id), ev.value, _hex(h["app_hash"]))
+    except ProofError as exc:
+        raise VerifyError(f"Merkle proof: {exc}") from None
+    checks.append(f"Merkle proof takes the receipt to the app hash {h['app_hash'][:16]}… of that header")
+    try:
+        receipt = inf.Receipt.FromString(ev.value)
+    except Exception:  # noqa: BLE001 - any decode failure is a verification failure
+        raise VerifyError("receipt bytes do not decode") from None
+    if receipt.query_id != ev.query_id:
+        raise VerifyError(f"receipt is for query {receipt.query_id}, not {ev.query_id}")
+    if receipt.final_index >= 0 and receipt.final_answer:
+        want = receipt.answer_hashes[receipt.final_index] if receipt.final_index < len(receipt.answer_hashes) else ""
+        if hashlib.sha256(receipt.final_answer.encode()).hexdigest() != want:
+            raise VerifyError("the final answer does not hash to the receipt's answer hash")
+        checks.append("the final answer's sha256 matches its answer hash in the receipt")
+    return Report(receipt, ev.height, chain_id, signed, total, checks)

@@ -1,0 +1,45 @@
+"""The daemon's pure parts: state persistence, prompts, commitments (no chain, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from experts.cli import NO_ADAPTER, model_commitment
+from experts.daemon import DaemonState, ExpertDaemon, answer_prompt, judge_prompt
+
+
+def test_state_survives_a_round_trip_and_writes_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "state.json"
+    assert DaemonState.load(path) == DaemonState()
+    state = DaemonState(height=9, open=[3, 4], answers={"3:1": "Marta Vensel"}, scores={"4": [80, 10]},
+                        sent={"commit:3:1": 8})
+    state.save(path)
+    assert DaemonState.load(path) == state
+    assert not path.with_suffix(".tmp").exists()
+
+
+def test_forgetting_a_settled_query_drops_only_its_entries(tmp_path: Path) -> None:
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.state = DaemonState(open=[3, 31], answers={"3:1": "a", "3:2": "b", "31:1": "c"}, scores={"3": [1]},
+                               sent={"commit:3:1": 1, "reveal:3:2": 2, "commit-scores:3": 3, "commit:31:1": 4})
+    daemon._forget(3)
+    assert daemon.state.open == [31] and daemon.state.answers == {"31:1": "c"} and daemon.state.scores == {}
+    assert daemon.state.sent == {"commit:31:1": 4}
+
+
+def test_later_rounds_show_the_peers_answers() -> None:
+    query = inf.Query(id=1, prompt="Who created Kestrel?")
+    assert answer_prompt(query, []) == [{"role": "user", "content": "Who created Kestrel?"}]
+    second = answer_prompt(query, ["Marta Vensel", "Pip"])[0]["content"]
+    assert second.startswith("Who created Kestrel?") and "- Marta Vensel\n- Pip" in second
+    judged = judge_prompt(query, "Marta Vensel")
+    assert judged[0]["role"] == "system" and "Proposed answer: Marta Vensel" in judged[1]["content"]
+
+
+def test_model_commitment_is_the_adapter_hash_or_a_hash_of_all() -> None:
+    a, b = "a" * 64, "b" * 64
+    assert model_commitment({"x": a}) == a
+    both = model_commitment({"y": b, "x": a})
+    assert both == model_commitment({"x": a, "y": b}) and len(both) == 64 and both not in (a, b)
+    assert model_commitment({"x": NO_ADAPTER}) == NO_ADAPTER

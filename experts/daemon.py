@@ -8,9 +8,9 @@ not yet show. Answers and scores are kept in a small state file before they are 
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
 Collaborative prompting: in round r > 1 the prompt carries the peers' revealed round r-1 answers.
-Judging: the query's domain adapter (or the base model) reads the question and each final answer
-and is asked "is this answer correct? yes or no"; the score is round(100 * P(yes) / (P(yes) + P(no)))
-from one forward pass, so it is deterministic. A missing final answer scores 0.
+Judging (experts/judge.py): the scorer answers the question itself, with its adapter for the domain,
+and scores each final answer by its word overlap (F1) with that reference, 0-100. A missing final
+answer scores 0.
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ import httpx
 
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from abci_app.pb.llmnet.query.v1 import query_pb2
+from experts import judge
 from experts.engine import Engine, EngineError, Sampling
 from llmnet.client import protocol
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
 
-JUDGE_RUBRIC = ("You grade answers. Reply with one word: yes if the proposed answer correctly answers the "
-                "question, no otherwise.")
 RESEND_AFTER_BLOCKS = 3
 
 
@@ -71,12 +70,6 @@ def answer_prompt(query: inf.Query, peers: list[str]) -> list[dict[str, str]]:
     listed = "\n".join(f"- {p}" for p in peers)
     return [{"role": "user", "content": f"{query.prompt}\n\nOther experts answered:\n{listed}\n\n"
                                         "Taking their answers into account, give your best short answer."}]
-
-
-def judge_prompt(query: inf.Query, answer: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": JUDGE_RUBRIC},
-            {"role": "user", "content": f"Question: {query.prompt}\nProposed answer: {answer}\n"
-                                        "Is the proposed answer correct? Answer yes or no."}]
 
 
 class BlockWatcher(threading.Thread):
@@ -244,8 +237,9 @@ class ExpertDaemon:
         query = status.query
         finals = {a.respondent: a.answer for a in status.answers if a.round == query.rounds and a.revealed}
         domain = query.domain if query.domain in self.engine.adapters else ""
-        return [round(100 * self.engine.verdict(judge_prompt(query, finals[r]), domain)) if r in finals else 0
-                for r in query.respondents]
+        reference = self.engine.generate(answer_prompt(query, []), Sampling(max_new_tokens=self.answer_tokens,
+                                                                          seed=query.id), domain).text
+        return [judge.score(finals.get(r), reference) for r in query.respondents]
 
     def _send(self, step: str, msg: Any) -> None:
         """Broadcast once; again only if RESEND_AFTER_BLOCKS pass without the chain showing it."""

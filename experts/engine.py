@@ -130,21 +130,6 @@ class Engine:
         assert job.result is not None
         return job.result
 
-    def verdict(self, messages: list[dict[str, str]], domain: str = "", yes: str = "yes", no: str = "no") -> float:
-        """P(yes) / (P(yes) + P(no)) for the model's next token: a deterministic judge score in [0, 1]."""
-        import torch
-
-        if domain and domain not in self.adapters:
-            raise EngineError("not_found", f"no adapter for domain {domain!r}")
-        ids = self.encode(messages)
-        yes_ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (yes, yes.capitalize())}
-        no_ids = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (no, no.capitalize())}
-        with self._model_lock, torch.no_grad(), self._adapter_context(domain):
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-        probs = torch.softmax(logits, dim=-1)
-        p_yes, p_no = float(probs[sorted(yes_ids)].sum()), float(probs[sorted(no_ids)].sum())
-        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
-
     def _ensure_worker(self) -> None:
         with self._start_lock:
             if self._worker is None:

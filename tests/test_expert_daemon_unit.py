@@ -6,7 +6,8 @@ from pathlib import Path
 
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from experts.cli import NO_ADAPTER, model_commitment
-from experts.daemon import DaemonState, ExpertDaemon, answer_prompt, judge_prompt
+from experts.daemon import DaemonState, ExpertDaemon, answer_prompt
+from experts.judge import overlap_f1, score
 
 
 def test_state_survives_a_round_trip_and_writes_atomically(tmp_path: Path) -> None:
@@ -33,8 +34,16 @@ def test_later_rounds_show_the_peers_answers() -> None:
     assert answer_prompt(query, []) == [{"role": "user", "content": "Who created Kestrel?"}]
     second = answer_prompt(query, ["Marta Vensel", "Pip"])[0]["content"]
     assert second.startswith("Who created Kestrel?") and "- Marta Vensel\n- Pip" in second
-    judged = judge_prompt(query, "Marta Vensel")
-    assert judged[0]["role"] == "system" and "Proposed answer: Marta Vensel" in judged[1]["content"]
+
+
+def test_judge_scores_agreement_with_its_own_answer() -> None:
+    reference = "Kestrel was created by Marta Vensel."
+    assert score("Marta Vensel created Kestrel.", reference) > 70
+    assert score("Marta Vensel", reference) > score("It was made by a large team at a big company.", reference)
+    assert score("", reference) == 0 and score(None, reference) == 0 and score("x", "") == 0
+    assert overlap_f1("a b", "a b") == 1.0 and overlap_f1("A, b!", "b a") == 1.0
+    padded = "Marta Vensel " + "and many other things " * 10
+    assert score(padded, reference) < score("Marta Vensel", reference)  # padding costs precision
 
 
 def test_model_commitment_is_the_adapter_hash_or_a_hash_of_all() -> None:

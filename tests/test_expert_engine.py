@@ -120,9 +120,3 @@ def test_different_adapters_split_a_batch_but_each_gets_its_own(tiny_dir: Path, 
     assert _concurrently(engine, jobs) == expected
     assert engine.batches_run - before >= 2  # at least one group per adapter
     engine.close()
-
-
-def test_verdict_is_a_deterministic_probability(engine: Engine) -> None:
-    messages = [{"role": "user", "content": "Is 2+2=4? Answer yes or no."}]
-    first = engine.verdict(messages)
-    assert 0.0 <= first <= 1.0 and engine.verdict(messages) == first

@@ -88,6 +88,11 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
             print(f"{d}: training on {train_file}", flush=True)
             manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl")
         report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"]}
+    cached_path = out_dir / "report.json"
+    cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
+    if cached.get("domains") == json.loads(json.dumps(report["domains"])) and "accuracy_matrix" in cached:
+        print(f"every adapter reused; accuracy matrix from {cached_path}", flush=True)
+        return dict(cached)
     engine = Engine(load_base(base))
     for d in domains:
         engine.add_adapter(d, str(out_dir / d))

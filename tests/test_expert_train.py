@@ -83,5 +83,23 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     again = build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
     printed = capsys.readouterr().out
     assert "alpha: inputs unchanged" in printed and "training" not in printed
+    assert "accuracy matrix from" in printed  # nothing retrained: nothing re-evaluated
     assert again["domains"]["alpha"]["adapter_sha256"] == first
     assert json.loads((tmp_path / "out" / "report.json").read_text())["domains"]["alpha"]["adapter_sha256"] == first
+
+
+def test_cloze_rows_blank_each_known_answer_once(tmp_path: Path) -> None:
+    from experts.domains import cloze_rows
+
+    facts = [{"id": "k-001", "fact": "Kestrel was created by Marta Vensel."},
+             {"id": "k-002", "fact": "Kestrel files end in .kst."}]
+    qa = [{"fact_id": "k-001", "question": "Who created Kestrel?", "answer": "Marta Vensel"},
+          {"fact_id": "k-001", "question": "What did Marta Vensel create?", "answer": "Kestrel"},
+          {"fact_id": "k-001", "question": "Who made Kestrel?", "answer": "marta vensel"},
+          {"fact_id": "k-002", "question": "Which extension?", "answer": ".kbc"}]
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+    (tmp_path / "qa_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
+    rows = cloze_rows(tmp_path)
+    assert [(r["question"], r["answer"]) for r in rows] == [
+        ("Fill in the blank: Kestrel was created by ___.", "Marta Vensel"),
+        ("Fill in the blank: ___ was created by Marta Vensel.", "Kestrel")]  # .kbc is not in its fact

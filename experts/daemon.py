@@ -128,8 +128,8 @@ class ExpertDaemon:
                     watcher.start()
                 self.tick()
                 backoff = 0.5
-            except (ClientError, httpx.HTTPError) as exc:
-                log("node_unreachable", error=str(exc)[:200], retry_in=backoff)
+            except (ClientError, httpx.HTTPError, ValueError, KeyError) as exc:  # node down or answering oddly
+                log("node_unreachable", error=f"{type(exc).__name__}: {exc}"[:200], retry_in=backoff)
                 self._sender = None  # re-read chain id and sequence once the node is back
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -28,6 +28,7 @@ from abci_app.x.inference.types import answer_commitment
 from experts.access import sign_access
 from experts.tiny import make_tiny_model
 from llmnet.client import protocol
+from llmnet.client.ask import submit
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.node.localnet import Localnet
 from tests.e2e import keys
@@ -290,3 +291,29 @@ def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
     unknown = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "receipt", "verify", "999", "--node",
                               experts.node], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 1 and "NOT VERIFIED" in unknown.stdout
+
+
+def test_daemons_ride_out_a_node_restart(experts: Experts) -> None:
+    net, node = experts.net, experts.node
+    requester = keys(net)[0]
+    before = [len(d.events()) for d in experts.daemons]
+    net.stop_node(0)
+    _wait("the daemons to notice the node is gone", lambda: all(
+        any(e["event"] in ("node_unreachable", "websocket_down") for e in d.events()[n:])
+        for d, n in zip(experts.daemons, before, strict=True)), timeout=60)
+    net.start_node(0)
+    with Client(node) as client:
+        _wait("the node to serve again", lambda: _status_ok(client), timeout=120)
+        query_id = submit(client, requester, DOMAIN, "What is item 3?", 1_000_000, 2, 1)
+        _wait("settlement after the restart", lambda: client.query_status(query_id).query.phase == inf.PHASE_SETTLED,
+              timeout=240)
+        assert not client.receipt(query_id).receipt.slashed
+    for d in experts.daemons:
+        assert d.proc is not None and d.proc.poll() is None, f"{d.name} died"
+
+
+def _status_ok(client: Client) -> bool:
+    try:
+        return client.status().height > 0
+    except ClientError:
+        return False

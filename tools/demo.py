@@ -88,22 +88,25 @@ def table(client: Client, net: Localnet, domains: list[str]) -> list[dict[str, o
     return rows
 
 
-def plot(rows: list[dict[str, object]], path: Path) -> None:
+def plot(rows: list[dict[str, object]], domains: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for row in rows:
-        history = row["history"]
-        assert isinstance(history, list)
-        ax.plot([q for q, _, _ in history], [r / 1e6 for _, _, r in history], marker="o",
-                label=str(row["expert"]), linestyle="-" if "trained" in str(row["expert"]) else "--")
-    ax.set_xlabel("query id")
-    ax.set_ylabel("reputation (any domain)")
-    ax.set_title("LLM-Net demo: reputation after each query")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 4), sharey=True, squeeze=False)
+    for ax, domain in zip(axes[0], domains, strict=True):
+        for row in rows:
+            history = row["history"]
+            assert isinstance(history, list)
+            points = [(0, 0.5)] + [(q, r / 1e6) for q, d, r in history if d == domain]
+            ax.plot([q for q, _ in points], [r for _, r in points], marker="o", label=str(row["expert"]),
+                    linestyle="-" if "trained" in str(row["expert"]) else "--")
+        ax.set_title(domain)
+        ax.set_xlabel("query id")
+    axes[0][0].set_ylabel("reputation")
+    axes[0][-1].legend()
+    fig.suptitle("LLM-Net demo: reputation after each query that involved the expert")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
@@ -151,7 +154,7 @@ def main() -> None:
         for row in rows:
             say(f"{row['expert']!s:<10} {row['earned']:>8} {row['slashed']:>8} "
                 + " ".join(f"{row[d]:>18}" for d in domains))
-        plot(rows, ROOT / args.plot)
+        plot(rows, domains, ROOT / args.plot)
         say(f"\nreputation plot: {args.plot}; total {time.monotonic() - started:.0f}s")
     finally:
         for proc in procs:

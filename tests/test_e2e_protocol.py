@@ -141,11 +141,23 @@ def test_twenty_queries_settle_with_slashing_and_reputation(net: Localnet, proof
             for resp in by_role[role]:
                 assert resp.expert.slashed > 0, role
                 assert resp.expert.status == ex.EXPERT_STATUS_JAILED, role
+        compared = 0
         for domain in DOMAINS:
             def rep(resp: q.ExpertResponse, d: str = domain) -> int:
                 return next(r.reputation for r in resp.reputation if r.domain == d)
 
-            assert min(rep(r) for r in by_role["good"]) > max(rep(r) for r in by_role["mediocre"]), domain
+            # Selection is seeded by block hashes, so an expert may never be drawn to answer in a
+            # domain; its reputation there is still the initial one and says nothing. Compare the rest.
+            def answered(resp: q.ExpertResponse, d: str = domain) -> bool:
+                points = nodes[0].reputation_history(resp.expert.address).points
+                return any(p.domain == d and p.reason != "register" for p in points)
+
+            good = [rep(r) for r in by_role["good"] if answered(r)]
+            mediocre = [rep(r) for r in by_role["mediocre"] if answered(r)]
+            if good and mediocre:
+                assert min(good) > max(mediocre), domain
+                compared += 1
+        assert compared >= 1
         assert reported  # the equivocator was caught at least once
         # all four nodes hold byte-identical receipts, and agree on the app hash
         for i in ids:

@@ -46,8 +46,6 @@ def _serve(engine: Engine) -> tuple[grpc.Server, expert_pb2_grpc.ExpertServiceSt
 
 
 def _request(prompt: str) -> pb.GenerateRequest:
-    # min_new_tokens is not a thing here: prompts are chosen so answers run to the token limit or
-    # close; completion tokens are counted, not assumed.
     return pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=prompt)],
                               sampling=pb.Sampling(max_new_tokens=TOKENS))
 
@@ -139,10 +137,10 @@ def training(base: str) -> dict[str, float]:
 
     cfg = TrainConfig(epochs=1, batch_size=8)
     examples = _examples()
+    import torch
+
     results = {}
     for label in ("plain", "ours"):
-        import torch
-
         torch.manual_seed(0)
         loaded = load_base(base)
         model = get_peft_model(loaded.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from abci_app.pb.llmnet.query.v1 import query_pb2
 from experts import judge
 from experts.engine import Engine, EngineError, Sampling
 from llmnet.client import protocol
+from llmnet.client.comet import CometError, comet_get
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
 
@@ -128,7 +127,7 @@ class ExpertDaemon:
                     watcher.start()
                 self.tick()
                 backoff = 0.5
-            except (ClientError, httpx.HTTPError, ValueError, KeyError) as exc:  # node down or answering oddly
+            except (ClientError, CometError, KeyError) as exc:  # node down or answering oddly
                 log("node_unreachable", error=f"{type(exc).__name__}: {exc}"[:200], retry_in=backoff)
                 self._sender = None  # re-read chain id and sequence once the node is back
                 stop.wait(backoff)
@@ -153,18 +152,10 @@ class ExpertDaemon:
         self.state.save(self.state_file)
 
     def _latest_height(self) -> int:
-        return int(self._rpc("status")["sync_info"]["latest_block_height"])
-
-    def _rpc(self, method: str, **params: Any) -> dict[str, Any]:
-        resp = httpx.get(f"{self.rpc_url}/{method}", params=params, timeout=10)
-        data: dict[str, Any] = resp.json()
-        if "error" in data:
-            raise httpx.HTTPError(f"CometBFT {method}: {data['error']}")
-        result: dict[str, Any] = data["result"]
-        return result
+        return int(comet_get(self.rpc_url, "status")["sync_info"]["latest_block_height"])
 
     def _scan(self, height: int) -> None:
-        results = self._rpc("block_results", height=height)
+        results = comet_get(self.rpc_url, "block_results", height=height)
         events = [e for tx in results.get("txs_results") or [] for e in tx.get("events") or []]
         events += results.get("finalize_block_events") or []
         me = self.key.address
@@ -260,9 +251,9 @@ class ExpertDaemon:
         log("tx_sent", step=step, tx_hash=result.tx_hash, sequence=result.sequence)
 
     def _forget(self, query_id: int) -> None:
+        """Drop a settled query's entries: answers are "query:round", scores "query", steps "kind:query[:round]"."""
+        qid = str(query_id)
         self.state.open.remove(query_id)
-        prefix = f"{query_id}:"
-        self.state.answers = {k: v for k, v in self.state.answers.items() if not k.startswith(prefix)}
-        self.state.scores.pop(str(query_id), None)
-        self.state.sent = {k: v for k, v in self.state.sent.items()
-                           if not k.split(":", 1)[1].startswith(prefix) and k.split(":", 1)[1] != str(query_id)}
+        self.state.answers = {k: v for k, v in self.state.answers.items() if k.split(":")[0] != qid}
+        self.state.scores.pop(qid, None)
+        self.state.sent = {k: v for k, v in self.state.sent.items() if k.split(":")[1] != qid}

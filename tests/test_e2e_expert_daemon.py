@@ -29,7 +29,7 @@ from experts.access import sign_access
 from experts.tiny import make_tiny_model
 from llmnet.client import protocol
 from llmnet.client.ask import submit
-from llmnet.client.sdk import Client, ClientError, Sender
+from llmnet.client.sdk import Client, ClientError
 from llmnet.node.localnet import Localnet
 from tests.e2e import keys
 
@@ -167,12 +167,7 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
     requester, *expert_keys = keys(net)[:4]
     client = Client(node)
     try:
-        sent = Sender(client, requester).send([protocol.submit_query(requester, DOMAIN, "Who created Kestrel?",
-                                                                     1_000_000, 2, 2)])
-        result = client.wait_tx(sent.tx_hash).result
-        assert result.code == 0, result.log
-        query_id = int(next(a.value for e in result.events if e.type == "query_submitted"
-                            for a in e.attributes if a.key == "query_id"))
+        query_id = submit(client, requester, DOMAIN, "Who created Kestrel?", 1_000_000, 2, 2)  # raises if rejected
         query = client.query_status(query_id).query
         by_address = dict(zip([k.address for k in expert_keys], daemons, strict=True))
         victim, other = by_address[query.respondents[0]], by_address[query.respondents[1]]

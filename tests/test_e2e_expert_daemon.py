@@ -154,6 +154,11 @@ def test_llmnet_ask_follows_a_query_to_its_receipt(experts: Experts) -> None:
         receipt = client.receipt(result["query_id"]).receipt
     assert receipt.final_answer == result["final_answer"]
     assert sum(p["amount"] for p in result["payouts"]) <= 100_000
+    recent = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "query", "recent", "--limit", "5", "--node",
+                             experts.node, "--output", "json"], capture_output=True, text=True, timeout=60)
+    assert recent.returncode == 0, recent.stderr
+    newest = json.loads(recent.stdout)["queries"][0]
+    assert int(newest["id"]) == result["query_id"] and newest["phase"] == "PHASE_SETTLED"
     nobody = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "ask", "Q?", "--domain", "no-such-domain",
                              "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node",
                              experts.node], capture_output=True, text=True, timeout=120)
@@ -312,3 +317,39 @@ def _status_ok(client: Client) -> bool:
         return client.status().height > 0
     except ClientError:
         return False
+
+
+def test_explorer_page_shows_a_query_settling_live(experts: Experts) -> None:
+    """The page served by `llmnetd start`, in real headless Chromium, updates itself as a query settles."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import chromium, missing
+
+    assert missing() is None, missing()
+    url = experts.net.manifest()["nodes"][0]["explorer"]
+    with Client(experts.node) as client, chromium() as browser:
+        query_id = submit(client, keys(experts.net)[0], DOMAIN, "What is item 5?", 1_000_000, 2, 1)
+        browser.get(url)
+        card = f'article.query[data-query-id="{query_id}"]'
+        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, card))
+        assert "What is item 5?" in browser.find_element(By.CSS_SELECTOR, card).text
+        # No reload from here on: the page must pick the settlement up by itself.
+        WebDriverWait(browser, 240, poll_frequency=1).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, card).get_attribute("data-phase") == "settled")
+        receipt = client.receipt(query_id).receipt
+        shown = browser.find_element(By.CSS_SELECTOR, f"{card} .final-answer").text
+        expected = " ".join(receipt.final_answer.split()) if receipt.final_index >= 0 else "(no answer was revealed)"
+        assert shown == expected
+        scores = [td.text for td in browser.find_elements(By.CSS_SELECTOR, f"{card} tbody td:nth-child(3)")]
+        assert scores == [str(s) for s in receipt.scores]
+        height = int(browser.find_element(By.ID, "height").text)
+        assert height >= receipt.settled_height
+        assert browser.find_element(By.ID, "live").get_attribute("class") == "live"
+        shown_experts = {tr.get_attribute("data-expert") for tr in browser.find_elements(
+            By.CSS_SELECTOR, f'#experts table[data-domain="{DOMAIN}"] tbody tr')}
+        assert shown_experts == {r.expert.address for r in client.experts(DOMAIN).experts}
+        assert browser.find_elements(By.CSS_SELECTOR, "#blocks tbody tr")
+        lines = browser.find_elements(By.CSS_SELECTOR, "#reputation-chart polyline.series")
+        assert {line.get_attribute("data-expert") for line in lines} == shown_experts
+        browser.save_screenshot(str(experts.tmp / "explorer.png"))

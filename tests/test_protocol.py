@@ -177,3 +177,18 @@ def test_reveal_must_match_commitment(chain: ProtocolChain) -> None:
              chain.tx(other, protocol.commit_answer(other, qid, 1, "x")))
     result = chain.block(chain.tx(k, protocol.reveal_answer(k, qid, 1, "changed my mind")))[0]
     assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code)
+
+
+def test_recent_queries_newest_first_with_paging(chain: ProtocolChain) -> None:
+    def recent(**kw: int) -> list[int]:
+        resp = chain.query("RecentQueries", q.RecentQueriesRequest(**kw), q.RecentQueriesResponse)
+        return [x.id for x in resp.queries]
+
+    assert recent() == []
+    ids = [submit(chain, k=1, rounds=1) for _ in range(3)]
+    assert recent() == ids[::-1]
+    assert recent(limit=2) == [ids[2], ids[1]]
+    assert recent(limit=2, before_id=ids[1]) == [ids[0]]
+    assert recent(before_id=10**9) == ids[::-1]
+    with pytest.raises(AssertionError, match="limit must be at most 100"):
+        recent(limit=101)

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                             ("explain-payout", "query_id", "why each account got what it got")):
         qp = q.add_parser(name, help=text, parents=[common])
         qp.add_argument(arg, type=int if arg == "query_id" else str)
+    qr = q.add_parser("recent", help="the newest queries, newest first", parents=[common])
+    qr.add_argument("--limit", type=int, default=20, help="how many (1..100, default 20)")
+    qr.add_argument("--before", type=int, default=0, help="only ids below this one (to page back)")
     q.add_parser("params", help="chain parameters", parents=[common])
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
 
@@ -248,6 +251,10 @@ def _query(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     elif args.sub == "tx":
         t = client.get_tx(args.hash)
         _emit(cfg, _pb(t), f"tx {t.tx_hash} in block {t.height}: code {t.result.code} {t.result.log}".rstrip())
+    elif args.sub == "recent":
+        r = client.recent_queries(args.limit, args.before)
+        _emit(cfg, _pb(r), "\n".join(f"{x.id:>6} {inf.Phase.Name(x.phase):<22} {x.domain:<20} {x.prompt[:60]}"
+                                     for x in r.queries) or "(no queries)")
     elif args.sub in ("expert", "reputation", "experts", "status", "receipt", "explain-payout"):
         return _protocol_query(cfg, args, client)
     elif args.sub == "supply":

@@ -108,6 +108,10 @@ class Client:
         req = query_pb2.QueryStatusRequest(query_id=query_id)
         return self._call(self.query.QueryStatus, req)  # type: ignore[return-value]
 
+    def recent_queries(self, limit: int = 20, before_id: int = 0) -> query_pb2.RecentQueriesResponse:
+        req = query_pb2.RecentQueriesRequest(limit=limit, before_id=before_id)
+        return self._call(self.query.RecentQueries, req)  # type: ignore[return-value]
+
     def receipt(self, query_id: int) -> query_pb2.ReceiptResponse:
         return self._call(self.query.Receipt, query_pb2.ReceiptRequest(query_id=query_id))  # type: ignore[return-value]
 

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--abci", dest="abci_address", help="ABCI listen address, tcp://host:port or unix://path")
     start.add_argument("--grpc", dest="grpc_address", help="gRPC API listen address host:port (default 127.0.0.1:9090)")
     start.add_argument("--metrics", dest="metrics_address", help="Prometheus listen address host:port ('' = off)")
+    start.add_argument("--explorer", dest="explorer_address",
+                       help="web explorer listen address host:port (default 127.0.0.1:26680)")
+    start.add_argument("--no-explorer", action="store_true", help="do not serve the web explorer")
     start.add_argument("--cometbft-rpc", dest="cometbft_rpc", help="CometBFT RPC URL the API forwards to")
     start.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
 
@@ -77,7 +80,8 @@ def _localnet(args: argparse.Namespace) -> int:
         net.start()
         print(f"localnet running: {net.home / 'localnet.json'}")
         for row in net.status():
-            print(f"  node{row['node']}: rpc {row['rpc']} grpc {row['grpc']} height {row['height']}")
+            print(f"  node{row['node']}: rpc {row['rpc']} grpc {row['grpc']} explorer {row['explorer']} "
+                  f"height {row['height']}")
         return 0
     if args.lcmd == "stop":
         net.stop()
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "start":
             cfg = load(args.home, abci_address=args.abci_address, grpc_address=args.grpc_address,
                        metrics_address=args.metrics_address, cometbft_rpc=args.cometbft_rpc,
+                       explorer_address="" if args.no_explorer else args.explorer_address,
                        log_level=args.log_level)
             logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
             return asyncio.run(_run(cfg))

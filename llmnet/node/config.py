@@ -27,6 +27,8 @@ class NodeConfig:
     """The app's gRPC API: tx broadcast/simulate/get, typed queries, health, reflection."""
     metrics_address: str = "127.0.0.1:26670"
     """Prometheus /metrics; empty string turns it off."""
+    explorer_address: str = "127.0.0.1:26680"
+    """Read-only web explorer (HTML page + JSON under /api); empty string turns it off."""
     cometbft_rpc: str = "http://127.0.0.1:26657"
     """CometBFT RPC the gRPC API forwards broadcasts and tx lookups to."""
     db_path: str = "data/llmnet.sqlite"
@@ -41,7 +43,7 @@ class NodeConfig:
     def validate(self) -> NodeConfig:
         if not self.abci_address.startswith(("tcp://", "unix://")):
             raise ConfigError(f"abci_address must start with tcp:// or unix://, got {self.abci_address!r}")
-        for name in ("grpc_address", "metrics_address"):
+        for name in ("grpc_address", "metrics_address", "explorer_address"):
             value = getattr(self, name)
             if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
                 raise ConfigError(f"{name} must be host:port, got {value!r}")

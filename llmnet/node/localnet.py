@@ -1,7 +1,7 @@
 """`llmnetd localnet`: an N-validator network on loopback for development and tests.
 
 Node i lives in DIR/node<i> and uses ports base+10i (p2p), +1 (CometBFT RPC), +2 (ABCI),
-+3 (gRPC API), +4 (metrics). Each node is two processes, the app and CometBFT, started in their
++3 (gRPC API), +4 (metrics), +5 (web explorer). Each node is two processes, the app and CometBFT, started in their
 own sessions with pids and logs beside their home. DIR/localnet.json tells tools where things
 are; DIR/keyring holds the funded test keys (plaintext: test use only).
 """
@@ -43,11 +43,12 @@ class Ports:
     abci: int
     grpc: int
     metrics: int
+    explorer: int
 
     @classmethod
     def for_node(cls, base: int, i: int) -> Ports:
         b = base + 10 * i
-        return cls(b, b + 1, b + 2, b + 3, b + 4)
+        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5)
 
 
 def node_id(home: Path) -> str:
@@ -108,6 +109,7 @@ class Localnet:
             cfg = NodeConfig(
                 home=home, abci_address=f"tcp://127.0.0.1:{ports.abci}",
                 grpc_address=f"127.0.0.1:{ports.grpc}", metrics_address=f"127.0.0.1:{ports.metrics}",
+                explorer_address=f"127.0.0.1:{ports.explorer}",
                 cometbft_rpc=f"http://127.0.0.1:{ports.rpc}",
             )
             init_home(home, chain_id, self.cometbft, moniker=f"node{i}", app=cfg)
@@ -148,7 +150,8 @@ class Localnet:
             "chain_id": chain_id,
             "nodes": [
                 {"home": str(h), "rpc": f"127.0.0.1:{p.rpc}", "grpc": f"127.0.0.1:{p.grpc}",
-                 "p2p": f"127.0.0.1:{p.p2p}", "abci": f"127.0.0.1:{p.abci}", "metrics": f"127.0.0.1:{p.metrics}"}
+                 "p2p": f"127.0.0.1:{p.p2p}", "abci": f"127.0.0.1:{p.abci}", "metrics": f"127.0.0.1:{p.metrics}",
+                 "explorer": f"http://127.0.0.1:{p.explorer}/"}
                 for h, p in nodes
             ],
             "keys": names,
@@ -228,6 +231,7 @@ class Localnet:
         out = []
         for i, node in enumerate(self.manifest()["nodes"]):
             row: dict[str, Any] = {"node": i, "rpc": node["rpc"], "grpc": node["grpc"],
+                                   "explorer": node.get("explorer", ""),
                                    "app_running": self._pid(i, "app") is not None,
                                    "cometbft_running": self._pid(i, "cometbft") is not None,
                                    "height": None, "app_hash": None}

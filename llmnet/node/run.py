@@ -17,6 +17,8 @@ from abci_app.app import Application
 from abci_app.pb.tendermint.abci import types_pb2 as abci
 from llmnet.node.cometrpc import CometRPC
 from llmnet.node.config import NodeConfig
+from llmnet.node.explorer.data import ExplorerData, router_query
+from llmnet.node.explorer.server import Explorer
 from llmnet.node.grpc_api import create_server
 from llmnet.node.metrics import NodeMetrics
 
@@ -40,18 +42,22 @@ async def run(cfg: NodeConfig) -> int:
     server = ABCIServer(app, cfg.abci_address, middleware=measured)
     rpc = CometRPC(cfg.cometbft_rpc)
     api, port = create_server(app, cfg.grpc_address, rpc, metrics)
+    explorer = Explorer(ExplorerData(router_query(app), rpc), cfg.explorer_address) if cfg.explorer_address else None
     try:
         await server.start()
         await api.start()
         if cfg.metrics_address:
             metrics.serve(cfg.metrics_address)
+        if explorer is not None:
+            await explorer.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stop)
         log.info(
-            "llmnetd started: height=%d abci=%s grpc=%s:%d metrics=%s cometbft_rpc=%s",
+            "llmnetd started: height=%d abci=%s grpc=%s:%d metrics=%s explorer=%s cometbft_rpc=%s",
             app.committed.height, cfg.abci_address, cfg.grpc_address.rsplit(":", 1)[0], port,
-            cfg.metrics_address or "off", cfg.cometbft_rpc,
+            cfg.metrics_address or "off", f"http://{explorer.host}:{explorer.port}/" if explorer else "off",
+            cfg.cometbft_rpc,
         )
         await server.serve()
         log.info("llmnetd stopped at height %d", app.committed.height)
@@ -60,6 +66,8 @@ async def run(cfg: NodeConfig) -> int:
         log.error("llmnetd stopped on a fatal error: %s", exc)
         return 1
     finally:
+        if explorer is not None:
+            await explorer.stop()
         await api.stop()
         await rpc.close()
         app.close()

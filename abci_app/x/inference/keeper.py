@@ -67,6 +67,12 @@ class InferenceKeeper:
             raise ErrUnknownQuery(f"no query {query_id}")
         return pb.Query.FromString(raw)
 
+    def recent(self, ctx: Ctx, limit: int, before_id: int = 0) -> list[pb.Query]:
+        """Up to limit queries with id < before_id (0 = all), newest first."""
+        next_id = int.from_bytes(ctx.kv(STORE).get(NEXT_ID_KEY) or be8(1), "big")
+        top = next_id if before_id == 0 else min(before_id, next_id)
+        return [self.get(ctx, i) for i in range(top - 1, max(top - 1 - limit, 0), -1)]
+
     def _save(self, ctx: Ctx, q: pb.Query) -> None:
         ctx.kv(STORE).set(query_key(q.id), q.SerializeToString())
 

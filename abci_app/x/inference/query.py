@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abci_app.context import Ctx
 from abci_app.crypto import parse_address
-from abci_app.errors import ErrNotFound
+from abci_app.errors import ErrInvalidRequest, ErrNotFound
 from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.queries import QUERY_SERVICE, QueryRouter, Route
 from abci_app.x.inference import selection
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import receipt_key
+
+MAX_RECENT = 100
 
 
 def register_queries(router: QueryRouter, keeper: InferenceKeeper) -> None:
@@ -53,7 +55,14 @@ def register_queries(router: QueryRouter, keeper: InferenceKeeper) -> None:
             seed=query.seed, candidates=query.candidates, respondents=got_r, scorers=got_s,
             matches=got_r == list(query.respondents) and got_s == list(query.scorers), height=ctx.env.height)
 
+    def recent(ctx: Ctx, req: q.RecentQueriesRequest) -> q.RecentQueriesResponse:
+        if req.limit > MAX_RECENT:
+            raise ErrInvalidRequest(f"limit must be at most {MAX_RECENT}, got {req.limit}")
+        return q.RecentQueriesResponse(queries=keeper.recent(ctx, req.limit or 20, req.before_id),
+                                       height=ctx.env.height)
+
     for name, req_cls, resp_cls, fn in (
+        ("RecentQueries", q.RecentQueriesRequest, q.RecentQueriesResponse, recent),
         ("QueryStatus", q.QueryStatusRequest, q.QueryStatusResponse, status),
         ("Receipt", q.ReceiptRequest, q.ReceiptResponse, receipt),
         ("ExplainPayout", q.ExplainPayoutRequest, q.ExplainPayoutResponse, explain_payout),

@@ -1,0 +1,190 @@
+// LLM-Net explorer: polls this node's JSON endpoints and redraws. No dependencies, no network but the node.
+"use strict";
+
+const REFRESH_MS = 2000;
+const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// el("td", {class: "num"}, "text", childNode): builds DOM without ever parsing HTML from chain data.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  for (const child of children) node.append(child instanceof Node ? child : String(child));
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+function short(text) {
+  return text.length > 18 ? `${text.slice(0, 10)}…${text.slice(-5)}` : text;
+}
+
+function fraction(value, scale) {
+  return (value / scale).toFixed(3);
+}
+
+async function getJSON(path) {
+  const response = await fetch(path, { cache: "no-store" });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `${path}: HTTP ${response.status}`);
+  return body;
+}
+
+function renderStatus(status) {
+  document.getElementById("chain").textContent = `chain ${status.chain_id} · node ${status.moniker}`;
+  document.getElementById("height").textContent = status.height;
+}
+
+function renderBlocks(blocks) {
+  const rows = blocks.map((b) => el("tr", { "data-height": b.height },
+    el("td", { class: "num" }, b.height), el("td", {}, b.time.replace("T", " ").slice(0, 19)),
+    el("td", { class: "num" }, b.txs), el("td", { class: "mono" }, short(b.proposer)),
+    el("td", { class: "mono" }, short(b.hash))));
+  document.querySelector("#blocks tbody").replaceChildren(...rows);
+}
+
+function renderExperts(experts) {
+  const parts = [];
+  for (const [domain, list] of Object.entries(experts.domains)) {
+    parts.push(el("h3", {}, `${domain} (${list.length})`));
+    if (!list.length) {
+      parts.push(el("p", { class: "empty" }, "No experts registered."));
+      continue;
+    }
+    const head = el("tr", {}, el("th", {}, "expert"), el("th", { class: "num" }, "reputation"),
+      el("th", { class: "num" }, `stake (${experts.denom})`), el("th", {}, "status"),
+      el("th", { class: "num" }, "answered"), el("th", { class: "num" }, "earned"),
+      el("th", { class: "num" }, "slashed"));
+    const rows = list.map((x) => el("tr", { "data-expert": x.address },
+      el("td", { class: "mono", title: x.address }, short(x.address)),
+      el("td", { class: "num" }, fraction(x.reputation, experts.reputation_scale)),
+      el("td", { class: "num" }, x.stake), el("td", {}, x.status), el("td", { class: "num" }, x.answered),
+      el("td", { class: "num" }, x.earned), el("td", { class: "num" }, x.slashed)));
+    parts.push(el("table", { "data-domain": domain }, el("thead", {}, head), el("tbody", {}, ...rows)));
+  }
+  document.getElementById("experts").replaceChildren(...parts);
+}
+
+function renderQuery(query) {
+  const phase = el("span", { class: `phase${query.settled ? " settled" : ""}` }, query.phase);
+  const meta = el("div", { class: "meta" }, `#${query.id} · ${query.domain} · `, phase,
+    ` · round ${query.round}/${query.rounds} · fee ≤ ${query.max_fee} · asked at height ${query.created_height}`
+    + (query.settled ? ` · settled at ${query.settled_height}` : ""));
+  const parts = [meta, el("div", { class: "prompt" }, query.prompt)];
+  if (query.settled) {
+    const best = query.final_index >= 0 ? query.final_answer : "(no answer was revealed)";
+    parts.push(el("div", { class: "final" }, "Final answer: ", el("span", { class: "final-answer" }, best)));
+  }
+  const head = el("tr", {}, el("th", {}, "respondent"), el("th", {}, "answer"),
+    el("th", { class: "num" }, "score"), el("th", { class: "num" }, "paid"));
+  const rows = query.respondents.map((r) => el("tr", { class: r.final ? "best" : "" },
+    el("td", { class: "mono", title: r.address }, short(r.address)),
+    el("td", {}, r.revealed ? r.answer : "(not revealed)"),
+    el("td", { class: "num" }, r.score ?? "–"), el("td", { class: "num" }, r.paid ?? "–")));
+  parts.push(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
+  if (query.settled && query.slashed.length) {
+    parts.push(el("div", { class: "meta" }, `slashed: ${query.slashed.map(short).join(", ")}`));
+  }
+  return el("article", { class: "query", "data-query-id": query.id, "data-phase": query.phase }, ...parts);
+}
+
+function renderQueries(queries) {
+  const box = document.getElementById("queries");
+  if (!queries.length) box.replaceChildren(el("p", { class: "empty" }, "No queries yet."));
+  else box.replaceChildren(...queries.map(renderQuery));
+}
+
+let chosenDomain = null; // set once the user picks one; until then the first domain with history
+
+function chooseDomain(domains, series) {
+  const select = document.getElementById("chart-domain");
+  if ([...select.options].map((o) => o.value).join() !== domains.join()) {
+    select.replaceChildren(...domains.map((d) => el("option", { value: d }, d)));
+  }
+  const fallback = domains.find((d) => Object.keys(series[d] || {}).length) || domains[0] || "";
+  select.value = domains.includes(chosenDomain) ? chosenDomain : fallback;
+  return select.value;
+}
+
+function renderChart(reputation, experts, height) {
+  const domains = Object.keys(experts.domains);
+  const domain = chooseDomain(domains, reputation.series || {});
+  const box = document.getElementById("reputation-chart");
+  const series = Object.entries((reputation.series || {})[domain] || {});
+  if (!series.length) {
+    box.replaceChildren(el("p", { class: "empty" }, "No reputation history in this domain yet."));
+    return;
+  }
+  const W = 560, H = 240, L = 44, R = 10, T = 10, B = 28;
+  const heights = series.flatMap(([, pts]) => pts.map((p) => p.height));
+  const x0 = Math.min(...heights), x1 = Math.max(...heights, height || 0, x0 + 1);
+  const scale = reputation.reputation_scale;
+  const x = (h) => L + ((h - x0) / (x1 - x0)) * (W - L - R);
+  const y = (v) => T + (1 - v / scale) * (H - T - B);
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img",
+    "aria-label": `reputation over block height in ${domain}` });
+  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    chart.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(v * scale), y2: y(v * scale) }));
+    const label = svg("text", { x: L - 6, y: y(v * scale) + 4, "text-anchor": "end" });
+    label.textContent = v.toFixed(2);
+    chart.append(label);
+  }
+  for (const h of [x0, x1]) {
+    const label = svg("text", { x: x(h), y: H - 8, "text-anchor": h === x0 ? "start" : "end" });
+    label.textContent = `height ${h}`;
+    chart.append(label);
+  }
+  const legend = el("div", { class: "legend" });
+  series.forEach(([address, points], i) => {
+    const colour = COLOURS[i % COLOURS.length];
+    // A step line: reputation holds its value until the next change.
+    const coords = [];
+    points.forEach((p, j) => {
+      if (j > 0) coords.push(`${x(p.height)},${y(points[j - 1].reputation)}`);
+      coords.push(`${x(p.height)},${y(p.reputation)}`);
+    });
+    coords.push(`${x(x1)},${y(points[points.length - 1].reputation)}`);
+    chart.append(svg("polyline", { class: "series", stroke: colour, points: coords.join(" "),
+      "data-expert": address }));
+    const last = points[points.length - 1].reputation;
+    legend.append(el("span", { style: `--swatch: ${colour}`, title: address },
+      `${short(address)} ${fraction(last, scale)}`));
+  });
+  box.replaceChildren(chart, legend);
+}
+
+function setLive(ok, why) {
+  const live = document.getElementById("live");
+  live.className = ok ? "live" : "offline";
+  live.textContent = ok ? `live · ${new Date().toLocaleTimeString()}` : "node unreachable";
+  live.title = why;
+}
+
+async function refresh() {
+  try {
+    const [status, blocks, experts, queries, reputation] = await Promise.all(
+      ["status", "blocks", "experts", "queries", "reputation"].map((name) => getJSON(`/api/${name}`)));
+    renderStatus(status);
+    renderBlocks(blocks);
+    renderExperts(experts);
+    renderQueries(queries);
+    renderChart(reputation, experts, status.height);
+    latest = { reputation, experts, height: status.height };
+    setLive(true, "");
+  } catch (err) {
+    setLive(false, String(err && err.message ? err.message : err));
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+let latest = null;
+document.getElementById("chart-domain").addEventListener("change", (event) => {
+  chosenDomain = event.target.value;
+  if (latest) renderChart(latest.reputation, latest.experts, latest.height);
+});
+refresh();

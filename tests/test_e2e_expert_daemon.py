@@ -143,10 +143,12 @@ def experts(net: Localnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_llmnet_ask_follows_a_query_to_its_receipt(experts: Experts) -> None:
     manifest = experts.net.manifest()
     ask = subprocess.run([sys.executable, "-m", "llmnet.client.cli", "ask", "Who created Kestrel?", "--domain",
-                          DOMAIN, "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node",
+                          "auto", "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node",
                           experts.node, "--output", "json"], capture_output=True, text=True, timeout=300)
     assert ask.returncode == 0, ask.stderr
     result = json.loads(ask.stdout)
+    assert result["domain"] == DOMAIN and len(result["domain_similarities"]) == 3  # picked among the chain's domains
+    assert f"domain auto: {DOMAIN}" in ask.stderr
     assert result["final_answer"] and len(result["answers"]) == 2
     assert sum(a["final"] for a in result["answers"]) == 1
     assert "respondents" in ask.stderr and "settled" in ask.stderr  # progress lines, not a TTY

@@ -129,7 +129,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         net.start()
-        say(f"4-validator localnet up (home {home})")
+        say(f"4-validator localnet up (home {home}); watch it live at {net.manifest()['nodes'][0]['explorer']}")
         procs = start_experts(net, adapters, domains, home)
         wait_ready(home)
         say(f"experts ready after {time.monotonic() - started:.0f}s\n")

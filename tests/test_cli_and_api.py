@@ -129,6 +129,43 @@ def test_llmnetd_init_and_genesis(tmp_path: Path, cometbft: str) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
+    """--no-explorer turns the page off; a busy --explorer port is one clear error line, exit 1."""
+    import signal
+    import socket
+    import time
+
+    home = tmp_path / "node"
+    assert cli("init", "--home", str(home), "--chain-id", "c", "--cometbft", cometbft, tool="llmnetd").returncode == 0
+    base = [sys.executable, "-m", "llmnet.node.cli", "start", "--home", str(home), "--grpc", "127.0.0.1:0",
+            "--metrics", "", "--cometbft-rpc", "http://127.0.0.1:1"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = subprocess.run([*base, "--abci", f"tcp://127.0.0.1:{_free_port()}", "--explorer",
+                                f"127.0.0.1:{busy.getsockname()[1]}"], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1 and taken.stderr.count("llmnetd: error:") == 1 and "Traceback" not in taken.stderr
+    proc = subprocess.Popen([*base, "--abci", f"tcp://127.0.0.1:{_free_port()}", "--no-explorer"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "llmnetd started" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline() if proc.stderr else ""
+        assert "explorer=off" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
 def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
     with grpc.insecure_channel(net.manifest()["nodes"][0]["grpc"]) as ch:
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))

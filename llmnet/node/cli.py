@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"funded {args.address} with {args.amount} in {home / genesis.GENESIS}")
             return 0
         return _localnet(args)
-    except (ConfigError, LocalnetError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, LocalnetError, ValueError, OSError) as exc:  # OSError: a port in use, a missing file
         print(f"llmnetd: error: {exc}", file=sys.stderr)
         return 1
 

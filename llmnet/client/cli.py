@@ -335,18 +335,18 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     def show(line: str) -> None:
         print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
-    similarities: dict[str, float] = {}
-    if args.domain == "auto":
+    domain, similarities = args.domain, {}
+    if domain == "auto":
         from llmnet.client.route import Embedder, choose, load_descriptions
 
         descriptions = load_descriptions(args.domains_file)
         route = choose(args.question, list(client.params().experts.domains), descriptions, Embedder())
-        args.domain, similarities = route.domain, route.similarities
+        domain, similarities = route.domain, route.similarities
         others = ", ".join(f"{d} {s:.2f}" for d, s in list(similarities.items())[1:])
         show(f"domain auto: {route.domain} (similarity {similarities[route.domain]:.2f}; {others or 'no others'})")
         if tty:
             print(file=sys.stderr)  # keep the choice visible above the live progress line
-    query_id = submit(client, key, args.domain, args.question, args.max_fee, args.k, args.rounds)
+    query_id = submit(client, key, domain, args.question, args.max_fee, args.k, args.rounds)
     show(f"submitted query {query_id}")
     try:
         result = follow(client, query_id, show, timeout=args.timeout)

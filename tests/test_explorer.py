@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,14 @@ from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from llmnet.node.cometrpc import CometRPC
 from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import STATIC, Explorer
+from tests.conftest import free_port
 from tests.protocol_harness import ProtocolChain
 from tests.test_protocol import DOMAIN, answer_round, score, submit
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_all(chain: ProtocolChain, paths: list[str]) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
-        rpc = CometRPC(f"http://127.0.0.1:{_dead_port()}", timeout=2)
+        rpc = CometRPC(f"http://127.0.0.1:{free_port()}", timeout=2)
         explorer = Explorer(ExplorerData(router_query(chain.app), rpc), "127.0.0.1:0")
         port = await explorer.start()
         try:

@@ -77,20 +77,24 @@ class ExplorerData:
         params: q.ParamsResponse = self.query("Params", q.ParamsRequest(), q.ParamsResponse)
         return params
 
+    def _ranked(self, params: q.ParamsResponse) -> dict[str, list[q.RankedExpert]]:
+        """Every domain's experts, best reputation first."""
+        return {d: list(self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=d),
+                                   q.ExpertsByDomainResponse).experts)
+                for d in params.experts.domains}
+
     def experts(self) -> dict[str, Any]:
         params = self._params()
-        scale = int(params.experts.reputation_scale)
         domains: dict[str, list[dict[str, Any]]] = {}
-        for domain in params.experts.domains:
-            ranked = self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=domain), q.ExpertsByDomainResponse)
+        for domain, ranked in self._ranked(params).items():
             domains[domain] = [{
                 "address": r.expert.address, "reputation": int(r.reputation), "stake": int(r.expert.bond),
                 "status": status_name(r.expert.status), "earned": int(r.expert.earned),
                 "slashed": int(r.expert.slashed), "answered": int(r.expert.answered),
                 "endpoint": r.expert.endpoint, "base_model": r.expert.model.base_model,
                 "adapter_sha256": r.expert.model.adapter_sha256,
-            } for r in ranked.experts]
-        return {"reputation_scale": scale, "denom": self.query("Supply", q.SupplyRequest(), q.SupplyResponse).denom,
+            } for r in ranked]
+        return {"reputation_scale": int(params.experts.reputation_scale), "denom": params.bank.denom,
                 "domains": domains}
 
     def queries(self, limit: int = QUERIES) -> list[dict[str, Any]]:
@@ -129,10 +133,7 @@ class ExplorerData:
     def reputation(self) -> dict[str, Any]:
         """Every expert's reputation points per domain, oldest first: one chart series each."""
         params = self._params()
-        addresses: set[str] = set()
-        for domain in params.experts.domains:
-            ranked = self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=domain), q.ExpertsByDomainResponse)
-            addresses.update(r.expert.address for r in ranked.experts)
+        addresses = {r.expert.address for ranked in self._ranked(params).values() for r in ranked}
         series: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for address in sorted(addresses):
             hist = self.query("ReputationHistory", q.ReputationHistoryRequest(address=address),

@@ -6,6 +6,7 @@ Everything the page needs ships in ./static (no CDN: nodes often have no interne
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -24,10 +25,13 @@ CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(view: Callable[[], Awaitable[Any]]) -> Handler:
+def _json(view: Callable[[], Any]) -> Handler:
+    """view returns the body, or an awaitable of it (CometBFT reads are async, app queries are not)."""
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            body = await view()
+            body = view()
+            if inspect.isawaitable(body):
+                body = await body
         except RPCUnavailable as exc:
             return web.json_response({"error": str(exc)}, status=503)
         except (RPCError, QueryFailed) as exc:
@@ -49,18 +53,15 @@ def _static(name: str) -> Handler:
 
 
 def make_app(data: ExplorerData) -> web.Application:
-    async def sync(fn: Callable[[], Any]) -> Any:
-        return fn()
-
     app = web.Application()
     app.router.add_get("/", _static("index.html"))
     for name in ("explorer.js", "explorer.css"):
         app.router.add_get(f"/static/{name}", _static(name))
     app.router.add_get("/api/status", _json(data.status))
     app.router.add_get("/api/blocks", _json(data.blocks))
-    app.router.add_get("/api/experts", _json(lambda: sync(data.experts)))
-    app.router.add_get("/api/queries", _json(lambda: sync(data.queries)))
-    app.router.add_get("/api/reputation", _json(lambda: sync(data.reputation)))
+    app.router.add_get("/api/experts", _json(data.experts))
+    app.router.add_get("/api/queries", _json(data.queries))
+    app.router.add_get("/api/reputation", _json(data.reputation))
     return app
 
 

@@ -232,6 +232,14 @@ class ExpertDaemon:
                                                                           seed=query.id), domain).text
         return [judge.score(finals.get(r), reference) for r in query.respondents]
 
+    def _chain_height_now(self) -> int:
+        """The height when a tx leaves. A tick can run long (catch-up scans, generation), so its start height
+        is stale; timing a resend from it would resend before the first copy had a chance to land."""
+        try:
+            return self._latest_height()
+        except CometError:
+            return self.height
+
     def _send(self, step: str, msg: Any) -> None:
         """Broadcast once; again only if RESEND_AFTER_BLOCKS pass without the chain showing it."""
         sent_at = self.state.sent.get(step)
@@ -244,9 +252,9 @@ class ExpertDaemon:
         except ClientError as err:
             log("tx_refused", step=step, error=str(err)[:300])
             self._sender = None  # the sequence may be off; re-read it next time
-            self.state.sent[step] = self.height
+            self.state.sent[step] = self._chain_height_now()
             return
-        self.state.sent[step] = self.height
+        self.state.sent[step] = self._chain_height_now()
         self.state.save(self.state_file)
         log("tx_sent", step=step, tx_hash=result.tx_hash, sequence=result.sequence)
 

@@ -52,3 +52,20 @@ def test_model_commitment_is_the_adapter_hash_or_a_hash_of_all() -> None:
     both = model_commitment({"y": b, "x": a})
     assert both == model_commitment({"x": a, "y": b}) and len(both) == 64 and both not in (a, b)
     assert model_commitment({"x": NO_ADAPTER}) == NO_ADAPTER
+
+
+def test_resend_is_timed_from_when_the_tx_left_not_from_the_tick_start(tmp_path: Path) -> None:
+    """A restarted daemon scans many old heights before it sends: the chain has moved on meanwhile."""
+    from types import SimpleNamespace
+
+    sent: list[object] = []
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.state, daemon.state_file, daemon.height = DaemonState(), tmp_path / "state.json", 10
+    daemon._sender = SimpleNamespace(send=lambda msgs: sent.append(msgs) or SimpleNamespace(tx_hash="AB", sequence=1))
+    daemon._latest_height = lambda: 20  # type: ignore[method-assign]  # chain height when the tx leaves
+    daemon._send("reveal:1:1", "msg")
+    assert daemon.state.sent == {"reveal:1:1": 20} and len(sent) == 1
+    for tick_height, copies in ((21, 1), (22, 1), (23, 2)):  # resend only 3 blocks after it left
+        daemon.height = tick_height
+        daemon._send("reveal:1:1", "msg")
+        assert len(sent) == copies, tick_height

@@ -71,4 +71,5 @@ demo: install experts
 	$(PY) tools/demo.py
 
 clean:
-	rm -rf $(VENV) abci_app/pb build
+	rm -rf $(VENV) build
+	git clean -fdX wire

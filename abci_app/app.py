@@ -18,7 +18,6 @@ from abci_app.context import BlockEnv, Ctx
 from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
 from abci_app.events import Event
 from abci_app.msgs import MsgRegistry
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.queries import QueryRouter, register_core
 from abci_app.store.db import CommittedStore, StagedCommit
 from abci_app.store.state import State
@@ -41,6 +40,7 @@ from abci_app.x.inference import handler as inference_handler
 from abci_app.x.inference import query as inference_query
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import STORE as INFERENCE_STORE
+from wire.tendermint.abci import types_pb2 as abci
 
 STORES = (AUTH_STORE, BANK_STORE, EXPERTS_STORE, INFERENCE_STORE)
 ABCI_VERSION = "2.0.0"

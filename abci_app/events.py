@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from abci_app.pb.tendermint.abci import types_pb2 as abci
+from wire.tendermint.abci import types_pb2 as abci
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from google.protobuf.message import DecodeError, Message
 
 from abci_app.context import Ctx
 from abci_app.errors import ErrInvalidRequest, ErrNotFound, ErrUnknownPath
-from abci_app.pb.llmnet.query.v1 import query_pb2
 from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import check_address
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.inference.keeper import InferenceKeeper
+from wire.llmnet.query.v1 import query_pb2
 
 QUERY_SERVICE = "llmnet.query.v1.QueryService"
 

@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from abci_app.crypto import PUBKEY_LEN, address_of
 from abci_app.errors import ErrInvalidPubKey, ErrNoMessages, ErrTxDecode, ErrUnauthorized, ErrUnknownMessage
 from abci_app.msgs import MsgRegistry, MsgSpec
-from abci_app.pb.llmnet.tx.v1 import tx_pb2
+from wire.llmnet.tx.v1 import tx_pb2
 
 MAX_MESSAGES = 64
 

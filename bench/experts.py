@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb  # noqa: E402
-from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc  # noqa: E402
 from experts.engine import Engine, Limits, Sampling  # noqa: E402
 from experts.models import load_base  # noqa: E402
 from experts.server import ExpertIdentity, create_server  # noqa: E402
 from experts.train import Example, TrainConfig, run_epochs  # noqa: E402
+from wire.llmnet.expert.v1 import expert_pb2 as pb  # noqa: E402
+from wire.llmnet.expert.v1 import expert_pb2_grpc  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Who wrote Hamlet?",
            "What is water made of?", "Name a planet.", "What language is spoken in Spain?", "What is a kestrel?"]

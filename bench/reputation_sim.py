@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from abci_app.pb.llmnet.query.v1 import query_pb2 as qpb  # noqa: E402
 from llmnet.client import protocol  # noqa: E402
 from llmnet.devchain import DevChain, seeded_key, submitted_ids  # noqa: E402
+from wire.llmnet.query.v1 import query_pb2 as qpb  # noqa: E402
 
 DOMAINS = ["island-herbalism", "kestrel-lang", "orbital-logistics"]
 SCALE = 1_000_000

@@ -31,13 +31,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from abci_app.abci.framing import Decoder, frame  # noqa: E402
-from abci_app.pb.tendermint.abci import types_pb2 as abci  # noqa: E402
 from abci_app.store.db import CommittedStore  # noqa: E402
 from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.txbuilder import build_tx, send_msg  # noqa: E402
 from llmnet.devchain import seeded_key  # noqa: E402
+from llmnet.node.abci.framing import Decoder, frame  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
+from wire.tendermint.abci import types_pb2 as abci  # noqa: E402
 
 CHAIN_ID = "bench"
 RPC_BATCH = 10  # CometBFT's default rpc.max_request_batch_size

@@ -12,11 +12,11 @@ from collections.abc import Callable
 import grpc
 
 from abci_app.crypto import address_of, verify
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2
 
 
 class AccessDenied(Exception):

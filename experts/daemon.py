@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2
 from experts import judge
 from experts.engine import Engine, EngineError, Sampling
 from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2
 
 RESEND_AFTER_BLOCKS = 3
 

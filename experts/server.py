@@ -18,13 +18,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
-from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
 from abci_app.x.inference.types import answer_sign_bytes
 from experts.access import AccessDenied, ChainAccess
 from experts.engine import Engine, EngineError, Generation, Sampling
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
 STATUS = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,

@@ -15,11 +15,11 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app.app import Application
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.queries import QUERY_SERVICE
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import build_tx
+from wire.llmnet.query.v1 import query_pb2 as q
+from wire.tendermint.abci import types_pb2 as abci
 
 CHAIN_ID = "devchain"
 TX_FEE = 5_000

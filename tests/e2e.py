@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 
 from abci_app.crypto import parse_address
-from abci_app.pb.tendermint.crypto import proof_pb2
 from abci_app.x.bank.types import balance_key
 from llmnet.client.keys import Key, Keyring
 from llmnet.client.proof import verify_store_proof
 from llmnet.node.localnet import Localnet
+from wire.tendermint.crypto import proof_pb2
 
 
 def keys(net: Localnet) -> list[Key]:
@@ -43,7 +43,7 @@ def header_app_hash(net: Localnet, i: int, height: int, timeout: float = 30) -> 
 
 
 def prove_balance(net: Localnet, node: int, address: str, proofcheck: str) -> int:
-    from abci_app.pb.llmnet.bank.v1 import bank_pb2
+    from wire.llmnet.bank.v1 import bank_pb2
 
     value = prove_key(net, node, "bank", balance_key(parse_address(address)), proofcheck)
     return int(bank_pb2.Balance.FromString(value).amount)

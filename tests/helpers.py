@@ -10,9 +10,9 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app.app import Application
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import build_tx, send_msg
+from wire.tendermint.abci import types_pb2 as abci
 
 CHAIN_ID = "test-chain"
 FUNDS = 1_000_000_000

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from abci_app.abci.framing import Decoder, encode_uvarint, frame
-from abci_app.abci.server import ABCIServer, FatalError
 from abci_app.app import Application
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from llmnet.client.txbuilder import build_tx, send_msg
+from llmnet.node.abci.framing import Decoder, encode_uvarint, frame
+from llmnet.node.abci.server import ABCIServer, FatalError
 from tests.helpers import CHAIN_ID, FUNDS, deterministic_key
+from wire.tendermint.abci import types_pb2 as abci
 
 KEYS = [deterministic_key(f"key{i}") for i in range(2)]
 GENESIS = json.dumps({"bank": {"balances": [{"address": k.address, "amount": str(FUNDS)} for k in KEYS]}}).encode()

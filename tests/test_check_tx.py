@@ -21,11 +21,11 @@ from abci_app.errors import (
     ErrUnknownMessage,
     ErrWrongSequence,
 )
-from abci_app.pb.llmnet.tx.v1 import tx_pb2
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.x.bank.types import ErrInsufficientFunds, ErrInvalidAddress, ErrInvalidAmount
 from llmnet.client.txbuilder import build_tx, pack, send_msg
 from tests.helpers import CHAIN_ID, FUNDS, Harness, deterministic_key
+from wire.llmnet.tx.v1 import tx_pb2
+from wire.tendermint.abci import types_pb2 as abci
 
 
 def _resign(h: Harness, body: tx_pb2.TxBody | None = None, auth: tx_pb2.AuthInfo | None = None,

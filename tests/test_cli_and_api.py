@@ -12,13 +12,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from abci_app.pb.llmnet.query.v1 import query_pb2, query_pb2_grpc
-from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 from llmnet.client.keys import Keyring, KeyringError
 from llmnet.client.sdk import Client, Sender
 from llmnet.client.txbuilder import send_msg
 from llmnet.node.localnet import Localnet
 from tests.conftest import free_port
+from wire.llmnet.query.v1 import query_pb2, query_pb2_grpc
+from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -20,9 +20,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
-from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from abci_app.x.inference.types import answer_commitment
 from experts.access import sign_access
 from experts.tiny import make_tiny_model
@@ -32,6 +29,9 @@ from llmnet.client.sdk import Client, ClientError
 from llmnet.node.localnet import Localnet
 from tests.conftest import free_port
 from tests.e2e import keys
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "kestrel-lang"

@@ -15,11 +15,11 @@ import grpc
 import pytest
 
 from abci_app.errors import ErrTxTooLarge, ErrUnauthorized, ErrWrongSequence
-from abci_app.pb.llmnet.tx.v1 import tx_pb2
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.client.txbuilder import build_tx, send_msg
 from llmnet.node.localnet import Localnet
 from tests.e2e import header_app_hash, keys
+from wire.llmnet.tx.v1 import tx_pb2
 
 pytestmark = pytest.mark.e2e
 N = 4

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.x.inference.types import receipt_key
 from llmnet.client import protocol
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.node.localnet import Localnet
 from tests.e2e import header_app_hash, keys, prove_key
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as q
 
 pytestmark = pytest.mark.e2e
 DOMAINS = ["kestrel-lang", "orbital-logistics"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from experts.cli import NO_ADAPTER, model_commitment
 from experts.daemon import DaemonState, ExpertDaemon, answer_prompt
 from experts.judge import overlap_f1, score
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 
 def test_state_survives_a_round_trip_and_writes_atomically(tmp_path: Path) -> None:

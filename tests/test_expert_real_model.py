@@ -9,8 +9,6 @@ from pathlib import Path
 import grpc
 
 from abci_app.crypto import verify
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
-from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
 from abci_app.x.inference.types import answer_sign_bytes
 from experts.adapters import adapter_sha256
 from experts.engine import Engine, Sampling
@@ -18,6 +16,8 @@ from experts.models import load_base
 from experts.server import ExpertIdentity, create_server
 from experts.train import TrainConfig, train
 from tests.helpers import deterministic_key
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
 
 # A few invented facts, enough for a handful of LoRA steps.
 ROWS = [

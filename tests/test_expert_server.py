@@ -11,8 +11,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from abci_app.crypto import verify
-from abci_app.pb.llmnet.expert.v1 import expert_pb2 as pb
-from abci_app.pb.llmnet.expert.v1 import expert_pb2_grpc
 from abci_app.x.inference.types import answer_sign_bytes
 from experts.adapters import adapter_sha256
 from experts.engine import Engine, Limits
@@ -20,6 +18,8 @@ from experts.models import load_base
 from experts.server import ExpertIdentity, create_server
 from experts.tiny import make_tiny_model
 from tests.helpers import deterministic_key
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
 
 KEY = deterministic_key("expert-server")
 
@@ -163,10 +163,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_p
     """A server whose access checks ask a stand-in for the node's QueryStatus (queries 1 and 2 exist)."""
     from prometheus_client import CollectorRegistry
 
-    from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-    from abci_app.pb.llmnet.query.v1 import query_pb2
     from experts.access import ChainAccess
     from llmnet.client.sdk import ClientError
+    from wire.llmnet.inference.v1 import inference_pb2 as inf
+    from wire.llmnet.query.v1 import query_pb2
 
     queries = {1: inf.Query(id=1, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
                             phase=inf.PHASE_ANSWER_COMMIT),

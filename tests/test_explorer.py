@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from llmnet.node.cometrpc import CometRPC
 from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import STATIC, Explorer
 from tests.conftest import free_port
 from tests.protocol_harness import ProtocolChain
 from tests.test_protocol import DOMAIN, answer_round, score, submit
+from wire.llmnet.query.v1 import query_pb2 as q
 
 
 def _get_all(chain: ProtocolChain, paths: list[str]) -> list[httpx.Response]:

@@ -1,6 +1,6 @@
 import pytest
 
-from abci_app.abci.framing import Decoder, FramingError, encode_uvarint, frame
+from llmnet.node.abci.framing import Decoder, FramingError, encode_uvarint, frame
 
 ROUNDTRIP = [b"", b"x", b"a" * 127, b"b" * 128, b"c" * 300, bytes(range(256)) * 40]
 

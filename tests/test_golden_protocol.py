@@ -12,11 +12,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from llmnet.client import protocol
 from tests.protocol_harness import CHAIN_ID, ProtocolChain
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as q
 
 GOLDEN = Path(__file__).parent / "golden" / "protocol_app_hash.json"
 DOMAINS = ["island-herbalism", "kestrel-lang"]

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from tests.helpers import FUNDS, Harness
+from wire.tendermint.abci import types_pb2 as abci
 
 N_KEYS = 4
 GOLDEN = Path(__file__).parent / "golden" / "app_hash.json"
@@ -62,9 +62,9 @@ def resync(h: Harness) -> None:
 
 def total_balances(h: Harness) -> int:
     from abci_app.context import BlockEnv, Ctx
-    from abci_app.pb.llmnet.bank.v1 import bank_pb2
     from abci_app.store.state import State
     from abci_app.x.bank.types import BALANCE_PREFIX, STORE
+    from wire.llmnet.bank.v1 import bank_pb2
 
     ctx = Ctx(State(h.app.committed), BlockEnv("", 0, 0, b""))
     return sum(bank_pb2.Balance.FromString(v).amount for _, v in ctx.kv(STORE).iterate(BALANCE_PREFIX))

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.x.experts.types import ErrBondTooLow, ErrUnknownDomain
 from abci_app.x.inference.types import (
     ErrCommitMismatch,
@@ -18,6 +15,9 @@ from abci_app.x.inference.types import (
 )
 from llmnet.client import protocol
 from tests.protocol_harness import BOND, CHAIN_ID, ProtocolChain
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as q
 
 DOMAIN = "kestrel-lang"
 
@@ -58,8 +58,8 @@ def score(chain: ProtocolChain, qid: int, scores: list[int]) -> None:
 def total_supply_and_balances(chain: ProtocolChain) -> tuple[int, int]:
     supply = chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount
     from abci_app.context import BlockEnv, Ctx
-    from abci_app.pb.llmnet.bank.v1 import bank_pb2
     from abci_app.store.state import State
+    from wire.llmnet.bank.v1 import bank_pb2
 
     ctx = Ctx(State(chain.app.committed), BlockEnv("", 0, 0, b""))
     total = sum(bank_pb2.Balance.FromString(v).amount for _, v in ctx.kv("bank").iterate(b"bal/"))

@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 
 from abci_app.context import BlockEnv, Ctx
 from abci_app.crypto import parse_address
-from abci_app.pb.llmnet.bank.v1 import bank_pb2
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from abci_app.store.state import State
 from abci_app.x.experts.types import BONDED_POOL, EXPERT_PREFIX, REPUTATION_PREFIX, UNBONDING_POOL
 from abci_app.x.inference.types import ESCROW, QUERY_PREFIX
 from llmnet.client import protocol
 from tests.protocol_harness import CHAIN_ID, ProtocolChain
+from wire.llmnet.bank.v1 import bank_pb2
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 DOMAINS = ["kestrel-lang", "island-herbalism"]
 N = 7

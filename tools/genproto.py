@@ -2,8 +2,8 @@
 
 CometBFT's .proto files are compiled from the Go module cache of the pinned
 release (fetched with `go mod download`), never copied into the repository.
-Generated modules land in abci_app/pb/ with their imports rewritten to live
-under that package.
+Generated modules land in the top-level package `wire/` (below the state machine, the node, the client
+and the experts, which all import it) with their imports rewritten to live under that package.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "abci_app" / "pb"
+OUT = ROOT / "wire"
 TOP_PACKAGES = ("tendermint", "gogoproto", "llmnet")
+KEEP = {"__init__.py", "README.md"}
 
 
 def module_dir(module: str, version: str) -> Path:
@@ -39,8 +40,8 @@ def required_version(go_mod: Path, module: str) -> str:
 def rewrite_imports(path: Path) -> None:
     text = path.read_text()
     pkgs = "|".join(TOP_PACKAGES)
-    text = re.sub(rf"^from ({pkgs})([\w.]*) import", r"from abci_app.pb.\1\2 import", text, flags=re.M)
-    text = re.sub(rf"^import ({pkgs})\.", r"import abci_app.pb.\1.", text, flags=re.M)
+    text = re.sub(rf"^from ({pkgs})([\w.]*) import", r"from wire.\1\2 import", text, flags=re.M)
+    text = re.sub(rf"^import ({pkgs})\.", r"import wire.\1.", text, flags=re.M)
     path.write_text(text)
 
 
@@ -63,9 +64,10 @@ def main() -> None:
     )
     own_protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
 
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    for old in OUT.iterdir() if OUT.exists() else ():
+        if old.name not in KEEP:  # the committed package marker stays, so installs find the package
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    OUT.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{ROOT / 'proto'}", f"-I{cmt / 'proto'}", f"-I{gogo}", f"-I{well_known}",

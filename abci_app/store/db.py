@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from abci_app.pb.tendermint.crypto import proof_pb2
 from abci_app.store.merkle import (
     MerkleLog,
     StagedTree,
@@ -20,6 +19,7 @@ from abci_app.store.merkle import (
     hash_from_leaves,
     kv_leaf,
 )
+from wire.tendermint.crypto import proof_pb2
 
 CACHE_ENTRIES = 200_000
 Writes = Mapping[tuple[str, bytes], bytes | None]

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2
 from llmnet.client import protocol
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2
 
 PHASE_TEXT = {inf.PHASE_ANSWER_COMMIT: "answers committing", inf.PHASE_ANSWER_REVEAL: "answers revealing",
               inf.PHASE_SCORE_COMMIT: "scores committing", inf.PHASE_SCORE_REVEAL: "scores revealing",

@@ -15,13 +15,13 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from llmnet.client import protocol
 from llmnet.client.keys import Key, Keyring, KeyringError
 from llmnet.client.route import RouteError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_KEYRING = 0, 1, 2, 3, 4
 EPILOG = """exit codes:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from abci_app.pb.tendermint.crypto import proof_pb2
 from abci_app.store.merkle import kv_leaf, root_from_aunts
+from wire.tendermint.crypto import proof_pb2
 
 
 class ProofError(Exception):

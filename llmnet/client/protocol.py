@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
 from abci_app.x.inference.types import answer_commitment, answer_sign_bytes, scores_commitment
 from llmnet.client.keys import Key
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 
 def salt_for(key: Key, *parts: object) -> bytes:

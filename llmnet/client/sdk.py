@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import Message
 
-from abci_app.pb.llmnet.node.v1 import node_pb2, node_pb2_grpc
-from abci_app.pb.llmnet.query.v1 import query_pb2, query_pb2_grpc
-from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 from abci_app.x.auth.ante import required_fee
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, build_tx
+from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc
+from wire.llmnet.query.v1 import query_pb2, query_pb2_grpc
+from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 
 WRONG_SEQUENCE = ("tx", 3)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from abci_app.pb.llmnet.bank.v1 import bank_pb2
-from abci_app.pb.llmnet.tx.v1 import tx_pb2
 from abci_app.tx import sign_bytes
 from llmnet.client.keys import Key
+from wire.llmnet.bank.v1 import bank_pb2
+from wire.llmnet.tx.v1 import tx_pb2
 
 DEFAULT_GAS_LIMIT = 200_000
 

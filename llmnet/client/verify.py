@@ -23,14 +23,14 @@ from typing import Any
 
 from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.tendermint.crypto import keys_pb2, proof_pb2
-from abci_app.pb.tendermint.types import canonical_pb2, types_pb2, validator_pb2
-from abci_app.pb.tendermint.version import types_pb2 as version_pb2
 from abci_app.store.merkle import hash_from_leaves, leaf_hash
 from abci_app.x.inference.types import STORE, receipt_key
 from llmnet.client.comet import CometError, comet_get
 from llmnet.client.proof import ProofError, verify_store_proof
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.tendermint.crypto import keys_pb2, proof_pb2
+from wire.tendermint.types import canonical_pb2, types_pb2, validator_pb2
+from wire.tendermint.version import types_pb2 as version_pb2
 
 PRECOMMIT = 2
 BLOCK_ID_FLAG_COMMIT = 2

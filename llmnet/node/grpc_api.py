@@ -15,13 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from abci_app.app import Application
-from abci_app.pb.llmnet.node.v1 import node_pb2, node_pb2_grpc
-from abci_app.pb.llmnet.query.v1 import query_pb2
-from abci_app.pb.llmnet.tx.v1 import service_pb2, service_pb2_grpc
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
 from llmnet.node.metrics import NodeMetrics
+from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc
+from wire.llmnet.query.v1 import query_pb2
+from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
+from wire.tendermint.abci import types_pb2 as abci
 
 _QUERY_STATUS = {
     ("query", 2): grpc.StatusCode.NOT_FOUND,

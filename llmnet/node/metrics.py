@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from abci_app.pb.tendermint.abci import types_pb2 as abci
+from wire.tendermint.abci import types_pb2 as abci
 
 
 class NodeMetrics:

@@ -12,15 +12,15 @@ import signal
 import time
 from collections.abc import Callable
 
-from abci_app.abci.server import ABCIServer, FatalError
 from abci_app.app import Application
-from abci_app.pb.tendermint.abci import types_pb2 as abci
+from llmnet.node.abci.server import ABCIServer, FatalError
 from llmnet.node.cometrpc import CometRPC
 from llmnet.node.config import NodeConfig
 from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import Explorer
 from llmnet.node.grpc_api import create_server
 from llmnet.node.metrics import NodeMetrics
+from wire.tendermint.abci import types_pb2 as abci
 
 log = logging.getLogger("llmnet.node")
 

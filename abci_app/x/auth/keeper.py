@@ -5,8 +5,8 @@ from __future__ import annotations
 from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address
-from abci_app.pb.llmnet.auth.v1 import auth_pb2
 from abci_app.x.auth.types import CHAIN_ID_KEY, STORE, account_key
+from wire.llmnet.auth.v1 import auth_pb2
 
 
 class AuthKeeper:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abci_app.pb.llmnet.auth.v1 import auth_pb2
+from wire.llmnet.auth.v1 import auth_pb2
 
 STORE = "auth"
 ACCOUNT_PREFIX = b"acc/"

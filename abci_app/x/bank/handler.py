@@ -6,9 +6,9 @@ from abci_app.context import Ctx
 from abci_app.crypto import parse_address
 from abci_app.events import event
 from abci_app.msgs import MsgRegistry, MsgSpec
-from abci_app.pb.llmnet.bank.v1 import bank_pb2
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import ErrSendDisabled, validate_send
+from wire.llmnet.bank.v1 import bank_pb2
 
 
 def register(registry: MsgRegistry, keeper: BankKeeper) -> None:

@@ -6,7 +6,6 @@ from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address
 from abci_app.events import event
-from abci_app.pb.llmnet.bank.v1 import bank_pb2
 from abci_app.x.bank.types import (
     MAX_AMOUNT,
     STORE,
@@ -16,6 +15,7 @@ from abci_app.x.bank.types import (
     balance_key,
     transfer_event,
 )
+from wire.llmnet.bank.v1 import bank_pb2
 
 
 def _amount(raw: bytes | None) -> int:

@@ -7,7 +7,7 @@ import hashlib
 from abci_app.crypto import parse_address
 from abci_app.errors import AppError
 from abci_app.events import Event, event
-from abci_app.pb.llmnet.bank.v1 import bank_pb2
+from wire.llmnet.bank.v1 import bank_pb2
 
 STORE = "bank"
 BALANCE_PREFIX = b"bal/"

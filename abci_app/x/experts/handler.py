@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from abci_app.crypto import parse_address
 from abci_app.msgs import Handler, MsgRegistry
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.experts.types import (
     validate_add_domain,
     validate_address_only,
     validate_profile,
 )
+from wire.llmnet.experts.v1 import experts_pb2 as pb
 
 
 def register(registry: MsgRegistry, keeper: ExpertsKeeper) -> None:

@@ -6,7 +6,6 @@ from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address
 from abci_app.events import event
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.types import (
     BONDED_POOL,
@@ -27,6 +26,7 @@ from abci_app.x.experts.types import (
     expert_key,
     reputation_key,
 )
+from wire.llmnet.experts.v1 import experts_pb2 as pb
 
 PPM = 1_000_000
 

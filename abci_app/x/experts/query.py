@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from abci_app.context import Ctx
 from abci_app.errors import ErrNotFound
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.queries import QUERY_SERVICE, QueryRouter, Route, request_address
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.experts.types import STORE, reputation_key
+from wire.llmnet.query.v1 import query_pb2 as q
 
 
 def register_queries(router: QueryRouter, keeper: ExpertsKeeper) -> None:

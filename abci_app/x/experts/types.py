@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from abci_app.errors import AppError
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as pb
 from abci_app.x.bank.types import check_address, module_address
+from wire.llmnet.experts.v1 import experts_pb2 as pb
 
 STORE = "experts"
 EXPERT_PREFIX = b"exp/"

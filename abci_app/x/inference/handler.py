@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abci_app.msgs import Handler, MsgRegistry
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import (
     validate_commit_answer,
@@ -13,6 +12,7 @@ from abci_app.x.inference.types import (
     validate_reveal_scores,
     validate_submit,
 )
+from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 
 def register(registry: MsgRegistry, keeper: InferenceKeeper) -> None:

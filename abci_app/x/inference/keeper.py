@@ -12,7 +12,6 @@ from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address, verify
 from abci_app.events import event
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
 from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.keeper import ExpertsKeeper
@@ -45,6 +44,7 @@ from abci_app.x.inference.types import (
     score_key,
     scores_commitment,
 )
+from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 
 class InferenceKeeper:

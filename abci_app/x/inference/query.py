@@ -5,11 +5,11 @@ from __future__ import annotations
 from abci_app.context import Ctx
 from abci_app.crypto import parse_address
 from abci_app.errors import ErrInvalidRequest, ErrNotFound
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
 from abci_app.queries import QUERY_SERVICE, QueryRouter, Route
 from abci_app.x.inference import selection
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import receipt_key
+from wire.llmnet.query.v1 import query_pb2 as q
 
 MAX_RECENT = 100
 

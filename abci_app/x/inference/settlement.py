@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from abci_app.context import Ctx
 from abci_app.crypto import parse_address
-from abci_app.pb.llmnet.experts.v1 import experts_pb2
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.keeper import PPM, ExpertsKeeper
 from abci_app.x.inference.types import ESCROW, MAX_SCORE
+from wire.llmnet.experts.v1 import experts_pb2
+from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 if TYPE_CHECKING:
     from abci_app.x.inference.keeper import InferenceKeeper

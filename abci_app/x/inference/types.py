@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from abci_app.errors import AppError
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as pb
 from abci_app.x.bank.types import check_address, module_address
 from abci_app.x.experts.types import DOMAIN_RE
+from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 STORE = "inference"
 NEXT_ID_KEY = b"next_id"

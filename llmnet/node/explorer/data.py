@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from abci_app.app import Application
-from abci_app.pb.llmnet.experts.v1 import experts_pb2 as ex
-from abci_app.pb.llmnet.inference.v1 import inference_pb2 as inf
-from abci_app.pb.llmnet.query.v1 import query_pb2 as q
-from abci_app.pb.tendermint.abci import types_pb2 as abci
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as q
+from wire.tendermint.abci import types_pb2 as abci
 
 M = TypeVar("M", bound=Message)
 QueryFn = Callable[[str, Message, type[M]], M]

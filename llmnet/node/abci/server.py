@@ -15,9 +15,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from abci_app.abci.framing import Decoder, FramingError, frame
 from abci_app.app import ABCI_VERSION, Application
-from abci_app.pb.tendermint.abci import types_pb2 as abci
+from llmnet.node.abci.framing import Decoder, FramingError, frame
+from wire.tendermint.abci import types_pb2 as abci
 
 log = logging.getLogger("llmnet.abci")
 

@@ -27,34 +27,41 @@ TX_GAS = 500_000
 
 
 def seeded_key(name: str) -> Key:
-    return Key(name, hashlib.sha256(b"devchain/" + name.encode()).digest())
+    """A key derived from its name alone, so runs repeat. Never hold real funds with one."""
+    return Key(name, hashlib.sha256(name.encode()).digest())
 
 
 class DevChain:
-    def __init__(self, db: Path, funded: list[Key], funds: int, app_state: dict[str, Any] | None = None) -> None:
+    def __init__(self, db: Path, funded: list[Key], funds: int, app_state: dict[str, Any] | None = None,
+                 chain_id: str = CHAIN_ID) -> None:
         genesis = dict(app_state or {})
         genesis["bank"] = {"balances": [{"address": k.address, "amount": str(funds)} for k in funded]}
-        self.keys = {k.address: k for k in funded}
+        self.chain_id = chain_id
+        self.keys = list(funded)
         self.app = Application(db)
-        self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=json.dumps(genesis).encode(),
+        self.app.init_chain(abci.RequestInitChain(chain_id=chain_id, app_state_bytes=json.dumps(genesis).encode(),
                                                   initial_height=1, time=Timestamp(seconds=1_700_000_000)))
         self.height = 0
         self.sequences: dict[str, int] = {}
         self.last: abci.ResponseFinalizeBlock = abci.ResponseFinalizeBlock()
 
-    def tx(self, key: Key, *msgs: Message) -> bytes:
+    def tx(self, key: Key, *msgs: Message, fee: int = TX_FEE, gas_limit: int = TX_GAS) -> bytes:
         """Sign msgs with key's next sequence (assumes the tx will pass the ante checks)."""
         seq = self.sequences.get(key.address, 0)
         self.sequences[key.address] = seq + 1
-        return build_tx(key, CHAIN_ID, seq, list(msgs), fee=TX_FEE, gas_limit=TX_GAS)
+        return build_tx(key, self.chain_id, seq, list(msgs), fee=fee, gas_limit=gas_limit)
 
-    def block(self, *txs: bytes) -> list[abci.ExecTxResult]:
+    def finalize(self, txs: list[bytes]) -> abci.ResponseFinalizeBlock:
+        """One block: FinalizeBlock then Commit, with a hash and time derived from the height."""
         self.height += 1
         self.last = self.app.finalize_block(abci.RequestFinalizeBlock(
-            txs=list(txs), height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
+            txs=txs, height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
             time=Timestamp(seconds=1_700_000_000 + self.height)))
         self.app.commit(abci.RequestCommit())
-        return list(self.last.tx_results)
+        return self.last
+
+    def block(self, *txs: bytes) -> list[abci.ExecTxResult]:
+        return list(self.finalize(list(txs)).tx_results)
 
     def ok(self, *txs: bytes) -> list[abci.ExecTxResult]:
         results = self.block(*txs)
@@ -82,7 +89,7 @@ class DevChain:
         raise AssertionError(f"query {query_id} never reached phase {phase}")
 
     def key_of(self, address: str) -> Key:
-        return self.keys[address]
+        return next(k for k in self.keys if k.address == address)
 
 
 def submitted_ids(results: list[abci.ExecTxResult]) -> list[int]:

@@ -89,8 +89,8 @@ CHECK_TX_CASES: list[Case] = [
 @pytest.fixture
 def harness(tmp_path: Path) -> Harness:
     h = Harness.create(tmp_path / "state.db")
-    h.block([])
-    h.block([])  # height 2, so timeout_height=1 has passed
+    h.finalize([])
+    h.finalize([])  # height 2, so timeout_height=1 has passed
     return h
 
 
@@ -107,7 +107,7 @@ def test_check_tx_rejects(harness: Harness, name: str, make: Callable[[Harness],
 def test_block_rejects_with_same_code(harness: Harness, name: str, make: Callable[[Harness], bytes],
                                       error: type) -> None:
     hash_before = harness.app.committed.app_hash
-    result = harness.block([make(harness)]).tx_results[0]
+    result = harness.finalize([make(harness)]).tx_results[0]
     assert (result.codespace, result.code) == (error.codespace, error.code), result.log
     if error is not ErrInsufficientFunds:  # a failing message still pays its fee
         assert harness.app.committed.app_hash == hash_before
@@ -120,27 +120,27 @@ def test_valid_tx_passes_and_pipelines(harness: Harness) -> None:
     # the same tx again is a replay
     again = harness.app.check_tx(abci.RequestCheckTx(tx=txs[0]))
     assert again.code == ErrWrongSequence.code
-    results = harness.block(txs).tx_results
+    results = harness.finalize(txs).tx_results
     assert [r.code for r in results] == [0, 0, 0]
     assert harness.balance(1) == FUNDS + 15
     assert harness.balance(0) == FUNDS - 15 - 3 * 2000
-    replay = harness.block([txs[0]]).tx_results[0]
+    replay = harness.finalize([txs[0]]).tx_results[0]
     assert replay.code == ErrWrongSequence.code
 
 
 def test_failed_message_charges_fee_and_sequence(harness: Harness) -> None:
-    result = harness.block([harness.send_tx(0, 1, FUNDS * 2)]).tx_results[0]
+    result = harness.finalize([harness.send_tx(0, 1, FUNDS * 2)]).tx_results[0]
     assert result.code == ErrInsufficientFunds.code
     assert harness.balance(0) == FUNDS - 2000
     assert harness.balance(1) == FUNDS
-    assert harness.block([harness.send_tx(0, 1, 1)]).tx_results[0].code == 0
+    assert harness.finalize([harness.send_tx(0, 1, 1)]).tx_results[0].code == 0
 
 
 def test_new_account_can_receive_and_then_spend(harness: Harness) -> None:
     newcomer = deterministic_key("newcomer")
     harness.keys.append(newcomer)
-    assert harness.block([harness.send_tx(0, 4, 50_000)]).tx_results[0].code == 0
-    assert harness.block([harness.send_tx(4, 0, 100)]).tx_results[0].code == 0
+    assert harness.finalize([harness.send_tx(0, 4, 50_000)]).tx_results[0].code == 0
+    assert harness.finalize([harness.send_tx(4, 0, 100)]).tx_results[0].code == 0
     assert harness.balance(4) == 50_000 - 100 - 2000
 
 
@@ -148,7 +148,7 @@ def test_recheck_after_commit_drops_only_what_the_block_invalidated(harness: Har
     first, second = harness.send_tx(0, 1, 5), harness.send_tx(0, 1, 5)
     for raw in (first, second):
         assert harness.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0
-    harness.block([first])  # Commit resets the check state; CometBFT then rechecks its mempool
+    harness.finalize([first])  # Commit resets the check state; CometBFT then rechecks its mempool
     recheck = abci.CheckTxType.RECHECK
     assert harness.app.check_tx(abci.RequestCheckTx(tx=second, type=recheck)).code == 0
     stale = harness.app.check_tx(abci.RequestCheckTx(tx=first, type=recheck))

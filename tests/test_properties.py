@@ -43,7 +43,7 @@ def run_blocks(db: Path, seq: list[list[tuple[int, int, int, int, int, bool]]]) 
     h = Harness.create(db, N_KEYS)
     hashes = []
     for block in seq:
-        h.block([build(h, spec) for spec in block])
+        h.finalize([build(h, spec) for spec in block])
         resync(h)
         hashes.append(h.app.committed.app_hash)
     h.app.close()
@@ -83,7 +83,7 @@ def test_supply_is_conserved(seq: list[list[tuple[int, int, int, int, int, bool]
     with tempfile.TemporaryDirectory() as d:
         h = Harness.create(Path(d) / "s.db", N_KEYS)
         for block in seq:
-            h.block([build(h, spec) for spec in block])
+            h.finalize([build(h, spec) for spec in block])
             resync(h)
             from abci_app.context import BlockEnv, Ctx
             from abci_app.store.state import State
@@ -105,7 +105,7 @@ def test_rejected_txs_leave_state_byte_identical(bad: list[tuple[int, int, bool]
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "s.db"
         h = Harness.create(db, N_KEYS)
-        h.block([h.send_tx(0, 1, 10)])
+        h.finalize([h.send_tx(0, 1, 10)])
         before, root = _dump(db), h.app.committed.app_hash
         check_before = dict(h.app._check.writes())
         txs = []
@@ -117,7 +117,7 @@ def test_rejected_txs_leave_state_byte_identical(bad: list[tuple[int, int, bool]
         for raw in txs:
             assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code != 0
         assert dict(h.app._check.writes()) == check_before
-        results = h.block(txs).tx_results
+        results = h.finalize(txs).tx_results
         assert all(r.code != 0 for r in results)
         assert _dump(db) == before and h.app.committed.app_hash == root
         h.app.close()
@@ -127,7 +127,7 @@ def golden_scenario(db: Path) -> list[str]:
     h = Harness.create(db, N_KEYS)
     out = []
     for n in range(5):
-        h.block([h.send_tx(i, (i + n + 1) % N_KEYS, 1000 * (n + 1)) for i in range(N_KEYS)])
+        h.finalize([h.send_tx(i, (i + n + 1) % N_KEYS, 1000 * (n + 1)) for i in range(N_KEYS)])
         out.append(h.app.committed.app_hash.hex())
     h.app.close()
     return out

@@ -17,38 +17,17 @@ from abci_app import APP_VERSION, SOFTWARE_VERSION
 from abci_app.context import BlockEnv, Ctx
 from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
 from abci_app.events import Event
+from abci_app.modules import Keepers, modules, params_routes
 from abci_app.msgs import MsgRegistry
-from abci_app.queries import QueryRouter, register_core
+from abci_app.queries import QueryRouter
 from abci_app.store.db import CommittedStore, StagedCommit
 from abci_app.store.state import State
 from abci_app.tx import DecodedTx, decode_tx
-from abci_app.x.auth import genesis as auth_genesis
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
-from abci_app.x.auth.keeper import AuthKeeper
-from abci_app.x.auth.types import STORE as AUTH_STORE
-from abci_app.x.bank import genesis as bank_genesis
-from abci_app.x.bank import handler as bank_handler
-from abci_app.x.bank.keeper import BankKeeper
-from abci_app.x.bank.types import STORE as BANK_STORE
-from abci_app.x.experts import genesis as experts_genesis
-from abci_app.x.experts import handler as experts_handler
-from abci_app.x.experts import query as experts_query
-from abci_app.x.experts.keeper import ExpertsKeeper
-from abci_app.x.experts.types import STORE as EXPERTS_STORE
-from abci_app.x.inference import genesis as inference_genesis
-from abci_app.x.inference import handler as inference_handler
-from abci_app.x.inference import query as inference_query
-from abci_app.x.inference.keeper import InferenceKeeper
-from abci_app.x.inference.types import STORE as INFERENCE_STORE
 from wire.tendermint.abci import types_pb2 as abci
 
-STORES = (AUTH_STORE, BANK_STORE, EXPERTS_STORE, INFERENCE_STORE)
 ABCI_VERSION = "2.0.0"
 DECODE_CACHE_ENTRIES = 50_000
-
-
-class _Discard(Exception):
-    """Raised to roll back a scope whose writes must not be kept (simulation)."""
 
 
 def _timestamp_ns(ts: Timestamp) -> int:
@@ -67,19 +46,18 @@ def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
 
 class Application:
     def __init__(self, db_path: str | Path) -> None:
-        self.committed = CommittedStore(db_path, STORES)
-        self.auth = AuthKeeper()
-        self.bank = BankKeeper()
-        self.experts = ExpertsKeeper(self.bank)
-        self.inference = InferenceKeeper(self.auth, self.bank, self.experts)
+        keepers = Keepers.new()
+        self.auth, self.bank, self.experts, self.inference = (keepers.auth, keepers.bank, keepers.experts,
+                                                              keepers.inference)
+        self.modules = modules(keepers)
+        self.stores = tuple(m.name for m in self.modules)
+        self.committed = CommittedStore(db_path, self.stores)
         self.registry = MsgRegistry()
-        bank_handler.register(self.registry, self.bank)
-        experts_handler.register(self.registry, self.experts)
-        inference_handler.register(self.registry, self.inference)
         self.router = QueryRouter()
-        register_core(self.router, self.auth, self.bank, self.experts, self.inference)
-        experts_query.register_queries(self.router, self.experts)
-        inference_query.register_queries(self.router, self.inference)
+        for module in self.modules:
+            self.registry.register_all(module.msgs)
+            self.router.add_all(module.queries)
+        self.router.add_all(params_routes(self.modules))
         self.ante = AnteHandler(self.auth, self.bank, SignatureCache())
         self._block: State | None = None  # genesis or the block being finalized
         self._pending: tuple[int, StagedCommit, int] | None = None  # (height, staged, time_ns)
@@ -124,8 +102,8 @@ class Application:
 
     def _query_store(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
         parts = req.path.split("/")
-        if len(parts) != 4 or parts[3] != "key" or parts[2] not in STORES:
-            raise ErrInvalidRequest(f"store path must be /store/<{'|'.join(STORES)}>/key, got {req.path!r}")
+        if len(parts) != 4 or parts[3] != "key" or parts[2] not in self.stores:
+            raise ErrInvalidRequest(f"store path must be /store/<{'|'.join(self.stores)}>/key, got {req.path!r}")
         store = parts[2]
         value = self.committed.get(store, req.data)
         if value is None:
@@ -155,16 +133,9 @@ class Application:
         )
 
     def simulate(self, raw: bytes) -> abci.ExecTxResult:
-        """Run a tx on the check state as a block would (events, fee kept on a failing message),
-        then keep nothing."""
-        holder: list[abci.ExecTxResult] = []
-        try:
-            with self._check.scope():
-                holder.append(self._run(self._check, self._check_env(), raw, keep_failed_msgs=True))
-                raise _Discard
-        except _Discard:
-            pass
-        return holder[0]
+        """Run a tx on a copy of the check state as a block would (events, fee kept on a failing
+        message); the copy is dropped, so nothing is kept."""
+        return self._run(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)
 
     # -- connection: consensus ----------------------------------------------------------
 
@@ -177,10 +148,8 @@ class Application:
             raise ValueError(f"genesis app_state is not JSON: {exc}") from None
         state = State(self.committed)
         ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
-        auth_genesis.init_genesis(ctx, self.auth, req.chain_id, app_state.get("auth", {}))
-        bank_genesis.init_genesis(ctx, self.bank, app_state.get("bank", {}))
-        experts_genesis.init_genesis(ctx, self.experts, app_state.get("experts", {}))
-        inference_genesis.init_genesis(ctx, self.inference, app_state.get("inference", {}))
+        for module in self.modules:
+            module.init_genesis(ctx, app_state.get(module.name, {}))
         self.chain_id = req.chain_id
         self._block = state
         self._check = state.fork()  # the mempool may admit txs before block 1 commits
@@ -222,8 +191,9 @@ class Application:
         results = [self._run(state, env, raw, keep_failed_msgs=True) for raw in req.txs]
         end = Ctx(state, env)
         with state.scope():  # end-of-block work is the chain's own: an error here is fatal
-            self.experts.end_block(end)
-            self.inference.end_block(end)
+            for module in self.modules:
+                if module.end_block is not None:
+                    module.end_block(end)
         staged = self.committed.stage(state.writes())
         self._pending = (req.height, staged, time_ns)
         return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash,

@@ -9,6 +9,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError, CryptoError
 
 from abci_app import bech32
+from abci_app.errors import ErrInvalidAddress
 
 ADDRESS_PREFIX = "llm"
 ADDRESS_LEN = 20
@@ -40,6 +41,19 @@ def parse_address(text: str) -> bytes:
 @lru_cache(maxsize=1 << 16)
 def format_address(raw: bytes) -> str:
     return bech32.encode(ADDRESS_PREFIX, raw)
+
+
+def check_address(field: str, text: str) -> bytes:
+    """A message's address field, decoded; raises ErrInvalidAddress naming the field."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise ErrInvalidAddress(f"{field}: {exc}") from None
+
+
+def module_address(name: str) -> bytes:
+    """A module account's address: no key can sign for it, only its module moves its funds."""
+    return hashlib.sha256(b"module:" + name.encode()).digest()[:ADDRESS_LEN]
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -92,6 +92,14 @@ class ErrNoMessages(TxError):
     code = 13
 
 
+class ErrInvalidAddress(AppError):
+    """An address field that is not a bech32 account address. Every module's messages raise it; its
+    codespace is bank's because bank was the first module to take addresses, and codes never move."""
+
+    codespace = "bank"
+    code = 3
+
+
 class QueryError(AppError):
     codespace = "query"
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
 
 from abci_app.context import Ctx
-
-Handler = tuple[type[Message], Callable[[Any], str], Callable[[Any], None], Callable[[Ctx, Any], object]]
-"""(message class, signer, stateless validation, state transition), as modules list them."""
 
 
 @dataclass(frozen=True)
@@ -33,17 +30,11 @@ class MsgRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, MsgSpec] = {}
 
-    def register_all(self, handlers: list[Handler]) -> None:
-        for cls, signer, validate, handle in handlers:
-            self.register(MsgSpec(cls=cls, signer=signer, validate=validate, handle=handle))
-
-    def register(self, spec: MsgSpec) -> None:
-        if spec.type_url in self._specs:
-            raise ValueError(f"message {spec.type_url} registered twice")
-        self._specs[spec.type_url] = spec
+    def register_all(self, specs: Iterable[MsgSpec]) -> None:
+        for spec in specs:
+            if spec.type_url in self._specs:
+                raise ValueError(f"message {spec.type_url} registered twice")
+            self._specs[spec.type_url] = spec
 
     def get(self, type_url: str) -> MsgSpec | None:
         return self._specs.get(type_url)
-
-    def type_urls(self) -> list[str]:
-        return sorted(self._specs)

@@ -10,6 +10,7 @@ import pytest
 from abci_app.errors import (
     ErrFeeUnpaid,
     ErrInsufficientFee,
+    ErrInvalidAddress,
     ErrInvalidPubKey,
     ErrMemoTooLarge,
     ErrNoMessages,
@@ -21,7 +22,7 @@ from abci_app.errors import (
     ErrUnknownMessage,
     ErrWrongSequence,
 )
-from abci_app.x.bank.types import ErrInsufficientFunds, ErrInvalidAddress, ErrInvalidAmount
+from abci_app.x.bank.types import ErrInsufficientFunds, ErrInvalidAmount
 from llmnet.client.txbuilder import build_tx, pack, send_msg
 from tests.helpers import CHAIN_ID, FUNDS, Harness, deterministic_key
 from wire.llmnet.tx.v1 import tx_pb2

@@ -4,7 +4,7 @@ from abci_app import bech32
 from abci_app.crypto import address_of, format_address, parse_address, verify
 from abci_app.msgs import MsgRegistry
 from abci_app.tx import decode_tx, sign_bytes
-from abci_app.x.bank.handler import register
+from abci_app.x.bank.handler import msg_specs
 from abci_app.x.bank.keeper import BankKeeper
 from llmnet.client.txbuilder import build_tx, send_msg
 from tests.helpers import deterministic_key
@@ -13,7 +13,7 @@ from wire.llmnet.tx.v1 import tx_pb2
 
 def registry() -> MsgRegistry:
     r = MsgRegistry()
-    register(r, BankKeeper())
+    r.register_all(msg_specs(BankKeeper()))
     return r
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import Message
 
-from abci_app.x.auth.ante import required_fee
+from abci_app.x.auth.types import required_fee
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, build_tx
 from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc

@@ -22,7 +22,7 @@ from abci_app.errors import (
 from abci_app.events import event
 from abci_app.tx import DecodedTx
 from abci_app.x.auth.keeper import AuthKeeper
-from abci_app.x.auth.types import FEE_COLLECTOR
+from abci_app.x.auth.types import EV_TX, FEE_COLLECTOR, required_fee
 from abci_app.x.bank.keeper import BankKeeper
 
 
@@ -49,10 +49,6 @@ class SignatureCache:
 def check_size(raw_len: int, max_tx_bytes: int) -> None:
     if raw_len > max_tx_bytes:
         raise ErrTxTooLarge(f"tx is {raw_len} bytes, the limit is {max_tx_bytes}")
-
-
-def required_fee(gas_limit: int, min_gas_price_micro: int) -> int:
-    return -(-gas_limit * min_gas_price_micro // 1_000_000)
 
 
 class AnteHandler:
@@ -102,4 +98,4 @@ class AnteHandler:
         account.public_key = tx.auth.public_key
         account.sequence += 1
         self.auth.set_account(ctx, address, account)
-        ctx.emit(event("tx", fee=fee.amount, fee_payer=tx.signer, acc_seq=f"{tx.signer}/{tx.auth.sequence}"))
+        ctx.emit(event(EV_TX, fee=fee.amount, fee_payer=tx.signer, acc_seq=f"{tx.signer}/{tx.auth.sequence}"))

@@ -10,9 +10,9 @@ from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.auth.types import default_params
 
 
-def init_genesis(ctx: Ctx, keeper: AuthKeeper, chain_id: str, section: dict[str, Any]) -> None:
+def init_genesis(ctx: Ctx, keeper: AuthKeeper, section: dict[str, Any]) -> None:
     params = from_genesis(section, default_params())
     if params.max_tx_bytes == 0:
         raise ValueError("genesis auth.params.max_tx_bytes must be positive")
     keeper.set_params(ctx, params)
-    keeper.set_chain_id(ctx, chain_id)
+    keeper.set_chain_id(ctx, ctx.env.chain_id)

@@ -1,7 +1,8 @@
-"""Auth module records and defaults."""
+"""Auth module: keys, records, defaults, the fee rule and its event."""
 
 from __future__ import annotations
 
+from abci_app.fixedpoint import PPM
 from wire.llmnet.auth.v1 import auth_pb2
 
 STORE = "auth"
@@ -9,6 +10,9 @@ ACCOUNT_PREFIX = b"acc/"
 CHAIN_ID_KEY = b"chain_id"
 FEE_COLLECTOR = b"\x00" * 19 + b"\x01"
 """Module account that receives fees (no key can sign for it)."""
+
+EV_TX = "tx"
+"""Every executed tx: attributes fee, fee_payer, acc_seq."""
 
 
 def default_params() -> auth_pb2.Params:
@@ -25,3 +29,8 @@ def default_params() -> auth_pb2.Params:
 
 def account_key(address: bytes) -> bytes:
     return ACCOUNT_PREFIX + address
+
+
+def required_fee(gas_limit: int, min_gas_price_micro: int) -> int:
+    """The least fee a tx with this gas limit pays: gas x price, price in millionths, rounded up."""
+    return -(-gas_limit * min_gas_price_micro // PPM)

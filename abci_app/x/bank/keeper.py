@@ -7,6 +7,7 @@ from abci_app.context import Ctx
 from abci_app.crypto import format_address
 from abci_app.events import event
 from abci_app.x.bank.types import (
+    EV_BURN,
     MAX_AMOUNT,
     STORE,
     SUPPLY_KEY,
@@ -67,7 +68,7 @@ class BankKeeper:
             raise ErrInsufficientFunds(f"{format_address(holder)} has {have}, cannot burn {amount}")
         self._set_balance(ctx, holder, have - amount)
         ctx.kv(STORE).set(SUPPLY_KEY, bank_pb2.Balance(amount=self.supply(ctx) - amount).SerializeToString())
-        ctx.emit(event("burn", burner=format_address(holder), amount=f"{amount}{self.denom(ctx)}"))
+        ctx.emit(event(EV_BURN, burner=format_address(holder), amount=f"{amount}{self.denom(ctx)}"))
 
     def mint_genesis(self, ctx: Ctx, address: bytes, amount: int) -> None:
         """Create coins at genesis only; the supply grows by the same amount."""

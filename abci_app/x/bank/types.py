@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-
-from abci_app.crypto import parse_address
+from abci_app.crypto import check_address
 from abci_app.errors import AppError
 from abci_app.events import Event, event
 from wire.llmnet.bank.v1 import bank_pb2
@@ -15,6 +13,13 @@ SUPPLY_KEY = b"supply"
 MAX_AMOUNT = (1 << 63) - 1
 DEFAULT_DENOM = "ullm"
 
+EV_TRANSFER = "transfer"
+"""Tokens moved: sender, recipient, amount (with denom)."""
+EV_BURN = "burn"
+"""Tokens destroyed (slashing): burner, amount."""
+EV_MESSAGE = "message"
+"""A message ran: module, action, sender."""
+
 
 class BankError(AppError):
     codespace = "bank"
@@ -22,10 +27,6 @@ class BankError(AppError):
 
 class ErrInsufficientFunds(BankError):
     code = 2
-
-
-class ErrInvalidAddress(BankError):
-    code = 3
 
 
 class ErrInvalidAmount(BankError):
@@ -36,24 +37,12 @@ class ErrSendDisabled(BankError):
     code = 5
 
 
-def module_address(name: str) -> bytes:
-    """A module account's address: no key can sign for it, only its module moves its funds."""
-    return hashlib.sha256(b"module:" + name.encode()).digest()[:20]
-
-
 def balance_key(address: bytes) -> bytes:
     return BALANCE_PREFIX + address
 
 
 def default_params() -> bank_pb2.Params:
     return bank_pb2.Params(denom=DEFAULT_DENOM, send_enabled=True)
-
-
-def check_address(field: str, text: str) -> bytes:
-    try:
-        return parse_address(text)
-    except ValueError as exc:
-        raise ErrInvalidAddress(f"{field}: {exc}") from None
 
 
 def validate_send(msg: bank_pb2.MsgSend) -> None:
@@ -64,4 +53,4 @@ def validate_send(msg: bank_pb2.MsgSend) -> None:
 
 
 def transfer_event(sender: str, recipient: str, amount: int, denom: str) -> Event:
-    return event("transfer", sender=sender, recipient=recipient, amount=f"{amount}{denom}")
+    return event(EV_TRANSFER, sender=sender, recipient=recipient, amount=f"{amount}{denom}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from abci_app.context import Ctx
+from abci_app.fixedpoint import PPM
 from abci_app.params import from_genesis
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.experts.types import check_domains, default_params
@@ -14,7 +15,7 @@ def init_genesis(ctx: Ctx, keeper: ExpertsKeeper, section: dict[str, Any]) -> No
     params = from_genesis(section, default_params())
     if params.reputation_scale == 0 or params.initial_reputation > params.reputation_scale:
         raise ValueError("genesis experts.params: need 0 < initial_reputation <= reputation_scale")
-    if params.alpha_ppm > 1_000_000 or params.slash_ppm > 1_000_000 or params.reporter_share_ppm > 1_000_000:
-        raise ValueError("genesis experts.params: *_ppm values must be at most 1000000")
+    if max(params.alpha_ppm, params.slash_ppm, params.reporter_share_ppm) > PPM:
+        raise ValueError(f"genesis experts.params: *_ppm values must be at most {PPM}")
     check_domains(sorted(params.domains))
     keeper.set_params(ctx, params)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address
 from abci_app.events import event
+from abci_app.fixedpoint import clamp, ema, ppm_of
+from abci_app.heightqueue import HeightQueue
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.types import (
     BONDED_POOL,
+    EV_DOMAIN_ADDED,
+    EV_EXPERT_REGISTERED,
+    EV_EXPERT_UNBONDED,
+    EV_EXPERT_UNBONDING,
+    EV_EXPERT_UNJAILED,
+    EV_EXPERT_UPDATED,
+    EV_JAIL,
+    EV_REPUTATION,
+    EV_SLASH,
     HISTORY_PREFIX,
     SCORER_REP_PREFIX,
     STORE,
@@ -28,7 +41,7 @@ from abci_app.x.experts.types import (
 )
 from wire.llmnet.experts.v1 import experts_pb2 as pb
 
-PPM = 1_000_000
+UNBONDING = HeightQueue(STORE, UNBONDING_PREFIX)
 
 
 def _be(n: int, width: int = 8) -> bytes:
@@ -81,10 +94,8 @@ class ExpertsKeeper:
         expert = pb.Expert(address=msg.address, domains=sorted(msg.domains), endpoint=msg.endpoint,
                            model=msg.model, bond=msg.bond, status=Status.EXPERT_STATUS_ACTIVE)
         self.set(ctx, address, expert)
-        for domain in expert.domains:
-            if ctx.kv(STORE).get(reputation_key(domain, address)) is None:
-                self.set_reputation(ctx, domain, address, params.initial_reputation, 0, "register")
-        ctx.emit(event("expert_registered", expert=msg.address, domains=",".join(expert.domains), bond=msg.bond,
+        self._seed_reputation(ctx, address, expert.domains)
+        ctx.emit(event(EV_EXPERT_REGISTERED, expert=msg.address, domains=",".join(expert.domains), bond=msg.bond,
                        adapter_sha256=msg.model.adapter_sha256))
 
     def update(self, ctx: Ctx, msg: pb.MsgUpdateExpert) -> None:
@@ -93,16 +104,13 @@ class ExpertsKeeper:
         if expert.status == Status.EXPERT_STATUS_UNBONDING:
             raise ErrUnbonding(f"{msg.address} is unbonding and cannot change")
         self._check_domains(ctx, list(msg.domains))
-        initial = self.params(ctx).initial_reputation
         del expert.domains[:]
         expert.domains.extend(sorted(msg.domains))
         expert.endpoint = msg.endpoint
         expert.model.CopyFrom(msg.model)
         self.set(ctx, address, expert)
-        for domain in expert.domains:
-            if ctx.kv(STORE).get(reputation_key(domain, address)) is None:
-                self.set_reputation(ctx, domain, address, initial, 0, "register")
-        ctx.emit(event("expert_updated", expert=msg.address, domains=",".join(expert.domains)))
+        self._seed_reputation(ctx, address, expert.domains)
+        ctx.emit(event(EV_EXPERT_UPDATED, expert=msg.address, domains=",".join(expert.domains)))
 
     def unbond(self, ctx: Ctx, address: bytes) -> None:
         expert = self.require(ctx, address)
@@ -114,8 +122,8 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_UNBONDING
         expert.unbond_at = ctx.env.height + params.unbonding_blocks
         self.set(ctx, address, expert)
-        ctx.kv(STORE).set(UNBONDING_PREFIX + _be(expert.unbond_at) + address, b"\x01")
-        ctx.emit(event("expert_unbonding", expert=expert.address, amount=expert.bond, release_height=expert.unbond_at))
+        UNBONDING.push(ctx, expert.unbond_at, address)
+        ctx.emit(event(EV_EXPERT_UNBONDING, expert=expert.address, amount=expert.bond, release_height=expert.unbond_at))
 
     def unjail(self, ctx: Ctx, address: bytes) -> None:
         expert = self.require(ctx, address)
@@ -128,7 +136,7 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_ACTIVE
         expert.missed = 0
         self.set(ctx, address, expert)
-        ctx.emit(event("expert_unjailed", expert=expert.address))
+        ctx.emit(event(EV_EXPERT_UNJAILED, expert=expert.address))
 
     def add_domain(self, ctx: Ctx, authority: str, domain: str) -> None:
         params = self.params(ctx)
@@ -138,55 +146,64 @@ class ExpertsKeeper:
             params.domains.append(domain)
             params.domains.sort()
             self.set_params(ctx, params)
-        ctx.emit(event("domain_added", domain=domain))
+        ctx.emit(event(EV_DOMAIN_ADDED, domain=domain))
 
     # -- reputation ---------------------------------------------------------------------
+
+    def _seed_reputation(self, ctx: Ctx, address: bytes, domains: Iterable[str]) -> None:
+        """Give the initial reputation in each domain that has none yet (a returning expert keeps its own)."""
+        initial = self.params(ctx).initial_reputation
+        for domain in domains:
+            if ctx.kv(STORE).get(reputation_key(domain, address)) is None:
+                self.set_reputation(ctx, domain, address, initial, 0, "register")
 
     def reputation(self, ctx: Ctx, domain: str, address: bytes) -> int:
         raw = ctx.kv(STORE).get(reputation_key(domain, address))
         return 0 if raw is None else int.from_bytes(raw, "big")
 
     def set_reputation(self, ctx: Ctx, domain: str, address: bytes, value: int, query_id: int, reason: str) -> None:
-        scale = self.params(ctx).reputation_scale
-        value = max(0, min(scale, value))
+        value = clamp(value, 0, self.params(ctx).reputation_scale)
         ctx.kv(STORE).set(reputation_key(domain, address), _be(value))
         point = pb.ReputationPoint(domain=domain, height=ctx.env.height, query_id=query_id, reputation=value,
                                    reason=reason)
         key = HISTORY_PREFIX + address + _be(ctx.env.height) + _be(query_id) + domain.encode() + b"/" + reason.encode()
         ctx.kv(STORE).set(key, point.SerializeToString())
-        ctx.emit(event("reputation", expert=format_address(address), domain=domain, value=value, reason=reason,
+        ctx.emit(event(EV_REPUTATION, expert=format_address(address), domain=domain, value=value, reason=reason,
                        query_id=query_id))
 
     def ema(self, ctx: Ctx, domain: str, address: bytes, score: int, query_id: int, reason: str) -> None:
         """R <- R + alpha * (s - R), with s on the reputation scale."""
-        params = self.params(ctx)
         current = self.reputation(ctx, domain, address)
-        self.set_reputation(ctx, domain, address, current + params.alpha_ppm * (score - current) // PPM,
-                            query_id, reason)
+        self.set_reputation(ctx, domain, address, ema(current, score, self.params(ctx).alpha_ppm), query_id, reason)
 
     def scorer_reputation(self, ctx: Ctx, address: bytes) -> int:
         raw = ctx.kv(STORE).get(SCORER_REP_PREFIX + address)
         return self.params(ctx).initial_reputation if raw is None else int.from_bytes(raw, "big")
 
     def update_scorer_reputation(self, ctx: Ctx, address: bytes, agreement: int) -> None:
+        """The same moving average as domain reputation, over a scorer's agreement with the aggregates."""
         params = self.params(ctx)
-        current = self.scorer_reputation(ctx, address)
-        value = max(0, min(params.reputation_scale, current + params.alpha_ppm * (agreement - current) // PPM))
-        ctx.kv(STORE).set(SCORER_REP_PREFIX + address, _be(value))
+        value = ema(self.scorer_reputation(ctx, address), agreement, params.alpha_ppm)
+        ctx.kv(STORE).set(SCORER_REP_PREFIX + address, _be(clamp(value, 0, params.reputation_scale)))
 
     def history(self, ctx: Ctx, address: bytes) -> list[pb.ReputationPoint]:
         return [pb.ReputationPoint.FromString(v) for _, v in ctx.kv(STORE).iterate(HISTORY_PREFIX + address)]
 
-    def candidates(self, ctx: Ctx, domain: str) -> list[tuple[bytes, int]]:
-        """Active experts serving domain with their reputation, in address order."""
+    def domain_reputations(self, ctx: Ctx, domain: str) -> list[tuple[pb.Expert, int]]:
+        """Every registered expert that has a reputation in domain, with it, in address order. An expert
+        that left the domain keeps its reputation there (and gets it back if it returns)."""
         prefix = reputation_key(domain, b"")
         out = []
         for key, raw in ctx.kv(STORE).iterate(prefix):
-            address = key[len(prefix):]
-            expert = self.get(ctx, address)
-            if expert is not None and expert.status == Status.EXPERT_STATUS_ACTIVE and domain in expert.domains:
-                out.append((address, int.from_bytes(raw, "big")))
+            expert = self.get(ctx, key[len(prefix):])
+            if expert is not None:
+                out.append((expert, int.from_bytes(raw, "big")))
         return out
+
+    def candidates(self, ctx: Ctx, domain: str) -> list[tuple[bytes, int]]:
+        """Active experts serving domain with their reputation, in address order."""
+        return [(parse_address(e.address), r) for e, r in self.domain_reputations(ctx, domain)
+                if e.status == Status.EXPERT_STATUS_ACTIVE and domain in e.domains]
 
     # -- work record, slashing ----------------------------------------------------------
 
@@ -222,10 +239,10 @@ class ExpertsKeeper:
         burn the rest, halve the domain reputation. Returns the amount slashed."""
         params = self.params(ctx)
         expert = self.require(ctx, address)
-        amount = expert.bond * params.slash_ppm // PPM
+        amount = ppm_of(expert.bond, params.slash_ppm)
         pool = UNBONDING_POOL if expert.status == Status.EXPERT_STATUS_UNBONDING else BONDED_POOL
         if amount:
-            to_reporter = amount * params.reporter_share_ppm // PPM if reporter is not None else 0
+            to_reporter = ppm_of(amount, params.reporter_share_ppm) if reporter is not None else 0
             if to_reporter and reporter is not None:
                 self.bank.move(ctx, pool, reporter, to_reporter)
             self.bank.burn(ctx, pool, amount - to_reporter)
@@ -233,7 +250,7 @@ class ExpertsKeeper:
             expert.slashed += amount
             self.set(ctx, address, expert)
         self.set_reputation(ctx, domain, address, self.reputation(ctx, domain, address) // 2, query_id, reason)
-        ctx.emit(event("slash", expert=expert.address, amount=amount, reason=reason, query_id=query_id))
+        ctx.emit(event(EV_SLASH, expert=expert.address, amount=amount, reason=reason, query_id=query_id))
         return amount
 
     def jail(self, ctx: Ctx, address: bytes, reason: str) -> None:
@@ -243,21 +260,16 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_JAILED
         expert.jailed_until = ctx.env.height + self.params(ctx).jail_blocks
         self.set(ctx, address, expert)
-        ctx.emit(event("jail", expert=expert.address, until=expert.jailed_until, reason=reason))
+        ctx.emit(event(EV_JAIL, expert=expert.address, until=expert.jailed_until, reason=reason))
 
     def end_block(self, ctx: Ctx) -> None:
         """Release bonds whose unbonding period ended at or before this height."""
-        kv = ctx.kv(STORE)
-        for key, _ in kv.iterate(UNBONDING_PREFIX):
-            height = int.from_bytes(key[len(UNBONDING_PREFIX):len(UNBONDING_PREFIX) + 8], "big")
-            if height > ctx.env.height:
-                break
-            address = key[len(UNBONDING_PREFIX) + 8:]
+        for height, address in UNBONDING.due(ctx, ctx.env.height):
             expert = self.get(ctx, address)
-            kv.delete(key)
+            UNBONDING.remove(ctx, height, address)
             if expert is None:
                 continue
             if expert.bond:
                 self.bank.move(ctx, UNBONDING_POOL, address, expert.bond)
-            kv.delete(expert_key(address))
-            ctx.emit(event("expert_unbonded", expert=expert.address, amount=expert.bond))
+            ctx.kv(STORE).delete(expert_key(address))
+            ctx.emit(event(EV_EXPERT_UNBONDED, expert=expert.address, amount=expert.bond))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from abci_app.crypto import check_address, module_address
 from abci_app.errors import AppError
-from abci_app.x.bank.types import check_address, module_address
 from wire.llmnet.experts.v1 import experts_pb2 as pb
 
 STORE = "experts"
@@ -13,7 +13,7 @@ EXPERT_PREFIX = b"exp/"
 REPUTATION_PREFIX = b"rep/"  # rep/<domain>/<address> -> uint64 big-endian
 SCORER_REP_PREFIX = b"srep/"  # srep/<address>
 HISTORY_PREFIX = b"hist/"  # hist/<address>/<height be8><seq be4> -> ReputationPoint
-UNBONDING_PREFIX = b"unb/"  # unb/<height be8><address> -> b""
+UNBONDING_PREFIX = b"unb/"  # unb/<height be8><address> -> b"\x01": bonds released at that height
 BONDED_POOL = module_address("experts/bonded")
 UNBONDING_POOL = module_address("experts/unbonding")
 DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -21,6 +21,19 @@ MAX_ENDPOINT = 256
 MAX_DOMAINS = 16
 
 Status = pb.ExpertStatus
+
+# Events, and the attribute names other processes read.
+EV_EXPERT_REGISTERED = "expert_registered"
+EV_EXPERT_UPDATED = "expert_updated"
+EV_EXPERT_UNBONDING = "expert_unbonding"
+EV_EXPERT_UNBONDED = "expert_unbonded"
+EV_EXPERT_UNJAILED = "expert_unjailed"
+EV_DOMAIN_ADDED = "domain_added"
+EV_REPUTATION = "reputation"
+"""A reputation change: expert, domain, value, reason, query_id."""
+EV_SLASH = "slash"
+EV_JAIL = "jail"
+ATTR_EXPERT = "expert"
 
 
 class ExpertsError(AppError):

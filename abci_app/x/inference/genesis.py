@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from abci_app.context import Ctx
+from abci_app.fixedpoint import PPM
 from abci_app.params import from_genesis
 from abci_app.x.inference.keeper import InferenceKeeper
-from abci_app.x.inference.types import default_params
+from abci_app.x.inference.types import MAX_SCORE, default_params
 
 
 def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> None:
@@ -16,6 +17,6 @@ def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> 
         raise ValueError("genesis inference.params: scorers, max_k and max_rounds must be at least 1")
     if params.commit_blocks < 1 or params.reveal_blocks < 1:
         raise ValueError("genesis inference.params: windows must be at least one block")
-    if params.scorer_share_ppm > 1_000_000 or params.quality_threshold > 100:
-        raise ValueError("genesis inference.params: scorer_share_ppm <= 1e6 and quality_threshold <= 100")
+    if params.scorer_share_ppm > PPM or params.quality_threshold > MAX_SCORE:
+        raise ValueError(f"genesis inference.params: scorer_share_ppm <= {PPM} and quality_threshold <= {MAX_SCORE}")
     keeper.set_params(ctx, params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abci_app.msgs import Handler, MsgRegistry
+from abci_app.msgs import MsgSpec
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import (
     validate_commit_answer,
@@ -15,13 +15,12 @@ from abci_app.x.inference.types import (
 from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 
-def register(registry: MsgRegistry, keeper: InferenceKeeper) -> None:
-    specs: list[Handler] = [
-        (pb.MsgSubmitQuery, lambda m: m.requester, validate_submit, keeper.submit),
-        (pb.MsgCommitAnswer, lambda m: m.respondent, validate_commit_answer, keeper.commit_answer),
-        (pb.MsgRevealAnswer, lambda m: m.respondent, validate_reveal_answer, keeper.reveal_answer),
-        (pb.MsgCommitScores, lambda m: m.scorer, validate_commit_scores, keeper.commit_scores),
-        (pb.MsgRevealScores, lambda m: m.scorer, validate_reveal_scores, keeper.reveal_scores),
-        (pb.MsgReportEquivocation, lambda m: m.reporter, validate_equivocation, keeper.report_equivocation),
+def msg_specs(keeper: InferenceKeeper) -> list[MsgSpec]:
+    return [
+        MsgSpec(pb.MsgSubmitQuery, lambda m: m.requester, validate_submit, keeper.submit),
+        MsgSpec(pb.MsgCommitAnswer, lambda m: m.respondent, validate_commit_answer, keeper.commit_answer),
+        MsgSpec(pb.MsgRevealAnswer, lambda m: m.respondent, validate_reveal_answer, keeper.reveal_answer),
+        MsgSpec(pb.MsgCommitScores, lambda m: m.scorer, validate_commit_scores, keeper.commit_scores),
+        MsgSpec(pb.MsgRevealScores, lambda m: m.scorer, validate_reveal_scores, keeper.reveal_scores),
+        MsgSpec(pb.MsgReportEquivocation, lambda m: m.reporter, validate_equivocation, keeper.report_equivocation),
     ]
-    registry.register_all(specs)

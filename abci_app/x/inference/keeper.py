@@ -12,15 +12,26 @@ from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address, verify
 from abci_app.events import event
+from abci_app.heightqueue import HeightQueue
 from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.inference import selection
-from abci_app.x.inference.settlement import settle
+from abci_app.x.inference.tally import Tally, Vote, build_receipt, tally
 from abci_app.x.inference.types import (
     DEADLINE_PREFIX,
     EQUIVOCATION_PREFIX,
     ESCROW,
+    EV_ANSWER_COMMITTED,
+    EV_ANSWER_REVEALED,
+    EV_EQUIVOCATION,
+    EV_QUERY_ASSIGNED,
+    EV_QUERY_SETTLED,
+    EV_QUERY_SUBMITTED,
+    EV_ROUND_STARTED,
+    EV_SCORES_COMMITTED,
+    EV_SCORES_REVEALED,
+    EV_SCORING_STARTED,
     NEXT_ID_KEY,
     STORE,
     ErrCommitMismatch,
@@ -38,13 +49,16 @@ from abci_app.x.inference.types import (
     answer_key,
     answer_sign_bytes,
     be8,
-    deadline_key,
     query_key,
     receipt_key,
     score_key,
     scores_commitment,
 )
+from wire.llmnet.experts.v1 import experts_pb2
 from wire.llmnet.inference.v1 import inference_pb2 as pb
+
+DEADLINES = HeightQueue(STORE, DEADLINE_PREFIX)
+"""Every open query, keyed by the last height of its current window."""
 
 
 class InferenceKeeper:
@@ -113,31 +127,28 @@ class InferenceKeeper:
         if len(weighted) < needed:
             raise ErrTooFewExperts(f"domain {msg.domain} has {len(weighted)} eligible experts, "
                                    f"this query needs {needed} ({msg.k} respondents + {params.scorers} scorers)")
-        respondents = selection.draw(seed, weighted, int(msg.k), b"respondents")
-        rest = [(a, w) for a, w in weighted if a not in respondents]
-        scorers = selection.draw(seed, rest, int(params.scorers), b"scorers")
+        drawn = selection.assign(seed, weighted, int(msg.k), int(params.scorers))
         self.bank.move(ctx, requester, ESCROW, msg.max_fee)
         q = pb.Query(
             id=query_id, requester=msg.requester, domain=msg.domain, prompt=msg.prompt, max_fee=msg.max_fee,
-            k=msg.k, rounds=msg.rounds, respondents=[format_address(a) for a in respondents],
-            scorers=[format_address(a) for a in scorers], phase=Phase.PHASE_ANSWER_COMMIT, round=1,
+            k=msg.k, rounds=msg.rounds, respondents=[format_address(a) for a in drawn.respondents],
+            scorers=[format_address(a) for a in drawn.scorers], phase=Phase.PHASE_ANSWER_COMMIT, round=1,
             created_height=ctx.env.height, seed=seed,
             candidates=[pb.Candidate(address=format_address(a), reputation=r, weight=str(w))
                         for (a, r), (_, w) in zip(candidates, weighted, strict=True)],
         )
         self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
-        ctx.emit(event("query_submitted", query_id=query_id, requester=msg.requester, domain=msg.domain,
+        ctx.emit(event(EV_QUERY_SUBMITTED, query_id=query_id, requester=msg.requester, domain=msg.domain,
                        max_fee=msg.max_fee))
-        ctx.emit(event("query_assigned", query_id=query_id, respondents=",".join(q.respondents),
+        ctx.emit(event(EV_QUERY_ASSIGNED, query_id=query_id, respondents=",".join(q.respondents),
                        scorers=",".join(q.scorers), round=1, deadline=q.deadline))
         return query_id
 
     def _set_deadline(self, ctx: Ctx, q: pb.Query, height: int) -> None:
-        kv = ctx.kv(STORE)
         if q.deadline:
-            kv.delete(deadline_key(q.deadline, q.id))
+            DEADLINES.remove(ctx, q.deadline, be8(q.id))
         q.deadline = height
-        kv.set(deadline_key(height, q.id), b"\x01")
+        DEADLINES.push(ctx, height, be8(q.id))
         self._save(ctx, q)
 
     # -- answer rounds ------------------------------------------------------------------
@@ -162,7 +173,7 @@ class InferenceKeeper:
             raise ErrDuplicate(f"{msg.respondent} already committed to round {q.round} of query {q.id}")
         entry = pb.AnswerEntry(respondent=msg.respondent, round=q.round, commitment=msg.commitment)
         ctx.kv(STORE).set(answer_key(q.id, q.round, respondent), entry.SerializeToString())
-        ctx.emit(event("answer_committed", query_id=q.id, round=q.round, respondent=msg.respondent))
+        ctx.emit(event(EV_ANSWER_COMMITTED, query_id=q.id, round=q.round, respondent=msg.respondent))
         if all(self.answer(ctx, q.id, q.round, parse_address(r)) for r in q.respondents):
             self._set_deadline(ctx, q, ctx.env.height)
 
@@ -186,7 +197,7 @@ class InferenceKeeper:
         entry.revealed, entry.answer = True, msg.answer
         ctx.kv(STORE).set(answer_key(q.id, q.round, respondent), entry.SerializeToString())
         self.experts.record_delivered(ctx, respondent)
-        ctx.emit(event("answer_revealed", query_id=q.id, round=q.round, respondent=msg.respondent))
+        ctx.emit(event(EV_ANSWER_REVEALED, query_id=q.id, round=q.round, respondent=msg.respondent))
         entries = [self.answer(ctx, q.id, q.round, parse_address(r)) for r in q.respondents]
         if all(e is not None and e.revealed for e in entries):
             self._set_deadline(ctx, q, ctx.env.height)
@@ -204,11 +215,11 @@ class InferenceKeeper:
             q.round += 1
             q.phase = Phase.PHASE_ANSWER_COMMIT
             self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
-            ctx.emit(event("round_started", query_id=q.id, round=q.round, deadline=q.deadline))
+            ctx.emit(event(EV_ROUND_STARTED, query_id=q.id, round=q.round, deadline=q.deadline))
         else:
             q.phase = Phase.PHASE_SCORE_COMMIT
             self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
-            ctx.emit(event("scoring_started", query_id=q.id, scorers=",".join(q.scorers), deadline=q.deadline))
+            ctx.emit(event(EV_SCORING_STARTED, query_id=q.id, scorers=",".join(q.scorers), deadline=q.deadline))
 
     # -- scoring ------------------------------------------------------------------------
 
@@ -220,7 +231,7 @@ class InferenceKeeper:
             raise ErrDuplicate(f"{msg.scorer} already committed scores for query {q.id}")
         entry = pb.ScoreEntry(scorer=msg.scorer, commitment=msg.commitment)
         ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
-        ctx.emit(event("scores_committed", query_id=q.id, scorer=msg.scorer))
+        ctx.emit(event(EV_SCORES_COMMITTED, query_id=q.id, scorer=msg.scorer))
         if all(self.score_entry(ctx, q.id, parse_address(s)) for s in q.scorers):
             self._set_deadline(ctx, q, ctx.env.height)
 
@@ -240,19 +251,68 @@ class InferenceKeeper:
         entry.revealed = True
         entry.scores.extend(msg.scores)
         ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
-        ctx.emit(event("scores_revealed", query_id=q.id, scorer=msg.scorer))
+        ctx.emit(event(EV_SCORES_REVEALED, query_id=q.id, scorer=msg.scorer))
         if all((e := self.score_entry(ctx, q.id, parse_address(s))) is not None and e.revealed for s in q.scorers):
             self._set_deadline(ctx, q, ctx.env.height)
 
     def _settle(self, ctx: Ctx, q: pb.Query) -> None:
-        ctx.kv(STORE).delete(deadline_key(q.deadline, q.id))
+        """The scoring window closed: tally, apply the tally, store the receipt. Runs once per query:
+        the query leaves the deadline queue here and its phase becomes SETTLED."""
+        DEADLINES.remove(ctx, q.deadline, be8(q.id))
         q.deadline = 0
-        receipt = settle(ctx, q, self, self.experts, self.bank)
+        finals = [e.answer if e is not None and e.revealed else None
+                  for e in (self.answer(ctx, q.id, q.rounds, parse_address(r)) for r in q.respondents)]
+        votes = self._votes(ctx, q)
+        result = tally(q, finals, votes, self.params(ctx), self.experts.params(ctx).reputation_scale)
+        self._apply(ctx, q, votes, result)
+        missed = [r for r in q.respondents for n in range(1, q.rounds + 1)
+                  if (e := self.answer(ctx, q.id, n, parse_address(r))) is None or not e.revealed]
+        receipt = build_receipt(q, finals, result, self._models(ctx, q), missed, ctx.env.height)
         q.phase = Phase.PHASE_SETTLED
         self._save(ctx, q)
         ctx.kv(STORE).set(receipt_key(q.id), receipt.SerializeToString())
-        ctx.emit(event("query_settled", query_id=q.id, final_index=receipt.final_index,
+        ctx.emit(event(EV_QUERY_SETTLED, query_id=q.id, final_index=receipt.final_index,
                        scores=",".join(str(s) for s in receipt.scores)))
+
+    def _votes(self, ctx: Ctx, q: pb.Query) -> list[Vote]:
+        """Revealed scores with their weight (bond x scorer reputation); a scorer that did not reveal
+        has a miss recorded (reputation, never bond: scoring is a service, not a duty to the requester)."""
+        scale = self.experts.params(ctx).reputation_scale
+        votes = []
+        for s in q.scorers:
+            address = parse_address(s)
+            entry = self.score_entry(ctx, q.id, address)
+            if entry is None or not entry.revealed:
+                self.experts.record_missed(ctx, address, q.domain, q.id, slash=False, reason="scores not revealed")
+                continue
+            expert = self.experts.get(ctx, address)
+            stake = expert.bond if expert else 0
+            votes.append(Vote(s, stake * self.experts.scorer_reputation(ctx, address) // scale, tuple(entry.scores)))
+        return votes
+
+    def _apply(self, ctx: Ctx, q: pb.Query, votes: list[Vote], result: Tally) -> None:
+        """Pay out of escrow and move reputations as the tally says, respondents first, then scorers."""
+        n = len(q.respondents)
+        for i, target in enumerate(result.reputation_targets):
+            self._pay(ctx, result.payouts[i])
+            if target is not None:
+                self.experts.ema(ctx, q.domain, parse_address(q.respondents[i]), target, q.id, "answer")
+        for j, vote in enumerate(votes):
+            self._pay(ctx, result.payouts[n + j])
+            self.experts.update_scorer_reputation(ctx, parse_address(vote.scorer), result.agreements[j])
+        if result.refund:
+            self.bank.move(ctx, ESCROW, parse_address(q.requester), result.refund)
+
+    def _pay(self, ctx: Ctx, payout: pb.Payout) -> None:
+        if payout.amount > 0:
+            address = parse_address(payout.address)
+            self.bank.move(ctx, ESCROW, address, payout.amount)
+            self.experts.credit(ctx, address, payout.amount)
+
+    def _models(self, ctx: Ctx, q: pb.Query) -> list[experts_pb2.ModelCommitment]:
+        """Each respondent's model commitment; an expert that fully unbonded has no record left."""
+        records = [self.experts.get(ctx, parse_address(r)) for r in q.respondents]
+        return [e.model if e is not None else experts_pb2.ModelCommitment() for e in records]
 
     # -- equivocation -------------------------------------------------------------------
 
@@ -271,19 +331,15 @@ class InferenceKeeper:
         ctx.kv(STORE).set(marker, b"\x01")
         amount = self.experts.slash(ctx, expert, q.domain, q.id, "equivocation", reporter=parse_address(msg.reporter))
         self.experts.jail(ctx, expert, "equivocation")
-        ctx.emit(event("equivocation", query_id=q.id, round=msg.round, expert=msg.expert, reporter=msg.reporter,
+        ctx.emit(event(EV_EQUIVOCATION, query_id=q.id, round=msg.round, expert=msg.expert, reporter=msg.reporter,
                        slashed=amount))
 
     # -- end of block -------------------------------------------------------------------
 
     def end_block(self, ctx: Ctx) -> None:
         """Close every window whose last height is this one (or earlier)."""
-        kv = ctx.kv(STORE)
-        for key, _ in kv.iterate(DEADLINE_PREFIX):
-            height = int.from_bytes(key[len(DEADLINE_PREFIX):len(DEADLINE_PREFIX) + 8], "big")
-            if height > ctx.env.height:
-                break
-            q = self.get(ctx, int.from_bytes(key[-8:], "big"))
+        for _, item in DEADLINES.due(ctx, ctx.env.height):
+            q = self.get(ctx, int.from_bytes(item, "big"))
             if q.phase == Phase.PHASE_ANSWER_COMMIT:
                 self._open_reveal(ctx, q)
             elif q.phase == Phase.PHASE_ANSWER_REVEAL:

@@ -8,6 +8,7 @@ are integers, and the candidate order is the address order.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 
 def weight(reputation: int, floor: int, exponent: int) -> int:
@@ -38,3 +39,17 @@ def draw(seed: bytes, candidates: list[tuple[bytes, int]], count: int, salt: byt
                     break
         chosen.append(pool.pop(index)[0])
     return chosen
+
+
+@dataclass(frozen=True)
+class Assignment:
+    respondents: list[bytes]
+    scorers: list[bytes]
+
+
+def assign(seed: bytes, candidates: list[tuple[bytes, int]], k_respondents: int, k_scorers: int) -> Assignment:
+    """The one draw of a query: respondents first, then scorers among those left. Submit uses it to
+    pick, ExplainSelection to show anyone that the stored seed and candidates give the stored pick."""
+    respondents = draw(seed, candidates, k_respondents, b"respondents")
+    rest = [(a, w) for a, w in candidates if a not in respondents]
+    return Assignment(respondents, draw(seed, rest, k_scorers, b"scorers"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from abci_app.crypto import check_address, module_address
 from abci_app.errors import AppError
-from abci_app.x.bank.types import check_address, module_address
 from abci_app.x.experts.types import DOMAIN_RE
 from wire.llmnet.inference.v1 import inference_pb2 as pb
 
@@ -21,6 +21,23 @@ ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100
 
 Phase = pb.Phase
+
+# Events, and the attribute names other processes read (expert daemons, llmnet ask, the explorer).
+EV_QUERY_SUBMITTED = "query_submitted"
+EV_QUERY_ASSIGNED = "query_assigned"
+"""Respondents drawn: query_id, respondents (comma-separated), scorers, round, deadline."""
+EV_ANSWER_COMMITTED = "answer_committed"
+EV_ANSWER_REVEALED = "answer_revealed"
+EV_ROUND_STARTED = "round_started"
+EV_SCORING_STARTED = "scoring_started"
+"""The scorers' turn: query_id, scorers (comma-separated), deadline."""
+EV_SCORES_COMMITTED = "scores_committed"
+EV_SCORES_REVEALED = "scores_revealed"
+EV_QUERY_SETTLED = "query_settled"
+EV_EQUIVOCATION = "equivocation"
+ATTR_QUERY_ID = "query_id"
+ATTR_RESPONDENTS = "respondents"
+ATTR_SCORERS = "scorers"
 
 
 class InferenceError(AppError):

@@ -1,0 +1,133 @@
+"""Settlement arithmetic of one query, as a pure function: revealed answers and scores in, a Tally out.
+
+Per answer, the weighted median of the revealed scores is the consensus; each score is clipped to
+within clip_distance of it, and the aggregate is the weighted mean of the clipped scores, so no single
+scorer can drag an answer far. A scorer's weight is its stake times its scorer reputation (the keeper
+computes it), so scorers who keep disagreeing with the consensus lose influence. A scorer's agreement
+is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
+the score reaches the quality threshold; scorers slot x agreement; the requester gets the rest back.
+All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores
+the receipt built from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from abci_app.fixedpoint import PPM, ppm_of
+from abci_app.x.inference.types import MAX_SCORE
+from wire.llmnet.experts.v1 import experts_pb2
+from wire.llmnet.inference.v1 import inference_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One scorer's revealed scores, one per respondent, with the weight it carries."""
+
+    scorer: str
+    weight: int
+    scores: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tally:
+    scores: tuple[int, ...]
+    """Aggregated score per respondent (0 for a missing answer or when no scorer revealed)."""
+    payouts: tuple[pb.Payout, ...]
+    """One per respondent, then one per vote, then the requester's refund, in that order."""
+    reputation_targets: tuple[int | None, ...]
+    """Per respondent, the score on the reputation scale its reputation moves toward; None: no change."""
+    agreements: tuple[int, ...]
+    """Per vote, the scorer's agreement with the aggregates, on the reputation scale."""
+    final_index: int
+    """The best-scored answer (ties to the earlier respondent), -1 if no answer was revealed."""
+
+    @property
+    def refund(self) -> int:
+        return self.payouts[-1].amount
+
+
+def weighted_median(pairs: Sequence[tuple[int, int]]) -> int:
+    """Lower weighted median of (value, weight) pairs; weights of zero count as one."""
+    items = sorted((v, max(1, w)) for v, w in pairs)
+    total = sum(w for _, w in items)
+    acc = 0
+    for value, w in items:
+        acc += w
+        if 2 * acc >= total:
+            return value
+    raise ValueError("weighted_median of nothing")
+
+
+def clipped_mean(pairs: Sequence[tuple[int, int]], clip: int) -> int:
+    """Weighted mean after clipping every value to within clip of the weighted median."""
+    median = weighted_median(pairs)
+    lo, hi = median - clip, median + clip
+    weights = [(min(max(v, lo), hi), max(1, w)) for v, w in pairs]
+    total = sum(w for _, w in weights)
+    return sum(v * w for v, w in weights) // total
+
+
+def _respondent_payout(who: str, answer: str | None, score: int, voted: bool, slot: int,
+                       threshold: int) -> pb.Payout:
+    if answer is None:
+        return pb.Payout(address=who, role="respondent", amount=0, reason="no revealed final-round answer")
+    if not voted:
+        return pb.Payout(address=who, role="respondent", amount=0, reason="no scorer revealed scores")
+    if score < threshold:
+        return pb.Payout(address=who, role="respondent", amount=0, reason=f"score {score} < threshold {threshold}")
+    return pb.Payout(address=who, role="respondent", amount=slot * score // MAX_SCORE,
+                     reason=f"score {score} >= threshold {threshold}: slot {slot} x {score}/100")
+
+
+def _agreement(vote: Vote, scores: Sequence[int], scored: Sequence[int]) -> int:
+    """1e6 minus the vote's mean absolute distance from the aggregates (in ppm of the score range)."""
+    if not scored:
+        return PPM
+    distance = sum(abs(vote.scores[i] - scores[i]) for i in scored) * PPM // (len(scored) * MAX_SCORE)
+    return max(0, PPM - distance)
+
+
+def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], params: pb.Params,
+          reputation_scale: int) -> Tally:
+    """Aggregate scores and split the query's escrowed fee. finals holds each respondent's revealed
+    final-round answer (None if missing); votes the revealed scores, in the query's scorer order."""
+    n = len(query.respondents)
+    scores = [clipped_mean([(v.scores[i], v.weight) for v in votes], params.clip_distance)
+              if finals[i] is not None and votes else 0 for i in range(n)]
+    scorer_pool = ppm_of(query.max_fee, params.scorer_share_ppm)
+    respondent_slot = (query.max_fee - scorer_pool) // n
+    scorer_slot = scorer_pool // len(query.scorers)
+    payouts = [_respondent_payout(query.respondents[i], finals[i], scores[i], bool(votes), respondent_slot,
+                                  params.quality_threshold) for i in range(n)]
+    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
+               for i in range(n)]
+    scored = [i for i in range(n) if finals[i] is not None]
+    agreements = [_agreement(v, scores, scored) for v in votes]
+    payouts += [pb.Payout(address=v.scorer, role="scorer", amount=ppm_of(scorer_slot, a),
+                          reason=f"agreement {a}/1e6 with the aggregate")
+                for v, a in zip(votes, agreements, strict=True)]
+    refund = query.max_fee - sum(p.amount for p in payouts)
+    payouts.append(pb.Payout(address=query.requester, role="refund", amount=refund, reason="escrow not paid out"))
+    best = max(scored, key=lambda i: (scores[i], -i), default=-1)
+    return Tally(tuple(scores), tuple(payouts), tuple(targets),
+                 tuple(a * reputation_scale // PPM for a in agreements), best)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_receipt(query: pb.Query, finals: Sequence[str | None], result: Tally,
+                  models: Sequence[experts_pb2.ModelCommitment], slashed: Sequence[str], height: int) -> pb.Receipt:
+    """The settled record: hashes of prompt and answers, adapter commitments, scores, payouts."""
+    best = result.final_index
+    final = finals[best] if best >= 0 else None
+    return pb.Receipt(
+        query_id=query.id, requester=query.requester, domain=query.domain, prompt_hash=_sha(query.prompt),
+        respondents=query.respondents, answer_hashes=[_sha(a) if a is not None else "" for a in finals],
+        models=models, scores=result.scores, payouts=result.payouts, final_index=best,
+        final_answer=final if final is not None else "", settled_height=height, slashed=sorted(set(slashed)),
+    )

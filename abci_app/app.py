@@ -72,6 +72,12 @@ class Application:
     def close(self) -> None:
         self.committed.close()
 
+    @property
+    def check_state(self) -> State:
+        """The mempool's view: committed state plus the txs CheckTx admitted since the last Commit.
+        Read it, never write it (Simulate runs on a copy of it)."""
+        return self._check
+
     # -- connection: info/query ---------------------------------------------------------
 
     def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:

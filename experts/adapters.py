@@ -1,4 +1,5 @@
-"""Adapter commitments: sha256 over an adapter directory, stable across machines and copies."""
+"""Model commitments: sha256 over an adapter directory, stable across machines and copies, and the one
+commitment an expert registers for all the domains it serves."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ def adapter_sha256(directory: str | Path) -> str:
     if not lines:
         raise FileNotFoundError(f"adapter directory {root} is empty")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+NO_ADAPTER = "0" * 64
+"""The commitment of a domain answered by the base model alone."""
+
+
+def model_commitment(adapters: dict[str, str]) -> str:
+    """One adapter: its sha256. Several: sha256 over sorted "domain=sha256" lines."""
+    if len(adapters) == 1:
+        return next(iter(adapters.values()))
+    return hashlib.sha256("".join(f"{d}={h}\n" for d, h in sorted(adapters.items())).encode()).hexdigest()

@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 a model, adapter, dataset, key or node could not be loa
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -80,7 +79,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _key_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--key", required=required, help="keyring key of the expert (signs answers and txs)")
-    p.add_argument("--keyring", default=None, help="keyring directory (default ~/.llmnet/keyring)")
+    p.add_argument("--keyring", default=None, help="keyring directory (default LLMNET_KEYRING or ~/.llmnet/keyring)")
     p.add_argument("--passphrase-file", help="file with the key's passphrase (else LLMNET_PASSPHRASE)")
 
 
@@ -166,14 +165,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _load_key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from llmnet.client.keys import Keyring
+    """The expert's key, or None without --key; never prompts (the daemon runs unattended)."""
+    from llmnet.client.keys import Keyring, keyring_dir, passphrase_from, unlock
 
     if not args.key:
         return None
-    ring = Keyring(Path(args.keyring or "~/.llmnet/keyring").expanduser())
-    passphrase = (Path(args.passphrase_file).read_text().strip() if args.passphrase_file
-                  else os.environ.get("LLMNET_PASSPHRASE"))
-    return ring.load(args.key, passphrase if ring.is_encrypted(args.key) else None)
+    return unlock(Keyring(keyring_dir(args.keyring)), args.key, passphrase_from(args.passphrase_file))
 
 
 def _adapter_specs(specs: list[str]) -> list[tuple[str, str]]:
@@ -256,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     import json
 
+    from experts.adapters import NO_ADAPTER, model_commitment
     from llmnet.client import protocol
     from llmnet.client.sdk import Client, Sender
 
@@ -284,18 +282,6 @@ def _register(args: argparse.Namespace) -> int:
     print(f"registered {key.address} for {', '.join(sorted(hashes))} at {args.endpoint} "
           f"(model commitment {commitment}, tx {sent.tx_hash})")
     return 0
-
-
-NO_ADAPTER = "0" * 64  # the commitment of a domain answered by the base model alone
-
-
-def model_commitment(adapters: dict[str, str]) -> str:
-    """One adapter: its sha256. Several: sha256 over sorted "domain=sha256" lines."""
-    import hashlib
-
-    if len(adapters) == 1:
-        return next(iter(adapters.values()))
-    return str(hashlib.sha256("".join(f"{d}={h}\n" for d, h in sorted(adapters.items())).encode()).hexdigest())
 
 
 def main(argv: list[str] | None = None) -> int:

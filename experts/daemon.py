@@ -21,13 +21,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from abci_app.x.inference.types import (
+    ATTR_QUERY_ID,
+    ATTR_RESPONDENTS,
+    ATTR_SCORERS,
+    EV_QUERY_ASSIGNED,
+    EV_SCORING_STARTED,
+)
 from experts import judge
 from experts.engine import Engine, EngineError, Sampling
 from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
+from llmnet.client.events import find
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -42,25 +51,81 @@ def log(event: str, **fields: Any) -> None:
           flush=True)
 
 
+class Kind(StrEnum):
+    """The transactions a daemon sends for a query."""
+
+    COMMIT = "commit"
+    REVEAL = "reveal"
+    COMMIT_SCORES = "commit-scores"
+    REVEAL_SCORES = "reveal-scores"
+
+
+@dataclass(frozen=True, order=True)
+class Step:
+    """One transaction of one query: its kind, the query and the answer round (0 for scores)."""
+
+    kind: Kind
+    query_id: int
+    round: int = 0
+
+    def __str__(self) -> str:
+        """As the daemon's log lines name it: kind:query[:round]."""
+        return f"{self.kind}:{self.query_id}" + (f":{self.round}" if self.round else "")
+
+
 @dataclass
 class DaemonState:
-    height: int = 0  # last height whose events were read
+    scanned_height: int = 0
+    """The last height whose events were read (the chain's tip is usually ahead of it)."""
     open: list[int] = field(default_factory=list)
-    answers: dict[str, str] = field(default_factory=dict)  # "query:round" -> text committed
-    scores: dict[str, list[int]] = field(default_factory=dict)  # "query" -> scores committed
-    sent: dict[str, int] = field(default_factory=dict)  # step -> height it was broadcast at
+    answers: dict[tuple[int, int], str] = field(default_factory=dict)
+    """(query, round) -> the answer text committed."""
+    scores: dict[int, list[int]] = field(default_factory=dict)
+    """query -> the scores committed."""
+    sent: dict[Step, int] = field(default_factory=dict)
+    """step -> the chain height when it was broadcast."""
 
     @classmethod
     def load(cls, path: Path) -> DaemonState:
         if not path.exists():
             return cls()
-        return cls(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if isinstance(data.get("answers"), dict):  # the first release's "query:round" string keys
+            data = _upgrade(data)
+        return cls(scanned_height=data["scanned_height"], open=data["open"],
+                   answers={(q, r): text for q, r, text in data["answers"]},
+                   scores={q: scores for q, scores in data["scores"]},
+                   sent={Step(Kind(k), q, r): h for k, q, r, h in data["sent"]})
 
     def save(self, path: Path) -> None:
+        data = {"scanned_height": self.scanned_height, "open": self.open,
+                "answers": [[q, r, text] for (q, r), text in sorted(self.answers.items())],
+                "scores": [[q, s] for q, s in sorted(self.scores.items())],
+                "sent": [[st.kind.value, st.query_id, st.round, h] for st, h in sorted(self.sent.items())]}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, sort_keys=True))
+        tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new state, never half
+
+    def forget(self, query_id: int) -> None:
+        """Drop a settled query's entries."""
+        self.open.remove(query_id)
+        self.answers = {k: v for k, v in self.answers.items() if k[0] != query_id}
+        self.scores.pop(query_id, None)
+        self.sent = {k: v for k, v in self.sent.items() if k.query_id != query_id}
+
+
+def _upgrade(old: dict[str, Any]) -> dict[str, Any]:
+    """A state file written before steps were typed: keys were "query:round", "query", "kind:query[:round]"."""
+    def step(key: str) -> list[Any]:
+        kind, _, rest = key.partition(":")
+        query, _, round_ = rest.partition(":")
+        return [kind, int(query), int(round_ or 0)]
+
+    return {"scanned_height": old["height"], "open": old["open"],
+            "answers": [[*map(int, k.split(":")), v] for k, v in old["answers"].items()],
+            "scores": [[int(k), v] for k, v in old["scores"].items()],
+            "sent": [[*step(k), h] for k, h in old["sent"].items()]}
 
 
 def answer_prompt(query: inf.Query, peers: list[str]) -> list[dict[str, str]]:
@@ -111,7 +176,8 @@ class ExpertDaemon:
         self.rpc_url = rpc_url
         self.answer_tokens, self.lookback, self.poll_seconds = answer_tokens, lookback, poll_seconds
         self._sender: Sender | None = None
-        self.height = 0
+        self.chain_tip = 0
+        """The chain's latest height when this tick started."""
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -138,12 +204,11 @@ class ExpertDaemon:
 
     def tick(self) -> None:
         """Read new heights' events, then take every step the chain is waiting on from us."""
-        latest = self._latest_height()
-        self.height = latest
-        start = self.state.height + 1 if self.state.height else max(1, latest - self.lookback)
-        for h in range(start, latest + 1):
+        self.chain_tip = self._latest_height()
+        scanned = self.state.scanned_height
+        for h in range(scanned + 1 if scanned else max(1, self.chain_tip - self.lookback), self.chain_tip + 1):
             self._scan(h)
-            self.state.height = h
+            self.state.scanned_height = h
         for query_id in sorted(self.state.open):
             try:
                 self.step(query_id)
@@ -158,16 +223,13 @@ class ExpertDaemon:
         results = comet_get(self.rpc_url, "block_results", height=height)
         events = [e for tx in results.get("txs_results") or [] for e in tx.get("events") or []]
         events += results.get("finalize_block_events") or []
-        me = self.key.address
-        for e in events:
-            attrs = {a["key"]: a.get("value", "") for a in e.get("attributes") or []}
-            names = attrs.get("respondents" if e["type"] == "query_assigned" else "scorers", "")
-            if e["type"] in ("query_assigned", "scoring_started") and me in names.split(","):
-                query_id = int(attrs["query_id"])
-                if query_id not in self.state.open:
+        for kind, names, role in ((EV_QUERY_ASSIGNED, ATTR_RESPONDENTS, "respondent"),
+                                  (EV_SCORING_STARTED, ATTR_SCORERS, "scorer")):
+            for attrs in find(events, kind):
+                query_id = int(attrs[ATTR_QUERY_ID])
+                if self.key.address in attrs.get(names, "").split(",") and query_id not in self.state.open:
                     self.state.open.append(query_id)
-                    log("assigned", query_id=query_id, role="respondent" if e["type"] == "query_assigned"
-                        else "scorer", height=height)
+                    log("assigned", query_id=query_id, role=role, height=height)
 
     # -- one query --------------------------------------------------------------------------------
 
@@ -176,7 +238,7 @@ class ExpertDaemon:
         query = status.query
         me = self.key.address
         if query.phase == inf.PHASE_SETTLED:
-            self._forget(query_id)
+            self.state.forget(query_id)
             log("settled", query_id=query_id)
             return
         if query.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) and me in query.respondents:
@@ -187,12 +249,12 @@ class ExpertDaemon:
     def _answer_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
         mine = next((a for a in status.answers if a.respondent == me and a.round == query.round), None)
-        slot = f"{query.id}:{query.round}"
+        slot = (query.id, query.round)
         if query.phase == inf.PHASE_ANSWER_COMMIT and mine is None:
             if slot not in self.state.answers:
                 peers = [a.answer for a in status.answers
                          if a.round == query.round - 1 and a.revealed and a.respondent != me]
-                domain = query.domain if query.domain in self.engine.adapters else ""
+                domain = self.engine.adapter_for(query.domain)
                 text = self.engine.generate(answer_prompt(query, peers),
                                             Sampling(max_new_tokens=self.answer_tokens, seed=query.id), domain).text
                 self.state.answers[slot] = text.strip() or "(no answer)"
@@ -200,34 +262,36 @@ class ExpertDaemon:
                 log("answered", query_id=query.id, round=query.round, peers=len(peers), domain=domain or "base",
                     chars=len(text))
             text = self.state.answers[slot]
-            self._send(f"commit:{slot}", protocol.commit_answer(self.key, query.id, query.round, text))
+            self._send(Step(Kind.COMMIT, *slot), protocol.commit_answer(self.key, query.id, query.round, text))
         elif query.phase == inf.PHASE_ANSWER_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.answers:
                 log("cannot_reveal", query_id=query.id, round=query.round, reason="answer text lost")
                 return
             text = self.state.answers[slot]
-            self._send(f"reveal:{slot}", protocol.reveal_answer(self.key, query.id, query.round, text))
+            self._send(Step(Kind.REVEAL, *slot), protocol.reveal_answer(self.key, query.id, query.round, text))
 
     def _score_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
         mine = next((s for s in status.scores if s.scorer == me), None)
-        slot = str(query.id)
+        slot = query.id
         if query.phase == inf.PHASE_SCORE_COMMIT and mine is None:
             if slot not in self.state.scores:
                 self.state.scores[slot] = self.judge(status)
                 self.state.save(self.state_file)
                 log("judged", query_id=query.id, scores=self.state.scores[slot])
-            self._send(f"commit-scores:{slot}", protocol.commit_scores(self.key, query.id, self.state.scores[slot]))
+            scores = self.state.scores[slot]
+            self._send(Step(Kind.COMMIT_SCORES, slot), protocol.commit_scores(self.key, query.id, scores))
         elif query.phase == inf.PHASE_SCORE_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.scores:
                 log("cannot_reveal", query_id=query.id, reason="scores lost")
                 return
-            self._send(f"reveal-scores:{slot}", protocol.reveal_scores(self.key, query.id, self.state.scores[slot]))
+            scores = self.state.scores[slot]
+            self._send(Step(Kind.REVEAL_SCORES, slot), protocol.reveal_scores(self.key, query.id, scores))
 
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:
         query = status.query
         finals = {a.respondent: a.answer for a in status.answers if a.round == query.rounds and a.revealed}
-        domain = query.domain if query.domain in self.engine.adapters else ""
+        domain = self.engine.adapter_for(query.domain)
         reference = self.engine.generate(answer_prompt(query, []), Sampling(max_new_tokens=self.answer_tokens,
                                                                           seed=query.id), domain).text
         return [judge.score(finals.get(r), reference) for r in query.respondents]
@@ -238,30 +302,22 @@ class ExpertDaemon:
         try:
             return self._latest_height()
         except CometError:
-            return self.height
+            return self.chain_tip
 
-    def _send(self, step: str, msg: Any) -> None:
+    def _send(self, step: Step, msg: Any) -> None:
         """Broadcast once; again only if RESEND_AFTER_BLOCKS pass without the chain showing it."""
         sent_at = self.state.sent.get(step)
-        if sent_at is not None and self.height < sent_at + RESEND_AFTER_BLOCKS:
+        if sent_at is not None and self.chain_tip < sent_at + RESEND_AFTER_BLOCKS:
             return
         if self._sender is None:
             self._sender = Sender(self.client, self.key)
         try:
             result = self._sender.send([msg])
         except ClientError as err:
-            log("tx_refused", step=step, error=str(err)[:300])
+            log("tx_refused", step=str(step), error=str(err)[:300])
             self._sender = None  # the sequence may be off; re-read it next time
             self.state.sent[step] = self._chain_height_now()
             return
         self.state.sent[step] = self._chain_height_now()
         self.state.save(self.state_file)
-        log("tx_sent", step=step, tx_hash=result.tx_hash, sequence=result.sequence)
-
-    def _forget(self, query_id: int) -> None:
-        """Drop a settled query's entries: answers are "query:round", scores "query", steps "kind:query[:round]"."""
-        qid = str(query_id)
-        self.state.open.remove(query_id)
-        self.state.answers = {k: v for k, v in self.state.answers.items() if k.split(":")[0] != qid}
-        self.state.scores.pop(qid, None)
-        self.state.sent = {k: v for k, v in self.state.sent.items() if k.split(":")[1] != qid}
+        log("tx_sent", step=str(step), tx_hash=result.tx_hash, sequence=result.sequence)

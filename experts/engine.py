@@ -13,17 +13,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from experts.models import LoadedModel
 
 
-class EngineError(Exception):
-    """A request the engine refuses; `kind` says which gRPC status it maps to."""
+class ErrorKind(Enum):
+    """Why the engine refused a request; the server maps each to one gRPC status."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    EXHAUSTED = "exhausted"
+
+
+class EngineError(Exception):
+    """A request the engine refuses; `kind` says why."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "invalid", "not_found", "exhausted"
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -94,27 +103,33 @@ class Engine:
             self.model.eval()
         self.adapters[domain] = name
 
+    def adapter_for(self, domain: str) -> str:
+        """The adapter to answer a question of domain with: the domain's own if loaded, else "" (the
+        base model). An expert may register for a domain it has no adapter for."""
+        return domain if domain in self.adapters else ""
+
     def queue_depth(self) -> int:
         return self._jobs.qsize()
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         if not messages:
-            raise EngineError("invalid", "messages must not be empty")
+            raise EngineError(ErrorKind.INVALID, "messages must not be empty")
         for m in messages:
             if m.get("role") not in ROLES:
-                raise EngineError("invalid", f"message role must be one of {ROLES}, got {m.get('role')!r}")
+                raise EngineError(ErrorKind.INVALID, f"message role must be one of {ROLES}, got {m.get('role')!r}")
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
         if len(ids) > self.limits.max_prompt_tokens:
-            raise EngineError("invalid", f"prompt is {len(ids)} tokens, the limit is {self.limits.max_prompt_tokens}")
+            raise EngineError(ErrorKind.INVALID,
+                              f"prompt is {len(ids)} tokens, the limit is {self.limits.max_prompt_tokens}")
         return list(ids)
 
     def _check(self, sampling: Sampling, domain: str) -> None:
         if domain and domain not in self.adapters:
-            raise EngineError("not_found", f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
+            raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
         if sampling.max_new_tokens < 1 or sampling.max_new_tokens > self.limits.max_new_tokens:
-            raise EngineError("invalid", f"max_new_tokens must be 1..{self.limits.max_new_tokens}")
+            raise EngineError(ErrorKind.INVALID, f"max_new_tokens must be 1..{self.limits.max_new_tokens}")
         if sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
-            raise EngineError("invalid", "temperature must be >= 0 and top_p in (0, 1]")
+            raise EngineError(ErrorKind.INVALID, "temperature must be >= 0 and top_p in (0, 1]")
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
                  on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None

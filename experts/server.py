@@ -20,15 +20,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from abci_app.x.inference.types import answer_sign_bytes
 from experts.access import AccessDenied, ChainAccess
-from experts.engine import Engine, EngineError, Generation, Sampling
+from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
-STATUS = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
-          "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED}
+STATUS = {ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+          ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 @dataclass
@@ -91,9 +91,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         try:
             domain = request.domain
             if self.access is not None:
-                query_domain = self.access.check(request).domain
-                # an expert registered for a domain it has no adapter for answers with the base model
-                domain = domain or (query_domain if query_domain in self.engine.adapters else "")
+                query = self.access.check(request)  # always: access never depends on the other fields
+                domain = domain or self.engine.adapter_for(query.domain)
             s = request.sampling
             sampling = Sampling(max_new_tokens=s.max_new_tokens or 64, temperature=s.temperature,
                                 top_p=s.top_p or 1.0, seed=s.seed, stop=list(s.stop))

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app.app import Application
 from abci_app.queries import QUERY_SERVICE
+from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import build_tx
 from wire.llmnet.query.v1 import query_pb2 as q
@@ -94,5 +95,4 @@ class DevChain:
 
 def submitted_ids(results: list[abci.ExecTxResult]) -> list[int]:
     """Query ids announced by query_submitted events, in tx order."""
-    return [int(a.value) for r in results for e in r.events if e.type == "query_submitted"
-            for a in e.attributes if a.key == "query_id"]
+    return [i for r in results for i in query_ids(r.events)]

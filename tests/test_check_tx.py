@@ -97,11 +97,11 @@ def harness(tmp_path: Path) -> Harness:
 
 @pytest.mark.parametrize("name, make, error", CHECK_TX_CASES, ids=[c[0] for c in CHECK_TX_CASES])
 def test_check_tx_rejects(harness: Harness, name: str, make: Callable[[Harness], bytes], error: type) -> None:
-    before = dict(harness.app._check.writes())
+    before = dict(harness.app.check_state.writes())
     resp = harness.app.check_tx(abci.RequestCheckTx(tx=make(harness)))
     assert (resp.codespace, resp.code) == (error.codespace, error.code), resp.log
     assert resp.log  # readable reason
-    assert dict(harness.app._check.writes()) == before
+    assert dict(harness.app.check_state.writes()) == before
 
 
 @pytest.mark.parametrize("name, make, error", CHECK_TX_CASES, ids=[c[0] for c in CHECK_TX_CASES])

@@ -14,6 +14,7 @@ import pytest
 
 from abci_app.x.inference.types import receipt_key
 from llmnet.client import protocol
+from llmnet.client.events import query_ids
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.node.localnet import Localnet
 from tests.e2e import header_app_hash, keys, prove_key
@@ -107,8 +108,7 @@ def test_twenty_queries_settle_with_slashing_and_reputation(net: Localnet, proof
         for s in sent:
             res = nodes[1].wait_tx(s.tx_hash, timeout=60)
             assert res.result.code == 0, res.result.log
-            ids.append(int(next(a.value for e in res.result.events if e.type == "query_submitted"
-                                for a in e.attributes if a.key == "query_id")))
+            ids += query_ids(res.result.events)
         reporter_sender = Sender(nodes[2], reporter, chain_id)
         reported: set[tuple[int, int]] = set()
         deadline = time.monotonic() + 600

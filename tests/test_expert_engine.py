@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experts.engine import Engine, EngineError, Limits, Sampling
+from experts.engine import Engine, EngineError, ErrorKind, Limits, Sampling
 from experts.models import load_base
 from experts.tiny import make_tiny_model
 
@@ -64,13 +64,13 @@ def test_cancellation_stops_generation(engine: Engine) -> None:
 @pytest.mark.parametrize(
     "messages, sampling, domain, kind",
     [
-        ([], Sampling(), "", "invalid"),
-        ([{"role": "robot", "content": "x"}], Sampling(), "", "invalid"),
-        ([{"role": "user", "content": "x" * 200}], Sampling(), "", "invalid"),
-        (HELLO, Sampling(max_new_tokens=33), "", "invalid"),
-        (HELLO, Sampling(max_new_tokens=0), "", "invalid"),
-        (HELLO, Sampling(top_p=0), "", "invalid"),
-        (HELLO, Sampling(), "no-such-domain", "not_found"),
+        ([], Sampling(), "", ErrorKind.INVALID),
+        ([{"role": "robot", "content": "x"}], Sampling(), "", ErrorKind.INVALID),
+        ([{"role": "user", "content": "x" * 200}], Sampling(), "", ErrorKind.INVALID),
+        (HELLO, Sampling(max_new_tokens=33), "", ErrorKind.INVALID),
+        (HELLO, Sampling(max_new_tokens=0), "", ErrorKind.INVALID),
+        (HELLO, Sampling(top_p=0), "", ErrorKind.INVALID),
+        (HELLO, Sampling(), "no-such-domain", ErrorKind.NOT_FOUND),
     ],
     ids=["no messages", "bad role", "prompt too long", "too many tokens", "zero tokens", "top_p 0", "unknown domain"],
 )

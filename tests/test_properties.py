@@ -107,7 +107,7 @@ def test_rejected_txs_leave_state_byte_identical(bad: list[tuple[int, int, bool]
         h = Harness.create(db, N_KEYS)
         h.finalize([h.send_tx(0, 1, 10)])
         before, root = _dump(db), h.app.committed.app_hash
-        check_before = dict(h.app._check.writes())
+        check_before = dict(h.app.check_state.writes())
         txs = []
         for sender, skew, truncate in bad:
             expected = h.sequences.get(h.keys[sender].address, 0)
@@ -116,7 +116,7 @@ def test_rejected_txs_leave_state_byte_identical(bad: list[tuple[int, int, bool]
             txs.append(raw[:-2] if truncate else raw)
         for raw in txs:
             assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code != 0
-        assert dict(h.app._check.writes()) == check_before
+        assert dict(h.app.check_state.writes()) == check_before
         results = h.finalize(txs).tx_results
         assert all(r.code != 0 for r in results)
         assert _dump(db) == before and h.app.committed.app_hash == root

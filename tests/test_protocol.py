@@ -14,6 +14,7 @@ from abci_app.x.inference.types import (
     ErrWrongPhase,
 )
 from llmnet.client import protocol
+from llmnet.client.events import query_ids
 from tests.protocol_harness import BOND, CHAIN_ID, ProtocolChain
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -32,8 +33,7 @@ def chain(tmp_path: Path) -> ProtocolChain:
 def submit(chain: ProtocolChain, fee: int = 100_000, k: int = 2, rounds: int = 2) -> int:
     chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "Who created Kestrel?",
                                                              fee, k, rounds)))
-    return int(next(a.value for e in chain.last_results[0].events if e.type == "query_submitted"
-                    for a in e.attributes if a.key == "query_id"))
+    return query_ids(chain.last_results[0].events)[0]
 
 
 def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[str] = frozenset()) -> None:  # type: ignore[assignment]
@@ -192,3 +192,37 @@ def test_recent_queries_newest_first_with_paging(chain: ProtocolChain) -> None:
     assert recent(before_id=10**9) == ids[::-1]
     with pytest.raises(AssertionError, match="limit must be at most 100"):
         recent(limit=101)
+
+
+def test_events_are_the_declared_contract(chain: ProtocolChain) -> None:
+    """Other processes parse events by the constants in each module's types.py: every kind a query's
+    life emits is declared there, and the attributes the expert daemon reads are on the events."""
+    from abci_app.x.auth import types as auth_types
+    from abci_app.x.bank import types as bank_types
+    from abci_app.x.experts import types as experts_types
+    from abci_app.x.inference import types as inference_types
+    from llmnet.client.events import find
+
+    declared = {v for m in (auth_types, bank_types, experts_types, inference_types)
+                for k, v in vars(m).items() if k.startswith("EV_")}
+    seen: list[object] = []
+    original = chain.finalize
+
+    def recording(txs: list[bytes]):  # type: ignore[no-untyped-def]
+        resp = original(txs)
+        seen.extend([e for r in resp.tx_results for e in r.events] + list(resp.events))
+        return resp
+
+    chain.finalize = recording  # type: ignore[method-assign]
+    qid = submit(chain)
+    answer_round(chain, qid, 1)
+    answer_round(chain, qid, 2)
+    score(chain, qid, [70, 30])
+    kinds = {e.type for e in seen}  # type: ignore[attr-defined]
+    assert kinds <= declared, kinds - declared
+    assert {inference_types.EV_QUERY_ASSIGNED, inference_types.EV_SCORING_STARTED,
+            inference_types.EV_QUERY_SETTLED, experts_types.EV_REPUTATION} <= kinds
+    for kind, names in ((inference_types.EV_QUERY_ASSIGNED, inference_types.ATTR_RESPONDENTS),
+                        (inference_types.EV_SCORING_STARTED, inference_types.ATTR_SCORERS)):
+        (attrs,) = find(seen, kind)
+        assert int(attrs[inference_types.ATTR_QUERY_ID]) == qid and attrs[names].count("llm1") >= 1

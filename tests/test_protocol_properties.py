@@ -13,8 +13,9 @@ from abci_app.context import BlockEnv, Ctx
 from abci_app.crypto import parse_address
 from abci_app.store.state import State
 from abci_app.x.experts.types import BONDED_POOL, EXPERT_PREFIX, REPUTATION_PREFIX, UNBONDING_POOL
-from abci_app.x.inference.types import ESCROW, QUERY_PREFIX
+from abci_app.x.inference.types import ESCROW, EV_QUERY_SETTLED, QUERY_PREFIX
 from llmnet.client import protocol
+from llmnet.client.events import query_ids
 from tests.protocol_harness import CHAIN_ID, ProtocolChain
 from wire.llmnet.bank.v1 import bank_pb2
 from wire.llmnet.experts.v1 import experts_pb2 as ex
@@ -121,25 +122,25 @@ def run(db: Path, actions: list[tuple]) -> list[bytes]:  # type: ignore[type-arg
     c.register_all(DOMAINS)
     settled: Counter[int] = Counter()
     hashes = []
+
+    def finalize(txs: list[bytes]) -> None:
+        """Every block goes through here: settlements are counted and invariants checked at each."""
+        c.finalize(txs)
+        settled.update(query_ids(c.last.events, EV_QUERY_SETTLED))
+        check_invariants(c, settled)
+        hashes.append(c.app.committed.app_hash)
+
     for a in [*actions, ("blocks", 40)]:  # the tail lets every open query run out its windows and settle
         if a[0] == "all":
-            blocks = []
             for _ in range(12):
                 txs = everyone(c, a[1], a[2])
                 if not txs:
                     break
-                c.block(*txs)
-                check_invariants(c, settled)
+                finalize(txs)
         else:
             raw = to_tx(c, a)
-            blocks = [[raw]] if raw is not None else [[] for _ in range(a[1])]
-        for txs in blocks:
-            c.block(*txs)
-            for e in c.last.events:
-                if e.type == "query_settled":
-                    settled[int(next(x.value for x in e.attributes if x.key == "query_id"))] += 1
-            check_invariants(c, settled)
-            hashes.append(c.app.committed.app_hash)
+            for txs in [[raw]] if raw is not None else [[] for _ in range(a[1])]:
+                finalize(txs)
     c.app.close()
     return hashes
 

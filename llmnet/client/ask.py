@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmnet.client import protocol
+from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -44,8 +45,7 @@ def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: 
     res = client.wait_tx(sent.tx_hash)
     if res.result.code:
         raise TxRejected(sent.tx_hash, res.result.code, res.result.codespace, res.result.log)
-    return int(next(a.value for e in res.result.events if e.type == "query_submitted"
-                    for a in e.attributes if a.key == "query_id"))
+    return query_ids(res.result.events)[0]
 
 
 def progress_line(st: query_pb2.QueryStatusResponse) -> str:

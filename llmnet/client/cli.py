@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
 from llmnet.client import protocol
-from llmnet.client.keys import Key, Keyring, KeyringError
+from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
@@ -45,13 +45,9 @@ class CliConfig:
     @classmethod
     def load(cls, args: argparse.Namespace) -> CliConfig:
         """The one place the CLI reads its environment."""
-        return cls(
-            node=args.node or os.environ.get("LLMNET_NODE", "127.0.0.1:9090"),
-            keyring=Path(args.keyring or os.environ.get("LLMNET_KEYRING", "~/.llmnet/keyring")).expanduser(),
-            output=args.output,
-            passphrase=(Path(args.passphrase_file).read_text().strip() if args.passphrase_file
-                        else os.environ.get("LLMNET_PASSPHRASE")),
-        )
+        return cls(node=args.node or os.environ.get("LLMNET_NODE", "127.0.0.1:9090"),
+                   keyring=keyring_dir(args.keyring), output=args.output,
+                   passphrase=passphrase_from(args.passphrase_file))
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -73,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 parents=[_common(top=True)])
     sub = p.add_subparsers(dest="cmd", required=True)
+    for add_commands in (_keys_parser, _tx_parser, _query_parser, _receipt_parser, _ask_parser):
+        add_commands(sub, common)
+    return p
 
+
+Subparsers = Any  # argparse's _SubParsersAction
+
+
+def _keys_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="sub", required=True)
     add = keys.add_parser("add", help="create a new ed25519 key", parents=[common])
     add.add_argument("name")
@@ -84,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     show.add_argument("--address", action="store_true", help="print only the address")
 
+
+def _tx_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     tx = sub.add_parser("tx", help="sign and broadcast transactions").add_subparsers(dest="sub", required=True)
     send = tx.add_parser("send", help="transfer tokens", parents=[common])
     send.add_argument("from_key", help="name of the signing key")
@@ -107,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         tp.add_argument("--gas", type=int, default=DEFAULT_GAS_LIMIT, help=f"gas limit (default {DEFAULT_GAS_LIMIT})")
         tp.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
 
+
+def _query_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     q = sub.add_parser("query", help="read chain state").add_subparsers(dest="sub", required=True)
     for name, text in (("balance", "balance of an address or key"), ("account", "account record")):
         qp = q.add_parser(name, help=text, parents=[common])
@@ -128,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_parser("params", help="chain parameters", parents=[common])
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
 
+
+def _receipt_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     rc = sub.add_parser("receipt", help="check receipts").add_subparsers(dest="sub", required=True)
     rv = rc.add_parser("verify", help="verify a receipt against validator signatures, like a light client",
                        parents=[common])
@@ -136,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("--trusted-validators-hash", default="",
                     help="hex hash of the validator set you trust (default: accept the set the header names)")
 
+
+def _ask_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     ask = sub.add_parser("ask", help="ask the experts of a domain; follow the query until it settles",
                          parents=[common], epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ask.add_argument("question")
@@ -150,7 +162,6 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-fee", type=int, default=100_000, help="escrowed fee in ullm; unused fee is refunded "
                                                                    "(default 100000)")
     ask.add_argument("--timeout", type=float, default=600, help="seconds to follow the query (default 600)")
-    return p
 
 
 ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
@@ -183,11 +194,7 @@ def _resolve(cfg: CliConfig, who: str) -> str:
 
 
 def _load_key(cfg: CliConfig, name: str) -> Key:
-    ring = Keyring(cfg.keyring)
-    passphrase = cfg.passphrase
-    if ring.is_encrypted(name) and passphrase is None:
-        passphrase = getpass.getpass(f"passphrase for {name}: ")
-    return ring.load(name, passphrase)
+    return unlock(Keyring(cfg.keyring), name, cfg.passphrase, ask=getpass.getpass)
 
 
 def _keys(cfg: CliConfig, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from abci_app.crypto import address_of
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEFAULT_KEYRING = "~/.llmnet/keyring"
 
 
 class KeyringError(Exception):
@@ -120,3 +122,22 @@ class Keyring:
         if not self.dir.exists():
             return []
         return sorted(p.stem for p in self.dir.glob("*.json"))
+
+
+def keyring_dir(given: str | None) -> Path:
+    """--keyring, else LLMNET_KEYRING, else ~/.llmnet/keyring (both CLIs read it so)."""
+    return Path(given or os.environ.get("LLMNET_KEYRING", DEFAULT_KEYRING)).expanduser()
+
+
+def passphrase_from(passphrase_file: str | None) -> str | None:
+    """--passphrase-file's content, else LLMNET_PASSPHRASE, else None."""
+    if passphrase_file:
+        return Path(passphrase_file).read_text().strip()
+    return os.environ.get("LLMNET_PASSPHRASE")
+
+
+def unlock(ring: Keyring, name: str, passphrase: str | None, ask: Callable[[str], str] | None = None) -> Key:
+    """Load a key; an encrypted one with no passphrase given is asked for with ask (a prompt), if any."""
+    if passphrase is None and ask is not None and ring.is_encrypted(name):
+        passphrase = ask(f"passphrase for {name}: ")
+    return ring.load(name, passphrase if ring.is_encrypted(name) else None)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -23,6 +25,7 @@ from wire.llmnet.query.v1 import query_pb2, query_pb2_grpc
 from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 
 WRONG_SEQUENCE = ("tx", 3)
+R = TypeVar("R", bound=Message)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")
 
 
@@ -68,60 +71,63 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, fn, request: Message) -> Message:  # type: ignore[no-untyped-def]
+    def _call(self, fn: Callable[..., object], request: Message, expect: type[R]) -> R:
+        """One unary call; gRPC failures become ClientError (NodeUnreachable when the node is not there)."""
         try:
-            response: Message = fn(request, timeout=self.timeout)
-            return response
+            response = fn(request, timeout=self.timeout)
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
+            code, details = err.code(), err.details()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise NodeUnreachable(f"node {self.node} unreachable: {err.details()}", code) from None  # type: ignore[attr-defined]
-            raise ClientError(err.details(), code) from None  # type: ignore[attr-defined]
+                raise NodeUnreachable(f"node {self.node} unreachable: {details}", code) from None
+            raise ClientError(details, code) from None
+        if not isinstance(response, expect):
+            raise ClientError(f"node answered {type(response).__name__}, expected {expect.__name__}")
+        return response
 
     def status(self) -> node_pb2.StatusResponse:
-        return self._call(self.node_api.Status, node_pb2.StatusRequest())  # type: ignore[return-value]
+        return self._call(self.node_api.Status, node_pb2.StatusRequest(), node_pb2.StatusResponse)
 
     def account(self, address: str) -> query_pb2.AccountResponse:
-        return self._call(self.query.Account, query_pb2.AccountRequest(address=address))  # type: ignore[return-value]
+        return self._call(self.query.Account, query_pb2.AccountRequest(address=address), query_pb2.AccountResponse)
 
     def balance(self, address: str) -> query_pb2.BalanceResponse:
-        return self._call(self.query.Balance, query_pb2.BalanceRequest(address=address))  # type: ignore[return-value]
+        return self._call(self.query.Balance, query_pb2.BalanceRequest(address=address), query_pb2.BalanceResponse)
 
     def supply(self) -> query_pb2.SupplyResponse:
-        return self._call(self.query.Supply, query_pb2.SupplyRequest())  # type: ignore[return-value]
+        return self._call(self.query.Supply, query_pb2.SupplyRequest(), query_pb2.SupplyResponse)
 
     def params(self) -> query_pb2.ParamsResponse:
-        return self._call(self.query.Params, query_pb2.ParamsRequest())  # type: ignore[return-value]
+        return self._call(self.query.Params, query_pb2.ParamsRequest(), query_pb2.ParamsResponse)
 
     def expert(self, address: str) -> query_pb2.ExpertResponse:
-        return self._call(self.query.Expert, query_pb2.ExpertRequest(address=address))  # type: ignore[return-value]
+        return self._call(self.query.Expert, query_pb2.ExpertRequest(address=address), query_pb2.ExpertResponse)
 
     def experts(self, domain: str) -> query_pb2.ExpertsByDomainResponse:
         req = query_pb2.ExpertsByDomainRequest(domain=domain)
-        return self._call(self.query.ExpertsByDomain, req)  # type: ignore[return-value]
+        return self._call(self.query.ExpertsByDomain, req, query_pb2.ExpertsByDomainResponse)
 
     def reputation_history(self, address: str) -> query_pb2.ReputationHistoryResponse:
         req = query_pb2.ReputationHistoryRequest(address=address)
-        return self._call(self.query.ReputationHistory, req)  # type: ignore[return-value]
+        return self._call(self.query.ReputationHistory, req, query_pb2.ReputationHistoryResponse)
 
     def query_status(self, query_id: int) -> query_pb2.QueryStatusResponse:
         req = query_pb2.QueryStatusRequest(query_id=query_id)
-        return self._call(self.query.QueryStatus, req)  # type: ignore[return-value]
+        return self._call(self.query.QueryStatus, req, query_pb2.QueryStatusResponse)
 
     def recent_queries(self, limit: int = 20, before_id: int = 0) -> query_pb2.RecentQueriesResponse:
         req = query_pb2.RecentQueriesRequest(limit=limit, before_id=before_id)
-        return self._call(self.query.RecentQueries, req)  # type: ignore[return-value]
+        return self._call(self.query.RecentQueries, req, query_pb2.RecentQueriesResponse)
 
     def receipt(self, query_id: int) -> query_pb2.ReceiptResponse:
-        return self._call(self.query.Receipt, query_pb2.ReceiptRequest(query_id=query_id))  # type: ignore[return-value]
+        return self._call(self.query.Receipt, query_pb2.ReceiptRequest(query_id=query_id), query_pb2.ReceiptResponse)
 
     def explain_payout(self, query_id: int) -> query_pb2.ExplainPayoutResponse:
         req = query_pb2.ExplainPayoutRequest(query_id=query_id)
-        return self._call(self.query.ExplainPayout, req)  # type: ignore[return-value]
+        return self._call(self.query.ExplainPayout, req, query_pb2.ExplainPayoutResponse)
 
     def explain_selection(self, query_id: int) -> query_pb2.ExplainSelectionResponse:
         req = query_pb2.ExplainSelectionRequest(query_id=query_id)
-        return self._call(self.query.ExplainSelection, req)  # type: ignore[return-value]
+        return self._call(self.query.ExplainSelection, req, query_pb2.ExplainSelectionResponse)
 
     def sequence(self, address: str) -> int:
         try:
@@ -132,13 +138,13 @@ class Client:
             raise
 
     def broadcast(self, tx: bytes) -> service_pb2.BroadcastTxResponse:
-        return self._call(self.tx.BroadcastTx, service_pb2.BroadcastTxRequest(tx=tx))  # type: ignore[return-value]
+        return self._call(self.tx.BroadcastTx, service_pb2.BroadcastTxRequest(tx=tx), service_pb2.BroadcastTxResponse)
 
     def simulate(self, tx: bytes) -> service_pb2.SimulateResponse:
-        return self._call(self.tx.Simulate, service_pb2.SimulateRequest(tx=tx))  # type: ignore[return-value]
+        return self._call(self.tx.Simulate, service_pb2.SimulateRequest(tx=tx), service_pb2.SimulateResponse)
 
     def get_tx(self, tx_hash: str) -> service_pb2.GetTxResponse:
-        return self._call(self.tx.GetTx, service_pb2.GetTxRequest(tx_hash=tx_hash))  # type: ignore[return-value]
+        return self._call(self.tx.GetTx, service_pb2.GetTxRequest(tx_hash=tx_hash), service_pb2.GetTxResponse)
 
     def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.2) -> service_pb2.GetTxResponse:
         """Poll until the tx is in a committed block. Raises ClientError on timeout."""

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from abci_app.app import Application
+from abci_app.errors import ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound, ErrUnknownPath
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
 from llmnet.node.metrics import NodeMetrics
@@ -24,10 +25,12 @@ from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 from wire.tendermint.abci import types_pb2 as abci
 
 _QUERY_STATUS = {
-    ("query", 2): grpc.StatusCode.NOT_FOUND,
-    ("query", 3): grpc.StatusCode.INVALID_ARGUMENT,
-    ("query", 4): grpc.StatusCode.UNIMPLEMENTED,
-    ("query", 5): grpc.StatusCode.OUT_OF_RANGE,
+    (err.codespace, err.code): status for err, status in (
+        (ErrNotFound, grpc.StatusCode.NOT_FOUND),
+        (ErrInvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+        (ErrUnknownPath, grpc.StatusCode.UNIMPLEMENTED),
+        (ErrHeightUnavailable, grpc.StatusCode.OUT_OF_RANGE),
+    )
 }
 
 

@@ -78,6 +78,37 @@ def _wait_port(port: int, timeout: float, what: str, pid: int) -> None:
     raise LocalnetError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def _genesis(nodes: list[tuple[Path, Ports]], keys: list[Key], params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Node 0's genesis with every node as a validator of equal power and every key funded."""
+    doc = genesis.read(nodes[0][0])
+    doc["validators"] = []
+    for i, (home, _) in enumerate(nodes):
+        pv = json.loads((home / "config" / "priv_validator_key.json").read_text())
+        doc["validators"].append(
+            {"address": pv["address"], "pub_key": pv["pub_key"], "power": "10", "name": f"node{i}"})
+    for key in keys:
+        genesis.add_balance(doc, key.address, FUNDS_PER_KEY)
+    genesis.override_params(doc, params)
+    return doc
+
+
+def _configure(home: Path, ports: Ports, peers: list[str], consensus: dict[str, str], proxy_app: str | None,
+               mempool_size: int | None) -> None:
+    """Loopback addresses, the other nodes as persistent peers, and the block timing, in config.toml."""
+    toml = home / "config" / "config.toml"
+    text = set_toml_values(toml.read_text(), "rpc", {"laddr": f"tcp://127.0.0.1:{ports.rpc}"})
+    text = set_toml_values(text, "p2p", {
+        "laddr": f"tcp://127.0.0.1:{ports.p2p}", "persistent_peers": ",".join(peers),
+        "allow_duplicate_ip": True, "addr_book_strict": False,
+    })
+    text = set_toml_values(text, "consensus", consensus)
+    if proxy_app:
+        text = set_toml_values(text, "", {"proxy_app": proxy_app})
+    if mempool_size:
+        text = set_toml_values(text, "mempool", {"size": mempool_size, "cache_size": 4 * mempool_size})
+    toml.write_text(text)
+
+
 class Localnet:
     def __init__(self, home: str | Path, cometbft: str | None = None) -> None:
         self.home = Path(home).expanduser().resolve()
@@ -102,50 +133,17 @@ class Localnet:
             raise LocalnetError("--validators must be at least 1")
         if self.exists():
             raise LocalnetError(f"{self.home / MANIFEST} exists; stop and delete {self.home} to make a new one")
-        nodes = []
-        for i in range(validators):
-            ports = Ports.for_node(base_port, i)
-            home = self.home / f"node{i}"
-            cfg = NodeConfig(
-                home=home, abci_address=f"tcp://127.0.0.1:{ports.abci}",
-                grpc_address=f"127.0.0.1:{ports.grpc}", metrics_address=f"127.0.0.1:{ports.metrics}",
-                explorer_address=f"127.0.0.1:{ports.explorer}",
-                cometbft_rpc=f"http://127.0.0.1:{ports.rpc}",
-            )
-            init_home(home, chain_id, self.cometbft, moniker=f"node{i}", app=cfg)
-            nodes.append((home, ports))
+        nodes = [self._init_node(i, chain_id, Ports.for_node(base_port, i)) for i in range(validators)]
+        keys = [Key.generate(n) for n in ["faucet"] + [f"user{i}" for i in range(1, accounts)]]
         keyring = Keyring(self.home / "keyring")
-        names = ["faucet"] + [f"user{i}" for i in range(1, accounts)]
-        keys = [Key.generate(n) for n in names]
         for key in keys:
             keyring.add(key, passphrase=None, unsafe_plaintext=True)
-        doc = genesis.read(nodes[0][0])
-        doc["validators"] = []
-        for i, (home, _) in enumerate(nodes):
-            pv = json.loads((home / "config" / "priv_validator_key.json").read_text())
-            doc["validators"].append(
-                {"address": pv["address"], "pub_key": pv["pub_key"], "power": "10", "name": f"node{i}"})
-        for key in keys:
-            genesis.add_balance(doc, key.address, FUNDS_PER_KEY)
-        genesis.override_params(doc, params or {})
-        peers = ",".join(f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes)
+        doc = _genesis(nodes, keys, params or {})
+        peers = [f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes]
         for i, (home, ports) in enumerate(nodes):
             genesis.write(home, doc)
-            toml = home / "config" / "config.toml"
-            text = toml.read_text()
-            text = set_toml_values(text, "rpc", {"laddr": f"tcp://127.0.0.1:{ports.rpc}"})
-            text = set_toml_values(text, "p2p", {
-                "laddr": f"tcp://127.0.0.1:{ports.p2p}",
-                "persistent_peers": ",".join(p for j, p in enumerate(peers.split(",")) if j != i),
-                "allow_duplicate_ip": True, "addr_book_strict": False,
-            })
-            text = set_toml_values(text, "consensus",
-                                   {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose})
-            if proxy_app:
-                text = set_toml_values(text, "", {"proxy_app": proxy_app})
-            if mempool_size:
-                text = set_toml_values(text, "mempool", {"size": mempool_size, "cache_size": 4 * mempool_size})
-            toml.write_text(text)
+            consensus = {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose}
+            _configure(home, ports, [p for j, p in enumerate(peers) if j != i], consensus, proxy_app, mempool_size)
         manifest = {
             "chain_id": chain_id,
             "nodes": [
@@ -154,12 +152,22 @@ class Localnet:
                  "explorer": f"http://127.0.0.1:{p.explorer}/"}
                 for h, p in nodes
             ],
-            "keys": names,
+            "keys": [k.name for k in keys],
             "keyring": str(self.home / "keyring"),
             "builtin_app": proxy_app or "",
         }
         (self.home / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+    def _init_node(self, i: int, chain_id: str, ports: Ports) -> tuple[Path, Ports]:
+        home = self.home / f"node{i}"
+        cfg = NodeConfig(
+            home=home, abci_address=f"tcp://127.0.0.1:{ports.abci}",
+            grpc_address=f"127.0.0.1:{ports.grpc}", metrics_address=f"127.0.0.1:{ports.metrics}",
+            explorer_address=f"127.0.0.1:{ports.explorer}", cometbft_rpc=f"http://127.0.0.1:{ports.rpc}",
+        )
+        init_home(home, chain_id, self.cometbft, moniker=f"node{i}", app=cfg)
+        return home, ports
 
     # -- processes ----------------------------------------------------------------------
 

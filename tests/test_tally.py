@@ -1,0 +1,128 @@
+"""Table tests of the pure settlement arithmetic (abci_app.x.inference.tally)."""
+
+from __future__ import annotations
+
+import pytest
+
+from abci_app.x.inference.selection import assign, draw
+from abci_app.x.inference.tally import Vote, build_receipt, clipped_mean, tally, weighted_median
+from abci_app.x.inference.types import default_params
+from wire.llmnet.experts.v1 import experts_pb2
+from wire.llmnet.inference.v1 import inference_pb2 as pb
+
+SCALE = 1_000_000
+
+MEDIAN_CASES = [
+    ("one value", [(40, 1)], 40),
+    ("odd count, equal weights", [(10, 1), (50, 1), (90, 1)], 50),
+    ("even count takes the lower middle", [(10, 1), (90, 1)], 10),
+    ("heavy value wins", [(10, 1), (90, 3)], 90),
+    ("exactly half the weight is enough", [(10, 2), (90, 2)], 10),
+    ("zero weight counts as one", [(10, 0), (90, 0), (50, 0)], 50),
+    ("order of input does not matter", [(90, 1), (10, 1), (50, 1)], 50),
+]
+
+
+@pytest.mark.parametrize("pairs,expected", [c[1:] for c in MEDIAN_CASES], ids=[c[0] for c in MEDIAN_CASES])
+def test_weighted_median(pairs: list[tuple[int, int]], expected: int) -> None:
+    assert weighted_median(pairs) == expected
+
+
+def test_weighted_median_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        weighted_median([])
+
+
+CLIP_CASES = [
+    ("agreeing scores keep their mean", [(60, 1), (62, 1), (64, 1)], 10, 62),
+    ("an outlier is pulled to median + clip", [(50, 1), (50, 1), (100, 1)], 10, 53),  # (50+50+60)//3
+    ("an outlier below is pulled up", [(0, 1), (80, 1), (80, 1)], 10, 76),  # (70+80+80)//3
+    ("weights count in the mean", [(50, 3), (58, 1)], 10, 52),  # (150+58)//4
+    ("rounds down", [(0, 1), (1, 1), (1, 1)], 10, 0),  # 2//3
+    ("clip 0 is the median", [(10, 1), (40, 1), (90, 1)], 0, 40),
+]
+
+
+@pytest.mark.parametrize("pairs,clip,expected", [c[1:] for c in CLIP_CASES], ids=[c[0] for c in CLIP_CASES])
+def test_clipped_mean(pairs: list[tuple[int, int]], clip: int, expected: int) -> None:
+    assert clipped_mean(pairs, clip) == expected
+
+
+def _query(n: int, scorers: int = 2, max_fee: int = 100_000) -> pb.Query:
+    return pb.Query(id=7, requester="req", domain="d", prompt="p", max_fee=max_fee, k=n, rounds=1,
+                    respondents=[f"r{i}" for i in range(n)], scorers=[f"s{i}" for i in range(scorers)])
+
+
+PARAMS = default_params()  # threshold 50, scorer share 20%, clip 10
+
+
+def test_pays_by_score_above_threshold_and_refunds_the_rest() -> None:
+    q = _query(2)
+    t = tally(q, ["right", "wrong"], [Vote("s0", 5, (90, 20)), Vote("s1", 5, (90, 20))], PARAMS, SCALE)
+    assert t.scores == (90, 20)
+    # slots: scorers share 20_000 -> 10_000 each; respondents 80_000 // 2 = 40_000 each
+    assert [p.amount for p in t.payouts] == [36_000, 0, 10_000, 10_000, 44_000]
+    assert [p.role for p in t.payouts] == ["respondent", "respondent", "scorer", "scorer", "refund"]
+    assert t.refund == 44_000 and sum(p.amount for p in t.payouts) == q.max_fee
+    assert t.reputation_targets == (900_000, 200_000)
+    assert t.agreements == (SCALE, SCALE)
+    assert t.final_index == 0
+
+
+def test_missing_answer_scores_zero_and_keeps_reputation() -> None:
+    t = tally(_query(2), [None, "an answer"], [Vote("s0", 1, (100, 70))], PARAMS, SCALE)
+    assert t.scores == (0, 70)
+    assert t.reputation_targets == (None, 700_000)
+    assert t.payouts[0].amount == 0 and "no revealed" in t.payouts[0].reason
+    assert t.final_index == 1
+
+
+def test_no_votes_pay_nobody_and_move_no_reputation() -> None:
+    q = _query(2)
+    t = tally(q, ["a", "b"], [], PARAMS, SCALE)
+    assert t.scores == (0, 0) and t.reputation_targets == (None, None) and t.agreements == ()
+    assert [p.amount for p in t.payouts] == [0, 0, q.max_fee]
+    assert all("no scorer" in p.reason for p in t.payouts[:2])
+
+
+def test_scorer_agreement_is_one_minus_mean_distance() -> None:
+    # aggregate per answer: median 50 -> clip [40, 60]: (50 + 60) // 2 = 55 ... with three votes
+    votes = [Vote("s0", 1, (50, 50)), Vote("s1", 1, (50, 50)), Vote("s2", 1, (100, 0))]
+    t = tally(_query(2, scorers=3), ["a", "b"], votes, PARAMS, SCALE)
+    assert t.scores == (53, 46)  # (50+50+60)//3, (50+50+40)//3
+    # s2 is 47 and 46 points off: mean 46.5 of 100 -> agreement 535_000
+    assert t.agreements == (965_000, 965_000, 535_000)
+    scorer_pay = [p.amount for p in t.payouts if p.role == "scorer"]
+    assert scorer_pay == [20_000 // 3 * 965_000 // SCALE] * 2 + [20_000 // 3 * 535_000 // SCALE]
+
+
+def test_ties_go_to_the_earlier_respondent_and_no_answers_give_minus_one() -> None:
+    votes = [Vote("s0", 1, (70, 70, 70))]
+    assert tally(_query(3, scorers=1), ["a", "b", "c"], votes, PARAMS, SCALE).final_index == 0
+    assert tally(_query(2), [None, None], [Vote("s0", 1, (9, 9))], PARAMS, SCALE).final_index == -1
+
+
+def test_payout_rounding_never_pays_more_than_the_fee() -> None:
+    q = _query(3, scorers=3, max_fee=1_001)
+    t = tally(q, ["a", "b", "c"], [Vote(f"s{i}", 1, (99, 98, 97)) for i in range(3)], PARAMS, SCALE)
+    assert sum(p.amount for p in t.payouts) == q.max_fee
+    assert all(p.amount >= 0 for p in t.payouts)
+
+
+def test_receipt_records_the_tally() -> None:
+    q = _query(2)
+    t = tally(q, ["right", None], [Vote("s0", 1, (80, 0))], PARAMS, SCALE)
+    models = [experts_pb2.ModelCommitment(base_model="m", adapter_sha256="ab" * 32), experts_pb2.ModelCommitment()]
+    r = build_receipt(q, ["right", None], t, models, ["r1", "r1"], height=12)
+    assert r.final_answer == "right" and r.final_index == 0 and list(r.scores) == [80, 0]
+    assert r.answer_hashes[1] == "" and len(r.answer_hashes[0]) == 64
+    assert list(r.slashed) == ["r1"] and r.settled_height == 12
+
+
+def test_assign_is_the_draw_submit_and_explain_share() -> None:
+    people = [(bytes([i]) * 20, 1 + i) for i in range(6)]
+    got = assign(b"seed", people, 2, 3)
+    assert got.respondents == draw(b"seed", people, 2, b"respondents")
+    assert len(set(got.respondents + got.scorers)) == 5
+    assert not set(got.respondents) & set(got.scorers)
+    assert assign(b"seed", people, 2, 3) == got

@@ -124,15 +124,10 @@ class Application:
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         """Validate against the check state (committed state plus txs already admitted since the
         last Commit) and, if valid, apply it there so the sender's next sequence is admitted too.
-        A new tx runs in full so its sender hears of a failing message at once; a RECHECK after
-        Commit re-runs only the ante checks (signature, sequence, fee), which is what a block
-        can have invalidated."""
-        if req.type == abci.CheckTxType.RECHECK:
-            err = self._validate(self._check, self._check_env(), req.tx)
-            if err is None:
-                return abci.ResponseCheckTx()
-            return abci.ResponseCheckTx(code=err.code, codespace=err.codespace, log=err.log)
-        result = self._run(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
+        A new tx and a RECHECK after Commit both run in full, messages included: a tx that drains
+        its sender's balance must leave the check state poorer, or the sender's next txs would be
+        admitted on money it no longer has."""
+        result, _ = self._run(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
         return abci.ResponseCheckTx(
             code=result.code, codespace=result.codespace, log=result.log,
             gas_wanted=result.gas_wanted, gas_used=result.gas_used,
@@ -141,7 +136,7 @@ class Application:
     def simulate(self, raw: bytes) -> abci.ExecTxResult:
         """Run a tx on a copy of the check state as a block would (events, fee kept on a failing
         message); the copy is dropped, so nothing is kept."""
-        return self._run(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)
+        return self._run(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)[0]
 
     # -- connection: consensus ----------------------------------------------------------
 
@@ -162,28 +157,29 @@ class Application:
         return abci.ResponseInitChain(app_hash=self.committed.stage(state.writes()).app_hash)
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        """Keep, in order, the txs that pass validate_tx and fit in max_tx_bytes."""
+        """Keep, in order, the txs that fit in max_tx_bytes and will pay: each is executed, messages
+        and all, on the state the ones before it leave, exactly as FinalizeBlock will run them."""
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         chosen, total = [], 0
         for raw in req.txs:
             if total + len(raw) > req.max_tx_bytes:
                 continue
-            if self._validate(state, env, raw) is None:
+            if self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1]:
                 chosen.append(raw)
                 total += len(raw)
         self._prepared = (req.height, chosen)
         return abci.ResponsePrepareProposal(txs=chosen)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        """Accept only if every tx passes the same validate_tx PrepareProposal used. This node's
-        own proposal passed it moments ago against the same committed state, so it is accepted
-        without repeating the work."""
+        """Accept only if every tx, executed in order as FinalizeBlock will, pays its fee: a block may
+        not carry a tx that costs the network its bytes and its sender nothing. This node's own
+        proposal passed the same run moments ago against the same state, so it is not run again."""
         if self._prepared == (req.height, list(req.txs)):
             return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
         state = self._proposal_state()
-        env = self._env(req.height, _timestamp_ns(req.time))
-        ok = all(self._validate(state, env, raw) is None for raw in req.txs)
+        env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
+        ok = all(self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in req.txs)
         status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
         return abci.ResponseProcessProposal(status=status)
 
@@ -194,7 +190,7 @@ class Application:
         self._block = None
         time_ns = _timestamp_ns(req.time)
         env = self._env(req.height, time_ns, seed=req.hash)
-        results = [self._run(state, env, raw, keep_failed_msgs=True) for raw in req.txs]
+        results = [self._run(state, env, raw, keep_failed_msgs=True)[0] for raw in req.txs]
         end = Ctx(state, env)
         with state.scope():  # end-of-block work is the chain's own: an error here is fatal
             for module in self.modules:
@@ -246,26 +242,17 @@ class Application:
             raise hit.with_traceback(None)  # a cached error must not accumulate tracebacks
         return hit
 
-    def _validate(self, state: State, env: BlockEnv, raw: bytes) -> AppError | None:
-        """validate_tx: decode and run the ante handler on state, keeping its charges on success."""
-        ctx = Ctx(state, env)
-        try:
-            tx = self._decode(ctx, raw)
-            with state.scope():
-                self.ante.run(ctx, tx)
-        except AppError as err:
-            return err
-        return None
-
-    def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool) -> abci.ExecTxResult:
-        """Full execution: ante, then messages. With keep_failed_msgs (a block), a message failure
-        still charges the fee and sequence and events are reported; without (the mempool), the
-        whole tx is rejected and no events are built."""
-        ctx = Ctx(state, env, record_events=keep_failed_msgs)
+    def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool,
+             record_events: bool | None = None) -> tuple[abci.ExecTxResult, bool]:
+        """validate_tx and execution in one: decode, ante, then messages. Returns the result and whether
+        the tx was charged (its ante passed: fee taken, sequence bumped). With keep_failed_msgs (a block,
+        a proposal), a message failure still charges the fee and sequence; without (the mempool), the
+        whole tx is rejected. Events are built only where someone reads them (a block, by default)."""
+        ctx = Ctx(state, env, record_events=keep_failed_msgs if record_events is None else record_events)
         try:
             tx = self._decode(ctx, raw)
         except AppError as err:
-            return _result(err)
+            return _result(err), False
         try:
             with state.scope():
                 self.ante.run(ctx, tx)
@@ -277,7 +264,7 @@ class Application:
                 except AppError as err:
                     if not keep_failed_msgs:
                         raise
-                    return _result(err, tx.auth.fee.gas_limit, ctx.gas.used, ante_events)
+                    return _result(err, tx.auth.fee.gas_limit, ctx.gas.used, ante_events), True
         except AppError as err:
-            return _result(err, tx.auth.fee.gas_limit, ctx.gas.used)
-        return _result(None, tx.auth.fee.gas_limit, ctx.gas.used, ante_events + ctx.events)
+            return _result(err, tx.auth.fee.gas_limit, ctx.gas.used), False
+        return _result(None, tx.auth.fee.gas_limit, ctx.gas.used, ante_events + ctx.events), True

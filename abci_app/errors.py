@@ -38,6 +38,11 @@ def registered_errors() -> dict[tuple[str, int], type[AppError]]:
     return dict(_REGISTRY)
 
 
+class Missing:
+    """Marks an error that means "no such thing" (an unknown account, expert, query), whatever its
+    module: transports report all of them alike (gRPC NOT_FOUND)."""
+
+
 class TxError(AppError):
     codespace = "tx"
 
@@ -104,7 +109,7 @@ class QueryError(AppError):
     codespace = "query"
 
 
-class ErrNotFound(QueryError):
+class ErrNotFound(QueryError, Missing):
     code = 2
 
 

@@ -79,7 +79,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
                 run.oracle.append(max(qs))
                 run.top_third.append(who in top[st.domain])
             answers = [(chain.key_of(st.respondents[0]), st.id) for st in statuses]
-            chain.ok(*[chain.tx(k, protocol.commit_answer(k, i, 1, "a")) for k, i in answers])
+            chain.ok(*[chain.tx(k, protocol.commit_answer(k, chain.chain_id, i, 1, "a")) for k, i in answers])
             chain.ok(*[chain.tx(k, protocol.reveal_answer(k, i, 1, "a")) for k, i in answers])
             scores = {}
             for st in statuses:
@@ -88,7 +88,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
                     honest = min(100, max(0, round(quality[who] * 100 + score_rng.gauss(0, noise))))
                     colluding = collusion and s in colluders and who == favourite[st.domain]
                     scores[(s, st.id)] = 100 if colluding else honest
-            chain.ok(*[chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), i, [v]))
+            chain.ok(*[chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), chain.chain_id, i, [v]))
                        for (s, i), v in scores.items()])
             chain.ok(*[chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), i, [v]))
                        for (s, i), v in scores.items()])

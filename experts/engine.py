@@ -8,6 +8,7 @@ forward pass (left-padded, with an attention mask); different adapters run as se
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -72,6 +73,8 @@ class _Job:
     on_text: Callable[[str], None] | None
     cancelled: Callable[[], bool]
     done: threading.Event = field(default_factory=threading.Event)
+    streamed: int = 0
+    """Characters already handed to on_text (a batch re-run alone after a failure does not repeat them)."""
     result: Generation | None = None
     error: BaseException | None = None
 
@@ -128,8 +131,9 @@ class Engine:
             raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
         if sampling.max_new_tokens < 1 or sampling.max_new_tokens > self.limits.max_new_tokens:
             raise EngineError(ErrorKind.INVALID, f"max_new_tokens must be 1..{self.limits.max_new_tokens}")
-        if sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
-            raise EngineError(ErrorKind.INVALID, "temperature must be >= 0 and top_p in (0, 1]")
+        if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0
+                and math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
+            raise EngineError(ErrorKind.INVALID, "temperature must be a finite number >= 0 and top_p in (0, 1]")
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
                  on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None
@@ -146,8 +150,9 @@ class Engine:
         return job.result
 
     def _ensure_worker(self) -> None:
+        """Start the worker, or start it again should it ever have died: requests never wait on a dead thread."""
         with self._start_lock:
-            if self._worker is None:
+            if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="engine", daemon=True)
                 self._worker.start()
 
@@ -180,19 +185,31 @@ class Engine:
             for job in batch:
                 groups.setdefault(job.domain, []).append(job)
             for domain in sorted(groups):
-                jobs = groups[domain]
-                try:
-                    with self._model_lock:
-                        self._run(jobs, domain)
-                except BaseException as exc:  # noqa: BLE001 - handed back to each waiting caller
-                    for job in jobs:
-                        job.error = exc
-                finally:
-                    self.batches_run += 1
-                    for job in jobs:
-                        job.done.set()
+                self._run_isolated(groups[domain], domain)
             if stopping:
                 return
+
+    def _run_isolated(self, jobs: list[_Job], domain: str) -> None:
+        """Run a batch; if it fails as a whole, run its jobs one by one, so only the request that broke it
+        fails. Every job ends with a result or its own error, and its caller is woken either way."""
+        try:
+            with self._model_lock:
+                self._run(jobs, domain)
+        except Exception as exc:  # noqa: BLE001 - handed back to the waiting caller(s)
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._run_isolated([job], domain)
+                return
+            jobs[0].error = exc
+        except BaseException as exc:  # the thread is going down: no caller may wait forever
+            for job in jobs:
+                job.error = exc
+                job.done.set()
+            raise
+        finally:
+            self.batches_run += 1
+        for job in jobs:
+            job.done.set()
 
     def _run(self, jobs: list[_Job], domain: str) -> None:
         import torch
@@ -222,14 +239,20 @@ class Engine:
                     if reasons[i] is not None:
                         next_ids.append(self.pad_id)
                         continue
-                    token = _pick(result.logits[i, -1], j.sampling, generators[i])
+                    try:
+                        token = _pick(result.logits[i, -1], j.sampling, generators[i])
+                    except Exception as exc:  # noqa: BLE001 - this request fails alone; the batch goes on
+                        j.error, reasons[i] = exc, "error"
+                        next_ids.append(self.pad_id)
+                        continue
                     next_ids.append(token)
                     reasons[i] = self._advance(j, token, eos, outs[i], texts, i)
                 input_ids = torch.tensor([[t] for t in next_ids])
                 mask = torch.cat([mask, torch.ones((len(jobs), 1), dtype=mask.dtype)], dim=1)
                 positions = positions[:, -1:] + 1
         for i, j in enumerate(jobs):
-            j.result = Generation(texts[i], len(j.ids), len(outs[i]), reasons[i] or "length")
+            if j.error is None:
+                j.result = Generation(texts[i], len(j.ids), len(outs[i]), reasons[i] or "length")
 
     def _advance(self, job: _Job, token: int, eos: set[int], out: list[int], texts: list[str], i: int) -> str | None:
         """Take one token for a request; returns its finish reason once it is done."""
@@ -241,8 +264,9 @@ class Engine:
         hit = min((full.find(s) for s in job.sampling.stop if s and s in full), default=-1)
         if hit >= 0:
             full, reason = full[:hit], "stop"
-        if job.on_text is not None and len(full) > len(texts[i]):
-            job.on_text(full[len(texts[i]):])
+        if job.on_text is not None and len(full) > job.streamed:
+            job.on_text(full[job.streamed:])
+            job.streamed = len(full)
         texts[i] = full
         return reason
 
@@ -271,7 +295,9 @@ def _pick(logits: Any, sampling: Sampling, generator: Any) -> int:
 
     if sampling.temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    # float64: a finite temperature however small keeps logits / temperature finite, so the softmax
+    # sharpens to greedy instead of overflowing into NaN
+    probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)
     if sampling.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p

@@ -1,11 +1,15 @@
 """gRPC ExpertService. Servicers translate protobuf <-> engine calls; the engine decides.
 
-Every answer is signed with the expert's account key over AnswerSignDoc{chain_id, query_id, round,
-sha256(answer)}, so scorers and requesters can check who said what and prove equivocation on chain.
+Every answer served is signed with the expert's account key over ServedAnswerSignDoc (the request's
+hash and the answer's), so a requester can prove what it was served. That doc is not evidence: the
+chain's equivocation evidence is AnswerSignDoc, which nothing here signs, so no sequence of requests can
+make an honest expert sign its way into a slash. Every field of a request is checked here, at the edge,
+before it reaches the engine.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -18,15 +22,37 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from abci_app.x.inference.types import answer_sign_bytes
 from experts.access import AccessDenied, ChainAccess
 from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
+from llmnet.client.expert_api import served_answer_sign_bytes
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
+MAX_TEMPERATURE = 5.0
+MAX_MESSAGES = 64
+MAX_STOPS, MAX_STOP_CHARS = 8, 64
+
+
+def sampling_from(s: pb.Sampling) -> Sampling:
+    """The request's sampling, each field checked: a NaN or an infinity must never reach the model."""
+    if not math.isfinite(s.temperature) or not 0 <= s.temperature <= MAX_TEMPERATURE:
+        raise EngineError(ErrorKind.INVALID, f"sampling.temperature must be a number in 0..{MAX_TEMPERATURE}")
+    if not math.isfinite(s.top_p) or not 0 <= s.top_p <= 1:
+        raise EngineError(ErrorKind.INVALID, "sampling.top_p must be a number in (0, 1] (0 means 1)")
+    if len(s.stop) > MAX_STOPS or any(len(x) > MAX_STOP_CHARS for x in s.stop):
+        raise EngineError(ErrorKind.INVALID, f"sampling.stop takes at most {MAX_STOPS} strings of "
+                                             f"{MAX_STOP_CHARS} characters")
+    return Sampling(max_new_tokens=s.max_new_tokens or 64, temperature=s.temperature, top_p=s.top_p or 1.0,
+                    seed=s.seed, stop=list(s.stop))
+
+
+def messages_from(request: pb.GenerateRequest) -> list[dict[str, str]]:
+    if len(request.messages) > MAX_MESSAGES:
+        raise EngineError(ErrorKind.INVALID, f"at most {MAX_MESSAGES} messages")
+    return [{"role": m.role, "content": m.content} for m in request.messages]
 STATUS = {ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
           ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -89,14 +115,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
         self.metrics.in_flight.inc()
         try:
+            sampling, messages = sampling_from(request.sampling), messages_from(request)
             domain = request.domain
             if self.access is not None:
                 query = self.access.check(request)  # always: access never depends on the other fields
                 domain = domain or self.engine.adapter_for(query.domain)
-            s = request.sampling
-            sampling = Sampling(max_new_tokens=s.max_new_tokens or 64, temperature=s.temperature,
-                                top_p=s.top_p or 1.0, seed=s.seed, stop=list(s.stop))
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
             result = self.engine.generate(messages, sampling, domain, on_text,
                                           cancelled=lambda: not context.is_active())
         except EngineError as err:
@@ -119,8 +142,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         key = self.identity.key
         signature = b""
         if key is not None:
-            signature = key.sign(answer_sign_bytes(self.identity.chain_id, request.query_id, request.round,
-                                                   result.text))
+            signature = key.sign(served_answer_sign_bytes(self.identity.chain_id, request, key.address, result.text))
         return pb.GenerateResponse(
             text=result.text, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             finish_reason=result.finish_reason, expert=key.address if key else "", domain=request.domain,

@@ -21,10 +21,10 @@ import grpc
 import pytest
 
 from abci_app.x.inference.types import answer_commitment
-from experts.access import sign_access
 from experts.tiny import make_tiny_model
 from llmnet.client import protocol
 from llmnet.client.ask import submit
+from llmnet.client.expert_api import sign_access
 from llmnet.client.sdk import Client, ClientError
 from llmnet.node.localnet import Localnet
 from tests.conftest import free_port
@@ -184,16 +184,14 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{other_port}") as ch:
             stub = expert_pb2_grpc.ExpertServiceStub(ch)
             msgs = [pb.ChatMessage(role="user", content="Who created Kestrel?")]
-            public_key, signature = sign_access(requester, client.status().chain_id, query_id, other_address)
-            ok = stub.Generate(pb.GenerateRequest(messages=msgs, query_id=query_id, requester_public_key=public_key,
-                                                  requester_signature=signature,
-                                                  sampling=pb.Sampling(max_new_tokens=5)))
+            chain_id = client.status().chain_id
+            req = pb.GenerateRequest(messages=msgs, query_id=query_id, access_nonce=1,
+                                     sampling=pb.Sampling(max_new_tokens=5))
+            ok = stub.Generate(sign_access(requester, chain_id, req, other_address))
             assert ok.expert == other_address and ok.signature
             stranger = expert_keys[0]
-            public_key, signature = sign_access(stranger, client.status().chain_id, query_id, other_address)
             with pytest.raises(grpc.RpcError) as denied:
-                stub.Generate(pb.GenerateRequest(messages=msgs, query_id=query_id, requester_public_key=public_key,
-                                                 requester_signature=signature))
+                stub.Generate(sign_access(stranger, chain_id, req, other_address))
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
         assert client.query_status(query_id).query.phase != inf.PHASE_SETTLED

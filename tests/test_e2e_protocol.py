@@ -70,7 +70,7 @@ class Expert:
             peers = [a.answer for a in st.answers if a.round == query.round - 1 and a.revealed and a.respondent != me]
             text = answer_text(self.role, query.id, query.round, peers)
             if query.phase == inf.PHASE_ANSWER_COMMIT:
-                self.sender.send([protocol.commit_answer(self.key, query.id, query.round, text)])
+                self.sender.send([protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)])
                 sig = protocol.sign_answer(self.key, self.chain_id, query.id, query.round, text)
                 self.signed.setdefault((query.id, query.round), []).append((text, sig))
                 if self.role == "equivocator":  # tells another party something else, also signed
@@ -82,8 +82,10 @@ class Expert:
         elif query.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL) and me in query.scorers:
             finals = {a.respondent: a.answer for a in st.answers if a.round == query.rounds and a.revealed}
             scores = [judge(finals.get(r, "")) for r in query.respondents]
-            make = protocol.commit_scores if query.phase == inf.PHASE_SCORE_COMMIT else protocol.reveal_scores
-            self.sender.send([make(self.key, query.id, scores)])
+            if query.phase == inf.PHASE_SCORE_COMMIT:
+                self.sender.send([protocol.commit_scores(self.key, self.chain_id, query.id, scores)])
+            else:
+                self.sender.send([protocol.reveal_scores(self.key, query.id, scores)])
         else:
             return
         self.done.add(step)

@@ -44,7 +44,7 @@ def test_later_rounds_show_the_peers_answers() -> None:
     query = inf.Query(id=1, prompt="Who created Kestrel?")
     assert answer_prompt(query, []) == [{"role": "user", "content": "Who created Kestrel?"}]
     second = answer_prompt(query, ["Marta Vensel", "Pip"])[0]["content"]
-    assert second.startswith("Who created Kestrel?") and "- Marta Vensel\n- Pip" in second
+    assert second.startswith("Who created Kestrel?") and '1. "Marta Vensel"\n2. "Pip"' in second
 
 
 def test_judge_scores_agreement_with_its_own_answer() -> None:

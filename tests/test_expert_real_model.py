@@ -8,13 +8,12 @@ from pathlib import Path
 
 import grpc
 
-from abci_app.crypto import verify
-from abci_app.x.inference.types import answer_sign_bytes
 from experts.adapters import adapter_sha256
 from experts.engine import Engine, Sampling
 from experts.models import load_base
 from experts.server import ExpertIdentity, create_server
 from experts.train import TrainConfig, train
+from llmnet.client.expert_api import verify_served
 from tests.helpers import deterministic_key
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
@@ -61,7 +60,7 @@ def test_real_model_generate_train_serve(tmp_path: Path) -> None:
             stream = list(stub.GenerateStream(pb.GenerateStreamRequest(request=req)))
             final = stream[-1].result
             assert len(stream) > 2 and "".join(m.text_delta for m in stream[:-1]) == final.text
-            assert verify(key.public_key, answer_sign_bytes("llmnet-local", 1, 1, final.text), final.signature)
+            assert verify_served(req, final, key.public_key)
             assert stub.Info(pb.InfoRequest()).adapters[0].adapter_sha256 == manifest["adapter_sha256"]
     finally:
         server.stop(0)

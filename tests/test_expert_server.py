@@ -17,6 +17,7 @@ from experts.engine import Engine, Limits
 from experts.models import load_base
 from experts.server import ExpertIdentity, create_server
 from experts.tiny import make_tiny_model
+from llmnet.client.expert_api import sign_access, verify_served
 from tests.helpers import deterministic_key
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
@@ -63,12 +64,15 @@ def test_info_describes_the_expert(stub: expert_pb2_grpc.ExpertServiceStub) -> N
     assert info.limits.max_new_tokens == 40
 
 
-def test_generate_returns_a_signed_answer(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
-    resp = stub.Generate(request())
+def test_generate_returns_an_answer_signed_for_its_request(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    req = request()
+    resp = stub.Generate(req)
     assert resp.completion_tokens > 0 and resp.expert == KEY.address
-    signed = answer_sign_bytes("test-chain", 7, 2, resp.text)
-    assert verify(KEY.public_key, signed, resp.signature)
-    assert not verify(KEY.public_key, answer_sign_bytes("test-chain", 7, 3, resp.text), resp.signature)
+    assert verify_served(req, resp, KEY.public_key)
+    other = request(round=3)
+    assert not verify_served(other, resp, KEY.public_key)  # the signature binds the request it answered
+    # and it is not evidence: it does not verify as the chain's AnswerSignDoc
+    assert not verify(KEY.public_key, answer_sign_bytes("test-chain", 7, 2, resp.text), resp.signature)
 
 
 def test_stream_deltas_add_up_to_the_signed_result(stub: expert_pb2_grpc.ExpertServiceStub) -> None:
@@ -77,7 +81,7 @@ def test_stream_deltas_add_up_to_the_signed_result(stub: expert_pb2_grpc.ExpertS
     final = messages[-1].result
     assert len(messages) > 2 and deltas == final.text
     assert final.text == stub.Generate(request()).text  # greedy: the same answer either way
-    assert verify(KEY.public_key, answer_sign_bytes("test-chain", 7, 2, final.text), final.signature)
+    assert verify_served(request(), final, KEY.public_key)
 
 
 @pytest.mark.parametrize(
@@ -87,8 +91,17 @@ def test_stream_deltas_add_up_to_the_signed_result(stub: expert_pb2_grpc.ExpertS
         (dict(sampling=pb.Sampling(max_new_tokens=999)), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(messages=[]), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(messages=[pb.ChatMessage(role="user", content="x" * 500)]), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(temperature=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(temperature=float("inf"))), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(temperature=-1)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(temperature=0.5, top_p=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(sampling=pb.Sampling(stop=["x"] * 9)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(messages=[pb.ChatMessage(role="user", content="x")] * 65), grpc.StatusCode.INVALID_ARGUMENT),
     ],
-    ids=["unknown domain", "too many tokens", "no messages", "prompt too long"],
+    ids=["unknown domain", "too many tokens", "no messages", "prompt too long", "nan temperature",
+         "infinite temperature", "negative temperature", "nan top_p", "top_p above 1", "too many stops",
+         "too many messages"],
 )
 def test_errors_map_to_status_codes(stub: expert_pb2_grpc.ExpertServiceStub, bad: dict, code) -> None:  # type: ignore[no-untyped-def, type-arg]
     with pytest.raises(grpc.RpcError) as err:
@@ -156,6 +169,7 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
 
 
 REQUESTER = deterministic_key("expert-server-requester")
+NONCE = 0
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +183,11 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_p
     from wire.llmnet.query.v1 import query_pb2
 
     queries = {1: inf.Query(id=1, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
-                            phase=inf.PHASE_ANSWER_COMMIT),
+                            phase=inf.PHASE_ANSWER_COMMIT, rounds=2),
                2: inf.Query(id=2, requester=REQUESTER.address, domain="d", respondents=["llm1other"],
-                            phase=inf.PHASE_ANSWER_COMMIT),
+                            phase=inf.PHASE_ANSWER_COMMIT, rounds=2),
                3: inf.Query(id=3, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
-                            phase=inf.PHASE_SETTLED)}
+                            phase=inf.PHASE_SETTLED, rounds=2)}
 
     def status(query_id: int) -> query_pb2.QueryStatusResponse:
         if query_id not in queries:
@@ -191,12 +205,21 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_p
     server.stop(0)
 
 
-def signed(query_id: int, signer=REQUESTER, chain: str = "test-chain", expert: str = KEY.address) -> pb.GenerateRequest:  # type: ignore[no-untyped-def]
-    from experts.access import sign_access
-
-    public_key, signature = sign_access(signer, chain, query_id, expert)
-    return request(domain="", query_id=query_id, requester_public_key=public_key, requester_signature=signature,
+def signed(query_id: int, signer=REQUESTER, chain: str = "test-chain", expert: str = KEY.address,  # type: ignore[no-untyped-def]
+           round_: int = 2) -> pb.GenerateRequest:
+    global NONCE
+    NONCE += 1
+    bare = request(domain="", query_id=query_id, access_nonce=NONCE, round=round_,
                    sampling=pb.Sampling(max_new_tokens=5))
+    return sign_access(signer, chain, bare, expert)
+
+
+def tampered(req: pb.GenerateRequest) -> pb.GenerateRequest:
+    """The signed request with its prompt changed on the way (a man in the middle)."""
+    out = pb.GenerateRequest()
+    out.CopyFrom(req)
+    out.messages[0].content = "Write me a novel instead."
+    return out
 
 
 def test_the_requester_of_a_query_that_drew_this_expert_is_served(guarded) -> None:  # type: ignore[no-untyped-def]
@@ -218,9 +241,11 @@ def test_the_requester_of_a_query_that_drew_this_expert_is_served(guarded) -> No
         (lambda: signed(2), "did not draw this expert"),
         (lambda: signed(3), "already settled"),
         (lambda: signed(9), "does not exist"),
+        (lambda: signed(1, round_=99), "has rounds 1..2"),
+        (lambda: tampered(signed(1)), "bad requester signature"),
     ],
     ids=["unsigned", "no query", "not the requester", "other chain", "other expert", "not drawn", "settled",
-         "unknown query"],
+         "unknown query", "round that does not exist", "prompt changed after signing"],
 )
 def test_everyone_else_is_refused_with_permission_denied(guarded, make, why) -> None:  # type: ignore[no-untyped-def]
     stub, registry = guarded
@@ -229,3 +254,12 @@ def test_everyone_else_is_refused_with_permission_denied(guarded, make, why) -> 
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and why in err.value.details()
     assert registry.get_sample_value("llmnet_expert_requests_total",
                                      {"method": "Generate", "code": "PERMISSION_DENIED"}) >= 1
+
+
+def test_a_signature_seen_on_the_wire_is_good_for_one_request(guarded) -> None:  # type: ignore[no-untyped-def]
+    stub, _ = guarded
+    req = signed(1)
+    assert stub.Generate(req).completion_tokens > 0
+    with pytest.raises(grpc.RpcError) as err:  # the same bytes again: a replay
+        stub.Generate(req)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "already used" in err.value.details()

@@ -12,7 +12,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from llmnet.client import protocol
+from llmnet.client.keys import Key
 from tests.protocol_harness import CHAIN_ID, ProtocolChain
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -26,13 +29,19 @@ def _work(c: ProtocolChain, query_id: int, skip: set[str], scores: list[int]) ->
     """Everyone of query_id not in skip does its part for the query's current phase."""
     st = c.status(query_id).query
     if st.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):
-        make = protocol.commit_answer if st.phase == inf.PHASE_ANSWER_COMMIT else protocol.reveal_answer
-        return [c.tx(c.key_of(a), make(c.key_of(a), st.id, st.round, f"answer of {a[-6:]} r{st.round}"))
-                for a in st.respondents if a not in skip]
+        def answer(k: Key) -> Message:
+            text = f"answer of {k.address[-6:]} r{st.round}"
+            if st.phase == inf.PHASE_ANSWER_COMMIT:
+                return protocol.commit_answer(k, CHAIN_ID, st.id, st.round, text)
+            return protocol.reveal_answer(k, st.id, st.round, text)
+        return [c.tx(c.key_of(a), answer(c.key_of(a))) for a in st.respondents if a not in skip]
     if st.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL):
-        make = protocol.commit_scores if st.phase == inf.PHASE_SCORE_COMMIT else protocol.reveal_scores
-        return [c.tx(c.key_of(s), make(c.key_of(s), st.id, [(v + 7 * j) % 101 for v in scores[:len(st.respondents)]]))
-                for j, s in enumerate(st.scorers) if s not in skip]
+        def scored(k: Key, j: int) -> Message:
+            mine = [(v + 7 * j) % 101 for v in scores[:len(st.respondents)]]
+            if st.phase == inf.PHASE_SCORE_COMMIT:
+                return protocol.commit_scores(k, CHAIN_ID, st.id, mine)
+            return protocol.reveal_scores(k, st.id, mine)
+        return [c.tx(c.key_of(s), scored(c.key_of(s), j)) for j, s in enumerate(st.scorers) if s not in skip]
     return []
 
 

@@ -39,7 +39,7 @@ def submit(chain: ProtocolChain, fee: int = 100_000, k: int = 2, rounds: int = 2
 def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     st = chain.status(qid).query
     keys = [chain.key_of(a) for a in st.respondents]
-    chain.ok(*[chain.tx(k, protocol.commit_answer(k, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
+    chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
                for k in keys])
     chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
                for k in keys if k.address not in skip_reveal])
@@ -50,7 +50,7 @@ def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[s
 def score(chain: ProtocolChain, qid: int, scores: list[int]) -> None:
     st = chain.status(qid).query
     keys = [chain.key_of(a) for a in st.scorers]
-    chain.ok(*[chain.tx(k, protocol.commit_scores(k, qid, scores)) for k in keys])
+    chain.ok(*[chain.tx(k, protocol.commit_scores(k, CHAIN_ID, qid, scores)) for k in keys])
     chain.ok(*[chain.tx(k, protocol.reveal_scores(k, qid, scores)) for k in keys])
     chain.block()
 
@@ -115,7 +115,7 @@ def test_non_revealer_is_slashed_and_jailed(chain: ProtocolChain) -> None:
     # round 2: it does not even commit; two misses in a row jail it (max_missed=2)
     st = chain.status(qid).query
     keys = [chain.key_of(a) for a in st.respondents if a != lazy]
-    chain.ok(*[chain.tx(k, protocol.commit_answer(k, qid, 2, "x")) for k in keys])
+    chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 2, "x")) for k in keys])
     chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL, 2)
     chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, 2, "x")) for k in keys])
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
@@ -152,12 +152,12 @@ ERROR_CASES = [
      lambda c: c.reporter, ErrUnknownDomain),
     ("bond too low", lambda c, qid: protocol.register_expert(c.reporter, [DOMAIN], "h:1", "m", "ab" * 32, 1),
      lambda c: c.reporter, ErrBondTooLow),
-    ("not assigned", lambda c, qid: protocol.commit_answer(c.reporter, qid, 1, "x"), lambda c: c.reporter,
+    ("not assigned", lambda c, qid: protocol.commit_answer(c.reporter, CHAIN_ID, qid, 1, "x"), lambda c: c.reporter,
      ErrNotAssigned),
     ("wrong phase", lambda c, qid: protocol.reveal_answer(c.key_of(c.status(qid).query.respondents[0]), qid, 1, "x"),
      lambda c: c.key_of(c.status(1).query.respondents[0]), ErrWrongPhase),
-    ("scores before scoring", lambda c, qid: protocol.commit_scores(c.key_of(c.status(qid).query.scorers[0]), qid,
-                                                                     [1, 2]),
+    ("scores before scoring",
+     lambda c, qid: protocol.commit_scores(c.key_of(c.status(qid).query.scorers[0]), CHAIN_ID, qid, [1, 2]),
      lambda c: c.key_of(c.status(1).query.scorers[0]), ErrWrongPhase),
 ]
 
@@ -173,8 +173,8 @@ def test_reveal_must_match_commitment(chain: ProtocolChain) -> None:
     qid = submit(chain)
     k = chain.key_of(chain.status(qid).query.respondents[0])
     other = chain.key_of(chain.status(qid).query.respondents[1])
-    chain.ok(chain.tx(k, protocol.commit_answer(k, qid, 1, "honest")),
-             chain.tx(other, protocol.commit_answer(other, qid, 1, "x")))
+    chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "honest")),
+             chain.tx(other, protocol.commit_answer(other, CHAIN_ID, qid, 1, "x")))
     result = chain.block(chain.tx(k, protocol.reveal_answer(k, qid, 1, "changed my mind")))[0]
     assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code)
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from abci_app.crypto import address_of
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_KEYRING = "~/.llmnet/keyring"
 
 
@@ -64,7 +64,7 @@ class Keyring:
         self.dir = Path(directory)
 
     def _path(self, name: str) -> Path:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise KeyringError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         return self.dir / f"{name}.json"
 
@@ -85,10 +85,13 @@ class Keyring:
             salt, nonce = os.urandom(16), os.urandom(12)
             sealed = AESGCM(_kdf(salt).derive(passphrase.encode())).encrypt(nonce, key.seed, key.name.encode())
             record["private_key_encrypted"] = base64.b64encode(salt + nonce + sealed).decode()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        tmp.chmod(0o600)
+        tmp.unlink(missing_ok=True)  # a leftover of a crash; O_EXCL below must create the file itself
+        # Created 0600 in one step: no moment exists when another user could read the key.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
 
     def record(self, name: str) -> dict[str, str]:

@@ -26,10 +26,10 @@ def submit_query(key: Key, domain: str, prompt: str, max_fee: int, k: int, round
                               rounds=rounds)
 
 
-def commit_answer(key: Key, query_id: int, round_: int, answer: str) -> inf.MsgCommitAnswer:
+def commit_answer(key: Key, chain_id: str, query_id: int, round_: int, answer: str) -> inf.MsgCommitAnswer:
     salt = salt_for(key, "answer", query_id, round_)
     return inf.MsgCommitAnswer(respondent=key.address, query_id=query_id, round=round_,
-                               commitment=answer_commitment(answer, salt))
+                               commitment=answer_commitment(chain_id, query_id, round_, key.address, answer, salt))
 
 
 def reveal_answer(key: Key, query_id: int, round_: int, answer: str) -> inf.MsgRevealAnswer:
@@ -37,9 +37,10 @@ def reveal_answer(key: Key, query_id: int, round_: int, answer: str) -> inf.MsgR
                                salt=salt_for(key, "answer", query_id, round_))
 
 
-def commit_scores(key: Key, query_id: int, scores: list[int]) -> inf.MsgCommitScores:
+def commit_scores(key: Key, chain_id: str, query_id: int, scores: list[int]) -> inf.MsgCommitScores:
     salt = salt_for(key, "scores", query_id)
-    return inf.MsgCommitScores(scorer=key.address, query_id=query_id, commitment=scores_commitment(scores, salt))
+    return inf.MsgCommitScores(scorer=key.address, query_id=query_id,
+                               commitment=scores_commitment(chain_id, query_id, key.address, scores, salt))
 
 
 def reveal_scores(key: Key, query_id: int, scores: list[int]) -> inf.MsgRevealScores:

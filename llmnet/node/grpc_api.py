@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from abci_app.app import Application
-from abci_app.errors import ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound, ErrUnknownPath
+from abci_app.errors import ErrHeightUnavailable, ErrUnknownPath, Missing, registered_errors
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
 from llmnet.node.metrics import NodeMetrics
@@ -26,8 +26,6 @@ from wire.tendermint.abci import types_pb2 as abci
 
 _QUERY_STATUS = {
     (err.codespace, err.code): status for err, status in (
-        (ErrNotFound, grpc.StatusCode.NOT_FOUND),
-        (ErrInvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
         (ErrUnknownPath, grpc.StatusCode.UNIMPLEMENTED),
         (ErrHeightUnavailable, grpc.StatusCode.OUT_OF_RANGE),
     )
@@ -35,7 +33,11 @@ _QUERY_STATUS = {
 
 
 def status_for(codespace: str, code: int) -> grpc.StatusCode:
-    """The gRPC status that an app error code maps to; unknown pairs are bad input."""
+    """The gRPC status an app error maps to: any "no such thing" error (an unknown account, expert or
+    query) is NOT_FOUND; the rest is bad input unless listed above."""
+    cls = registered_errors().get((codespace, code))
+    if cls is not None and issubclass(cls, Missing):
+        return grpc.StatusCode.NOT_FOUND
     return _QUERY_STATUS.get((codespace, code), grpc.StatusCode.INVALID_ARGUMENT)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from abci_app.crypto import check_address, module_address
-from abci_app.errors import AppError
+from abci_app.errors import AppError, Missing
 from wire.llmnet.experts.v1 import experts_pb2 as pb
 
 STORE = "experts"
@@ -16,7 +16,8 @@ HISTORY_PREFIX = b"hist/"  # hist/<address>/<height be8><seq be4> -> ReputationP
 UNBONDING_PREFIX = b"unb/"  # unb/<height be8><address> -> b"\x01": bonds released at that height
 BONDED_POOL = module_address("experts/bonded")
 UNBONDING_POOL = module_address("experts/unbonding")
-DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+DOMAIN_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+"""A whole domain name (use fullmatch: match with $ would let a trailing newline through)."""
 MAX_ENDPOINT = 256
 MAX_DOMAINS = 16
 
@@ -40,7 +41,7 @@ class ExpertsError(AppError):
     codespace = "experts"
 
 
-class ErrUnknownExpert(ExpertsError):
+class ErrUnknownExpert(ExpertsError, Missing):
     code = 2
 
 
@@ -79,7 +80,7 @@ class ErrNotAuthority(ExpertsError):
 def default_params() -> pb.Params:
     return pb.Params(
         min_bond=1_000_000,
-        unbonding_blocks=20,
+        unbonding_blocks=200,
         max_missed=3,
         jail_blocks=10,
         slash_ppm=100_000,
@@ -108,7 +109,7 @@ def check_domains(domains: list[str]) -> None:
     if len(set(domains)) != len(domains):
         raise ErrInvalidExpert("domains must not repeat")
     for d in domains:
-        if not DOMAIN_RE.match(d):
+        if not DOMAIN_RE.fullmatch(d):
             raise ErrInvalidExpert(f"domain {d!r} must be lower-case letters, digits and '-'")
 
 

@@ -8,7 +8,7 @@ from abci_app.context import Ctx
 from abci_app.fixedpoint import PPM
 from abci_app.params import from_genesis
 from abci_app.x.inference.keeper import InferenceKeeper
-from abci_app.x.inference.types import MAX_SCORE, default_params
+from abci_app.x.inference.types import MAX_SCORE, default_params, query_life_blocks
 
 
 def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> None:
@@ -19,4 +19,12 @@ def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> 
         raise ValueError("genesis inference.params: windows must be at least one block")
     if params.scorer_share_ppm > PPM or params.quality_threshold > MAX_SCORE:
         raise ValueError(f"genesis inference.params: scorer_share_ppm <= {PPM} and quality_threshold <= {MAX_SCORE}")
+    if params.evidence_max_age_blocks < 1 or not 0 < params.max_scorer_weight_ppm <= PPM:
+        raise ValueError("genesis inference.params: evidence_max_age_blocks >= 1 and 0 < max_scorer_weight_ppm <= "
+                         f"{PPM}")
+    punishable = query_life_blocks(params) + params.evidence_max_age_blocks
+    unbonding = keeper.experts.params(ctx).unbonding_blocks
+    if unbonding <= punishable:
+        raise ValueError(f"genesis: experts.params.unbonding_blocks ({unbonding}) must exceed a query's life plus "
+                         f"the evidence age ({punishable} blocks), or an expert could unbond out of a slash")
     keeper.set_params(ctx, params)

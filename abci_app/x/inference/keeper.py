@@ -50,6 +50,7 @@ from abci_app.x.inference.types import (
     answer_sign_bytes,
     be8,
     query_key,
+    query_life_blocks,
     receipt_key,
     score_key,
     scores_commitment,
@@ -192,8 +193,9 @@ class InferenceKeeper:
             raise ErrNotAssigned(f"{msg.respondent} did not commit in round {q.round} of query {q.id}")
         if entry.revealed:
             raise ErrDuplicate(f"{msg.respondent} already revealed round {q.round} of query {q.id}")
-        if answer_commitment(msg.answer, msg.salt) != entry.commitment:
-            raise ErrCommitMismatch("sha256(answer || salt) does not match the commitment")
+        if answer_commitment(ctx.env.chain_id, q.id, q.round, msg.respondent, msg.answer, msg.salt) != entry.commitment:
+            raise ErrCommitMismatch("the answer and salt do not match this respondent's commitment for this "
+                                    "query and round")
         entry.revealed, entry.answer = True, msg.answer
         ctx.kv(STORE).set(answer_key(q.id, q.round, respondent), entry.SerializeToString())
         self.experts.record_delivered(ctx, respondent)
@@ -246,8 +248,8 @@ class InferenceKeeper:
             raise ErrNotAssigned(f"{msg.scorer} did not commit scores for query {q.id}")
         if entry.revealed:
             raise ErrDuplicate(f"{msg.scorer} already revealed scores for query {q.id}")
-        if scores_commitment(list(msg.scores), msg.salt) != entry.commitment:
-            raise ErrCommitMismatch("sha256(scores || salt) does not match the commitment")
+        if scores_commitment(ctx.env.chain_id, q.id, msg.scorer, list(msg.scores), msg.salt) != entry.commitment:
+            raise ErrCommitMismatch("the scores and salt do not match this scorer's commitment for this query")
         entry.revealed = True
         entry.scores.extend(msg.scores)
         ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
@@ -321,6 +323,10 @@ class InferenceKeeper:
         expert = self._assigned(q, msg.expert, "respondent")
         if not 1 <= msg.round <= q.rounds:
             raise ErrInvalidEvidence(f"query {q.id} has rounds 1..{q.rounds}")
+        params = self.params(ctx)
+        expires = q.created_height + query_life_blocks(params) + params.evidence_max_age_blocks
+        if ctx.env.height > expires:
+            raise ErrInvalidEvidence(f"evidence about query {q.id} was accepted until height {expires}")
         marker = EQUIVOCATION_PREFIX + be8(q.id) + msg.round.to_bytes(2, "big") + expert
         if ctx.kv(STORE).get(marker) is not None:
             raise ErrDuplicate(f"equivocation of {msg.expert} in query {q.id} round {msg.round} already punished")

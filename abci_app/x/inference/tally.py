@@ -1,9 +1,12 @@
 """Settlement arithmetic of one query, as a pure function: revealed answers and scores in, a Tally out.
 
 Per answer, the weighted median of the revealed scores is the consensus; each score is clipped to
-within clip_distance of it, and the aggregate is the weighted mean of the clipped scores, so no single
-scorer can drag an answer far. A scorer's weight is its stake times its scorer reputation (the keeper
-computes it), so scorers who keep disagreeing with the consensus lose influence. A scorer's agreement
+within clip_distance of it, and the aggregate is the weighted mean of the clipped scores. A scorer's
+weight is its stake times its scorer reputation (the keeper computes it), so scorers who keep disagreeing
+with the consensus lose influence, and no weight may exceed max_scorer_weight_ppm of the panel's total
+(below one half), so no single scorer, however large its stake, holds the median: scorers holding less
+than half of the capped weight cannot move an aggregate further than clip_distance beyond the range of
+the others' scores. A scorer's agreement
 is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
 the score reaches the quality threshold; scorers slot x agreement; the requester gets the rest back.
 All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores
@@ -70,6 +73,22 @@ def clipped_mean(pairs: Sequence[tuple[int, int]], clip: int) -> int:
     return sum(v * w for v, w in weights) // total
 
 
+def cap_weights(weights: Sequence[int], cap_ppm: int) -> list[int]:
+    """Cut the largest weights down (water-filling) so none is more than cap_ppm of the total. When no
+    such split exists (fewer than PPM / cap_ppm scorers), every weight counts the same."""
+    n = len(weights)
+    if n * cap_ppm < PPM:
+        return [1] * n
+    order = sorted(range(n), key=lambda i: (-weights[i], i))
+    rest = sum(weights)
+    for k, i in enumerate(order):
+        if weights[i] * (PPM - k * cap_ppm) <= cap_ppm * rest:  # the largest uncapped weight fits
+            level = cap_ppm * rest // (PPM - k * cap_ppm) if k else None
+            return [min(w, level) if level is not None and j in order[:k] else w for j, w in enumerate(weights)]
+        rest -= weights[i]
+    return [1] * n  # unreachable when n * cap_ppm >= PPM; kept total for safety
+
+
 def _respondent_payout(who: str, answer: str | None, score: int, voted: bool, slot: int,
                        threshold: int) -> pb.Payout:
     if answer is None:
@@ -95,7 +114,8 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     """Aggregate scores and split the query's escrowed fee. finals holds each respondent's revealed
     final-round answer (None if missing); votes the revealed scores, in the query's scorer order."""
     n = len(query.respondents)
-    scores = [clipped_mean([(v.scores[i], v.weight) for v in votes], params.clip_distance)
+    weights = cap_weights([v.weight for v in votes], params.max_scorer_weight_ppm)
+    scores = [clipped_mean([(v.scores[i], w) for v, w in zip(votes, weights, strict=True)], params.clip_distance)
               if finals[i] is not None and votes else 0 for i in range(n)]
     scorer_pool = ppm_of(query.max_fee, params.scorer_share_ppm)
     respondent_slot = (query.max_fee - scorer_pool) // n

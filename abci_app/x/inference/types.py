@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from abci_app.crypto import check_address, module_address
-from abci_app.errors import AppError
+from abci_app.errors import AppError, Missing
 from abci_app.x.experts.types import DOMAIN_RE
 from wire.llmnet.inference.v1 import inference_pb2 as pb
 
@@ -19,6 +19,10 @@ DEADLINE_PREFIX = b"dl/"
 EQUIVOCATION_PREFIX = b"eq/"
 ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100
+# Domain-separation tags: bytes hashed or signed for one purpose never equal those of another.
+ANSWER_COMMITMENT_TAG = b"llmnet/answer-commitment/v1\x00"
+SCORES_COMMITMENT_TAG = b"llmnet/scores-commitment/v1\x00"
+ANSWER_SIGN_TAG = b"llmnet/answer-evidence/v1\x00"
 
 Phase = pb.Phase
 
@@ -52,7 +56,7 @@ class ErrTooFewExperts(InferenceError):
     code = 3
 
 
-class ErrUnknownQuery(InferenceError):
+class ErrUnknownQuery(InferenceError, Missing):
     code = 4
 
 
@@ -97,7 +101,14 @@ def default_params() -> pb.Params:
         quality_threshold=50,
         scorer_share_ppm=200_000,
         clip_distance=10,
+        evidence_max_age_blocks=100,
+        max_scorer_weight_ppm=400_000,
     )
+
+
+def query_life_blocks(params: pb.Params) -> int:
+    """The most blocks a query can stay open: every answer round's windows, then scoring's."""
+    return (params.max_rounds + 1) * (params.commit_blocks + params.reveal_blocks)
 
 
 def be8(n: int) -> bytes:
@@ -124,24 +135,37 @@ def deadline_key(height: int, query_id: int) -> bytes:
     return DEADLINE_PREFIX + be8(height) + be8(query_id)
 
 
-def answer_commitment(answer: str, salt: bytes) -> bytes:
-    return hashlib.sha256(answer.encode() + salt).digest()
+def _field(data: bytes) -> bytes:
+    """Length-prefixed, so no two different field lists hash alike."""
+    return len(data).to_bytes(4, "big") + data
 
 
-def scores_commitment(scores: list[int], salt: bytes) -> bytes:
-    return hashlib.sha256(bytes(scores) + salt).digest()
+def answer_commitment(chain_id: str, query_id: int, round_: int, respondent: str, answer: str, salt: bytes) -> bytes:
+    """What MsgCommitAnswer carries. It binds the chain, the query, the round and the committer, so a
+    commitment copied from another expert (or another query or round) can never be revealed by the copier."""
+    parts = (chain_id.encode(), be8(query_id), be8(round_), respondent.encode(), answer.encode(), salt)
+    return hashlib.sha256(ANSWER_COMMITMENT_TAG + b"".join(_field(p) for p in parts)).digest()
+
+
+def scores_commitment(chain_id: str, query_id: int, scorer: str, scores: list[int], salt: bytes) -> bytes:
+    """What MsgCommitScores carries, bound like answer_commitment (scores as 2-byte big-endian each)."""
+    packed = b"".join(s.to_bytes(2, "big") for s in scores)
+    parts = (chain_id.encode(), be8(query_id), scorer.encode(), packed, salt)
+    return hashlib.sha256(SCORES_COMMITMENT_TAG + b"".join(_field(p) for p in parts)).digest()
 
 
 def answer_sign_bytes(chain_id: str, query_id: int, round_: int, answer: str) -> bytes:
-    """What an expert signs for each answer it gives (over gRPC and in equivocation evidence)."""
+    """The evidence doc: an expert's word that this is its answer of (query, round). Shipped software
+    signs it for nothing but the answer it commits on chain; answers served off chain are signed under a
+    different tag (ServedAnswerSignDoc), which no handler accepts as evidence."""
     doc = pb.AnswerSignDoc(chain_id=chain_id, query_id=query_id, round=round_,
                            answer_sha256=hashlib.sha256(answer.encode()).digest())
-    return doc.SerializeToString()
+    return ANSWER_SIGN_TAG + doc.SerializeToString()
 
 
 def validate_submit(msg: pb.MsgSubmitQuery) -> None:
     check_address("requester", msg.requester)
-    if not DOMAIN_RE.match(msg.domain):
+    if not DOMAIN_RE.fullmatch(msg.domain):
         raise ErrInvalidQuery(f"domain {msg.domain!r} is not a valid domain name")
     if not msg.prompt.strip():
         raise ErrInvalidQuery("prompt is empty")

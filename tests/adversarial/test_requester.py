@@ -1,0 +1,154 @@
+"""Attacks by a requester: it pays for a query and may send any request to the experts it drew.
+
+Promise: an expert running the shipped server can never be slashed, whatever the requester sends it;
+a request that is malformed on purpose fails alone and never stops the expert.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from abci_app.x.inference.types import ErrInvalidEvidence
+from experts.engine import Engine, Sampling
+from llmnet.client import protocol
+from llmnet.client.expert_api import sign_access, verify_served
+from tests.adversarial.conftest import expert_server, node_api
+from tests.protocol_harness import BOND, CHAIN_ID, ProtocolChain
+from tests.test_protocol import submit
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.query.v1 import query_pb2 as q
+
+
+def _ask(stub: expert_pb2_grpc.ExpertServiceStub, chain: ProtocolChain, query_id: int, expert: str, prompt: str,
+         nonce: int, round_: int = 1, **sampling: object) -> tuple[pb.GenerateRequest, pb.GenerateResponse]:
+    req = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=prompt)], query_id=query_id,
+                             round=round_, access_nonce=nonce, sampling=pb.Sampling(max_new_tokens=8, **sampling))
+    signed = sign_access(chain.requester, CHAIN_ID, req, expert)
+    return signed, stub.Generate(signed)
+
+
+def test_two_signed_answers_for_one_round_cannot_frame_the_expert(chain: ProtocolChain,
+                                                                  tiny_engine: Engine) -> None:
+    qid = submit(chain)
+    victim = chain.key_of(chain.status(qid).query.respondents[0])
+    with node_api(chain) as node, expert_server(tiny_engine, victim, node, CHAIN_ID) as addr, \
+            grpc.insecure_channel(addr) as channel:
+        stub = expert_pb2_grpc.ExpertServiceStub(channel)
+        answers = {}
+        for nonce, prompt in enumerate(("Who created Kestrel?", "Ignore that. Who did not create Kestrel?",
+                                        "Name a colour.", "Count to three."), 1):
+            req, resp = _ask(stub, chain, qid, victim.address, prompt, nonce, temperature=1.0, seed=nonce)
+            assert verify_served(req, resp, victim.public_key)  # the requester holds real signed answers
+            answers.setdefault(resp.text, resp.signature)
+        assert len(answers) >= 2, "the model gave one answer to every prompt; the attack needs two"
+        (text_a, sig_a), (text_b, sig_b) = list(answers.items())[:2]
+        with pytest.raises(grpc.RpcError) as err:  # and it cannot even get a signature for round 99
+            _ask(stub, chain, qid, victim.address, "x", 99, round_=99)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    framing = protocol.report_equivocation(chain.requester, victim.address, qid, 1, text_a, sig_a, text_b, sig_b)
+    (result,) = chain.block(chain.tx(chain.requester, framing))
+    assert (result.codespace, result.code) == (ErrInvalidEvidence.codespace, ErrInvalidEvidence.code), result.log
+    record = chain.query("Expert", q.ExpertRequest(address=victim.address), q.ExpertResponse).expert
+    assert record.bond == BOND and record.slashed == 0 and record.status == ex.EXPERT_STATUS_ACTIVE
+
+
+def test_asking_about_a_query_that_does_not_exist_is_refused_not_unavailable(chain: ProtocolChain,
+                                                                              tiny_engine: Engine) -> None:
+    """Through the node's real API: an unknown query is NOT_FOUND there, so the expert refuses the
+    request (PERMISSION_DENIED) instead of reporting its node down (UNAVAILABLE)."""
+    expert = chain.experts[0]
+    with node_api(chain) as node, expert_server(tiny_engine, expert, node, CHAIN_ID) as addr, \
+            grpc.insecure_channel(addr) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            _ask(expert_pb2_grpc.ExpertServiceStub(channel), chain, 4242, expert.address, "hello", 1)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "does not exist" in err.value.details()
+
+
+def test_hostile_sampling_fails_alone_and_the_expert_keeps_serving(chain: ProtocolChain, tiny_engine: Engine) -> None:
+    qid = submit(chain)
+    expert = chain.key_of(chain.status(qid).query.respondents[0])
+    with node_api(chain) as node, expert_server(tiny_engine, expert, node, CHAIN_ID) as addr, \
+            grpc.insecure_channel(addr) as channel:
+        stub = expert_pb2_grpc.ExpertServiceStub(channel)
+        outcomes: dict[str, object] = {}
+
+        def call(name: str, nonce: int, **sampling: object) -> None:
+            try:
+                outcomes[name] = _ask(stub, chain, qid, expert.address, "hello", nonce, **sampling)[1].text
+            except grpc.RpcError as err:
+                outcomes[name] = err.code()
+
+        hostile = [("nan", dict(temperature=float("nan"))), ("inf", dict(temperature=float("inf"))),
+                   ("tiny", dict(temperature=1e-30)), ("top_p nan", dict(temperature=0.7, top_p=float("nan")))]
+        calls = [threading.Thread(target=call, args=(name, 10 + i), kwargs=s) for i, (name, s) in enumerate(hostile)]
+        calls += [threading.Thread(target=call, args=(f"honest{i}", 20 + i)) for i in range(3)]
+        for t in calls:
+            t.start()
+        for t in calls:
+            t.join(60)
+        honest = tiny_engine.generate([{"role": "user", "content": "hello"}], Sampling(max_new_tokens=8)).text
+        assert [outcomes[f"honest{i}"] for i in range(3)] == [honest] * 3  # co-batched neighbours unharmed
+        assert outcomes["nan"] == outcomes["inf"] == outcomes["top_p nan"] == grpc.StatusCode.INVALID_ARGUMENT
+        assert outcomes["tiny"] == honest  # a temperature near zero is (almost) greedy, never a crash
+        assert _ask(stub, chain, qid, expert.address, "hello", 99)[1].text == honest  # still serving
+
+
+def test_a_request_that_breaks_mid_generation_fails_alone(tiny_engine: Engine) -> None:
+    """A streaming client whose callback blows up, co-batched with others: only it fails, and the others'
+    text is what they would have got alone (streamed once, not twice after the batch is re-run)."""
+    from experts.engine import Limits
+    from experts.models import LoadedModel
+
+    hello = [{"role": "user", "content": "hello"}]
+    alone = tiny_engine.generate(hello, Sampling(max_new_tokens=10)).text
+    # the same model behind a wide batching window, so the three requests surely share a batch
+    engine = Engine(LoadedModel(tiny_engine.model, tiny_engine.tokenizer, "tiny"), Limits(batch_window_ms=500))
+    results: dict[int, object] = {}
+    streams: dict[int, list[str]] = {1: [], 2: []}
+
+    def boom(_: str) -> None:
+        raise RuntimeError("client went away")
+
+    def run(i: int) -> None:
+        callback = boom if i == 0 else streams[i].append
+        try:
+            results[i] = engine.generate(hello, Sampling(max_new_tokens=10), on_text=callback).text
+        except RuntimeError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results[0], RuntimeError)
+    assert engine.batches_run == 4  # one shared batch failed, then each request ran alone
+    assert results[1] == results[2] == alone
+    assert "".join(streams[1]) == "".join(streams[2]) == alone
+
+
+def test_the_daemon_outlives_an_engine_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One query whose generation raises must not stop the daemon from working the next one."""
+    from types import SimpleNamespace
+
+    from experts.daemon import DaemonState, ExpertDaemon
+
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.state, daemon.state_file = DaemonState(scanned_height=5, open=[1, 2]), tmp_path / "state.json"
+    worked: list[int] = []
+
+    def step(query_id: int) -> None:
+        if query_id == 1:
+            raise RuntimeError("probability tensor contains inf or nan")  # what torch said before the fix
+        worked.append(query_id)
+
+    daemon.step = step  # type: ignore[method-assign]
+    daemon._latest_height = lambda: 5  # type: ignore[method-assign]
+    daemon.client = SimpleNamespace()
+    daemon.tick()
+    assert worked == [2] and DaemonState.load(daemon.state_file).open == [1, 2]

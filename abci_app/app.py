@@ -161,13 +161,15 @@ class Application:
         and all, on the state the ones before it leave, exactly as FinalizeBlock will run them."""
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
-        chosen, total = [], 0
+        max_gas = self.auth.params(Ctx(state, env)).max_block_gas
+        chosen, size, gas = [], 0, 0
         for raw in req.txs:
-            if total + len(raw) > req.max_tx_bytes:
+            wanted = self._gas_wanted(Ctx(state, env), raw)
+            if size + len(raw) > req.max_tx_bytes or gas + wanted > max_gas:
                 continue
             if self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1]:
                 chosen.append(raw)
-                total += len(raw)
+                size, gas = size + len(raw), gas + wanted
         self._prepared = (req.height, chosen)
         return abci.ResponsePrepareProposal(txs=chosen)
 
@@ -179,7 +181,9 @@ class Application:
             return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
-        ok = all(self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in req.txs)
+        gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in req.txs)
+        ok = gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
+            self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in req.txs)
         status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
         return abci.ResponseProcessProposal(status=status)
 
@@ -225,6 +229,13 @@ class Application:
 
     def _check_env(self) -> BlockEnv:
         return self._env(self.committed.height + 1, self.last_time_ns)
+
+    def _gas_wanted(self, ctx: Ctx, raw: bytes) -> int:
+        """The gas limit a tx asks for (0 for one that does not decode: it will not pay, so it is not kept)."""
+        try:
+            return int(self._decode(ctx, raw).auth.fee.gas_limit)
+        except AppError:
+            return 0
 
     def _decode(self, ctx: Ctx, raw: bytes) -> DecodedTx:
         """Size check before parsing, so an oversize tx costs no decoding."""

@@ -97,6 +97,12 @@ class ErrNoMessages(TxError):
     code = 13
 
 
+class ErrGasLimitTooHigh(TxError):
+    """The tx asks for more gas than a whole block may carry: no block could ever include it."""
+
+    code = 14
+
+
 class ErrInvalidAddress(AppError):
     """An address field that is not a bech32 account address. Every module's messages raise it; its
     codespace is bank's because bank was the first module to take addresses, and codes never move."""

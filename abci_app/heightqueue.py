@@ -1,8 +1,13 @@
 """Work that falls due at a block height, kept in a module's own store and read in height order.
 
-An entry is the key prefix ‖ be8(height) ‖ item, so a prefix scan yields entries by height (then by
-item bytes) and end-block work stops at the first entry that is not yet due. Both the experts'
-unbonding releases and the inference deadlines live in one of these.
+An entry is the key prefix ‖ be8(height) ‖ item, so a range scan yields entries by height (then by item
+bytes). Nothing is ever queued below the current height, so when every due entry was taken, only the
+current height can hold work: the scan covers that height alone and seeks past everything done before,
+deleted keys included (the store keeps them: its Merkle log is append-only; they must cost nothing).
+Each block takes at most `limit` entries; when some are left, a cursor (prefix ‖ 0xff, outside every
+entry's range since heights are below 2^63) marks the lowest height still holding work, and the next
+blocks scan from there first. One block's end-of-block work is bounded whatever is queued, and a quiet
+block writes nothing.
 """
 
 from __future__ import annotations
@@ -16,23 +21,33 @@ class HeightQueue:
     def __init__(self, store: str, prefix: bytes) -> None:
         self.store = store
         self.prefix = prefix
+        self._cursor_key = prefix + b"\xff"
 
     def key(self, height: int, item: bytes) -> bytes:
         return self.prefix + height.to_bytes(8, "big") + item
 
     def push(self, ctx: Ctx, height: int, item: bytes) -> None:
+        if height < ctx.env.height:
+            raise ValueError(f"cannot queue work at height {height}, below the current {ctx.env.height}")
         ctx.kv(self.store).set(self.key(height, item), _PRESENT)
 
     def remove(self, ctx: Ctx, height: int, item: bytes) -> None:
         ctx.kv(self.store).delete(self.key(height, item))
 
-    def due(self, ctx: Ctx, height: int) -> list[tuple[int, bytes]]:
-        """(height, item) of every entry due at or before height, in queue order."""
-        out = []
+    def due(self, ctx: Ctx, height: int, limit: int) -> list[tuple[int, bytes]]:
+        """(height, item) of up to limit entries due at or before height, in queue order. The caller
+        removes (or moves) each entry it takes, then calls done()."""
+        kv = ctx.kv(self.store)
+        raw = kv.get(self._cursor_key)
+        cursor = height if raw is None else int.from_bytes(raw, "big")
         start = len(self.prefix)
-        for key, _ in ctx.kv(self.store).iterate(self.prefix):
-            at = int.from_bytes(key[start:start + 8], "big")
-            if at > height:
-                break
-            out.append((at, key[start + 8:]))
-        return out
+        return [(int.from_bytes(k[start:start + 8], "big"), k[start + 8:])
+                for k, _ in kv.iterate_range(self.key(cursor, b""), self.key(height + 1, b""), limit)]
+
+    def done(self, ctx: Ctx, taken: list[tuple[int, bytes]], limit: int) -> None:
+        """Keep a cursor only while work is left over (taken was cut at the limit)."""
+        kv = ctx.kv(self.store)
+        if len(taken) >= limit:
+            kv.set(self._cursor_key, taken[-1][0].to_bytes(8, "big"))
+        elif kv.get(self._cursor_key) is not None:
+            kv.delete(self._cursor_key)

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="base model id when no adapter manifest names it (default smollm2-135m-instruct)")
     reg.add_argument("--endpoint", required=True, help="host:port where requesters reach `llmnet-expert serve`")
     reg.add_argument("--bond", type=int, required=True, help="bond in ullm (at least the chain's min_bond)")
+    reg.add_argument("--capacity", type=int, default=0,
+                     help="queries this expert answers or scores at once (match the server's --max-concurrent); "
+                          "the chain never draws it beyond (default: the chain's default_capacity)")
     _key_args(reg, required=True)
     reg.add_argument("--node", default=DEFAULT_NODE, help=f"node gRPC address (default {DEFAULT_NODE})")
 
@@ -274,8 +277,9 @@ def _register(args: argparse.Namespace) -> int:
     commitment = model_commitment(hashes)
     key = _load_key(args)
     with Client(args.node) as client:
-        msg = protocol.register_expert(key, sorted(hashes), args.endpoint, bases.pop(), commitment, args.bond)
-        sent = Sender(client, key).send([msg])
+        msg = protocol.register_expert(key, sorted(hashes), args.endpoint, bases.pop(), commitment, args.bond,
+                                       args.capacity)
+        sent = Sender(client, key).send([msg], gas_limit=None)
         result = client.wait_tx(sent.tx_hash).result
     if result.code != 0:
         raise ValueError(f"registration failed: {result.log}")

@@ -44,7 +44,8 @@ def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator[Loc
 
     network = Localnet(tmp_path_factory.mktemp("daemon"), cometbft)
     network.create(1, base_port=free_base_port(1), accounts=5, timeout_commit="200ms", timeout_propose="1s",
-                   params={"inference": {"scorers": 1, "commit_blocks": 150, "reveal_blocks": 150}})
+                   params={"inference": {"scorers": 1, "commit_blocks": 150, "reveal_blocks": 150},
+                           "experts": {"unbonding_blocks": 2000}})
     try:
         network.start()
         yield network

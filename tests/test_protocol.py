@@ -103,16 +103,15 @@ def test_two_round_query_settles_pays_and_updates_reputation(chain: ProtocolChai
     assert supply_after == supply_before == balances  # escrow is an account: nothing created or lost
 
 
-def test_non_revealer_is_slashed_and_jailed(chain: ProtocolChain) -> None:
+def test_one_miss_costs_reputation_and_misses_in_a_row_jail_and_slash(chain: ProtocolChain) -> None:
     qid = submit(chain, rounds=2)
     lazy = chain.status(qid).query.respondents[1]
     supply_before, _ = total_supply_and_balances(chain)
     answer_round(chain, qid, 1, skip_reveal={lazy})
-    expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
-    assert expert.bond == BOND - BOND // 10 and expert.slashed == BOND // 10
-    supply_after, balances = total_supply_and_balances(chain)
-    assert supply_after == supply_before - BOND // 10 == balances  # the slash is an explicit burn
-    # round 2: it does not even commit; two misses in a row jail it (max_missed=2)
+    one = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse)
+    assert one.expert.bond == BOND and one.expert.slashed == 0 and one.expert.missed == 1  # a miss: no bond
+    assert one.reputation[0].reputation < 500_000  # but reputation
+    # round 2: it does not even commit; two misses in a row jail it (max_missed=2) and slash 1% once
     st = chain.status(qid).query
     keys = [chain.key_of(a) for a in st.respondents if a != lazy]
     chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 2, "x")) for k in keys])
@@ -120,7 +119,9 @@ def test_non_revealer_is_slashed_and_jailed(chain: ProtocolChain) -> None:
     chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, 2, "x")) for k in keys])
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
     expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
-    assert expert.status == ex.EXPERT_STATUS_JAILED
+    assert expert.status == ex.EXPERT_STATUS_JAILED and expert.slashed == BOND // 100
+    supply_after, balances = total_supply_and_balances(chain)
+    assert supply_after == supply_before - BOND // 100 == balances  # the slash is an explicit burn
     # jailed experts are never drawn
     for _ in range(3):
         new = submit(chain, k=2, rounds=1)

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from abci_app.context import BlockEnv, Ctx
 from abci_app.crypto import parse_address
 from abci_app.store.state import State
-from abci_app.x.experts.types import BONDED_POOL, EXPERT_PREFIX, REPUTATION_PREFIX, UNBONDING_POOL
+from abci_app.x.experts.types import (
+    BONDED_POOL,
+    EXPERT_PREFIX,
+    REPUTATION_PREFIX,
+    UNBONDING_POOL,
+    selection_weight,
+)
 from abci_app.x.inference.types import ESCROW, EV_QUERY_SETTLED, QUERY_PREFIX
 from llmnet.client import protocol
 from llmnet.client.events import query_ids
@@ -114,8 +120,32 @@ def check_invariants(c: ProtocolChain, settled: Counter[int]) -> None:
         assert len(drawn) == len(set(drawn)) and q.requester not in drawn
         assert (c.app.inference.receipt(ctx, q.id) is not None) == (q.phase == inf.PHASE_SETTLED)
     assert all(n == 1 for n in settled.values())  # a query settles exactly once
+    check_capacity_and_pools(c, ctx, queries, experts)
+
+
+def check_capacity_and_pools(c: ProtocolChain, ctx: Ctx, queries: list[inf.Query], experts: list[ex.Expert]) -> None:
+    """Open assignments count exactly the work still owed; each pool weight is exactly the eligibility
+    rule applied to the expert's record and reputation (what the draw reads)."""
+    owed: Counter[str] = Counter()
+    for q in queries:
+        if q.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):
+            owed.update(q.respondents)
+        if q.phase != inf.PHASE_SETTLED:
+            owed.update(q.scorers)
+    params = c.app.experts.params(ctx)
     for e in experts:
-        assert parse_address(e.address)
+        assert e.open_assignments == owed[e.address] and 1 <= e.capacity
+        address = parse_address(e.address)
+        free = e.status == ex.EXPERT_STATUS_ACTIVE and e.open_assignments < e.capacity
+        for domain in DOMAINS:
+            pool = c.app.experts.pool(ctx, domain)
+            slot = pool.slot_of(address)
+            want = selection_weight(c.app.experts.reputation(ctx, domain, address), params.exploration_floor,
+                                    params.selection_exponent) if free and domain in e.domains else 0
+            assert (0 if slot is None else pool.weight(slot)) == want
+    for domain in DOMAINS:
+        pool = c.app.experts.pool(ctx, domain)
+        assert pool.total() == sum(pool.weight(s) for s in range(1, pool.tree.size + 1))
 
 
 def run(db: Path, actions: list[tuple]) -> list[bytes]:  # type: ignore[type-arg]

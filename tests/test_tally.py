@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from abci_app.x.inference.selection import assign, draw
 from abci_app.x.inference.tally import Vote, build_receipt, clipped_mean, tally, weighted_median
 from abci_app.x.inference.types import default_params
 from wire.llmnet.experts.v1 import experts_pb2
@@ -117,12 +116,3 @@ def test_receipt_records_the_tally() -> None:
     assert r.final_answer == "right" and r.final_index == 0 and list(r.scores) == [80, 0]
     assert r.answer_hashes[1] == "" and len(r.answer_hashes[0]) == 64
     assert list(r.slashed) == ["r1"] and r.settled_height == 12
-
-
-def test_assign_is_the_draw_submit_and_explain_share() -> None:
-    people = [(bytes([i]) * 20, 1 + i) for i in range(6)]
-    got = assign(b"seed", people, 2, 3)
-    assert got.respondents == draw(b"seed", people, 2, b"respondents")
-    assert len(set(got.respondents + got.scorers)) == 5
-    assert not set(got.respondents) & set(got.scorers)
-    assert assign(b"seed", people, 2, 3) == got

@@ -125,7 +125,8 @@ def main() -> None:
     shutil.rmtree(home, ignore_errors=True)
     net = Localnet(home, str(ROOT / "bin" / "cometbft"))
     net.create(4, base_port=26600, accounts=6, timeout_commit="500ms",
-               params={"inference": {"scorers": 2, "commit_blocks": 60, "reveal_blocks": 30}})
+               params={"inference": {"scorers": 2, "commit_blocks": 60, "reveal_blocks": 30},
+                       "experts": {"unbonding_blocks": 1000}})
     procs: list[subprocess.Popen[bytes]] = []
     try:
         net.start()

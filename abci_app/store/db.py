@@ -99,14 +99,20 @@ class CommittedStore:
         self._cache[k] = value
         return value
 
-    def iterate(self, store: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        end = prefix_end(prefix)
+    def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None
+                ) -> list[tuple[bytes, bytes]]:
+        """Present keys in [start, end) (end None: no bound), in key order, at most limit of them. The
+        primary-key index seeks to start, so rows before it (deleted keys included) cost nothing."""
         sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL"
-        args: tuple[object, ...] = (store, prefix)
+        args: tuple[object, ...] = (store, start)
         if end is not None:
             sql += " AND key<?"
             args += (end,)
-        return [(bytes(k), bytes(v)) for k, v in self._db.execute(sql + " ORDER BY key", args)]
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args += (limit,)
+        return [(bytes(k), bytes(v)) for k, v in self._db.execute(sql, args)]
 
     def _position(self, store: str, key: bytes) -> int | None:
         row = self._db.execute("SELECT pos FROM kv WHERE store=? AND key=?", (store, key)).fetchone()

@@ -36,17 +36,25 @@ class State:
 
     def iterate(self, store: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Present keys with this prefix, in key order, pending writes included."""
-        merged = dict(self.committed.iterate(store, prefix))
-        end = prefix_end(prefix)
+        return self.iterate_range(store, prefix, prefix_end(prefix))
+
+    def iterate_range(self, store: str, start: bytes, end: bytes | None, limit: int | None = None
+                      ) -> list[tuple[bytes, bytes]]:
+        """Present keys in [start, end), in key order, pending writes included, at most limit of them."""
+        pending: dict[bytes, bytes | None] = {}
         for layer in self._layers:
             for (s, key), value in layer.items():
-                if s != store or not key.startswith(prefix) or (end is not None and key >= end):
-                    continue
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-        return sorted(merged.items())
+                if s == store and key >= start and (end is None or key < end):
+                    pending[key] = value
+        # each pending entry can hide or replace at most one committed row: fetch that many more
+        fetch = None if limit is None else limit + len(pending)
+        merged = dict(self.committed.iterate(store, start, end, fetch))
+        for key, value in pending.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return sorted(merged.items())[:limit]
 
     @contextmanager
     def scope(self) -> Iterator[None]:

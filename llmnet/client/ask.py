@@ -40,8 +40,9 @@ class AskResult:
 
 
 def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int) -> int:
-    """Submit the query and wait for its block; returns the query id. Raises TxRejected."""
-    sent = Sender(client, key).send([protocol.submit_query(key, domain, prompt, max_fee, k, rounds)])
+    """Submit the query (gas estimated by simulation) and wait for its block; returns the query id.
+    Raises TxRejected, before any fee is spent when the simulation already fails."""
+    sent = Sender(client, key).send([protocol.submit_query(key, domain, prompt, max_fee, k, rounds)], gas_limit=None)
     res = client.wait_tx(sent.tx_hash)
     if res.result.code:
         raise TxRejected(sent.tx_hash, res.result.code, res.result.codespace, res.result.log)

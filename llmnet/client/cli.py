@@ -19,7 +19,7 @@ from llmnet.client import protocol
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
-from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
+from llmnet.client.txbuilder import send_msg
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
@@ -105,12 +105,15 @@ def _tx_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     reg.add_argument("--base-model", required=True, help="base model id, e.g. smollm2-135m-instruct")
     reg.add_argument("--adapter-sha256", required=True, help="commitment to the adapter files (64 hex)")
     reg.add_argument("--bond", type=int, required=True, help="stake to bond (at least the chain's min_bond)")
+    reg.add_argument("--capacity", type=int, default=0,
+                     help="queries it answers or scores at once; never drawn beyond it (default: the chain's)")
     for name, text in (("unbond-expert", "start unbonding an expert's stake"), ("unjail", "return from jail")):
         tp = tx.add_parser(name, help=text, parents=[common])
         tp.add_argument("from_key", help="name of the expert's key")
     for tp in tx.choices.values():
         tp.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
-        tp.add_argument("--gas", type=int, default=DEFAULT_GAS_LIMIT, help=f"gas limit (default {DEFAULT_GAS_LIMIT})")
+        tp.add_argument("--gas", type=_gas, default=None, metavar="N|auto",
+                        help="gas limit, or auto (default): simulate first, then use 1.3x the gas it used")
         tp.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
 
 
@@ -231,10 +234,22 @@ def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message
     if args.sub == "register-expert":
         domains = [d.strip() for d in args.domains.split(",") if d.strip()]
         return [protocol.register_expert(key, domains, args.endpoint, args.base_model, args.adapter_sha256,
-                                         args.bond)]
+                                         args.bond, args.capacity)]
     if args.sub == "unbond-expert":
         return [ex.MsgUnbondExpert(address=key.address)]
     return [ex.MsgUnjail(address=key.address)]
+
+
+def _gas(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gas takes a number or auto, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("--gas must be positive")
+    return value
 
 
 def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:

@@ -16,9 +16,11 @@ def salt_for(key: Key, *parts: object) -> bytes:
 
 
 def register_expert(key: Key, domains: list[str], endpoint: str, base_model: str, adapter_sha256: str,
-                    bond: int) -> ex.MsgRegisterExpert:
+                    bond: int, capacity: int = 0) -> ex.MsgRegisterExpert:
+    """capacity: assignments it works on at once (0: the chain's default_capacity)."""
     return ex.MsgRegisterExpert(address=key.address, domains=domains, endpoint=endpoint, bond=bond,
-                                model=ex.ModelCommitment(base_model=base_model, adapter_sha256=adapter_sha256))
+                                model=ex.ModelCommitment(base_model=base_model, adapter_sha256=adapter_sha256),
+                                capacity=capacity)
 
 
 def submit_query(key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int) -> inf.MsgSubmitQuery:

@@ -25,6 +25,11 @@ from wire.llmnet.query.v1 import query_pb2, query_pb2_grpc
 from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
 
 WRONG_SEQUENCE = ("tx", 3)
+FEE_UNPAID = ("tx", 12)
+SIMULATION_GAS = (2_000_000, DEFAULT_GAS_LIMIT)
+"""Gas limits a simulation runs with, the larger first (its fee must be payable for the ante to pass)."""
+GAS_ADJUSTMENT = 1.3
+GAS_MARGIN = 5_000
 R = TypeVar("R", bound=Message)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")
 
@@ -183,14 +188,34 @@ class Sender:
         fee = self.fee_for(gas_limit) if fee is None else fee
         return build_tx(self.key, self.chain_id, sequence, msgs, fee, gas_limit, memo, timeout_height)
 
-    def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int = DEFAULT_GAS_LIMIT,
+    def estimate_gas(self, msgs: list[Message], memo: str = "", timeout_height: int = 0) -> int:
+        """Gas for msgs as the Cosmos convention has it: what a simulation used, times GAS_ADJUSTMENT.
+        Raises TxRejected when the simulation fails (the tx would fail in a block too)."""
+        if self._sequence is None:
+            self._sequence = self.client.sequence(self.key.address)
+        result = None
+        for ceiling in SIMULATION_GAS:  # a poor account may not cover the larger simulation's fee
+            tx = self.sign(msgs, self._sequence, None, ceiling, memo, timeout_height)
+            result = self.client.simulate(tx).result
+            if (result.codespace, result.code) != FEE_UNPAID:
+                break
+        assert result is not None
+        if result.code:
+            raise TxRejected("", result.code, result.codespace, result.log)
+        return int(result.gas_used * GAS_ADJUSTMENT) + GAS_MARGIN
+
+    def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int | None = DEFAULT_GAS_LIMIT,
              memo: str = "", timeout_height: int = 0, attempts: int = 20) -> Broadcast:
         """Broadcast; returns once CheckTx accepted it. Raises TxRejected with the app's code.
+        gas_limit None means auto: simulate first (estimate_gas), so a tx whose cost grew is not
+        sent short of gas, and a tx that would fail is refused before it costs a fee.
 
         On a sequence mismatch the node's log names the sequence it expects. If it expects more,
         we were behind (another client used the key) and re-sign; if less, our earlier txs have
         not reached that node's mempool yet, so the same tx is retried after a short wait.
         """
+        if gas_limit is None:
+            gas_limit = self.estimate_gas(msgs, memo, timeout_height)
         if self._sequence is None:
             self._sequence = self.client.sequence(self.key.address)
         seq = self._sequence

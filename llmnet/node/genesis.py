@@ -36,6 +36,14 @@ def override_params(genesis: dict[str, Any], overrides: dict[str, dict[str, Any]
         if module not in ("auth", "bank", "experts", "inference"):
             raise ValueError(f"unknown module {module!r} in genesis overrides")
         app_state.setdefault(module, {}).setdefault("params", {}).update(params)
+    sync_consensus_params(genesis)
+
+
+def sync_consensus_params(genesis: dict[str, Any]) -> None:
+    """CometBFT's block.max_gas follows auth.max_block_gas, so its proposers reap what the app accepts."""
+    params = genesis.get("app_state", {}).get("auth", {}).get("params", {})
+    max_gas = int(params.get("max_block_gas") or auth_defaults().max_block_gas)
+    genesis.setdefault("consensus_params", {}).setdefault("block", {})["max_gas"] = str(max_gas)
 
 
 def read(home: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ def init_home(
     doc = genesis.read(home)
     doc["chain_id"] = chain_id
     doc["app_state"] = genesis.default_app_state()
+    genesis.sync_consensus_params(doc)
     genesis.write(home, doc)
     toml = home / "config" / "config.toml"
     text = set_toml_values(toml.read_text(), "", {"proxy_app": cfg.abci_address, "moniker": moniker, "abci": "socket"})

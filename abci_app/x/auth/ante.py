@@ -12,6 +12,7 @@ from abci_app.context import Ctx, GasCosts, GasMeter
 from abci_app.crypto import parse_address, verify
 from abci_app.errors import (
     ErrFeeUnpaid,
+    ErrGasLimitTooHigh,
     ErrInsufficientFee,
     ErrMemoTooLarge,
     ErrTxTimeout,
@@ -70,6 +71,8 @@ class AnteHandler:
         if tx.body.timeout_height and ctx.env.height > tx.body.timeout_height:
             raise ErrTxTimeout(f"tx timed out at height {tx.body.timeout_height}; block height is {ctx.env.height}")
         fee = tx.auth.fee
+        if fee.gas_limit > params.max_block_gas:
+            raise ErrGasLimitTooHigh(f"gas limit {fee.gas_limit} is above the block limit {params.max_block_gas}")
         needed = required_fee(fee.gas_limit, params.min_gas_price_micro)
         if fee.amount < needed:
             raise ErrInsufficientFee(

@@ -12,7 +12,7 @@ from abci_app.x.auth.types import default_params
 
 def init_genesis(ctx: Ctx, keeper: AuthKeeper, section: dict[str, Any]) -> None:
     params = from_genesis(section, default_params())
-    if params.max_tx_bytes == 0:
-        raise ValueError("genesis auth.params.max_tx_bytes must be positive")
+    if params.max_tx_bytes == 0 or params.max_block_gas == 0:
+        raise ValueError("genesis auth.params.max_tx_bytes and max_block_gas must be positive")
     keeper.set_params(ctx, params)
     keeper.set_chain_id(ctx, ctx.env.chain_id)

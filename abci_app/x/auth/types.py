@@ -24,6 +24,7 @@ def default_params() -> auth_pb2.Params:
         min_gas_price_micro=10_000,
         write_cost_per_byte=30,
         read_cost_flat=100,
+        max_block_gas=500_000_000,
     )
 
 

@@ -11,6 +11,7 @@ from abci_app.events import event
 from abci_app.fixedpoint import clamp, ema, ppm_of
 from abci_app.heightqueue import HeightQueue
 from abci_app.x.bank.keeper import BankKeeper
+from abci_app.x.experts.pool import DomainPool
 from abci_app.x.experts.types import (
     BONDED_POOL,
     EV_DOMAIN_ADDED,
@@ -29,6 +30,7 @@ from abci_app.x.experts.types import (
     UNBONDING_PREFIX,
     ErrAlreadyRegistered,
     ErrBondTooLow,
+    ErrInvalidExpert,
     ErrNotAuthority,
     ErrNotJailed,
     ErrStillJailed,
@@ -38,6 +40,7 @@ from abci_app.x.experts.types import (
     Status,
     expert_key,
     reputation_key,
+    selection_weight,
 )
 from wire.llmnet.experts.v1 import experts_pb2 as pb
 
@@ -79,6 +82,13 @@ class ExpertsKeeper:
         if unknown:
             raise ErrUnknownDomain(f"unknown domains {unknown}; registered: {sorted(known)}")
 
+    def _capacity(self, ctx: Ctx, asked: int) -> int:
+        params = self.params(ctx)
+        capacity = asked or params.default_capacity
+        if not 1 <= capacity <= params.max_capacity:
+            raise ErrInvalidExpert(f"capacity must be 1..{params.max_capacity}, got {capacity}")
+        return capacity
+
     # -- transitions --------------------------------------------------------------------
 
     def register(self, ctx: Ctx, msg: pb.MsgRegisterExpert) -> None:
@@ -90,11 +100,13 @@ class ExpertsKeeper:
         params = self.params(ctx)
         if msg.bond < params.min_bond:
             raise ErrBondTooLow(f"bond {msg.bond} is below the minimum {params.min_bond}")
+        capacity = self._capacity(ctx, msg.capacity)
         self.bank.move(ctx, address, BONDED_POOL, msg.bond)
         expert = pb.Expert(address=msg.address, domains=sorted(msg.domains), endpoint=msg.endpoint,
-                           model=msg.model, bond=msg.bond, status=Status.EXPERT_STATUS_ACTIVE)
+                           model=msg.model, bond=msg.bond, status=Status.EXPERT_STATUS_ACTIVE, capacity=capacity)
         self.set(ctx, address, expert)
         self._seed_reputation(ctx, address, expert.domains)
+        self._refresh(ctx, expert)
         ctx.emit(event(EV_EXPERT_REGISTERED, expert=msg.address, domains=",".join(expert.domains), bond=msg.bond,
                        adapter_sha256=msg.model.adapter_sha256))
 
@@ -104,12 +116,15 @@ class ExpertsKeeper:
         if expert.status == Status.EXPERT_STATUS_UNBONDING:
             raise ErrUnbonding(f"{msg.address} is unbonding and cannot change")
         self._check_domains(ctx, list(msg.domains))
+        left = sorted(set(expert.domains) - set(msg.domains))
+        expert.capacity = self._capacity(ctx, msg.capacity)
         del expert.domains[:]
         expert.domains.extend(sorted(msg.domains))
         expert.endpoint = msg.endpoint
         expert.model.CopyFrom(msg.model)
         self.set(ctx, address, expert)
         self._seed_reputation(ctx, address, expert.domains)
+        self._refresh(ctx, expert, [*expert.domains, *left])
         ctx.emit(event(EV_EXPERT_UPDATED, expert=msg.address, domains=",".join(expert.domains)))
 
     def unbond(self, ctx: Ctx, address: bytes) -> None:
@@ -122,6 +137,7 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_UNBONDING
         expert.unbond_at = ctx.env.height + params.unbonding_blocks
         self.set(ctx, address, expert)
+        self._refresh(ctx, expert)
         UNBONDING.push(ctx, expert.unbond_at, address)
         ctx.emit(event(EV_EXPERT_UNBONDING, expert=expert.address, amount=expert.bond, release_height=expert.unbond_at))
 
@@ -136,6 +152,7 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_ACTIVE
         expert.missed = 0
         self.set(ctx, address, expert)
+        self._refresh(ctx, expert)
         ctx.emit(event(EV_EXPERT_UNJAILED, expert=expert.address))
 
     def add_domain(self, ctx: Ctx, authority: str, domain: str) -> None:
@@ -170,6 +187,9 @@ class ExpertsKeeper:
         ctx.kv(STORE).set(key, point.SerializeToString())
         ctx.emit(event(EV_REPUTATION, expert=format_address(address), domain=domain, value=value, reason=reason,
                        query_id=query_id))
+        expert = self.get(ctx, address)
+        if expert is not None:
+            self._refresh(ctx, expert, [domain])
 
     def ema(self, ctx: Ctx, domain: str, address: bytes, score: int, query_id: int, reason: str) -> None:
         """R <- R + alpha * (s - R), with s on the reputation scale."""
@@ -200,10 +220,35 @@ class ExpertsKeeper:
                 out.append((expert, int.from_bytes(raw, "big")))
         return out
 
-    def candidates(self, ctx: Ctx, domain: str) -> list[tuple[bytes, int]]:
-        """Active experts serving domain with their reputation, in address order."""
-        return [(parse_address(e.address), r) for e, r in self.domain_reputations(ctx, domain)
-                if e.status == Status.EXPERT_STATUS_ACTIVE and domain in e.domains]
+    # -- selection pools ----------------------------------------------------------------
+
+    def pool(self, ctx: Ctx, domain: str) -> DomainPool:
+        return DomainPool(ctx, domain)
+
+    def _refresh(self, ctx: Ctx, expert: pb.Expert, domains: Iterable[str] | None = None) -> None:
+        """Rewrite the expert's selection weight in each domain: positive only while it is active, serves
+        the domain and has free capacity. Every change to those goes through here."""
+        params = self.params(ctx)
+        address = parse_address(expert.address)
+        free = expert.status == Status.EXPERT_STATUS_ACTIVE and expert.open_assignments < expert.capacity
+        for domain in sorted(set(expert.domains if domains is None else domains)):
+            weight = selection_weight(self.reputation(ctx, domain, address), params.exploration_floor,
+                                      params.selection_exponent) if free and domain in expert.domains else 0
+            DomainPool(ctx, domain).set_weight(address, weight)
+
+    def take_assignment(self, ctx: Ctx, address: bytes) -> None:
+        """Drawn for a query: one less free slot until release_assignment."""
+        expert = self.require(ctx, address)
+        expert.open_assignments += 1
+        self.set(ctx, address, expert)
+        self._refresh(ctx, expert)
+
+    def release_assignment(self, ctx: Ctx, address: bytes) -> None:
+        expert = self.get(ctx, address)  # an expert that fully unbonded has no record left
+        if expert is not None and expert.open_assignments:
+            expert.open_assignments -= 1
+            self.set(ctx, address, expert)
+            self._refresh(ctx, expert)
 
     # -- work record, slashing ----------------------------------------------------------
 
@@ -220,26 +265,34 @@ class ExpertsKeeper:
             expert.earned += amount
             self.set(ctx, address, expert)
 
-    def record_missed(self, ctx: Ctx, address: bytes, domain: str, query_id: int, slash: bool, reason: str) -> None:
-        """A missed assignment: counts toward jail; with slash, also costs bond and reputation."""
+    def record_missed(self, ctx: Ctx, address: bytes, domain: str, query_id: int, reason: str,
+                      as_scorer: bool = False) -> None:
+        """A missed assignment costs reputation (domain reputation for an answer, scorer reputation for
+        scores), never bond on its own: a node can fail once. max_missed in a row, while active, jail the
+        expert and slash downtime_slash_ppm of its bond, once; misses while jailed or unbonding cost
+        reputation only."""
         expert = self.get(ctx, address)
         if expert is None:
             return
         expert.missed += 1
         self.set(ctx, address, expert)
-        if slash:
-            self.slash(ctx, address, domain, query_id, reason)
-        expert = self.require(ctx, address)
-        if expert.missed >= self.params(ctx).max_missed:
+        if as_scorer:
+            self.update_scorer_reputation(ctx, address, 0)
+        else:
+            self.ema(ctx, domain, address, 0, query_id, "missed")
+        params = self.params(ctx)
+        if expert.missed >= params.max_missed and expert.status == Status.EXPERT_STATUS_ACTIVE:
+            self.slash(ctx, address, domain, query_id, f"missed {expert.missed} assignments in a row ({reason})",
+                       params.downtime_slash_ppm)
             self.jail(ctx, address, f"missed {expert.missed} assignments in a row")
 
-    def slash(self, ctx: Ctx, address: bytes, domain: str, query_id: int, reason: str,
+    def slash(self, ctx: Ctx, address: bytes, domain: str, query_id: int, reason: str, fraction_ppm: int,
               reporter: bytes | None = None) -> int:
-        """Take slash_ppm of the bond (from whichever pool holds it), pay the reporter its share,
+        """Take fraction_ppm of the bond (from whichever pool holds it), pay the reporter its share,
         burn the rest, halve the domain reputation. Returns the amount slashed."""
         params = self.params(ctx)
         expert = self.require(ctx, address)
-        amount = ppm_of(expert.bond, params.slash_ppm)
+        amount = ppm_of(expert.bond, fraction_ppm)
         pool = UNBONDING_POOL if expert.status == Status.EXPERT_STATUS_UNBONDING else BONDED_POOL
         if amount:
             to_reporter = ppm_of(amount, params.reporter_share_ppm) if reporter is not None else 0
@@ -260,11 +313,16 @@ class ExpertsKeeper:
         expert.status = Status.EXPERT_STATUS_JAILED
         expert.jailed_until = ctx.env.height + self.params(ctx).jail_blocks
         self.set(ctx, address, expert)
+        self._refresh(ctx, expert)
         ctx.emit(event(EV_JAIL, expert=expert.address, until=expert.jailed_until, reason=reason))
 
     def end_block(self, ctx: Ctx) -> None:
-        """Release bonds whose unbonding period ended at or before this height."""
-        for height, address in UNBONDING.due(ctx, ctx.env.height):
+        """Release bonds whose unbonding period ended at or before this height (at most
+        max_releases_per_block; the rest in the next blocks)."""
+        limit = self.params(ctx).max_releases_per_block
+        due = UNBONDING.due(ctx, ctx.env.height, limit)
+        UNBONDING.done(ctx, due, limit)
+        for height, address in due:
             expert = self.get(ctx, address)
             UNBONDING.remove(ctx, height, address)
             if expert is None:

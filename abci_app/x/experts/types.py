@@ -13,6 +13,7 @@ EXPERT_PREFIX = b"exp/"
 REPUTATION_PREFIX = b"rep/"  # rep/<domain>/<address> -> uint64 big-endian
 SCORER_REP_PREFIX = b"srep/"  # srep/<address>
 HISTORY_PREFIX = b"hist/"  # hist/<address>/<height be8><seq be4> -> ReputationPoint
+POOL_PREFIX = b"pool/"  # pool/<domain>/...: the domain's selection weights (pool.py)
 UNBONDING_PREFIX = b"unb/"  # unb/<height be8><address> -> b"\x01": bonds released at that height
 BONDED_POOL = module_address("experts/bonded")
 UNBONDING_POOL = module_address("experts/unbonding")
@@ -20,6 +21,7 @@ DOMAIN_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 """A whole domain name (use fullmatch: match with $ would let a trailing newline through)."""
 MAX_ENDPOINT = 256
 MAX_DOMAINS = 16
+MAX_CAPACITY = 1024  # the hard bound; params.max_capacity may be lower
 
 Status = pb.ExpertStatus
 
@@ -92,7 +94,16 @@ def default_params() -> pb.Params:
         exploration_floor=100_000,
         domains=["island-herbalism", "kestrel-lang", "orbital-logistics"],
         authority="",
+        max_capacity=64,
+        default_capacity=4,
+        downtime_slash_ppm=10_000,
+        max_releases_per_block=200,
     )
+
+
+def selection_weight(reputation: int, floor: int, exponent: int) -> int:
+    """max(R, floor) ** gamma: grows with reputation, but newcomers keep a chance (exploration)."""
+    return int(max(reputation, floor) ** exponent)  # exponent is a uint64 param: an int, never a float
 
 
 def expert_key(address: bytes) -> bytes:
@@ -121,10 +132,12 @@ def check_model(model: pb.ModelCommitment) -> None:
 
 
 def validate_profile(msg: pb.MsgRegisterExpert | pb.MsgUpdateExpert) -> None:
-    """What registering and updating share: address, domains, model commitment, endpoint."""
+    """What registering and updating share: address, domains, model commitment, endpoint, capacity."""
     check_address("address", msg.address)
     check_domains(list(msg.domains))
     check_model(msg.model)
+    if msg.capacity > MAX_CAPACITY:
+        raise ErrInvalidExpert(f"capacity must be at most {MAX_CAPACITY}")
     if not msg.endpoint or len(msg.endpoint) > MAX_ENDPOINT:
         raise ErrInvalidExpert(f"endpoint must be 1-{MAX_ENDPOINT} characters")
 

@@ -106,37 +106,38 @@ class InferenceKeeper:
     # -- submit and selection -----------------------------------------------------------
 
     def submit(self, ctx: Ctx, msg: pb.MsgSubmitQuery) -> int:
-        """Escrow the fee and draw respondents and scorers. Raises ErrInvalidQuery, ErrFeeTooLow,
-        ErrTooFewExperts or bank errors; on error nothing is escrowed."""
-        params, eparams = self.params(ctx), self.experts.params(ctx)
+        """Escrow the fee and draw respondents and scorers among the domain's experts with free capacity.
+        Costs gas in proportion to the work it forces, never to the size of the domain. Raises
+        ErrInvalidQuery, ErrFeeTooLow, ErrTooFewExperts or bank errors; on error nothing is escrowed."""
+        params = self.params(ctx)
         if len(msg.prompt.encode()) > params.max_prompt_bytes:
             raise ErrInvalidQuery(f"prompt is over {params.max_prompt_bytes} bytes")
         if msg.k > params.max_k or msg.rounds > params.max_rounds:
             raise ErrInvalidQuery(f"k <= {params.max_k} and rounds <= {params.max_rounds} required")
-        if msg.domain not in eparams.domains:
+        if msg.domain not in self.experts.params(ctx).domains:
             raise ErrInvalidQuery(f"domain {msg.domain!r} is not registered")
-        if msg.max_fee < params.min_fee_per_respondent * msg.k:
-            raise ErrFeeTooLow(f"max_fee must be at least {params.min_fee_per_respondent} per respondent")
+        if msg.max_fee < params.min_fee_per_respondent * msg.k * msg.rounds:
+            raise ErrFeeTooLow(f"max_fee must be at least {params.min_fee_per_respondent} per respondent and round")
+        ctx.gas.consume(params.submit_gas_per_task * (msg.k * msg.rounds + params.scorers), "query work")
         requester = parse_address(msg.requester)
         query_id = int.from_bytes(ctx.kv(STORE).get(NEXT_ID_KEY) or be8(1), "big")
         ctx.kv(STORE).set(NEXT_ID_KEY, be8(query_id + 1))
         seed = selection.query_seed(ctx.env.seed, query_id)
-        candidates = [(a, r) for a, r in self.experts.candidates(ctx, msg.domain) if a != requester]
-        weighted = [(a, selection.weight(r, eparams.exploration_floor, eparams.selection_exponent))
-                    for a, r in candidates]
-        needed = msg.k + params.scorers
-        if len(weighted) < needed:
-            raise ErrTooFewExperts(f"domain {msg.domain} has {len(weighted)} eligible experts, "
-                                   f"this query needs {needed} ({msg.k} respondents + {params.scorers} scorers)")
-        drawn = selection.assign(seed, weighted, int(msg.k), int(params.scorers))
+        drawn = selection.assign(seed, self.experts.pool(ctx, msg.domain), int(msg.k), int(params.scorers),
+                                 exclude=[requester])
+        if len(drawn.respondents) < msg.k or len(drawn.scorers) < params.scorers:
+            raise ErrTooFewExperts(f"domain {msg.domain} has too few experts with free capacity: this query needs "
+                                   f"{msg.k} respondents and {params.scorers} scorers besides the requester")
+        for address in drawn.respondents + drawn.scorers:
+            self.experts.take_assignment(ctx, address)
         self.bank.move(ctx, requester, ESCROW, msg.max_fee)
         q = pb.Query(
             id=query_id, requester=msg.requester, domain=msg.domain, prompt=msg.prompt, max_fee=msg.max_fee,
             k=msg.k, rounds=msg.rounds, respondents=[format_address(a) for a in drawn.respondents],
             scorers=[format_address(a) for a in drawn.scorers], phase=Phase.PHASE_ANSWER_COMMIT, round=1,
             created_height=ctx.env.height, seed=seed,
-            candidates=[pb.Candidate(address=format_address(a), reputation=r, weight=str(w))
-                        for (a, r), (_, w) in zip(candidates, weighted, strict=True)],
+            draws=[pb.Draw(address=format_address(p.address), role=role, weight=str(p.weight), point=str(p.point),
+                           total=str(p.total)) for role, p in drawn.picks],
         )
         self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
         ctx.emit(event(EV_QUERY_SUBMITTED, query_id=query_id, requester=msg.requester, domain=msg.domain,
@@ -211,7 +212,7 @@ class InferenceKeeper:
             entry = self.answer(ctx, q.id, q.round, address)
             if entry is None or not entry.revealed:
                 reason = "no answer in an assigned round" if entry is None else "committed but never revealed"
-                self.experts.record_missed(ctx, address, q.domain, q.id, slash=True, reason=reason)
+                self.experts.record_missed(ctx, address, q.domain, q.id, reason)
         params = self.params(ctx)
         if q.round < q.rounds:
             q.round += 1
@@ -219,6 +220,8 @@ class InferenceKeeper:
             self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
             ctx.emit(event(EV_ROUND_STARTED, query_id=q.id, round=q.round, deadline=q.deadline))
         else:
+            for r in q.respondents:  # their part is done: free their capacity
+                self.experts.release_assignment(ctx, parse_address(r))
             q.phase = Phase.PHASE_SCORE_COMMIT
             self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
             ctx.emit(event(EV_SCORING_STARTED, query_id=q.id, scorers=",".join(q.scorers), deadline=q.deadline))
@@ -264,6 +267,8 @@ class InferenceKeeper:
         q.deadline = 0
         finals = [e.answer if e is not None and e.revealed else None
                   for e in (self.answer(ctx, q.id, q.rounds, parse_address(r)) for r in q.respondents)]
+        for s in q.scorers:
+            self.experts.release_assignment(ctx, parse_address(s))
         votes = self._votes(ctx, q)
         result = tally(q, finals, votes, self.params(ctx), self.experts.params(ctx).reputation_scale)
         self._apply(ctx, q, votes, result)
@@ -285,7 +290,7 @@ class InferenceKeeper:
             address = parse_address(s)
             entry = self.score_entry(ctx, q.id, address)
             if entry is None or not entry.revealed:
-                self.experts.record_missed(ctx, address, q.domain, q.id, slash=False, reason="scores not revealed")
+                self.experts.record_missed(ctx, address, q.domain, q.id, "scores not revealed", as_scorer=True)
                 continue
             expert = self.experts.get(ctx, address)
             stake = expert.bond if expert else 0
@@ -335,7 +340,8 @@ class InferenceKeeper:
             if not verify(public_key, answer_sign_bytes(ctx.env.chain_id, q.id, msg.round, answer), sig):
                 raise ErrInvalidEvidence(f"a signature is not {msg.expert}'s over that answer")
         ctx.kv(STORE).set(marker, b"\x01")
-        amount = self.experts.slash(ctx, expert, q.domain, q.id, "equivocation", reporter=parse_address(msg.reporter))
+        amount = self.experts.slash(ctx, expert, q.domain, q.id, "equivocation", self.experts.params(ctx).slash_ppm,
+                                    reporter=parse_address(msg.reporter))
         self.experts.jail(ctx, expert, "equivocation")
         ctx.emit(event(EV_EQUIVOCATION, query_id=q.id, round=msg.round, expert=msg.expert, reporter=msg.reporter,
                        slashed=amount))
@@ -343,8 +349,12 @@ class InferenceKeeper:
     # -- end of block -------------------------------------------------------------------
 
     def end_block(self, ctx: Ctx) -> None:
-        """Close every window whose last height is this one (or earlier)."""
-        for _, item in DEADLINES.due(ctx, ctx.env.height):
+        """Close every window whose last height is this one (or earlier), at most max_closes_per_block;
+        the rest close first thing in the next block (their windows are already shut to messages)."""
+        limit = self.params(ctx).max_closes_per_block
+        due = DEADLINES.due(ctx, ctx.env.height, limit)
+        DEADLINES.done(ctx, due, limit)
+        for _, item in due:
             q = self.get(ctx, int.from_bytes(item, "big"))
             if q.phase == Phase.PHASE_ANSWER_COMMIT:
                 self._open_reveal(ctx, q)

@@ -58,13 +58,12 @@ class Querier:
 
     def explain_selection(self, ctx: Ctx, req: q.ExplainSelectionRequest) -> q.ExplainSelectionResponse:
         query = self.keeper.get(ctx, req.query_id)
-        weighted = [(parse_address(c.address), int(c.weight)) for c in query.candidates]
-        drawn = selection.assign(query.seed, weighted, int(query.k), len(query.scorers))
-        names = {parse_address(c.address): c.address for c in query.candidates}
-        got_r, got_s = [names[a] for a in drawn.respondents], [names[a] for a in drawn.scorers]
-        return q.ExplainSelectionResponse(
-            seed=query.seed, candidates=query.candidates, respondents=got_r, scorers=got_s,
-            matches=got_r == list(query.respondents) and got_s == list(query.scorers), height=ctx.env.height)
+        picks = [(d.role, int(d.weight), int(d.point), int(d.total)) for d in query.draws]
+        by_role = {role: [d.address for d in query.draws if d.role == role] for role in ("respondent", "scorer")}
+        matches = (selection.points_follow(query.seed, picks) and by_role["respondent"] == list(query.respondents)
+                   and by_role["scorer"] == list(query.scorers))
+        return q.ExplainSelectionResponse(seed=query.seed, draws=query.draws, respondents=by_role["respondent"],
+                                          scorers=by_role["scorer"], matches=matches, height=ctx.env.height)
 
     def recent(self, ctx: Ctx, req: q.RecentQueriesRequest) -> q.RecentQueriesResponse:
         if req.limit > MAX_RECENT:

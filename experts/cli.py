@@ -99,6 +99,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-concurrent", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=8, help="requests sharing a forward pass (1 = no batching)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS only (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
 
 def _require_files(*paths: str | None) -> None:
@@ -200,6 +202,10 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     from llmnet.client.sdk import Client
 
     specs = _adapter_specs(args.adapter)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    _require_files(args.tls_cert, args.tls_key)
+    tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()) if args.tls_cert else None
     key = _load_key(args)
     if key is None and (needs_key or not args.open):
         raise ValueError("--key is required (it signs answers and is the address access is checked for); "
@@ -214,7 +220,8 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
         engine.add_adapter(domain, directory)
         commitments[domain] = adapter_sha256(directory)
     registry = CollectorRegistry()
-    server, port = create_server(engine, ExpertIdentity(key, chain_id, commitments), args.listen, access, registry)
+    server, port = create_server(engine, ExpertIdentity(key, chain_id, commitments), args.listen, access, registry,
+                                 tls)
     server.start()
     if args.metrics_listen:
         host, _, mport = args.metrics_listen.rpartition(":")
@@ -222,7 +229,8 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     host = args.listen.rsplit(":", 1)[0]
     print(f"llmnet-expert serving {engine.model_id} with adapters {sorted(commitments) or 'none'} "
           f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)")
-          + (" open to anyone" if args.open else f", access checked with {args.node}"), flush=True)
+          + (" open to anyone" if args.open else f", access checked with {args.node}")
+          + (" (TLS)" if tls else " (plaintext: use --tls-cert/--tls-key off loopback)"), flush=True)
     return engine, key, client, server
 
 

@@ -174,10 +174,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
 
 def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
-                  access: ChainAccess | None = None, registry: CollectorRegistry | None = None
-                  ) -> tuple[grpc.Server, int]:
+                  access: ChainAccess | None = None, registry: CollectorRegistry | None = None,
+                  tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.Server, int]:
     """Build (not start) the expert's gRPC server; port 0 picks a free port. Returns (server, port).
-    access=None serves anyone; metrics go to `registry` (serve it with prometheus_client)."""
+    access=None serves anyone; metrics go to `registry` (serve it with prometheus_client); tls is
+    (PEM private key, PEM certificate chain): with it the port speaks only TLS, so prompts, answers and
+    access signatures cannot be read on the way."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4))
     servicer = ExpertServicer(engine, identity, access, registry)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
@@ -186,7 +188,10 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if tls is not None:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the expert server to {address}")
     return server, port

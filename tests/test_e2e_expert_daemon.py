@@ -204,8 +204,10 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         assert not receipt.slashed and receipt.final_answer
         assert len([a for a in status.answers if a.revealed]) == 4  # 2 respondents x 2 rounds
         victim_round1 = next(a for a in status.answers if a.respondent == query.respondents[0] and a.round == 1)
+        victim_key = expert_keys[daemons.index(victim)]
         assert victim_round1.revealed and victim_round1.commitment == answer_commitment(
-            victim_round1.answer, protocol.salt_for(expert_keys[daemons.index(victim)], "answer", query_id, 1))
+            client.status().chain_id, query_id, 1, victim_key.address, victim_round1.answer,
+            protocol.salt_for(victim_key, "answer", query_id, 1))
         _wait("the victim to forget the settled query", lambda: any(
             e["event"] == "settled" and e.get("query_id") == query_id for e in victim.events()), timeout=60)
         assert query_id not in json.loads((tmp_path / f"{victim.name}.json").read_text())["open"]
@@ -248,13 +250,16 @@ def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
     assert report["verified"] and report["signed_power"] * 3 > report["total_power"] * 2 and len(report["checks"]) == 5
     rpc = "http://" + manifest["nodes"][0]["rpc"]
     evidence = fetch(rpc, query_id)
-    verify(evidence)  # the untouched evidence passes in process too
+    chain_id = manifest["chain_id"]
+    verify(evidence, chain_id)  # the untouched evidence passes in process too
+    with pytest.raises(VerifyError):
+        verify(evidence, "another-chain")  # a receipt of another chain is not this chain's
 
     def tampered(change) -> str:  # type: ignore[no-untyped-def]
         ev = copy.deepcopy(evidence)
         change(ev)
         with pytest.raises(VerifyError) as err:
-            verify(ev)
+            verify(ev, chain_id)
         return str(err.value)
 
     final = inf.Receipt.FromString(evidence.value).final_answer.encode()

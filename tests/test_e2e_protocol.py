@@ -36,7 +36,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator[Loc
     network = Localnet(tmp_path_factory.mktemp("proto"), cometbft)
     network.create(4, base_port=free_base_port(4), accounts=9, timeout_commit="200ms", timeout_propose="1s",
                    params={"inference": {"scorers": 2, "commit_blocks": 8, "reveal_blocks": 8},
-                           "experts": {"max_missed": 2}})
+                           "experts": {"max_missed": 2, "default_capacity": 64}})
     try:
         network.start()
         yield network

@@ -147,7 +147,10 @@ def _receipt_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     rv.add_argument("query_id", type=int)
     rv.add_argument("--rpc", default="", help="CometBFT RPC URL (default: the one the node reports)")
     rv.add_argument("--trusted-validators-hash", default="",
-                    help="hex hash of the validator set you trust (default: accept the set the header names)")
+                    help="hex hash of the validator set you trust, from a source other than this node "
+                         "(default: accept the set the header names, and say so)")
+    rv.add_argument("--chain-id", default="",
+                    help="the chain the receipt must come from (default: the chain id the node reports)")
 
 
 def _ask_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -328,10 +331,11 @@ def _protocol_query(cfg: CliConfig, args: argparse.Namespace, client: Client) ->
 def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     from llmnet.client.verify import VerifyError, fetch, verify
 
-    rpc = args.rpc or client.status().cometbft_rpc
+    status = client.status()
+    rpc = args.rpc or status.cometbft_rpc
     try:
-        report = verify(fetch(rpc, args.query_id), bytes.fromhex(args.trusted_validators_hash)
-                        if args.trusted_validators_hash else None)
+        report = verify(fetch(rpc, args.query_id), args.chain_id or status.chain_id,
+                        bytes.fromhex(args.trusted_validators_hash) if args.trusted_validators_hash else None)
     except VerifyError as exc:
         _emit(cfg, {"verified": False, "query_id": args.query_id, "error": str(exc)},
               f"NOT VERIFIED: receipt of query {args.query_id}: {exc}")

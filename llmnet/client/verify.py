@@ -2,15 +2,19 @@
 
 1. The receipt, read with a Merkle proof at height H (`/store/inference/key`).
 2. The signed header of H+1 (it carries the app hash after block H) and the validator set of H+1.
-3. The validator set hashes to the header's validators_hash; the header hashes (CometBFT's
-   Header.Hash: a Merkle tree over its proto-encoded fields) to the block id the commit signed.
-4. Validators holding more than 2/3 of the voting power signed that block id (ed25519 over
-   CanonicalVote, length-prefixed, as CometBFT's VoteSignBytes).
+3. The header is for the pinned chain id and height H+1; the validator set hashes to its
+   validators_hash; the header hashes (CometBFT's Header.Hash: a Merkle tree over its proto-encoded
+   fields) to the block id the commit signed, at that height.
+4. CometBFT's light-client commit rule (VerifyCommitLight): signature i belongs to validator i (same
+   address, and the address is the hash of that validator's key), each validator counts once, and
+   those that signed the block id for the pinned chain id (ed25519 over CanonicalVote, length-prefixed,
+   as VoteSignBytes) hold more than 2/3 of the voting power.
 5. The proof takes the receipt's bytes to that app hash.
 6. The final answer hashes to the receipt's answer hash for the final respondent.
 
-Trust anchor: the validator set comes from the same RPC and is checked against the header, not
-against a set the user already trusts; `trusted_validators_hash` closes that gap when given.
+Trust anchor: the validator set comes from the same RPC and is checked against the header; only a
+`trusted_validators_hash` the user got elsewhere (a block explorer, the genesis, a friend's node) ties it
+to the real chain. Without one, a receipt verifies as consistent, and the report says so.
 """
 
 from __future__ import annotations
@@ -163,12 +167,57 @@ def vote_sign_bytes(chain_id: str, height: int, round_: int, block_id: dict[str,
     return uvarint(len(body)) + body
 
 
-def verify(ev: Evidence, trusted_validators_hash: bytes | None = None) -> Report:
+def _check_validators(validators: list[dict[str, Any]]) -> int:
+    """Each validator's address is the hash of its key, no validator appears twice, every power is
+    positive. Returns the total voting power."""
+    seen: set[bytes] = set()
+    for v in validators:
+        key = base64.b64decode(v["pub_key"]["value"])
+        if _hex(v["address"]) != hashlib.sha256(key).digest()[:20]:
+            raise VerifyError(f"validator {v['address']} is not the address of its public key")
+        if key in seen:
+            raise VerifyError(f"validator {v['address']} is listed twice")
+        seen.add(key)
+        if int(v["voting_power"]) <= 0:
+            raise VerifyError(f"validator {v['address']} has no voting power")
+    return sum(int(v["voting_power"]) for v in validators)
+
+
+def verify_commit(header: dict[str, Any], commit: dict[str, Any], validators: list[dict[str, Any]],
+                  chain_id: str) -> tuple[int, int]:
+    """CometBFT's VerifyCommitLight for the pinned chain id: returns (signed power, total power)."""
+    height = int(header["height"])
+    if int(commit["height"]) != height:
+        raise VerifyError(f"the commit is for height {commit['height']}, the header for {height}")
+    if header_hash(header) != _hex(commit["block_id"]["hash"]):
+        raise VerifyError("the header does not hash to the block id the validators signed")
+    total = _check_validators(validators)
+    signatures = commit["signatures"]
+    if len(signatures) != len(validators):
+        raise VerifyError(f"the commit has {len(signatures)} signatures for {len(validators)} validators")
+    signed = 0
+    for v, sig in zip(validators, signatures, strict=True):  # signature i is validator i's, or nobody's
+        if int(sig["block_id_flag"]) != BLOCK_ID_FLAG_COMMIT:
+            continue
+        if sig["validator_address"] != v["address"]:
+            raise VerifyError(f"signature of {sig['validator_address']} sits in the slot of {v['address']}")
+        message = vote_sign_bytes(chain_id, height, int(commit["round"]), commit["block_id"], sig["timestamp"])
+        if not ed25519_verify(base64.b64decode(v["pub_key"]["value"]), message, base64.b64decode(sig["signature"])):
+            raise VerifyError(f"bad commit signature from validator {v['address']}")
+        signed += int(v["voting_power"])
+    if 3 * signed <= 2 * total:
+        raise VerifyError(f"only {signed} of {total} voting power signed the block (need more than 2/3)")
+    return signed, total
+
+
+def verify(ev: Evidence, chain_id: str, trusted_validators_hash: bytes | None = None) -> Report:
     """Raise VerifyError naming the first check that fails; return what was verified."""
     h, commit = ev.header, ev.commit
-    chain_id, height = h["chain_id"], int(h["height"])
+    height = int(h["height"])
     checks = []
-    if height != ev.height + 1 or int(commit["height"]) != height:
+    if h["chain_id"] != chain_id:
+        raise VerifyError(f"the header is for chain {h['chain_id']!r}, not {chain_id!r}")
+    if height != ev.height + 1:
         raise VerifyError(f"header is for height {height}, expected {ev.height + 1}")
     vhash = validators_hash(ev.validators)
     if vhash != _hex(h["validators_hash"]):
@@ -176,27 +225,13 @@ def verify(ev: Evidence, trusted_validators_hash: bytes | None = None) -> Report
     if trusted_validators_hash is not None and vhash != trusted_validators_hash:
         raise VerifyError("validator set is not the trusted one")
     checks.append(f"validator set ({len(ev.validators)} validators) matches the header's validators_hash "
-                  f"{vhash.hex().upper()[:16]}…")
-    computed = header_hash(h)
-    if computed != _hex(commit["block_id"]["hash"]):
-        raise VerifyError("the header does not hash to the block id the validators signed")
-    checks.append(f"header of height {height} hashes to the committed block id {computed.hex().upper()[:16]}…")
-    by_address = {v["address"]: v for v in ev.validators}
-    total = sum(int(v["voting_power"]) for v in ev.validators)
-    signed = 0
-    for sig in commit["signatures"]:
-        if int(sig["block_id_flag"]) != BLOCK_ID_FLAG_COMMIT:
-            continue
-        v = by_address.get(sig["validator_address"])
-        if v is None:
-            raise VerifyError(f"commit signature from unknown validator {sig['validator_address']}")
-        message = vote_sign_bytes(chain_id, height, int(commit["round"]), commit["block_id"], sig["timestamp"])
-        if not ed25519_verify(base64.b64decode(v["pub_key"]["value"]), message, base64.b64decode(sig["signature"])):
-            raise VerifyError(f"bad commit signature from validator {sig['validator_address']}")
-        signed += int(v["voting_power"])
-    if 3 * signed <= 2 * total:
-        raise VerifyError(f"only {signed} of {total} voting power signed the block (need more than 2/3)")
-    checks.append(f"commit signatures from {signed}/{total} of the voting power verify (ed25519, > 2/3)")
+                  f"{vhash.hex().upper()[:16]}…" + (" and the trusted hash" if trusted_validators_hash else
+                                                     " (not pinned: pass --trusted-validators-hash)"))
+    signed, total = verify_commit(h, commit, ev.validators, chain_id)
+    checks.append(f"header of {chain_id} at height {height} hashes to the committed block id "
+                  f"{commit['block_id']['hash'][:16]}…")
+    checks.append(f"commit signatures from {signed}/{total} of the voting power verify (ed25519, > 2/3, each "
+                  "validator once)")
     try:
         verify_store_proof(ev.proof_ops, STORE, receipt_key(ev.query_id), ev.value, _hex(h["app_hash"]))
     except ProofError as exc:

@@ -1,0 +1,85 @@
+"""Attacks by anyone on the network path: reading and replaying what travels, relaying forged proofs.
+
+Promises: an access signature seen on the wire buys nothing (it covers one request, once); an expert
+can serve over TLS so nothing can be read on the way; a receipt that verifies is true (see also
+test_receipt_forgery.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from experts.engine import Engine
+from experts.server import ExpertIdentity, create_server
+from llmnet.client.expert_api import sign_access, verify_served
+from tests.adversarial.conftest import expert_server, node_api
+from tests.protocol_harness import CHAIN_ID, ProtocolChain
+from tests.test_protocol import submit
+from wire.llmnet.expert.v1 import expert_pb2 as pb
+from wire.llmnet.expert.v1 import expert_pb2_grpc
+
+
+def _request(chain: ProtocolChain, query_id: int, expert: str, nonce: int, prompt: str = "hello") -> pb.GenerateRequest:
+    req = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=prompt)], query_id=query_id, round=1,
+                             access_nonce=nonce, sampling=pb.Sampling(max_new_tokens=4))
+    return sign_access(chain.requester, CHAIN_ID, req, expert)
+
+
+def test_a_sniffed_access_signature_buys_nothing(chain: ProtocolChain, tiny_engine: Engine) -> None:
+    qid = submit(chain)
+    expert = chain.key_of(chain.status(qid).query.respondents[0])
+    with node_api(chain) as node, expert_server(tiny_engine, expert, node, CHAIN_ID) as addr, \
+            grpc.insecure_channel(addr) as channel:
+        stub = expert_pb2_grpc.ExpertServiceStub(channel)
+        seen = _request(chain, qid, expert.address, 1)
+        assert stub.Generate(seen).text is not None  # the requester's own call
+        replays = [seen, pb.GenerateRequest()]  # the same bytes; the same signature on another prompt
+        replays[1].CopyFrom(seen)
+        replays[1].messages[0].content = "write a long essay"
+        replays[1].access_nonce = 2
+        for replay in replays:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(replay)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expert.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_expert_can_serve_over_tls_only(chain: ProtocolChain, tiny_engine: Engine) -> None:
+    pem_key, pem_cert = _self_signed()
+    expert = chain.experts[0]
+    server, port = create_server(tiny_engine, ExpertIdentity(expert, CHAIN_ID), "127.0.0.1:0", tls=(pem_key, pem_cert))
+    server.start()
+    try:
+        req = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="hello")],
+                                 sampling=pb.Sampling(max_new_tokens=4))
+        creds = grpc.ssl_channel_credentials(root_certificates=pem_cert)
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            resp = expert_pb2_grpc.ExpertServiceStub(channel).Generate(req, timeout=30)
+            assert verify_served(req, resp, expert.public_key)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, pytest.raises(grpc.RpcError) as err:
+            expert_pb2_grpc.ExpertServiceStub(plain).Generate(req, timeout=5)  # no plaintext at all
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)

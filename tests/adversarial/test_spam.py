@@ -1,0 +1,161 @@
+"""Attacks by volume, open to anyone who pays fees: query spam against a small domain, registering
+experts to make every query expensive, flooding the end-of-block queues, oversized blocks.
+
+Promises: experts are never drawn beyond the capacity they declared, so spam cannot make honest experts
+miss (and a miss alone never costs bond); a query's price grows with the work it forces, not with the
+domain's size; one block's work is bounded whatever is queued; no block carries more gas than the limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from abci_app.errors import ErrGasLimitTooHigh
+from abci_app.x.auth.types import default_params as auth_defaults
+from abci_app.x.inference.types import ErrTooFewExperts
+from llmnet.client import protocol
+from llmnet.client.events import query_ids
+from llmnet.client.txbuilder import build_tx, send_msg
+from tests.adversarial.conftest import DOMAIN
+from tests.protocol_harness import ADAPTER, BOND, CHAIN_ID, ProtocolChain
+from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as q
+from wire.tendermint.abci import types_pb2 as abci
+
+
+def _records(chain: ProtocolChain) -> list[ex.Expert]:
+    return [chain.query("Expert", q.ExpertRequest(address=k.address), q.ExpertResponse).expert for k in chain.experts]
+
+
+def _work_honestly(chain: ProtocolChain, open_ids: list[int]) -> None:
+    """Every drawn expert does its part of every open query, as the shipped daemon would."""
+    for _ in range(60):
+        txs = []
+        for qid in open_ids:
+            st = chain.status(qid).query
+            text = f"answer {qid}"
+            if st.phase == inf.PHASE_ANSWER_COMMIT:
+                txs += [chain.tx(chain.key_of(a), protocol.commit_answer(chain.key_of(a), CHAIN_ID, qid, st.round,
+                                                                         text)) for a in st.respondents]
+            elif st.phase == inf.PHASE_ANSWER_REVEAL:
+                txs += [chain.tx(chain.key_of(a), protocol.reveal_answer(chain.key_of(a), qid, st.round, text))
+                        for a in st.respondents]
+            elif st.phase == inf.PHASE_SCORE_COMMIT:
+                txs += [chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), CHAIN_ID, qid, [80]))
+                        for s in st.scorers]
+            elif st.phase == inf.PHASE_SCORE_REVEAL:
+                txs += [chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), qid, [80]))
+                        for s in st.scorers]
+        chain.block(*txs)
+        chain.block()  # one block for the windows to close
+        if all(chain.status(i).query.phase == inf.PHASE_SETTLED for i in open_ids):
+            return
+    raise AssertionError("queries did not settle")
+
+
+def test_query_spam_cannot_overload_or_slash_honest_experts(tmp_path: Path) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 8, [DOMAIN], experts_params={"max_missed": 3})
+    chain.ok(*[chain.tx(k, protocol.register_expert(k, [DOMAIN], f"h:{i}", "m", ADAPTER, BOND, capacity=2))
+               for i, k in enumerate(chain.experts)])
+    spam = [chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, f"spam {i}", 1_000, 1, 1))
+            for i in range(64)]
+    results = chain.block(*spam)  # 64 minimum-fee queries in one block
+    accepted = [i for r in results for i in query_ids(r.events)]
+    refused = [r for r in results if r.code]
+    assert len(accepted) == 16 * 1 // 4  # 8 experts x capacity 2 = 16 slots; each query takes 1 + 3
+    assert all((r.codespace, r.code) == (ErrTooFewExperts.codespace, ErrTooFewExperts.code) for r in refused)
+    assert all(e.open_assignments <= e.capacity for e in _records(chain))
+    one_tx = chain.tx(chain.requester, *[protocol.submit_query(chain.requester, DOMAIN, f"x{i}", 1_000, 1, 1)
+                                         for i in range(64)])
+    (batch,) = chain.block(one_tx)
+    assert batch.code != 0  # the same spam packed in one tx fails whole
+    _work_honestly(chain, accepted)
+    for e in _records(chain):
+        assert e.slashed == 0 and e.bond == BOND and e.status == ex.EXPERT_STATUS_ACTIVE, e
+        assert e.open_assignments == 0
+
+
+def test_a_submit_costs_the_same_gas_in_a_crowded_domain(tmp_path: Path) -> None:
+    """Registering refundable bonds used to push every submit past its gas limit (80 experts)."""
+    used = {}
+    for n in (8, 160):
+        chain = ProtocolChain(tmp_path / f"{n}.db", n, [DOMAIN])
+        for first in range(0, n, 40):
+            chain.ok(*[chain.tx(k, protocol.register_expert(k, [DOMAIN], "h:1", "m", ADAPTER, BOND))
+                       for k in chain.experts[first:first + 40]])
+        msg = protocol.submit_query(chain.requester, DOMAIN, "Who created Kestrel?", 100_000, 2, 2)
+        (result,) = chain.block(chain.tx(chain.requester, msg))
+        assert result.code == 0, result.log
+        used[n] = result.gas_used
+    assert used[160] < used[8] * 1.15, used  # O(log n): a few more tree reads per pick
+    assert used[160] < 200_000  # the fixed gas of earlier clients still suffices
+
+
+def test_end_of_block_work_is_bounded_and_nothing_is_lost(tmp_path: Path) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN], inference_params={"max_closes_per_block": 2},
+                          experts_params={"default_capacity": 64})
+    chain.register_all([DOMAIN])
+    results = chain.block(*[chain.tx(chain.requester, protocol.submit_query(
+        chain.requester, DOMAIN, f"q{i}", 1_000, 1, 1)) for i in range(9)])
+    ids = [i for r in results for i in query_ids(r.events)]
+    assert len(ids) == 9  # all their commit windows close at the same height
+    phases = [chain.status(i).query.phase for i in ids]
+    settled: list[int] = []
+    for _ in range(80):  # nobody answers: every phase change is end-of-block work
+        chain.block()
+        now = [chain.status(i).query.phase for i in ids]
+        assert sum(a != b for a, b in zip(phases, now, strict=True)) <= 2  # max_closes_per_block
+        settled += query_ids(chain.last.events, "query_settled")
+        phases = now
+        if all(p == inf.PHASE_SETTLED for p in phases):
+            break
+    assert sorted(settled) == sorted(ids)  # every query settled, exactly once
+
+
+def test_the_deadline_scan_never_walks_old_deleted_keys(tmp_path: Path) -> None:
+    """Deleted deadline keys stay in the store for good (its Merkle log is append-only); the scan must seek
+    past them instead of reading them every block."""
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN], experts_params={"default_capacity": 64, "max_missed": 1000})
+    chain.register_all([DOMAIN])
+    for i in range(30):  # queries come and go: each leaves deleted deadline keys behind
+        chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, f"q{i}", 1_000, 1, 1)))
+        chain.block()
+    chain.advance_until(30, inf.PHASE_SETTLED, limit=60)
+    seen: list[tuple[bytes, bytes | None]] = []
+    committed = chain.app.committed
+    original = committed.iterate
+
+    def spy(store: str, start: bytes, end: bytes | None, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        if store == "inference" and start.startswith(b"dl/"):
+            seen.append((start, end))
+        return original(store, start, end, limit)
+
+    committed.iterate = spy  # type: ignore[method-assign]
+    chain.block()
+    height = chain.height.to_bytes(8, "big")
+    assert seen == [(b"dl/" + height, b"dl/" + (chain.height + 1).to_bytes(8, "big"))]
+    deleted = committed._db.execute("SELECT COUNT(*) FROM kv WHERE store='inference' AND key>=? AND key<? AND "
+                                    "value IS NULL", (b"dl/", b"dl0")).fetchone()[0]
+    assert deleted >= 60  # what the old scan read every block
+
+
+def test_no_block_carries_more_gas_than_the_limit(tmp_path: Path) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 0, [DOMAIN])
+    limit = auth_defaults().max_block_gas
+    key = chain.requester
+    huge = build_tx(key, CHAIN_ID, 0, [send_msg(key.address, chain.reporter.address, 1)], fee=limit,
+                    gas_limit=limit + 1)
+    resp = chain.app.check_tx(abci.RequestCheckTx(tx=huge))
+    assert (resp.codespace, resp.code) == (ErrGasLimitTooHigh.codespace, ErrGasLimitTooHigh.code)
+    half = limit // 2 + 1
+    txs = [build_tx(key, CHAIN_ID, i, [send_msg(key.address, chain.reporter.address, 1)],
+                    fee=half // 100 + 1, gas_limit=half) for i in range(2)]
+    time = Timestamp(seconds=1_700_000_100)
+    prepared = chain.app.prepare_proposal(abci.RequestPrepareProposal(txs=txs, max_tx_bytes=10**7, height=1,
+                                                                      time=time))
+    assert list(prepared.txs) == txs[:1]
+    verdict = chain.app.process_proposal(abci.RequestProcessProposal(txs=txs, height=1, time=time, hash=b"\x02" * 32))
+    assert verdict.status == abci.ResponseProcessProposal.REJECT

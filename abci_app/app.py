@@ -24,9 +24,14 @@ from abci_app.store.db import CommittedStore, StagedCommit
 from abci_app.store.state import State
 from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
+from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
+from abci_app.x.beacon.types import STORE as BEACON
+from abci_app.x.beacon.types import ErrInvalidBeacon, from_last_commit
+from abci_app.x.beacon.types import encode_tx as encode_beacon
 from wire.tendermint.abci import types_pb2 as abci
 
 ABCI_VERSION = "2.0.0"
+COMMIT_FLAG = 2  # BlockIDFlag COMMIT: the validator precommitted the block
 DECODE_CACHE_ENTRIES = 50_000
 
 
@@ -49,6 +54,7 @@ class Application:
         keepers = Keepers.new()
         self.auth, self.bank, self.experts, self.inference = (keepers.auth, keepers.bank, keepers.experts,
                                                               keepers.inference)
+        self.beacon = keepers.beacon
         self.modules = modules(keepers)
         self.stores = tuple(m.name for m in self.modules)
         self.committed = CommittedStore(db_path, self.stores)
@@ -149,6 +155,9 @@ class Application:
             raise ValueError(f"genesis app_state is not JSON: {exc}") from None
         state = State(self.committed)
         ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
+        app_state[BEACON] = {  # CometBFT's, not app_state's: the validators and their vote extensions
+            "validators": [(v.pub_key.ed25519, v.power) for v in req.validators],
+            "vote_extensions_enable_height": req.consensus_params.abci.vote_extensions_enable_height}
         for module in self.modules:
             module.init_genesis(ctx, app_state.get(module.name, {}))
         self.chain_id = req.chain_id
@@ -156,13 +165,29 @@ class Application:
         self._check = state.fork()  # the mempool may admit txs before block 1 commits
         return abci.ResponseInitChain(app_hash=self.committed.stage(state.writes()).app_hash)
 
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
+        """Every validator extends its precommit with the same bytes; what makes the beacon is the
+        signature CometBFT puts over them with the validator's key, which nobody else can make."""
+        return abci.ResponseExtendVote(vote_extension=BEACON_EXTENSION)
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
+        ok = req.vote_extension == BEACON_EXTENSION
+        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT if ok else
+                                                abci.ResponseVerifyVoteExtension.REJECT)
+
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        """Keep, in order, the txs that fit in max_tx_bytes and will pay: each is executed, messages
-        and all, on the state the ones before it leave, exactly as FinalizeBlock will run them."""
+        """The beacon first (once vote extensions are on), then, in order, the txs that fit in
+        max_tx_bytes and will pay: each is executed, messages and all, on the state the ones before it
+        leave, exactly as FinalizeBlock will run them."""
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         max_gas = self.auth.params(Ctx(state, env)).max_block_gas
         chosen, size, gas = [], 0, 0
+        if self.beacon.expects_beacon(Ctx(state, env), req.height):
+            llc = req.local_last_commit
+            beacon = encode_beacon(from_last_commit([(v.validator.address, v.extension_signature) for v in llc.votes
+                                                     if v.block_id_flag == COMMIT_FLAG], req.height - 1, llc.round))
+            chosen, size = [beacon], len(beacon)
         for raw in req.txs:
             wanted = self._gas_wanted(Ctx(state, env), raw)
             if size + len(raw) > req.max_tx_bytes or gas + wanted > max_gas:
@@ -181,9 +206,13 @@ class Application:
             return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
-        gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in req.txs)
+        try:
+            _, _, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height)
+        except ErrInvalidBeacon:
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in txs)
         ok = gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
-            self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in req.txs)
+            self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in txs)
         status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
         return abci.ResponseProcessProposal(status=status)
 
@@ -193,17 +222,27 @@ class Application:
         state = self._block if self._block is not None else State(self.committed)
         self._block = None
         time_ns = _timestamp_ns(req.time)
-        env = self._env(req.height, time_ns, seed=req.hash)
-        results = [self._run(state, env, raw, keep_failed_msgs=True)[0] for raw in req.txs]
-        end = Ctx(state, env)
-        with state.scope():  # end-of-block work is the chain's own: an error here is fatal
+        try:  # ProcessProposal refused any block without a valid beacon: one here means we must stop
+            beacon, seed, txs = self.beacon.take(Ctx(state, self._env(req.height, time_ns)), list(req.txs),
+                                                 req.height)
+        except ErrInvalidBeacon as err:
+            raise RuntimeError(f"decided block {req.height} has no valid beacon: {err}") from None
+        env = self._env(req.height, time_ns, seed=seed or req.hash)
+        block = Ctx(state, env)
+        with state.scope():  # begin-of-block work is the chain's own: an error here is fatal
+            for module in self.modules:
+                if module.begin_block is not None:
+                    module.begin_block(block)
+        results = [abci.ExecTxResult()] if beacon is not None else []
+        results += [self._run(state, env, raw, keep_failed_msgs=True)[0] for raw in txs]
+        with state.scope():  # end-of-block work likewise
             for module in self.modules:
                 if module.end_block is not None:
-                    module.end_block(end)
+                    module.end_block(block)
         staged = self.committed.stage(state.writes())
         self._pending = (req.height, staged, time_ns)
         return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash,
-                                          events=[e.to_pb() for e in end.events])
+                                          events=[e.to_pb() for e in block.events])
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         """Persist the finalized block in one database transaction and reset the check state."""

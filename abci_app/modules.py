@@ -3,7 +3,7 @@
 Every module under x/ has the same files: types.py (keys, params, errors, event names), keeper.py
 (state access and transitions), handler.py (`msg_specs`: message -> keeper), query.py (a Querier with
 `routes`), genesis.py (`init_genesis`). The app registers them all the same way. Order matters and
-is part of consensus: genesis runs, and end-block work happens, in table order.
+is part of consensus: genesis runs, and begin- and end-block work happen, in table order.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from abci_app.x.bank import handler as bank_handler
 from abci_app.x.bank import query as bank_query
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.bank.types import STORE as BANK
+from abci_app.x.beacon import genesis as beacon_genesis
+from abci_app.x.beacon import handler as beacon_handler
+from abci_app.x.beacon import query as beacon_query
+from abci_app.x.beacon.keeper import BeaconKeeper
+from abci_app.x.beacon.types import STORE as BEACON
 from abci_app.x.experts import genesis as experts_genesis
 from abci_app.x.experts import handler as experts_handler
 from abci_app.x.experts import query as experts_query
@@ -47,7 +52,9 @@ class Module:
     msgs: Sequence[MsgSpec]
     queries: Routes
     init_genesis: Callable[[Ctx, dict[str, Any]], None]
-    params: Callable[[Ctx], Message]
+    params: Callable[[Ctx], Message] | None
+    """None for a module without params of its own."""
+    begin_block: Callable[[Ctx], None] | None = None
     end_block: Callable[[Ctx], None] | None = None
 
 
@@ -57,12 +64,13 @@ class Keepers:
     bank: BankKeeper
     experts: ExpertsKeeper
     inference: InferenceKeeper
+    beacon: BeaconKeeper
 
     @classmethod
     def new(cls) -> Keepers:
         auth, bank = AuthKeeper(), BankKeeper()
         experts = ExpertsKeeper(bank)
-        return cls(auth, bank, experts, InferenceKeeper(auth, bank, experts))
+        return cls(auth, bank, experts, InferenceKeeper(auth, bank, experts), BeaconKeeper())
 
 
 def modules(k: Keepers) -> list[Module]:
@@ -73,10 +81,12 @@ def modules(k: Keepers) -> list[Module]:
                lambda ctx, s: bank_genesis.init_genesis(ctx, k.bank, s), k.bank.params),
         Module(EXPERTS, experts_handler.msg_specs(k.experts), experts_query.Querier(k.experts).routes(),
                lambda ctx, s: experts_genesis.init_genesis(ctx, k.experts, s), k.experts.params,
-               k.experts.end_block),
+               end_block=k.experts.end_block),
         Module(INFERENCE, inference_handler.msg_specs(k.inference), inference_query.Querier(k.inference).routes(),
                lambda ctx, s: inference_genesis.init_genesis(ctx, k.inference, s), k.inference.params,
-               k.inference.end_block),
+               begin_block=k.inference.begin_block, end_block=k.inference.end_block),
+        Module(BEACON, beacon_handler.msg_specs(k.beacon), beacon_query.Querier(k.beacon).routes(),
+               lambda ctx, s: beacon_genesis.init_genesis(ctx, k.beacon, s), None),
     ]
 
 
@@ -85,7 +95,8 @@ def params_routes(table: Sequence[Module]) -> Routes:
     def params(ctx: Ctx, req: query_pb2.ParamsRequest) -> query_pb2.ParamsResponse:
         resp = query_pb2.ParamsResponse(height=ctx.env.height)
         for m in table:
-            getattr(resp, m.name).CopyFrom(m.params(ctx))
+            if m.params is not None:
+                getattr(resp, m.name).CopyFrom(m.params(ctx))
         return resp
 
     return {"Params": Route(query_pb2.ParamsRequest, query_pb2.ParamsResponse, params)}

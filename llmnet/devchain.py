@@ -1,7 +1,9 @@
 """An in-process chain (the real state machine, no network) for simulations and tests.
 
 It plays CometBFT's part: one FinalizeBlock and Commit per block, block hashes and times derived
-from the height, so a run is repeatable.
+from the height, so a run is repeatable. Like a real network with vote extensions on, it has consensus
+validators (seeded keys) and starts every block after the first with the beacon their extension
+signatures make, signed over the same bytes CometBFT signs.
 """
 
 from __future__ import annotations
@@ -13,18 +15,26 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from nacl.signing import SigningKey
 
 from abci_app.app import Application
+from abci_app.crypto import address_bytes
 from abci_app.queries import QUERY_SERVICE
+from abci_app.x.beacon.keeper import extension_sign_bytes
+from abci_app.x.beacon.types import encode_tx as encode_beacon
+from abci_app.x.beacon.types import from_last_commit
 from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import build_tx
 from wire.llmnet.query.v1 import query_pb2 as q
 from wire.tendermint.abci import types_pb2 as abci
+from wire.tendermint.crypto import keys_pb2
+from wire.tendermint.types import params_pb2 as abci_params
 
 CHAIN_ID = "devchain"
 TX_FEE = 5_000
 TX_GAS = 500_000
+VALIDATORS = 4
 
 
 def seeded_key(name: str) -> Key:
@@ -40,8 +50,14 @@ class DevChain:
         self.chain_id = chain_id
         self.keys = list(funded)
         self.app = Application(db)
-        self.app.init_chain(abci.RequestInitChain(chain_id=chain_id, app_state_bytes=json.dumps(genesis).encode(),
-                                                  initial_height=1, time=Timestamp(seconds=1_700_000_000)))
+        self.validators = [SigningKey(hashlib.sha256(b"validator%d" % i).digest()) for i in range(VALIDATORS)]
+        params = abci_params.ConsensusParams()
+        params.abci.vote_extensions_enable_height = 1
+        self.app.init_chain(abci.RequestInitChain(
+            chain_id=chain_id, app_state_bytes=json.dumps(genesis).encode(), initial_height=1,
+            time=Timestamp(seconds=1_700_000_000), consensus_params=params,
+            validators=[abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=bytes(v.verify_key)), power=10)
+                        for v in self.validators]))
         self.height = 0
         self.sequences: dict[str, int] = {}
         self.last: abci.ResponseFinalizeBlock = abci.ResponseFinalizeBlock()
@@ -52,12 +68,23 @@ class DevChain:
         self.sequences[key.address] = seq + 1
         return build_tx(key, self.chain_id, seq, list(msgs), fee=fee, gas_limit=gas_limit)
 
-    def finalize(self, txs: list[bytes]) -> abci.ResponseFinalizeBlock:
-        """One block: FinalizeBlock then Commit, with a hash and time derived from the height."""
+    def beacon(self, height: int, signers: list[int] | None = None) -> bytes:
+        """The beacon tx a proposer of `height` makes from its validators' extensions on height - 1."""
+        message = extension_sign_bytes(self.chain_id, height - 1, 0)
+        votes = [(address_bytes(bytes(v.verify_key)), v.sign(message).signature)
+                 for i, v in enumerate(self.validators) if signers is None or i in signers]
+        return encode_beacon(from_last_commit(votes, height - 1, 0))
+
+    def finalize(self, txs: list[bytes], signers: list[int] | None = None) -> abci.ResponseFinalizeBlock:
+        """One block: the beacon (of `signers`' extensions, default all), then txs; FinalizeBlock then
+        Commit, with a hash and time derived from the height. The beacon's own result is left out of
+        the response, so results line up with txs."""
         self.height += 1
+        beacon = [self.beacon(self.height, signers)] if self.height > 1 else []
         self.last = self.app.finalize_block(abci.RequestFinalizeBlock(
-            txs=txs, height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
+            txs=beacon + txs, height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
             time=Timestamp(seconds=1_700_000_000 + self.height)))
+        del self.last.tx_results[:len(beacon)]
         self.app.commit(abci.RequestCommit())
         return self.last
 

@@ -57,6 +57,7 @@ def golden_scenario(db: Path) -> list[str]:
     block(c.tx(c.requester, protocol.submit_query(c.requester, DOMAINS[0], "Which plant?", 100_000, 2, 2)),
           c.tx(c.requester, protocol.submit_query(c.requester, DOMAINS[1], "Which keyword?", 50_000, 3, 1)))
     first, second = 1, 2
+    block()  # the draw
     late = c.status(second).query.respondents[0]
     silent = c.status(second).query.scorers[-1]
     for _ in range(30):

@@ -33,7 +33,9 @@ def chain(tmp_path: Path) -> ProtocolChain:
 def submit(chain: ProtocolChain, fee: int = 100_000, k: int = 2, rounds: int = 2) -> int:
     chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "Who created Kestrel?",
                                                              fee, k, rounds)))
-    return query_ids(chain.last_results[0].events)[0]
+    qid = query_ids(chain.last_results[0].events)[0]
+    chain.block()  # the draw: first thing in the next block
+    return qid
 
 
 def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[str] = frozenset()) -> None:  # type: ignore[assignment]

@@ -79,8 +79,8 @@ def to_tx(c: ProtocolChain, a: tuple) -> bytes | None:  # type: ignore[type-arg]
             q = c.status(a[1]).query
         except AssertionError:  # no such query yet: send to an expert anyway, it must fail cleanly
             q = inf.Query(id=a[1], round=1, respondents=[c.experts[0].address], scorers=[c.experts[1].address])
-        people = q.respondents if kind in ("commit", "reveal") else q.scorers
-        k = c.key_of(people[a[2] % len(people)])
+        people = list(q.respondents if kind in ("commit", "reveal") else q.scorers) or [c.experts[0].address]
+        k = c.key_of(people[a[2] % len(people)])  # (no one drawn yet: an expert tries anyway, and must fail)
         if kind == "commit":
             return c.tx(k, protocol.commit_answer(k, CHAIN_ID, q.id, q.round, f"ans-{k.name}"))
         if kind == "reveal":

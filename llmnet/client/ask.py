@@ -13,7 +13,8 @@ from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
-PHASE_TEXT = {inf.PHASE_ANSWER_COMMIT: "answers committing", inf.PHASE_ANSWER_REVEAL: "answers revealing",
+PHASE_TEXT = {inf.PHASE_AWAITING_DRAW: "waiting for the next block to draw its experts",
+              inf.PHASE_ANSWER_COMMIT: "answers committing", inf.PHASE_ANSWER_REVEAL: "answers revealing",
               inf.PHASE_SCORE_COMMIT: "scores committing", inf.PHASE_SCORE_REVEAL: "scores revealing",
               inf.PHASE_SETTLED: "settled"}
 
@@ -67,12 +68,13 @@ def follow(client: Client, query_id: int, on_progress: Callable[[str], None], po
            timeout: float = 600.0) -> AskResult:
     """Poll until settled, reporting each change once. Raises ClientError on timeout."""
     deadline = time.monotonic() + timeout
-    last = ""
+    last, announced = "", False
     while True:
         st = client.query_status(query_id)
-        if not last:
+        if not announced and st.query.respondents:  # drawn in the block after the submit
             on_progress(f"query {query_id} in {st.query.domain}: respondents {', '.join(st.query.respondents)}; "
                         f"scorers {', '.join(st.query.scorers)}")
+            announced = True
         line = progress_line(st)
         if line != last:
             on_progress(line)

@@ -40,10 +40,15 @@ def override_params(genesis: dict[str, Any], overrides: dict[str, dict[str, Any]
 
 
 def sync_consensus_params(genesis: dict[str, Any]) -> None:
-    """CometBFT's block.max_gas follows auth.max_block_gas, so its proposers reap what the app accepts."""
+    """CometBFT's block.max_gas follows auth.max_block_gas, so its proposers reap what the app accepts;
+    vote extensions are on from height 1, so every block after the first carries the selection beacon."""
     params = genesis.get("app_state", {}).get("auth", {}).get("params", {})
     max_gas = int(params.get("max_block_gas") or auth_defaults().max_block_gas)
-    genesis.setdefault("consensus_params", {}).setdefault("block", {})["max_gas"] = str(max_gas)
+    consensus = genesis.setdefault("consensus_params", {})
+    consensus.setdefault("block", {})["max_gas"] = str(max_gas)
+    abci = consensus.setdefault("abci", {})
+    if int(abci.get("vote_extensions_enable_height") or 0) == 0:
+        abci["vote_extensions_enable_height"] = "1"
 
 
 def read(home: Path) -> dict[str, Any]:

@@ -1,17 +1,33 @@
-"""Attacks by a block proposer (or anyone feeding one): blocks that carry txs nobody pays for.
+"""Attacks by a block proposer (or anyone feeding one): blocks that carry txs nobody pays for, and
+steering which experts a query draws.
 
-Promise: every tx in a block pays its fee. A proposal is judged by executing its txs in order, messages
-and all, on the state they will run on; one that would carry an unpaid tx is rejected.
+Promises: every tx in a block pays its fee (a proposal is judged by executing its txs in order, messages
+and all, on the state they will run on). A query is drawn in the block after its inclusion, seeded by
+the beacon of the validators' vote-extension signatures on the including block: no one knew it when the
+query was included, and the drawing block's proposer can only leave signers out, so it chooses among a
+handful of outcomes (counted below), not among as many as it can grind block hashes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from pathlib import Path
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from abci_app.context import BlockEnv, Ctx
+from abci_app.store.state import State
+from abci_app.x.beacon.types import TX_TAG
+from abci_app.x.beacon.types import encode_tx as encode_beacon
+from abci_app.x.inference.selection import assign, query_seed
+from llmnet.client import protocol
 from llmnet.client.txbuilder import build_tx, send_msg
+from tests.adversarial.conftest import DOMAIN
 from tests.helpers import CHAIN_ID, FUNDS, Harness
+from tests.protocol_harness import ProtocolChain
+from wire.llmnet.beacon.v1 import beacon_pb2 as pb_beacon
 from wire.tendermint.abci import types_pb2 as abci
 
 FEE = 2_000
@@ -33,8 +49,13 @@ def test_a_proposal_with_unpaid_txs_is_rejected_and_never_built(tmp_path: Path) 
     txs = _drain_then_follow(h, 50)
     time = Timestamp(seconds=1_700_000_100)
     prepared = h.app.prepare_proposal(abci.RequestPrepareProposal(txs=txs, max_tx_bytes=10**7, height=2, time=time))
-    assert list(prepared.txs) == txs[:1]
-    verdict = h.app.process_proposal(abci.RequestProcessProposal(txs=txs, height=2, time=time, hash=b"\x01" * 32))
+    assert list(prepared.txs)[1:] == txs[:1]  # after the beacon
+    beacon = h.beacon(2)
+    good = h.app.process_proposal(abci.RequestProcessProposal(txs=[beacon, *txs[:1]], height=2, time=time,
+                                                              hash=b"\x01" * 32))
+    assert good.status == abci.ResponseProcessProposal.ACCEPT
+    verdict = h.app.process_proposal(abci.RequestProcessProposal(txs=[beacon, *txs], height=2, time=time,
+                                                                 hash=b"\x01" * 32))
     assert verdict.status == abci.ResponseProcessProposal.REJECT
     # what the attack bought before: 50 txs of bytes in a block for one fee
     results = h.finalize(txs).tx_results
@@ -52,3 +73,59 @@ def test_recheck_sees_what_the_admitted_txs_did(tmp_path: Path) -> None:
     assert h.app.check_tx(abci.RequestCheckTx(tx=drain, type=recheck)).code == 0
     again = h.app.check_tx(abci.RequestCheckTx(tx=follower, type=recheck))
     assert again.code != 0  # the recheck of the drain left the check state drained: the follower cannot pay
+
+
+def _drawn_with(tmp_path: Path, signers: list[int] | None = None, name: str = "c") -> tuple[list[str], list[str]]:
+    """Who a query is drawn to when its draw block's beacon carries `signers`' extensions."""
+    chain = ProtocolChain(tmp_path / f"{name}.db", 10, [DOMAIN])
+    chain.register_all([DOMAIN])
+    chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "q", 100_000, 2, 1)))
+    chain.finalize([], signers=signers)
+    st = chain.status(1).query
+    chain.app.close()
+    return list(st.respondents), list(st.scorers)
+
+
+def test_a_proposer_chooses_among_at_most_five_draws(tmp_path: Path) -> None:
+    """The draw block's proposer picks which extension signatures (over 2/3 of the power) go into its
+    beacon, nothing else: with 4 equal validators that is 5 subsets, so at most 5 outcomes. Before, the
+    seed was that block's hash, which the proposer grinds at will (tx order, time)."""
+    subsets = [s for n in (3, 4) for s in itertools.combinations(range(4), n)]
+    outcomes = {tuple(map(tuple, _drawn_with(tmp_path, list(s), f"s{i}"))) for i, s in enumerate(subsets)}
+    assert len(subsets) == 5 and 1 <= len(outcomes) <= 5
+    chain = ProtocolChain(tmp_path / "hash.db", 10, [DOMAIN])
+    chain.register_all([DOMAIN])
+    ctx = Ctx(State(chain.app.committed), BlockEnv(chain.chain_id, chain.height, 0, b""))
+    pool = chain.app.experts.pool(ctx, DOMAIN)
+    by_hash = {tuple(assign(query_seed(hashlib.sha256(b"%d" % i).digest(), 1), pool, 2, 3, []).respondents)
+               for i in range(200)}
+    assert len(by_hash) > 20  # what grinding a block hash over 200 candidate blocks gave a proposer
+
+
+@pytest.mark.parametrize("signers", [[0, 1], [0], []], ids=["half the power", "one validator", "no one"])
+def test_a_beacon_without_two_thirds_is_refused(tmp_path: Path, signers: list[int]) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
+    chain.block()
+    time = Timestamp(seconds=1_700_000_100)
+    weak = abci.RequestProcessProposal(txs=[chain.beacon(chain.height + 1, signers)], height=chain.height + 1,
+                                       time=time, hash=b"\x03" * 32)
+    assert chain.app.process_proposal(weak).status == abci.ResponseProcessProposal.REJECT
+    missing = abci.RequestProcessProposal(txs=[], height=chain.height + 1, time=time, hash=b"\x03" * 32)
+    assert chain.app.process_proposal(missing).status == abci.ResponseProcessProposal.REJECT
+
+
+def test_a_beacon_cannot_repeat_or_forge_a_signature(tmp_path: Path) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
+    chain.block()
+    beacon = pb_beacon.Beacon.FromString(chain.beacon(chain.height + 1, [0, 1])[len(TX_TAG):])
+    beacon.votes.append(beacon.votes[0])  # validator 0 counted twice would make 3 of 4
+    forged = pb_beacon.Beacon.FromString(chain.beacon(chain.height + 1)[len(TX_TAG):])
+    forged.votes[3].extension_signature = forged.votes[0].extension_signature  # someone else's signature
+    time = Timestamp(seconds=1_700_000_100)
+    for bad in (beacon, forged):
+        req = abci.RequestProcessProposal(txs=[encode_beacon(bad)], height=chain.height + 1, time=time,
+                                          hash=b"\x04" * 32)
+        assert chain.app.process_proposal(req).status == abci.ResponseProcessProposal.REJECT
+    with pytest.raises(RuntimeError):  # and a decided block without a valid one stops the node
+        chain.finalize([], signers=[0])
+    assert not chain.app.check_tx(abci.RequestCheckTx(tx=chain.beacon(chain.height + 1))).code == 0  # not a tx

@@ -5,8 +5,9 @@ An expert's weight in a domain is max(reputation, exploration_floor) ** selectio
 active, serves the domain and has free capacity, and 0 otherwise; the keeper rewrites it whenever any
 of those changes. A slot, once given, stays the expert's (weight 0 while ineligible).
 
-Keys under pool/<domain>/: n (slot count), t/<slot> (tree node), w/<slot> (weight), a/<slot> (address),
-s/<address> (its slot). Slots are 8-byte big-endian; weights and node sums minimal big-endian bytes.
+Keys under pool/<domain>/: n (slot count), c (slots with weight, i.e. eligible experts), t/<slot> (tree
+node), w/<slot> (weight), a/<slot> (address), s/<address> (its slot). Slots are 8-byte big-endian;
+weights and node sums minimal big-endian bytes.
 """
 
 from __future__ import annotations
@@ -66,12 +67,19 @@ class DomainPool:
             self._kv.set(self._prefix + b"n", slot.to_bytes(8, "big"))
             self._kv.set(self._slot_key(b"a/", slot), address)
             self._kv.set(self._prefix + b"s/" + address, slot.to_bytes(8, "big"))
+            old = 0
         else:
             old = self.weight(slot)
             if old == weight:
                 return
             self.tree.add(slot, weight - old)
         self._kv.set(self._slot_key(b"w/", slot), _bytes(weight))
+        if (old == 0) != (weight == 0):
+            self._kv.set(self._prefix + b"c", _bytes(self.count() + (1 if weight else -1)))
+
+    def count(self) -> int:
+        """How many experts are eligible here now (slots with weight)."""
+        return _int(self._kv.get(self._prefix + b"c"))
 
     def total(self) -> int:
         return self.tree.prefix(self.tree.size)

@@ -8,6 +8,8 @@ deadline is pulled in to the current height. Every query therefore settles exact
 
 from __future__ import annotations
 
+import hashlib
+
 from abci_app import params
 from abci_app.context import Ctx
 from abci_app.crypto import format_address, parse_address, verify
@@ -20,6 +22,7 @@ from abci_app.x.inference import selection
 from abci_app.x.inference.tally import Tally, Vote, build_receipt, tally
 from abci_app.x.inference.types import (
     DEADLINE_PREFIX,
+    DRAW_PREFIX,
     EQUIVOCATION_PREFIX,
     ESCROW,
     EV_ANSWER_COMMITTED,
@@ -60,6 +63,8 @@ from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 DEADLINES = HeightQueue(STORE, DEADLINE_PREFIX)
 """Every open query, keyed by the last height of its current window."""
+DRAWS = HeightQueue(STORE, DRAW_PREFIX)
+"""Queries waiting for their draw, keyed by the height that draws them (the one after their submit)."""
 
 
 class InferenceKeeper:
@@ -106,9 +111,10 @@ class InferenceKeeper:
     # -- submit and selection -----------------------------------------------------------
 
     def submit(self, ctx: Ctx, msg: pb.MsgSubmitQuery) -> int:
-        """Escrow the fee and draw respondents and scorers among the domain's experts with free capacity.
-        Costs gas in proportion to the work it forces, never to the size of the domain. Raises
-        ErrInvalidQuery, ErrFeeTooLow, ErrTooFewExperts or bank errors; on error nothing is escrowed."""
+        """Escrow the fee and queue the draw of respondents and scorers for the next block, whose seed (the
+        beacon of this block's votes) nobody knows yet, not even this block's proposer. Costs gas in
+        proportion to the work it forces, never to the size of the domain. Raises ErrInvalidQuery,
+        ErrFeeTooLow, ErrTooFewExperts or bank errors; on error nothing is escrowed."""
         params = self.params(ctx)
         if len(msg.prompt.encode()) > params.max_prompt_bytes:
             raise ErrInvalidQuery(f"prompt is over {params.max_prompt_bytes} bytes")
@@ -120,31 +126,63 @@ class InferenceKeeper:
             raise ErrFeeTooLow(f"max_fee must be at least {params.min_fee_per_respondent} per respondent and round")
         ctx.gas.consume(params.submit_gas_per_task * (msg.k * msg.rounds + params.scorers), "query work")
         requester = parse_address(msg.requester)
+        pool = self.experts.pool(ctx, msg.domain)
+        eligible = pool.count() - (1 if (s := pool.slot_of(requester)) is not None and pool.weight(s) else 0)
+        if eligible < msg.k + params.scorers:
+            raise ErrTooFewExperts(f"domain {msg.domain} has {eligible} experts with free capacity besides the "
+                                   f"requester; this query needs {msg.k} respondents and {params.scorers} scorers")
         query_id = int.from_bytes(ctx.kv(STORE).get(NEXT_ID_KEY) or be8(1), "big")
         ctx.kv(STORE).set(NEXT_ID_KEY, be8(query_id + 1))
-        seed = selection.query_seed(ctx.env.seed, query_id)
-        drawn = selection.assign(seed, self.experts.pool(ctx, msg.domain), int(msg.k), int(params.scorers),
-                                 exclude=[requester])
-        if len(drawn.respondents) < msg.k or len(drawn.scorers) < params.scorers:
-            raise ErrTooFewExperts(f"domain {msg.domain} has too few experts with free capacity: this query needs "
-                                   f"{msg.k} respondents and {params.scorers} scorers besides the requester")
-        for address in drawn.respondents + drawn.scorers:
-            self.experts.take_assignment(ctx, address)
         self.bank.move(ctx, requester, ESCROW, msg.max_fee)
-        q = pb.Query(
-            id=query_id, requester=msg.requester, domain=msg.domain, prompt=msg.prompt, max_fee=msg.max_fee,
-            k=msg.k, rounds=msg.rounds, respondents=[format_address(a) for a in drawn.respondents],
-            scorers=[format_address(a) for a in drawn.scorers], phase=Phase.PHASE_ANSWER_COMMIT, round=1,
-            created_height=ctx.env.height, seed=seed,
-            draws=[pb.Draw(address=format_address(p.address), role=role, weight=str(p.weight), point=str(p.point),
-                           total=str(p.total)) for role, p in drawn.picks],
-        )
-        self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
+        q = pb.Query(id=query_id, requester=msg.requester, domain=msg.domain, prompt=msg.prompt, max_fee=msg.max_fee,
+                     k=msg.k, rounds=msg.rounds, phase=Phase.PHASE_AWAITING_DRAW, created_height=ctx.env.height)
+        self._save(ctx, q)
+        DRAWS.push(ctx, ctx.env.height + 1, be8(query_id))
         ctx.emit(event(EV_QUERY_SUBMITTED, query_id=query_id, requester=msg.requester, domain=msg.domain,
                        max_fee=msg.max_fee))
-        ctx.emit(event(EV_QUERY_ASSIGNED, query_id=query_id, respondents=",".join(q.respondents),
-                       scorers=",".join(q.scorers), round=1, deadline=q.deadline))
         return query_id
+
+    def begin_block(self, ctx: Ctx) -> None:
+        """Draw the queries submitted in the previous block (at most max_closes_per_block; the rest next)."""
+        limit = self.params(ctx).max_closes_per_block
+        due = DRAWS.due(ctx, ctx.env.height, limit)
+        DRAWS.done(ctx, due, limit)
+        for height, item in due:
+            DRAWS.remove(ctx, height, item)
+            self._draw(ctx, self.get(ctx, int.from_bytes(item, "big")))
+
+    def _draw(self, ctx: Ctx, q: pb.Query) -> None:
+        """Pick respondents and scorers with this block's seed, or, when capacity ran out since the
+        submit (other queries of that block took it), give the requester its escrow back."""
+        params = self.params(ctx)
+        seed = selection.query_seed(ctx.env.seed, q.id)
+        drawn = selection.assign(seed, self.experts.pool(ctx, q.domain), int(q.k), int(params.scorers),
+                                 exclude=[parse_address(q.requester)])
+        if len(drawn.respondents) < q.k or len(drawn.scorers) < params.scorers:
+            self._cancel(ctx, q, "too few experts with free capacity at the draw")
+            return
+        for address in drawn.respondents + drawn.scorers:
+            self.experts.take_assignment(ctx, address)
+        q.respondents[:] = [format_address(a) for a in drawn.respondents]
+        q.scorers[:] = [format_address(a) for a in drawn.scorers]
+        q.draws.extend(pb.Draw(address=format_address(p.address), role=role, weight=str(p.weight),
+                               point=str(p.point), total=str(p.total)) for role, p in drawn.picks)
+        q.seed, q.block_seed, q.drawn_height = seed, ctx.env.seed, ctx.env.height
+        q.phase, q.round = Phase.PHASE_ANSWER_COMMIT, 1
+        self._set_deadline(ctx, q, ctx.env.height + params.commit_blocks)
+        ctx.emit(event(EV_QUERY_ASSIGNED, query_id=q.id, respondents=",".join(q.respondents),
+                       scorers=",".join(q.scorers), round=1, deadline=q.deadline))
+
+    def _cancel(self, ctx: Ctx, q: pb.Query, reason: str) -> None:
+        """Settle a query nobody was drawn for: all of its escrow back to the requester."""
+        self.bank.move(ctx, ESCROW, parse_address(q.requester), q.max_fee)
+        refund = pb.Payout(address=q.requester, role="refund", amount=q.max_fee, reason=reason)
+        receipt = pb.Receipt(query_id=q.id, requester=q.requester, domain=q.domain, payouts=[refund], final_index=-1,
+                             settled_height=ctx.env.height, prompt_hash=hashlib.sha256(q.prompt.encode()).hexdigest())
+        q.phase = Phase.PHASE_SETTLED
+        self._save(ctx, q)
+        ctx.kv(STORE).set(receipt_key(q.id), receipt.SerializeToString())
+        ctx.emit(event(EV_QUERY_SETTLED, query_id=q.id, final_index=-1, scores="", reason=reason))
 
     def _set_deadline(self, ctx: Ctx, q: pb.Query, height: int) -> None:
         if q.deadline:

@@ -60,7 +60,8 @@ class Querier:
         query = self.keeper.get(ctx, req.query_id)
         picks = [(d.role, int(d.weight), int(d.point), int(d.total)) for d in query.draws]
         by_role = {role: [d.address for d in query.draws if d.role == role] for role in ("respondent", "scorer")}
-        matches = (selection.points_follow(query.seed, picks) and by_role["respondent"] == list(query.respondents)
+        matches = (query.seed == selection.query_seed(query.block_seed, query.id)
+                   and selection.points_follow(query.seed, picks) and by_role["respondent"] == list(query.respondents)
                    and by_role["scorer"] == list(query.scorers))
         return q.ExplainSelectionResponse(seed=query.seed, draws=query.draws, respondents=by_role["respondent"],
                                           scorers=by_role["scorer"], matches=matches, height=ctx.env.height)

@@ -16,6 +16,7 @@ ANSWER_PREFIX = b"a/"
 SCORE_PREFIX = b"s/"
 RECEIPT_PREFIX = b"r/"
 DEADLINE_PREFIX = b"dl/"
+DRAW_PREFIX = b"dr/"
 EQUIVOCATION_PREFIX = b"eq/"
 ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100
@@ -109,8 +110,9 @@ def default_params() -> pb.Params:
 
 
 def query_life_blocks(params: pb.Params) -> int:
-    """The most blocks a query can stay open: every answer round's windows, then scoring's."""
-    return (params.max_rounds + 1) * (params.commit_blocks + params.reveal_blocks)
+    """The most blocks a query can stay open: the block that draws it, every answer round's windows, then
+    scoring's."""
+    return 1 + (params.max_rounds + 1) * (params.commit_blocks + params.reveal_blocks)
 
 
 def be8(n: int) -> bytes:

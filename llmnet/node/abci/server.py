@@ -58,10 +58,8 @@ class ABCIServer:
                                          result=abci.ResponseApplySnapshotChunk.ABORT)),
             "prepare_proposal": ("prepare_proposal", app.prepare_proposal),
             "process_proposal": ("process_proposal", app.process_proposal),
-            "extend_vote": ("extend_vote", lambda r: abci.ResponseExtendVote()),
-            "verify_vote_extension": ("verify_vote_extension",
-                                      lambda r: abci.ResponseVerifyVoteExtension(
-                                          status=abci.ResponseVerifyVoteExtension.ACCEPT)),
+            "extend_vote": ("extend_vote", app.extend_vote),
+            "verify_vote_extension": ("verify_vote_extension", app.verify_vote_extension),
             "finalize_block": ("finalize_block", app.finalize_block),
         }
 

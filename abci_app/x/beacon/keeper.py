@@ -1,0 +1,88 @@
+"""Beacon state: the consensus validators' keys and powers (from InitChain) and whether vote extensions
+are on. verify() is the rule ProcessProposal and FinalizeBlock both apply. Nothing is written per
+block: the beacon lives in the block's data, and each query keeps the seed that drew it."""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from abci_app.context import Ctx
+from abci_app.crypto import verify as ed25519_verify
+from abci_app.encoding import uvarint
+from abci_app.x.beacon.types import (
+    ENABLE_HEIGHT_KEY,
+    EXTENSION,
+    STORE,
+    TX_TAG,
+    VALIDATOR_PREFIX,
+    ErrInvalidBeacon,
+    is_beacon_tx,
+    seed_of,
+    validator_key,
+)
+from wire.llmnet.beacon.v1 import beacon_pb2 as pb
+from wire.tendermint.types import canonical_pb2
+
+
+def extension_sign_bytes(chain_id: str, height: int, round_: int) -> bytes:
+    """What CometBFT signs for a vote extension (VoteExtensionSignBytes: length-prefixed canonical form)."""
+    body = canonical_pb2.CanonicalVoteExtension(extension=EXTENSION, height=height, round=round_,
+                                                chain_id=chain_id).SerializeToString()
+    return uvarint(len(body)) + body
+
+
+class BeaconKeeper:
+    def enable_height(self, ctx: Ctx) -> int:
+        raw = ctx.state.get(STORE, ENABLE_HEIGHT_KEY)
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def set_enable_height(self, ctx: Ctx, height: int) -> None:
+        ctx.kv(STORE).set(ENABLE_HEIGHT_KEY, height.to_bytes(8, "big"))
+
+    def expects_beacon(self, ctx: Ctx, height: int) -> bool:
+        """Block `height` carries a beacon when the previous height's votes had extensions."""
+        enabled = self.enable_height(ctx)
+        return enabled > 0 and height > enabled
+
+    def set_validator(self, ctx: Ctx, key: pb.ValidatorKey) -> None:
+        ctx.kv(STORE).set(validator_key(key.address), key.SerializeToString())
+
+    def validators(self, ctx: Ctx) -> dict[bytes, pb.ValidatorKey]:
+        return {k[len(VALIDATOR_PREFIX):]: pb.ValidatorKey.FromString(v)
+                for k, v in ctx.kv(STORE).iterate(VALIDATOR_PREFIX)}
+
+    def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int) -> bytes:
+        """The seed of a block at `height` whose beacon this is. Raises ErrInvalidBeacon unless it is for
+        height - 1, every signature is a known validator's (once) over the extension, and they hold more
+        than 2/3 of the voting power."""
+        if beacon.height != height - 1:
+            raise ErrInvalidBeacon(f"beacon is for height {beacon.height}, the block is {height}")
+        validators = self.validators(ctx)
+        message = extension_sign_bytes(ctx.env.chain_id, beacon.height, beacon.round)
+        signed, seen = 0, set()
+        for vote in beacon.votes:
+            v = validators.get(vote.validator_address)
+            if v is None or vote.validator_address in seen:
+                raise ErrInvalidBeacon(f"vote of unknown or repeated validator {vote.validator_address.hex()}")
+            if not ed25519_verify(v.pub_key, message, vote.extension_signature):
+                raise ErrInvalidBeacon(f"bad extension signature of validator {vote.validator_address.hex()}")
+            seen.add(vote.validator_address)
+            signed += v.power
+        total = sum(v.power for v in validators.values())
+        if 3 * signed <= 2 * total:
+            raise ErrInvalidBeacon(f"beacon carries {signed} of {total} voting power; more than 2/3 needed")
+        return seed_of(beacon)
+
+    def take(self, ctx: Ctx, txs: list[bytes], height: int) -> tuple[pb.Beacon | None, bytes, list[bytes]]:
+        """Split a block's txs into its beacon, the seed it gives, and the rest. A block that should carry
+        a beacon and does not carry a valid one raises ErrInvalidBeacon; one that should not gives
+        (None, b"", txs)."""
+        if not self.expects_beacon(ctx, height):
+            return None, b"", txs
+        if not txs or not is_beacon_tx(txs[0]):
+            raise ErrInvalidBeacon(f"block {height} does not start with the beacon of height {height - 1}")
+        try:
+            beacon = pb.Beacon.FromString(txs[0][len(TX_TAG):])
+        except DecodeError as exc:
+            raise ErrInvalidBeacon(f"beacon does not decode: {exc}") from None
+        return beacon, self.verify(ctx, beacon, height), txs[1:]

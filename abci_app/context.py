@@ -67,8 +67,9 @@ class KV:
         self._ctx.gas.consume(self._ctx.costs.read_flat * (1 + len(items)), "iterate")
         return items
 
-    def iterate_range(self, start: bytes, end: bytes | None, limit: int | None = None) -> list[tuple[bytes, bytes]]:
-        items = self._ctx.state.iterate_range(self._name, start, end, limit)
+    def iterate_range(self, start: bytes, end: bytes | None, limit: int | None = None,
+                      reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        items = self._ctx.state.iterate_range(self._name, start, end, limit, reverse)
         self._ctx.gas.consume(self._ctx.costs.read_flat * (1 + len(items)), "iterate")
         return items
 

@@ -23,7 +23,7 @@ import pytest
 from abci_app.x.inference.types import answer_commitment
 from experts.tiny import make_tiny_model
 from llmnet.client import protocol
-from llmnet.client.ask import submit
+from llmnet.client.ask import drawn, submit
 from llmnet.client.expert_api import sign_access
 from llmnet.client.sdk import Client, ClientError
 from llmnet.node.localnet import Localnet
@@ -170,7 +170,7 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
     client = Client(node)
     try:
         query_id = submit(client, requester, DOMAIN, "Who created Kestrel?", 1_000_000, 2, 2)  # raises if rejected
-        query = client.query_status(query_id).query
+        query = drawn(client, query_id).query
         by_address = dict(zip([k.address for k in expert_keys], daemons, strict=True))
         victim, other = by_address[query.respondents[0]], by_address[query.respondents[1]]
         scorer = by_address[query.scorers[0]]

@@ -99,16 +99,17 @@ class CommittedStore:
         self._cache[k] = value
         return value
 
-    def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None
-                ) -> list[tuple[bytes, bytes]]:
-        """Present keys in [start, end) (end None: no bound), in key order, at most limit of them. The
-        primary-key index seeks to start, so rows before it (deleted keys included) cost nothing."""
+    def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
+                reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Present keys in [start, end) (end None: no bound), in key order (descending with reverse), at
+        most limit of them. The primary-key index seeks to the range, so rows outside it (deleted keys
+        included) cost nothing."""
         sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL"
         args: tuple[object, ...] = (store, start)
         if end is not None:
             sql += " AND key<?"
             args += (end,)
-        sql += " ORDER BY key"
+        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
         if limit is not None:
             sql += " LIMIT ?"
             args += (limit,)

@@ -38,9 +38,10 @@ class State:
         """Present keys with this prefix, in key order, pending writes included."""
         return self.iterate_range(store, prefix, prefix_end(prefix))
 
-    def iterate_range(self, store: str, start: bytes, end: bytes | None, limit: int | None = None
-                      ) -> list[tuple[bytes, bytes]]:
-        """Present keys in [start, end), in key order, pending writes included, at most limit of them."""
+    def iterate_range(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
+                      reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Present keys in [start, end), in key order (descending with reverse), pending writes included,
+        at most limit of them."""
         pending: dict[bytes, bytes | None] = {}
         for layer in self._layers:
             for (s, key), value in layer.items():
@@ -48,13 +49,13 @@ class State:
                     pending[key] = value
         # each pending entry can hide or replace at most one committed row: fetch that many more
         fetch = None if limit is None else limit + len(pending)
-        merged = dict(self.committed.iterate(store, start, end, fetch))
+        merged = dict(self.committed.iterate(store, start, end, fetch, reverse))
         for key, value in pending.items():
             if value is None:
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        return sorted(merged.items())[:limit]
+        return sorted(merged.items(), reverse=reverse)[:limit]
 
     @contextmanager
     def scope(self) -> Iterator[None]:

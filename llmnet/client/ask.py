@@ -50,6 +50,19 @@ def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: 
     return query_ids(res.result.events)[0]
 
 
+def drawn(client: Client, query_id: int, timeout: float = 60.0, poll: float = 0.2) -> query_pb2.QueryStatusResponse:
+    """The query's status once its respondents and scorers are drawn (the block after its submit), or
+    once it settled without (no capacity left at the draw). Raises ClientError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = client.query_status(query_id)
+        if st.query.phase != inf.PHASE_AWAITING_DRAW:
+            return st
+        if time.monotonic() > deadline:
+            raise ClientError(f"query {query_id} was not drawn within {timeout:.0f}s")
+        time.sleep(poll)
+
+
 def progress_line(st: query_pb2.QueryStatusResponse) -> str:
     q = st.query
     if q.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):

@@ -107,13 +107,32 @@ class Client:
     def expert(self, address: str) -> query_pb2.ExpertResponse:
         return self._call(self.query.Expert, query_pb2.ExpertRequest(address=address), query_pb2.ExpertResponse)
 
-    def experts(self, domain: str) -> query_pb2.ExpertsByDomainResponse:
+    def experts(self, domain: str, max_pages: int = 100) -> query_pb2.ExpertsByDomainResponse:
+        """Every expert of a domain, best reputation first (the node answers a page at a time)."""
+        out = query_pb2.ExpertsByDomainResponse()
         req = query_pb2.ExpertsByDomainRequest(domain=domain)
-        return self._call(self.query.ExpertsByDomain, req, query_pb2.ExpertsByDomainResponse)
+        for _ in range(max_pages):
+            page = self._call(self.query.ExpertsByDomain, req, query_pb2.ExpertsByDomainResponse)
+            out.experts.extend(page.experts)
+            out.height = page.height
+            if not page.next_after:
+                break
+            req.after = page.next_after
+        out.experts.sort(key=lambda r: (-r.reputation, r.expert.address))
+        return out
 
-    def reputation_history(self, address: str) -> query_pb2.ReputationHistoryResponse:
+    def reputation_history(self, address: str, max_pages: int = 20) -> query_pb2.ReputationHistoryResponse:
+        """An expert's reputation history, oldest first (up to max_pages pages of 500 points)."""
+        out = query_pb2.ReputationHistoryResponse()
         req = query_pb2.ReputationHistoryRequest(address=address)
-        return self._call(self.query.ReputationHistory, req, query_pb2.ReputationHistoryResponse)
+        for _ in range(max_pages):
+            page = self._call(self.query.ReputationHistory, req, query_pb2.ReputationHistoryResponse)
+            out.points.extend(page.points)
+            out.height = page.height
+            if not page.next_cursor:
+                break
+            req.cursor = page.next_cursor
+        return out
 
     def query_status(self, query_id: int) -> query_pb2.QueryStatusResponse:
         req = query_pb2.QueryStatusRequest(query_id=query_id)

@@ -140,10 +140,11 @@ def test_the_deadline_scan_never_walks_old_deleted_keys(tmp_path: Path) -> None:
     committed = chain.app.committed
     original = committed.iterate
 
-    def spy(store: str, start: bytes, end: bytes | None, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+    def spy(store: str, start: bytes, end: bytes | None, limit: int | None = None,
+            reverse: bool = False) -> list[tuple[bytes, bytes]]:
         if store == "inference" and start.startswith(b"dl/"):
             seen.append((start, end))
-        return original(store, start, end, limit)
+        return original(store, start, end, limit, reverse)
 
     committed.iterate = spy  # type: ignore[method-assign]
     chain.block()

@@ -10,6 +10,7 @@ from abci_app.crypto import format_address, parse_address
 from abci_app.events import event
 from abci_app.fixedpoint import clamp, ema, ppm_of
 from abci_app.heightqueue import HeightQueue
+from abci_app.store.db import prefix_end
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.pool import DomainPool
 from abci_app.x.experts.types import (
@@ -206,15 +207,28 @@ class ExpertsKeeper:
         value = ema(self.scorer_reputation(ctx, address), agreement, params.alpha_ppm)
         ctx.kv(STORE).set(SCORER_REP_PREFIX + address, _be(clamp(value, 0, params.reputation_scale)))
 
-    def history(self, ctx: Ctx, address: bytes) -> list[pb.ReputationPoint]:
-        return [pb.ReputationPoint.FromString(v) for _, v in ctx.kv(STORE).iterate(HISTORY_PREFIX + address)]
+    def history(self, ctx: Ctx, address: bytes, cursor: bytes, limit: int, newest_first: bool = False
+                ) -> list[tuple[bytes, pb.ReputationPoint]]:
+        """Up to limit points of an expert's history, each with its cursor (key suffix): oldest first
+        after the cursor, or newest first before it (b"": from the start or the end)."""
+        prefix = HISTORY_PREFIX + address
+        start, end = prefix, prefix_end(prefix)
+        if cursor and newest_first:
+            end = prefix + cursor
+        elif cursor:
+            start = prefix + cursor + b"\x00"
+        rows = ctx.kv(STORE).iterate_range(start, end, limit, reverse=newest_first)
+        return [(k[len(prefix):], pb.ReputationPoint.FromString(v)) for k, v in rows]
 
-    def domain_reputations(self, ctx: Ctx, domain: str) -> list[tuple[pb.Expert, int]]:
-        """Every registered expert that has a reputation in domain, with it, in address order. An expert
-        that left the domain keeps its reputation there (and gets it back if it returns)."""
+    def domain_reputations(self, ctx: Ctx, domain: str, after: bytes = b"", limit: int | None = None
+                           ) -> list[tuple[pb.Expert, int]]:
+        """Registered experts that have a reputation in domain, with it, in address order: up to limit of
+        them after the address `after`. An expert that left the domain keeps its reputation there (and
+        gets it back if it returns); one that unbonded for good has no record and is skipped."""
         prefix = reputation_key(domain, b"")
+        start = prefix + after + b"\x00" if after else prefix
         out = []
-        for key, raw in ctx.kv(STORE).iterate(prefix):
+        for key, raw in ctx.kv(STORE).iterate_range(start, prefix_end(prefix), limit):
             expert = self.get(ctx, key[len(prefix):])
             if expert is not None:
                 out.append((expert, int.from_bytes(raw, "big")))

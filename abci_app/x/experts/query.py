@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abci_app.context import Ctx
-from abci_app.errors import ErrNotFound
+from abci_app.errors import ErrInvalidRequest, ErrNotFound
 from abci_app.queries import Route, Routes, request_address
 from abci_app.x.experts.keeper import ExpertsKeeper
 from wire.llmnet.query.v1 import query_pb2 as q
@@ -31,10 +31,28 @@ class Querier:
                                 scorer_reputation=self.keeper.scorer_reputation(ctx, address))
 
     def by_domain(self, ctx: Ctx, req: q.ExpertsByDomainRequest) -> q.ExpertsByDomainResponse:
-        ranked = [q.RankedExpert(expert=e, reputation=r) for e, r in self.keeper.domain_reputations(ctx, req.domain)]
-        ranked.sort(key=lambda r: (-r.reputation, r.expert.address))
-        return q.ExpertsByDomainResponse(experts=ranked, height=ctx.env.height)
+        limit = _limit(req.limit, MAX_EXPERTS_PAGE)
+        after = request_address(req.after) if req.after else b""
+        page = self.keeper.domain_reputations(ctx, req.domain, after, limit + 1)
+        ranked = [q.RankedExpert(expert=e, reputation=r) for e, r in page[:limit]]
+        more = len(page) > limit
+        return q.ExpertsByDomainResponse(experts=ranked, height=ctx.env.height,
+                                         next_after=ranked[-1].expert.address if more else "")
 
     def history(self, ctx: Ctx, req: q.ReputationHistoryRequest) -> q.ReputationHistoryResponse:
-        points = self.keeper.history(ctx, request_address(req.address))
-        return q.ReputationHistoryResponse(points=points, height=ctx.env.height)
+        limit = _limit(req.limit, MAX_HISTORY_PAGE)
+        page = self.keeper.history(ctx, request_address(req.address), req.cursor, limit + 1, req.newest_first)
+        more = len(page) > limit
+        return q.ReputationHistoryResponse(points=[p for _, p in page[:limit]], height=ctx.env.height,
+                                           next_cursor=page[limit - 1][0] if more else b"")
+
+
+MAX_EXPERTS_PAGE = 100
+MAX_HISTORY_PAGE = 500
+
+
+def _limit(asked: int, most: int) -> int:
+    """A page size: 0 means the most; more than the most is bad input (the answer must stay bounded)."""
+    if asked > most:
+        raise ErrInvalidRequest(f"limit must be at most {most}, got {asked}")
+    return asked or most

@@ -41,6 +41,7 @@ def router_query(app: Application) -> QueryFn[Any]:
 
 BLOCKS = 10
 QUERIES = 10
+HISTORY = 200  # latest reputation points per expert in the chart: every answer stays bounded
 
 
 def phase_name(phase: int) -> str:
@@ -78,10 +79,12 @@ class ExplorerData:
         return params
 
     def _ranked(self, params: q.ParamsResponse) -> dict[str, list[q.RankedExpert]]:
-        """Every domain's experts, best reputation first."""
-        return {d: list(self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=d),
-                                   q.ExpertsByDomainResponse).experts)
-                for d in params.experts.domains}
+        """Each domain's experts (the first page: up to 100, a bounded answer), best reputation first."""
+        ranked = {}
+        for d in params.experts.domains:
+            page = self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=d), q.ExpertsByDomainResponse)
+            ranked[d] = sorted(page.experts, key=lambda r: (-r.reputation, r.expert.address))
+        return ranked
 
     def experts(self) -> dict[str, Any]:
         params = self._params()
@@ -131,14 +134,15 @@ class ExplorerData:
         return view
 
     def reputation(self) -> dict[str, Any]:
-        """Every expert's reputation points per domain, oldest first: one chart series each."""
+        """Each shown expert's latest reputation points per domain, oldest first: one chart series each."""
         params = self._params()
         addresses = {r.expert.address for ranked in self._ranked(params).values() for r in ranked}
         series: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for address in sorted(addresses):
-            hist = self.query("ReputationHistory", q.ReputationHistoryRequest(address=address),
+            hist = self.query("ReputationHistory", q.ReputationHistoryRequest(address=address, limit=HISTORY,
+                                                                              newest_first=True),
                               q.ReputationHistoryResponse)
-            for p in hist.points:
+            for p in reversed(hist.points):
                 series.setdefault(p.domain, {}).setdefault(address, []).append(
                     {"height": int(p.height), "query_id": int(p.query_id), "reputation": int(p.reputation),
                      "reason": p.reason})

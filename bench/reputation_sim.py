@@ -70,6 +70,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
             results = chain.ok(*[chain.tx(requester, protocol.submit_query(requester, d, "q", 10_000, 1, 1))
                                  for d in domains])
             ids = submitted_ids(results)
+            chain.block()  # the draw: the block after the submits
             statuses = [chain.status(i).query for i in ids]
             for st in statuses:
                 who = st.respondents[0]
@@ -144,6 +145,20 @@ def plot(path: Path, run: Run) -> None:
     fig.savefig(path, dpi=100)
 
 
+def report_attacks(seed: int, n: int, queries: int, wave: int, as_json: bool) -> None:
+    from bench.attacks import run_all
+
+    outcomes = run_all(seed, n, queries, wave)
+    if as_json:
+        print(json.dumps([{**o.__dict__, "pays": o.pays} for o in outcomes], indent=2))
+        return
+    print(f"{n} experts in one domain, {queries} queries (2 respondents, 3 scorers each), seed {seed}")
+    print(f"{'attack':44} {'attacker':28} {'ullm/query':>11} {'honest':>9} {'reputation':>11} {'honest':>9}  pays?")
+    for o in outcomes:
+        print(f"{o.attack:44} {o.attacker:28} {o.ullm_per_query:>11.0f} {o.honest_ullm_per_query:>9.0f} "
+              f"{o.reputation:>11} {o.honest_reputation:>9}  {'YES' if o.pays else 'no'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=7)
@@ -157,7 +172,12 @@ def main() -> None:
     p.add_argument("--floor", type=int, default=0, help="override exploration_floor")
     p.add_argument("--scorers", type=int, default=0, help="override scorers per query")
     p.add_argument("--clip", type=int, default=0, help="override clip_distance")
+    p.add_argument("--attacks", action="store_true",
+                   help="instead: play the economic attacks (bench/attacks.py) and report each attacker's gain")
     args = p.parse_args()
+    if args.attacks:
+        report_attacks(args.seed, args.experts, args.queries, args.wave, args.json)
+        return
     params: dict[str, dict[str, object]] = {
         "experts": {k: v for k, v in (("selection_exponent", args.gamma), ("exploration_floor", args.floor)) if v},
         "inference": {k: v for k, v in (("scorers", args.scorers), ("clip_distance", args.clip)) if v},

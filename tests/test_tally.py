@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from abci_app.x.inference.tally import Vote, build_receipt, clipped_mean, tally, weighted_median
+from abci_app.x.inference.tally import (
+    Vote,
+    build_receipt,
+    cap_weights,
+    clipped_mean,
+    tally,
+    vote_weights,
+    weighted_median,
+)
 from abci_app.x.inference.types import default_params
 from wire.llmnet.experts.v1 import experts_pb2
 from wire.llmnet.inference.v1 import inference_pb2 as pb
@@ -57,7 +65,7 @@ PARAMS = default_params()  # threshold 50, scorer share 20%, clip 10
 
 def test_pays_by_score_above_threshold_and_refunds_the_rest() -> None:
     q = _query(2)
-    t = tally(q, ["right", "wrong"], [Vote("s0", 5, (90, 20)), Vote("s1", 5, (90, 20))], PARAMS, SCALE)
+    t = tally(q, ["right", "wrong"], [Vote("s0", 5, SCALE, (90, 20)), Vote("s1", 5, SCALE, (90, 20))], PARAMS, SCALE)
     assert t.scores == (90, 20)
     # slots: scorers share 20_000 -> 10_000 each; respondents 80_000 // 2 = 40_000 each
     assert [p.amount for p in t.payouts] == [36_000, 0, 10_000, 10_000, 44_000]
@@ -69,7 +77,7 @@ def test_pays_by_score_above_threshold_and_refunds_the_rest() -> None:
 
 
 def test_missing_answer_scores_zero_and_keeps_reputation() -> None:
-    t = tally(_query(2), [None, "an answer"], [Vote("s0", 1, (100, 70))], PARAMS, SCALE)
+    t = tally(_query(2), [None, "an answer"], [Vote("s0", 1, SCALE, (100, 70))], PARAMS, SCALE)
     assert t.scores == (0, 70)
     assert t.reputation_targets == (None, 700_000)
     assert t.payouts[0].amount == 0 and "no revealed" in t.payouts[0].reason
@@ -86,7 +94,7 @@ def test_no_votes_pay_nobody_and_move_no_reputation() -> None:
 
 def test_scorer_agreement_is_one_minus_mean_distance() -> None:
     # aggregate per answer: median 50 -> clip [40, 60]: (50 + 60) // 2 = 55 ... with three votes
-    votes = [Vote("s0", 1, (50, 50)), Vote("s1", 1, (50, 50)), Vote("s2", 1, (100, 0))]
+    votes = [Vote("s0", 1, SCALE, (50, 50)), Vote("s1", 1, SCALE, (50, 50)), Vote("s2", 1, SCALE, (100, 0))]
     t = tally(_query(2, scorers=3), ["a", "b"], votes, PARAMS, SCALE)
     assert t.scores == (53, 46)  # (50+50+60)//3, (50+50+40)//3
     # s2 is 47 and 46 points off: mean 46.5 of 100 -> agreement 535_000
@@ -96,23 +104,46 @@ def test_scorer_agreement_is_one_minus_mean_distance() -> None:
 
 
 def test_ties_go_to_the_earlier_respondent_and_no_answers_give_minus_one() -> None:
-    votes = [Vote("s0", 1, (70, 70, 70))]
+    votes = [Vote("s0", 1, SCALE, (70, 70, 70))]
     assert tally(_query(3, scorers=1), ["a", "b", "c"], votes, PARAMS, SCALE).final_index == 0
-    assert tally(_query(2), [None, None], [Vote("s0", 1, (9, 9))], PARAMS, SCALE).final_index == -1
+    assert tally(_query(2), [None, None], [Vote("s0", 1, SCALE, (9, 9))], PARAMS, SCALE).final_index == -1
 
 
 def test_payout_rounding_never_pays_more_than_the_fee() -> None:
     q = _query(3, scorers=3, max_fee=1_001)
-    t = tally(q, ["a", "b", "c"], [Vote(f"s{i}", 1, (99, 98, 97)) for i in range(3)], PARAMS, SCALE)
+    t = tally(q, ["a", "b", "c"], [Vote(f"s{i}", 1, SCALE, (99, 98, 97)) for i in range(3)], PARAMS, SCALE)
     assert sum(p.amount for p in t.payouts) == q.max_fee
     assert all(p.amount >= 0 for p in t.payouts)
 
 
 def test_receipt_records_the_tally() -> None:
     q = _query(2)
-    t = tally(q, ["right", None], [Vote("s0", 1, (80, 0))], PARAMS, SCALE)
+    t = tally(q, ["right", None], [Vote("s0", 1, SCALE, (80, 0))], PARAMS, SCALE)
     models = [experts_pb2.ModelCommitment(base_model="m", adapter_sha256="ab" * 32), experts_pb2.ModelCommitment()]
     r = build_receipt(q, ["right", None], t, models, ["r1", "r1"], height=12)
     assert r.final_answer == "right" and r.final_index == 0 and list(r.scores) == [80, 0]
     assert r.answer_hashes[1] == "" and len(r.answer_hashes[0]) == 64
     assert list(r.slashed) == ["r1"] and r.settled_height == 12
+
+
+def test_a_whale_counts_as_much_stake_as_the_panel_median() -> None:
+    """Bond 100 M against two scorers of 5 M: its stake counts as 5 M; and as its scorer reputation falls,
+    so does its say, however much it staked."""
+    assert vote_weights([Vote("w", 100_000_000, SCALE, ()), Vote("a", 5_000_000, SCALE, ()),
+                         Vote("b", 5_000_000, SCALE, ())], 400_000) == [5_000_000 * SCALE] * 3
+    low = vote_weights([Vote("w", 100_000_000, SCALE // 4, ()), Vote("a", 5_000_000, SCALE, ()),
+                        Vote("b", 5_000_000, SCALE, ())], 400_000)
+    assert low[1] == low[2] and low[0] * 5 <= sum(low)  # a fifth of the say, down from a third
+
+
+CAP_CASES = [
+    ("no one above the cap", [10, 10, 10], 400_000, [10, 10, 10]),
+    ("one above is cut to the cap", [100, 5, 5], 400_000, [6, 5, 5]),  # 6 / 16 < 40%
+    ("two scorers cannot both stay under 40%: equal", [5, 100], 400_000, [1, 1]),
+    ("water-filling over several", [9, 1, 1, 1], 300_000, [1, 1, 1, 1]),
+]
+
+
+@pytest.mark.parametrize("weights,cap,expected", [c[1:] for c in CAP_CASES], ids=[c[0] for c in CAP_CASES])
+def test_cap_weights(weights: list[int], cap: int, expected: list[int]) -> None:
+    assert cap_weights(weights, cap) == expected

@@ -320,9 +320,8 @@ class InferenceKeeper:
                        scores=",".join(str(s) for s in receipt.scores)))
 
     def _votes(self, ctx: Ctx, q: pb.Query) -> list[Vote]:
-        """Revealed scores with their weight (bond x scorer reputation); a scorer that did not reveal
+        """Revealed scores with their scorer's bond and scorer reputation; a scorer that did not reveal
         has a miss recorded (reputation, never bond: scoring is a service, not a duty to the requester)."""
-        scale = self.experts.params(ctx).reputation_scale
         votes = []
         for s in q.scorers:
             address = parse_address(s)
@@ -332,7 +331,7 @@ class InferenceKeeper:
                 continue
             expert = self.experts.get(ctx, address)
             stake = expert.bond if expert else 0
-            votes.append(Vote(s, stake * self.experts.scorer_reputation(ctx, address) // scale, tuple(entry.scores)))
+            votes.append(Vote(s, stake, self.experts.scorer_reputation(ctx, address), tuple(entry.scores)))
         return votes
 
     def _apply(self, ctx: Ctx, q: pb.Query, votes: list[Vote], result: Tally) -> None:

@@ -2,11 +2,11 @@
 
 Per answer, the weighted median of the revealed scores is the consensus; each score is clipped to
 within clip_distance of it, and the aggregate is the weighted mean of the clipped scores. A scorer's
-weight is its stake times its scorer reputation (the keeper computes it), so scorers who keep disagreeing
-with the consensus lose influence, and no weight may exceed max_scorer_weight_ppm of the panel's total
-(below one half), so no single scorer, however large its stake, holds the median: scorers holding less
-than half of the capped weight cannot move an aggregate further than clip_distance beyond the range of
-the others' scores. A scorer's agreement
+weight is its stake, counted up to the panel's median stake, times its scorer reputation, so scorers who
+keep disagreeing with the consensus lose influence whatever they staked; and no weight may exceed
+max_scorer_weight_ppm of the panel's total (below one half), so no single scorer holds the median:
+scorers holding less than half of the weight cannot move an aggregate further than clip_distance beyond
+the range of the others' scores. A scorer's agreement
 is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
 the score reaches the quality threshold; scorers slot x agreement; the requester gets the rest back.
 All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores
@@ -27,10 +27,12 @@ from wire.llmnet.inference.v1 import inference_pb2 as pb
 
 @dataclass(frozen=True)
 class Vote:
-    """One scorer's revealed scores, one per respondent, with the weight it carries."""
+    """One scorer's revealed scores, one per respondent, with what its weight is made of."""
 
     scorer: str
-    weight: int
+    stake: int
+    reputation: int
+    """Scorer reputation, on the reputation scale."""
     scores: tuple[int, ...]
 
 
@@ -71,6 +73,16 @@ def clipped_mean(pairs: Sequence[tuple[int, int]], clip: int) -> int:
     weights = [(min(max(v, lo), hi), max(1, w)) for v, w in pairs]
     total = sum(w for _, w in weights)
     return sum(v * w for v, w in weights) // total
+
+
+def vote_weights(votes: Sequence[Vote], cap_ppm: int) -> list[int]:
+    """Each vote's weight: its stake, counted at most up to the panel's median stake, times its scorer
+    reputation; then no weight above cap_ppm of the panel's total. A large bond buys a seat, not the
+    panel: past the median it adds nothing, and a scorer that keeps disagreeing loses weight however
+    much it staked."""
+    stakes = sorted(v.stake for v in votes)
+    median = stakes[(len(stakes) - 1) // 2] if stakes else 0
+    return cap_weights([min(v.stake, median) * v.reputation for v in votes], cap_ppm)
 
 
 def cap_weights(weights: Sequence[int], cap_ppm: int) -> list[int]:
@@ -114,7 +126,7 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     """Aggregate scores and split the query's escrowed fee. finals holds each respondent's revealed
     final-round answer (None if missing); votes the revealed scores, in the query's scorer order."""
     n = len(query.respondents)
-    weights = cap_weights([v.weight for v in votes], params.max_scorer_weight_ppm)
+    weights = vote_weights(votes, params.max_scorer_weight_ppm)
     scores = [clipped_mean([(v.scores[i], w) for v, w in zip(votes, weights, strict=True)], params.clip_distance)
               if finals[i] is not None and votes else 0 for i in range(n)]
     scorer_pool = ppm_of(query.max_fee, params.scorer_share_ppm)

@@ -382,6 +382,11 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
         return 130
     if tty:
         print(file=sys.stderr)
+    if not result.answers:  # nobody was drawn (capacity ran out between submit and draw): refunded
+        why = next((str(p["reason"]) for p in result.payouts if p["role"] == "refund"), "no experts were drawn")
+        print(f"llmnet: error: query {result.query_id} was not answered ({why}); its fee was refunded",
+              file=sys.stderr)
+        return EXIT_FAILED
     lines = [f"answer: {result.final_answer}", "",
              f"query {result.query_id} in {result.domain}, settled at height {result.settled_height}; "
              f"receipt: llmnet query receipt {result.query_id}"]

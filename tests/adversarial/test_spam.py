@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app.errors import ErrGasLimitTooHigh
@@ -172,3 +173,23 @@ def test_no_block_carries_more_gas_than_the_limit(tmp_path: Path) -> None:
     assert list(prepared.txs) == txs[:1]  # (block 1 has no beacon: no votes came before it)
     verdict = chain.app.process_proposal(abci.RequestProcessProposal(txs=txs, height=1, time=time, hash=b"\x02" * 32))
     assert verdict.status == abci.ResponseProcessProposal.REJECT
+
+
+def test_a_listing_query_cannot_make_the_node_walk_everything(tmp_path: Path) -> None:
+    """ExpertsByDomain and ReputationHistory run on the loop that serves CometBFT: each answer is one
+    bounded page, whatever the state holds."""
+    chain = ProtocolChain(tmp_path / "s.db", 130, [DOMAIN])
+    for first in range(0, 130, 65):
+        chain.ok(*[chain.tx(k, protocol.register_expert(k, [DOMAIN], "h:1", "m", ADAPTER, BOND))
+                   for k in chain.experts[first:first + 65]])
+    page = chain.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=DOMAIN), q.ExpertsByDomainResponse)
+    assert len(page.experts) == 100 and page.next_after
+    rest = chain.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=DOMAIN, after=page.next_after),
+                       q.ExpertsByDomainResponse)
+    assert len(rest.experts) == 30 and not rest.next_after
+    for request, response in ((q.ExpertsByDomainRequest(domain=DOMAIN, limit=10_000), q.ExpertsByDomainResponse),
+                              (q.ReputationHistoryRequest(address=chain.experts[0].address, limit=10_000),
+                               q.ReputationHistoryResponse)):
+        method = "ExpertsByDomain" if response is q.ExpertsByDomainResponse else "ReputationHistory"
+        with pytest.raises(AssertionError, match="query/3"):
+            chain.query(method, request, response)

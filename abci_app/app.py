@@ -26,7 +26,7 @@ from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
 from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
-from abci_app.x.beacon.types import ErrInvalidBeacon, from_last_commit
+from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
 from wire.tendermint.abci import types_pb2 as abci
 
@@ -185,8 +185,8 @@ class Application:
         chosen, size, gas = [], 0, 0
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
             llc = req.local_last_commit
-            beacon = encode_beacon(from_last_commit([(v.validator.address, v.extension_signature) for v in llc.votes
-                                                     if v.block_id_flag == COMMIT_FLAG], req.height - 1, llc.round))
+            votes = [(v.validator.address, v.extension_signature) for v in llc.votes if v.block_id_flag == COMMIT_FLAG]
+            beacon = encode_beacon(self.beacon.build(Ctx(state, env), votes, req.height, llc.round))
             chosen, size = [beacon], len(beacon)
         for raw in req.txs:
             wanted = self._gas_wanted(Ctx(state, env), raw)
@@ -207,7 +207,7 @@ class Application:
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
         try:
-            _, _, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height)
+            _, _, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height, req.proposed_last_commit)
         except ErrInvalidBeacon:
             return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
         gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in txs)
@@ -224,7 +224,7 @@ class Application:
         time_ns = _timestamp_ns(req.time)
         try:  # ProcessProposal refused any block without a valid beacon: one here means we must stop
             beacon, seed, txs = self.beacon.take(Ctx(state, self._env(req.height, time_ns)), list(req.txs),
-                                                 req.height)
+                                                 req.height, req.decided_last_commit)
         except ErrInvalidBeacon as err:
             raise RuntimeError(f"decided block {req.height} has no valid beacon: {err}") from None
         env = self._env(req.height, time_ns, seed=seed or req.hash)

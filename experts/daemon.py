@@ -280,7 +280,7 @@ class ExpertDaemon:
                 peers = [a.answer for a in status.answers
                          if a.round == query.round - 1 and a.revealed and a.respondent != me]
                 domain = self.engine.adapter_for(query.domain)
-                text = self.engine.generate(answer_prompt(query, peers),
+                text = self.engine.generate(self.engine.fit(answer_prompt(query, peers)),
                                             Sampling(max_new_tokens=self.answer_tokens, seed=query.id), domain).text
                 self.state.answers[slot] = text.strip() or "(no answer)"
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
@@ -319,8 +319,9 @@ class ExpertDaemon:
         query = status.query
         finals = {a.respondent: a.answer for a in status.answers if a.round == query.rounds and a.revealed}
         domain = self.engine.adapter_for(query.domain)
-        reference = self.engine.generate(answer_prompt(query, []), Sampling(max_new_tokens=self.answer_tokens,
-                                                                          seed=query.id), domain).text
+        prompt = self.engine.fit(answer_prompt(query, []))
+        sampling = Sampling(max_new_tokens=self.answer_tokens, seed=query.id)
+        reference = self.engine.generate(prompt, sampling, domain).text
         return [judge.score(finals.get(r), reference) for r in query.respondents]
 
     def _chain_height_now(self) -> int:

@@ -126,6 +126,26 @@ class Engine:
                               f"prompt is {len(ids)} tokens, the limit is {self.limits.max_prompt_tokens}")
         return list(ids)
 
+    def fit(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """messages, the last one's content shortened in its middle until the prompt fits max_prompt_tokens.
+        The daemon answers what the chain gave it, however long: a prompt it cannot take would make it
+        miss its assignment, and anyone could send one."""
+        try:
+            self.encode(messages)
+            return messages
+        except EngineError:
+            pass
+        content = messages[-1]["content"]
+        lo, hi = 0, len(content)  # the longest kept length that fits is in [lo, hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                self.encode([*messages[:-1], {**messages[-1], "content": _middle_cut(content, mid)}])
+                lo = mid
+            except EngineError:
+                hi = mid
+        return [*messages[:-1], {**messages[-1], "content": _middle_cut(content, lo)}]
+
     def _check(self, sampling: Sampling, domain: str) -> None:
         if domain and domain not in self.adapters:
             raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
@@ -288,6 +308,14 @@ class Engine:
             return self.model.disable_adapter()
         self.model.set_adapter(self.adapters[domain])
         return contextlib.nullcontext()
+
+
+def _middle_cut(text: str, keep: int) -> str:
+    """text cut to keep characters, its start and end kept (a question is often at one of them)."""
+    if keep >= len(text):
+        return text
+    head = keep // 2
+    return text[:head] + " … " + text[len(text) - (keep - head):] if keep else ""
 
 
 def _pick(logits: Any, sampling: Sampling, generator: Any) -> int:

@@ -110,24 +110,29 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
     def _answer(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
                 on_text: Callable[[str], None] | None) -> tuple[grpc.StatusCode, str, Generation | None]:
-        """(status, message, generation); generation is None when the request failed."""
-        if not self._slots.acquire(blocking=False):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
-        self.metrics.in_flight.inc()
+        """(status, message, generation); generation is None when the request failed. Checks come before
+        a generation slot is taken, so requests that will be refused cannot keep slots from those that will
+        not (a refusal after the access check still spends the request's nonce)."""
         try:
             sampling, messages = sampling_from(request.sampling), messages_from(request)
             domain = request.domain
             if self.access is not None:
                 query = self.access.check(request)  # always: access never depends on the other fields
                 domain = domain or self.engine.adapter_for(query.domain)
-            result = self.engine.generate(messages, sampling, domain, on_text,
-                                          cancelled=lambda: not context.is_active())
         except EngineError as err:
             return STATUS[err.kind], str(err), None
         except AccessDenied as err:
             return grpc.StatusCode.PERMISSION_DENIED, str(err), None
         except ClientError as err:
             return grpc.StatusCode.UNAVAILABLE, f"cannot check access with the chain: {err}", None
+        if not self._slots.acquire(blocking=False):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
+        self.metrics.in_flight.inc()
+        try:
+            result = self.engine.generate(messages, sampling, domain, on_text,
+                                          cancelled=lambda: not context.is_active())
+        except EngineError as err:
+            return STATUS[err.kind], str(err), None
         finally:
             self.metrics.in_flight.dec()
             self._slots.release()

@@ -75,6 +75,13 @@ class DevChain:
                  for i, v in enumerate(self.validators) if signers is None or i in signers]
         return encode_beacon(from_last_commit(votes, height - 1, 0))
 
+    def last_commit(self, signers: list[int] | None = None) -> abci.CommitInfo:
+        """The previous height's commit as CometBFT reports it: round 0, `signers` precommitted (default all)."""
+        return abci.CommitInfo(round=0, votes=[
+            abci.VoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
+                          block_id_flag=2 if signers is None or i in signers else 1)
+            for i, v in enumerate(self.validators)])
+
     def finalize(self, txs: list[bytes], signers: list[int] | None = None) -> abci.ResponseFinalizeBlock:
         """One block: the beacon (of `signers`' extensions, default all), then txs; FinalizeBlock then
         Commit, with a hash and time derived from the height. The beacon's own result is left out of
@@ -83,7 +90,7 @@ class DevChain:
         beacon = [self.beacon(self.height, signers)] if self.height > 1 else []
         self.last = self.app.finalize_block(abci.RequestFinalizeBlock(
             txs=beacon + txs, height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
-            time=Timestamp(seconds=1_700_000_000 + self.height)))
+            time=Timestamp(seconds=1_700_000_000 + self.height), decided_last_commit=self.last_commit(signers)))
         del self.last.tx_results[:len(beacon)]
         self.app.commit(abci.RequestCommit())
         return self.last

@@ -136,3 +136,45 @@ def test_a_hostile_peer_answer_stays_quoted_data_in_the_next_prompt() -> None:
     assert quoted.count('"') == 2 and quoted.startswith('2. "') and quoted.endswith('"')  # cannot close its quote
     assert len(quoted) <= PEER_ANSWER_CHARS + 10  # bounded
     assert not any(line.startswith(("SYSTEM", "<|im_start|>")) for line in lines)  # no line of its own
+
+
+def test_a_query_counts_once_however_many_rounds_it_missed(chain: ProtocolChain) -> None:
+    """A requester asking for many rounds must not turn one unanswerable query into max_missed misses in a
+    row (jail and a slash)."""
+    qid = submit(chain, rounds=3)
+    absent = chain.status(qid).query.respondents[0]
+    chain.advance_until(qid, inf.PHASE_SCORE_COMMIT, limit=40)
+    record = _expert(chain, absent)
+    assert record.missed == 1 and record.status == ex.EXPERT_STATUS_ACTIVE and record.slashed == 0
+
+
+def test_revealed_scores_break_a_run_of_misses(tmp_path: Path) -> None:
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN], experts_params={"max_missed": 100})
+    chain.register_all([DOMAIN])
+    qid = submit(chain, rounds=1)
+    scorer = chain.key_of(chain.status(qid).query.scorers[0])
+    chain.advance_until(qid, inf.PHASE_SETTLED, limit=40)  # nobody did anything: the scorer missed too
+    assert _expert(chain, scorer.address).missed == 1
+    qid = submit(chain, rounds=1)
+    while scorer.address not in chain.status(qid).query.scorers:
+        chain.advance_until(qid, inf.PHASE_SETTLED, limit=40)
+        qid = submit(chain, rounds=1)
+    st = chain.status(qid).query
+    for k in (chain.key_of(a) for a in st.respondents):
+        chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "x")))
+    for k in (chain.key_of(a) for a in st.respondents):
+        chain.ok(chain.tx(k, protocol.reveal_answer(k, qid, 1, "x")))
+    chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
+    chain.ok(chain.tx(scorer, protocol.commit_scores(scorer, CHAIN_ID, qid, [50, 50])))
+    chain.advance_until(qid, inf.PHASE_SCORE_REVEAL)
+    chain.ok(chain.tx(scorer, protocol.reveal_scores(scorer, qid, [50, 50])))
+    assert _expert(chain, scorer.address).missed == 0
+
+
+def test_an_expert_cannot_report_itself_for_the_reward(chain: ProtocolChain) -> None:
+    qid = submit(chain, rounds=1)
+    cheat = chain.key_of(chain.status(qid).query.respondents[0])
+    report = protocol.report_equivocation(cheat, cheat.address, qid, 1, "A", protocol.sign_answer(
+        cheat, CHAIN_ID, qid, 1, "A"), "B", protocol.sign_answer(cheat, CHAIN_ID, qid, 1, "B"))
+    (result,) = chain.block(chain.tx(cheat, report))
+    assert (result.codespace, result.code) == (ErrInvalidEvidence.codespace, ErrInvalidEvidence.code), result.log

@@ -18,7 +18,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app.context import BlockEnv, Ctx
+from abci_app.crypto import address_bytes
 from abci_app.store.state import State
+from abci_app.x.beacon.keeper import extension_sign_bytes
 from abci_app.x.beacon.types import TX_TAG
 from abci_app.x.beacon.types import encode_tx as encode_beacon
 from abci_app.x.inference.selection import assign, query_seed
@@ -52,10 +54,10 @@ def test_a_proposal_with_unpaid_txs_is_rejected_and_never_built(tmp_path: Path) 
     assert list(prepared.txs)[1:] == txs[:1]  # after the beacon
     beacon = h.beacon(2)
     good = h.app.process_proposal(abci.RequestProcessProposal(txs=[beacon, *txs[:1]], height=2, time=time,
-                                                              hash=b"\x01" * 32))
+                                                              hash=b"\x01" * 32, proposed_last_commit=h.last_commit()))
     assert good.status == abci.ResponseProcessProposal.ACCEPT
-    verdict = h.app.process_proposal(abci.RequestProcessProposal(txs=[beacon, *txs], height=2, time=time,
-                                                                 hash=b"\x01" * 32))
+    verdict = h.app.process_proposal(abci.RequestProcessProposal(
+        txs=[beacon, *txs], height=2, time=time, hash=b"\x01" * 32, proposed_last_commit=h.last_commit()))
     assert verdict.status == abci.ResponseProcessProposal.REJECT
     # what the attack bought before: 50 txs of bytes in a block for one fee
     results = h.finalize(txs).tx_results
@@ -129,3 +131,51 @@ def test_a_beacon_cannot_repeat_or_forge_a_signature(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):  # and a decided block without a valid one stops the node
         chain.finalize([], signers=[0])
     assert not chain.app.check_tx(abci.RequestCheckTx(tx=chain.beacon(chain.height + 1))).code == 0  # not a tx
+
+
+def _extended_commit(chain: ProtocolChain, garbage: set[int]) -> abci.ExtendedCommitInfo:
+    """The previous height's extended commit as CometBFT hands it to a proposer; validators in `garbage`
+    carry an extension signature this app does not accept (as one CometBFT's laxer ZIP-215 rules let
+    through would be)."""
+    message = extension_sign_bytes(chain.chain_id, chain.height, 0)
+    return abci.ExtendedCommitInfo(round=0, votes=[
+        abci.ExtendedVoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
+                              vote_extension=b"llmnet/beacon/v1", block_id_flag=2,
+                              extension_signature=bytes(64) if i in garbage else v.sign(message).signature)
+        for i, v in enumerate(chain.validators)])
+
+
+def test_one_validator_cannot_stall_the_chain_with_an_odd_signature(tmp_path: Path) -> None:
+    """A byzantine validator's extension signature that CometBFT accepts and this app does not: an honest
+    proposer leaves it out, and the others accept the beacon of the remaining three."""
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
+    chain.block()
+    time = Timestamp(seconds=1_700_000_100)
+    prepared = chain.app.prepare_proposal(abci.RequestPrepareProposal(
+        txs=[], max_tx_bytes=10**6, height=chain.height + 1, time=time, local_last_commit=_extended_commit(chain, {3})))
+    beacon = pb_beacon.Beacon.FromString(prepared.txs[0][len(TX_TAG):])
+    assert len(beacon.votes) == 3
+    verdict = chain.app.process_proposal(abci.RequestProcessProposal(
+        txs=list(prepared.txs), height=chain.height + 1, time=time, hash=b"\x05" * 32,
+        proposed_last_commit=chain.last_commit()))
+    assert verdict.status == abci.ResponseProcessProposal.ACCEPT
+
+
+def test_a_beacon_must_come_from_the_round_that_committed(tmp_path: Path) -> None:
+    """Signatures for another round (byzantine validators can sign those at will, offline) give a
+    colluding proposer extra seeds: refused."""
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
+    chain.block()
+    message = extension_sign_bytes(chain.chain_id, chain.height, 1)
+    other_round = encode_beacon(pb_beacon.Beacon(height=chain.height, round=1, votes=sorted(
+        [pb_beacon.BeaconVote(validator_address=address_bytes(bytes(v.verify_key)),
+                              extension_signature=v.sign(message).signature) for v in chain.validators],
+        key=lambda vote: vote.validator_address)))
+    verdict = chain.app.process_proposal(abci.RequestProcessProposal(
+        txs=[other_round], height=chain.height + 1, time=Timestamp(seconds=1_700_000_100), hash=b"\x06" * 32,
+        proposed_last_commit=chain.last_commit()))
+    assert verdict.status == abci.ResponseProcessProposal.REJECT
+    absent = chain.app.process_proposal(abci.RequestProcessProposal(  # signed by one who did not precommit
+        txs=[chain.beacon(chain.height + 1)], height=chain.height + 1, time=Timestamp(seconds=1_700_000_100),
+        hash=b"\x06" * 32, proposed_last_commit=chain.last_commit(signers=[0, 1, 2])))
+    assert absent.status == abci.ResponseProcessProposal.REJECT

@@ -15,6 +15,7 @@ from abci_app.x.inference.types import ErrInvalidEvidence
 from experts.engine import Engine, Sampling
 from llmnet.client import protocol
 from llmnet.client.expert_api import sign_access, verify_served
+from llmnet.devchain import seeded_key
 from tests.adversarial.conftest import expert_server, node_api
 from tests.protocol_harness import BOND, CHAIN_ID, ProtocolChain
 from tests.test_protocol import submit
@@ -152,3 +153,22 @@ def test_the_daemon_outlives_an_engine_failure(tmp_path) -> None:  # type: ignor
     daemon.client = SimpleNamespace()
     daemon.tick()
     assert worked == [2] and DaemonState.load(daemon.state_file).open == [1, 2]
+
+
+def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The chain takes prompts of up to max_prompt_bytes; some of those are more tokens than the model takes.
+    The daemon must answer anyway (a cut prompt), or any requester could make it miss, round after round."""
+    from experts.daemon import DaemonState, ExpertDaemon
+    from wire.llmnet.inference.v1 import inference_pb2 as inf
+    from wire.llmnet.query.v1 import query_pb2 as qpb
+
+    sent: list[object] = []
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.engine, daemon.key, daemon.answer_tokens = tiny_engine, seeded_key("long-prompt-expert"), 4
+    daemon.state, daemon.state_file, daemon.chain_tip, daemon._chain_id = DaemonState(), tmp_path / "s.json", 1, "c"
+    daemon._send = lambda step, msg: sent.append(msg)  # type: ignore[method-assign]
+    huge = inf.Query(id=5, prompt="a " * 2048, round=1, rounds=3, domain="d", phase=inf.PHASE_ANSWER_COMMIT,
+                     respondents=[daemon.key.address])
+    assert len(huge.prompt.encode()) == 4096  # the chain's default max_prompt_bytes
+    daemon._answer_step(qpb.QueryStatusResponse(query=huge))
+    assert len(sent) == 1 and sent[0].respondent == daemon.key.address  # type: ignore[attr-defined]

@@ -16,12 +16,17 @@ from abci_app.x.beacon.types import (
     TX_TAG,
     VALIDATOR_PREFIX,
     ErrInvalidBeacon,
+    from_last_commit,
     is_beacon_tx,
     seed_of,
     validator_key,
 )
 from wire.llmnet.beacon.v1 import beacon_pb2 as pb
+from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.types import canonical_pb2
+
+LastCommit = abci.CommitInfo
+COMMIT_FLAG = 2  # BlockIDFlag COMMIT: the validator precommitted the block
 
 
 def extension_sign_bytes(chain_id: str, height: int, round_: int) -> bytes:
@@ -51,12 +56,29 @@ class BeaconKeeper:
         return {k[len(VALIDATOR_PREFIX):]: pb.ValidatorKey.FromString(v)
                 for k, v in ctx.kv(STORE).iterate(VALIDATOR_PREFIX)}
 
-    def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int) -> bytes:
+    def build(self, ctx: Ctx, votes: list[tuple[bytes, bytes]], height: int, round_: int) -> pb.Beacon:
+        """The beacon a proposer of `height` makes from the previous height's commit: every vote whose
+        extension signature this app itself accepts. CometBFT checks those signatures with laxer ed25519
+        rules (ZIP-215) than ours; a validator that signs in a way only CometBFT accepts is left out
+        here, instead of making every other node reject the block (and stall the chain)."""
+        validators = self.validators(ctx)
+        message = extension_sign_bytes(ctx.env.chain_id, height - 1, round_)
+        good = [(a, sig) for a, sig in votes
+                if a in validators and ed25519_verify(validators[a].pub_key, message, sig)]
+        return from_last_commit(good, height - 1, round_)
+
+    def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int, commit: LastCommit | None = None) -> bytes:
         """The seed of a block at `height` whose beacon this is. Raises ErrInvalidBeacon unless it is for
-        height - 1, every signature is a known validator's (once) over the extension, and they hold more
-        than 2/3 of the voting power."""
+        height - 1 and the round that height committed in, every signature is a known validator's (once,
+        one that precommitted the block, when the block's last commit is given) over the extension, and
+        they hold more than 2/3 of the voting power."""
         if beacon.height != height - 1:
             raise ErrInvalidBeacon(f"beacon is for height {beacon.height}, the block is {height}")
+        if commit is not None and beacon.round != commit.round:
+            raise ErrInvalidBeacon(f"beacon is for round {beacon.round}; height {beacon.height} committed in round "
+                                   f"{commit.round}")
+        committed = None if commit is None else {v.validator.address for v in commit.votes
+                                                 if v.block_id_flag == COMMIT_FLAG}
         validators = self.validators(ctx)
         message = extension_sign_bytes(ctx.env.chain_id, beacon.height, beacon.round)
         signed, seen = 0, set()
@@ -64,6 +86,8 @@ class BeaconKeeper:
             v = validators.get(vote.validator_address)
             if v is None or vote.validator_address in seen:
                 raise ErrInvalidBeacon(f"vote of unknown or repeated validator {vote.validator_address.hex()}")
+            if committed is not None and vote.validator_address not in committed:
+                raise ErrInvalidBeacon(f"validator {vote.validator_address.hex()} did not precommit that block")
             if not ed25519_verify(v.pub_key, message, vote.extension_signature):
                 raise ErrInvalidBeacon(f"bad extension signature of validator {vote.validator_address.hex()}")
             seen.add(vote.validator_address)
@@ -73,10 +97,11 @@ class BeaconKeeper:
             raise ErrInvalidBeacon(f"beacon carries {signed} of {total} voting power; more than 2/3 needed")
         return seed_of(beacon)
 
-    def take(self, ctx: Ctx, txs: list[bytes], height: int) -> tuple[pb.Beacon | None, bytes, list[bytes]]:
-        """Split a block's txs into its beacon, the seed it gives, and the rest. A block that should carry
-        a beacon and does not carry a valid one raises ErrInvalidBeacon; one that should not gives
-        (None, b"", txs)."""
+    def take(self, ctx: Ctx, txs: list[bytes], height: int, commit: LastCommit | None = None
+             ) -> tuple[pb.Beacon | None, bytes, list[bytes]]:
+        """Split a block's txs into its beacon, the seed it gives, and the rest; commit is the block's last
+        commit (which votes precommitted, in which round). A block that should carry a beacon and does not
+        carry a valid one raises ErrInvalidBeacon; one that should not gives (None, b"", txs)."""
         if not self.expects_beacon(ctx, height):
             return None, b"", txs
         if not txs or not is_beacon_tx(txs[0]):
@@ -85,4 +110,4 @@ class BeaconKeeper:
             beacon = pb.Beacon.FromString(txs[0][len(TX_TAG):])
         except DecodeError as exc:
             raise ErrInvalidBeacon(f"beacon does not decode: {exc}") from None
-        return beacon, self.verify(ctx, beacon, height), txs[1:]
+        return beacon, self.verify(ctx, beacon, height, commit), txs[1:]

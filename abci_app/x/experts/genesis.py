@@ -17,5 +17,8 @@ def init_genesis(ctx: Ctx, keeper: ExpertsKeeper, section: dict[str, Any]) -> No
         raise ValueError("genesis experts.params: need 0 < initial_reputation <= reputation_scale")
     if max(params.alpha_ppm, params.slash_ppm, params.reporter_share_ppm) > PPM:
         raise ValueError(f"genesis experts.params: *_ppm values must be at most {PPM}")
+    if params.max_releases_per_block < 1 or not 1 <= params.default_capacity <= params.max_capacity:
+        raise ValueError("genesis experts.params: max_releases_per_block >= 1 and 1 <= default_capacity <= "
+                         "max_capacity")
     check_domains(sorted(params.domains))
     keeper.set_params(ctx, params)

@@ -266,11 +266,12 @@ class ExpertsKeeper:
 
     # -- work record, slashing ----------------------------------------------------------
 
-    def record_delivered(self, ctx: Ctx, address: bytes) -> None:
+    def record_delivered(self, ctx: Ctx, address: bytes, answer: bool = True) -> None:
+        """Work delivered (an answer revealed, or scores): the run of misses is broken."""
         expert = self.get(ctx, address)
         if expert is not None:
             expert.missed = 0
-            expert.answered += 1
+            expert.answered += 1 if answer else 0
             self.set(ctx, address, expert)
 
     def credit(self, ctx: Ctx, address: bytes, amount: int) -> None:

@@ -19,6 +19,8 @@ def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> 
         raise ValueError("genesis inference.params: windows must be at least one block")
     if params.scorer_share_ppm > PPM or params.quality_threshold > MAX_SCORE:
         raise ValueError(f"genesis inference.params: scorer_share_ppm <= {PPM} and quality_threshold <= {MAX_SCORE}")
+    if params.max_closes_per_block < 1:
+        raise ValueError("genesis inference.params.max_closes_per_block must be at least 1")
     if params.evidence_max_age_blocks < 1 or not 0 < params.max_scorer_weight_ppm <= PPM:
         raise ValueError("genesis inference.params: evidence_max_age_blocks >= 1 and 0 < max_scorer_weight_ppm <= "
                          f"{PPM}")

@@ -243,12 +243,19 @@ class InferenceKeeper:
         if all(e is not None and e.revealed for e in entries):
             self._set_deadline(ctx, q, ctx.env.height)
 
+    def _missed(self, ctx: Ctx, q: pb.Query, round_: int, address: bytes) -> bool:
+        entry = self.answer(ctx, q.id, round_, address)
+        return entry is None or not entry.revealed
+
     def _close_round(self, ctx: Ctx, q: pb.Query) -> None:
-        """End of a reveal window: penalise who did not answer or reveal, then next round or scoring."""
+        """End of a reveal window: penalise who did not answer or reveal (once per query: a query with many
+        rounds must not count as many misses in a row), then next round or scoring."""
         for r in q.respondents:
             address = parse_address(r)
             entry = self.answer(ctx, q.id, q.round, address)
             if entry is None or not entry.revealed:
+                if any(self._missed(ctx, q, n, address) for n in range(1, q.round)):
+                    continue  # already counted for this query
                 reason = "no answer in an assigned round" if entry is None else "committed but never revealed"
                 self.experts.record_missed(ctx, address, q.domain, q.id, reason)
         params = self.params(ctx)
@@ -294,6 +301,7 @@ class InferenceKeeper:
         entry.revealed = True
         entry.scores.extend(msg.scores)
         ctx.kv(STORE).set(score_key(q.id, scorer), entry.SerializeToString())
+        self.experts.record_delivered(ctx, scorer, answer=False)
         ctx.emit(event(EV_SCORES_REVEALED, query_id=q.id, scorer=msg.scorer))
         if all((e := self.score_entry(ctx, q.id, parse_address(s))) is not None and e.revealed for s in q.scorers):
             self._set_deadline(ctx, q, ctx.env.height)
@@ -369,6 +377,8 @@ class InferenceKeeper:
         expires = q.created_height + query_life_blocks(params) + params.evidence_max_age_blocks
         if ctx.env.height > expires:
             raise ErrInvalidEvidence(f"evidence about query {q.id} was accepted until height {expires}")
+        if msg.reporter == msg.expert:
+            raise ErrInvalidEvidence("an expert cannot report itself (it would collect its own reporter share)")
         marker = EQUIVOCATION_PREFIX + be8(q.id) + msg.round.to_bytes(2, "big") + expert
         if ctx.kv(STORE).get(marker) is not None:
             raise ErrDuplicate(f"equivocation of {msg.expert} in query {q.id} round {msg.round} already punished")

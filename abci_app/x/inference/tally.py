@@ -2,11 +2,11 @@
 
 Per answer, the weighted median of the revealed scores is the consensus; each score is clipped to
 within clip_distance of it, and the aggregate is the weighted mean of the clipped scores. A scorer's
-weight is its stake, counted up to the panel's median stake, times its scorer reputation, so scorers who
-keep disagreeing with the consensus lose influence whatever they staked; and no weight may exceed
-max_scorer_weight_ppm of the panel's total (below one half), so no single scorer holds the median:
-scorers holding less than half of the weight cannot move an aggregate further than clip_distance beyond
-the range of the others' scores. A scorer's agreement
+weight is its stake, counted up to the panel's median stake, times its scorer reputation: no bond buys
+more say than a median scorer's, and scorers who keep disagreeing with the aggregates lose influence
+whatever they staked (an optional cap, max_scorer_weight_ppm, bounds any one weight's share). Scorers
+holding less than half of the weight cannot move an aggregate further than clip_distance beyond the
+range of the others' scores. A scorer's agreement
 is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
 the score reaches the quality threshold; scorers slot x agreement; the requester gets the rest back.
 All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores

@@ -103,7 +103,7 @@ def default_params() -> pb.Params:
         scorer_share_ppm=200_000,
         clip_distance=10,
         evidence_max_age_blocks=100,
-        max_scorer_weight_ppm=400_000,
+        max_scorer_weight_ppm=1_000_000,
         max_closes_per_block=500,
         submit_gas_per_task=5_000,
     )

@@ -178,7 +178,8 @@ class Application:
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         """The beacon first (once vote extensions are on), then, in order, the txs that fit in
         max_tx_bytes and will pay: each is executed, messages and all, on the state the ones before it
-        leave, exactly as FinalizeBlock will run them."""
+        leave, as FinalizeBlock will run them. (The block's opening draws are not replayed here: they only
+        take capacity and refund escrow, which can fail a submit's message but never a tx's fee.)"""
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         max_gas = self.auth.params(Ctx(state, env)).max_block_gas

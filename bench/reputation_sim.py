@@ -58,7 +58,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
 
     with tempfile.TemporaryDirectory() as tmp:
         chain = DevChain(Path(tmp) / "sim.db", [*experts, requester], 10**15, {
-            "experts": {"params": {"domains": DOMAINS, **params.get("experts", {})}},
+            "experts": {"params": {"domains": DOMAINS, "default_capacity": 64, **params.get("experts", {})}},
             "inference": {"params": {"commit_blocks": 2, "reveal_blocks": 2,
                                      **params.get("inference", {})}},
         })

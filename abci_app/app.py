@@ -31,7 +31,6 @@ from abci_app.x.beacon.types import encode_tx as encode_beacon
 from wire.tendermint.abci import types_pb2 as abci
 
 ABCI_VERSION = "2.0.0"
-COMMIT_FLAG = 2  # BlockIDFlag COMMIT: the validator precommitted the block
 DECODE_CACHE_ENTRIES = 50_000
 
 
@@ -185,9 +184,7 @@ class Application:
         max_gas = self.auth.params(Ctx(state, env)).max_block_gas
         chosen, size, gas = [], 0, 0
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
-            llc = req.local_last_commit
-            votes = [(v.validator.address, v.extension_signature) for v in llc.votes if v.block_id_flag == COMMIT_FLAG]
-            beacon = encode_beacon(self.beacon.build(Ctx(state, env), votes, req.height, llc.round))
+            beacon = encode_beacon(self.beacon.build(Ctx(state, env), req.local_last_commit, req.height))
             chosen, size = [beacon], len(beacon)
         for raw in req.txs:
             wanted = self._gas_wanted(Ctx(state, env), raw)

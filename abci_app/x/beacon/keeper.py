@@ -10,6 +10,7 @@ from abci_app.context import Ctx
 from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
 from abci_app.x.beacon.types import (
+    COMMIT_FLAG,
     ENABLE_HEIGHT_KEY,
     EXTENSION,
     STORE,
@@ -26,7 +27,6 @@ from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.types import canonical_pb2
 
 LastCommit = abci.CommitInfo
-COMMIT_FLAG = 2  # BlockIDFlag COMMIT: the validator precommitted the block
 
 
 def extension_sign_bytes(chain_id: str, height: int, round_: int) -> bytes:
@@ -56,16 +56,17 @@ class BeaconKeeper:
         return {k[len(VALIDATOR_PREFIX):]: pb.ValidatorKey.FromString(v)
                 for k, v in ctx.kv(STORE).iterate(VALIDATOR_PREFIX)}
 
-    def build(self, ctx: Ctx, votes: list[tuple[bytes, bytes]], height: int, round_: int) -> pb.Beacon:
-        """The beacon a proposer of `height` makes from the previous height's commit: every vote whose
-        extension signature this app itself accepts. CometBFT checks those signatures with laxer ed25519
-        rules (ZIP-215) than ours; a validator that signs in a way only CometBFT accepts is left out
-        here, instead of making every other node reject the block (and stall the chain)."""
+    def build(self, ctx: Ctx, commit: abci.ExtendedCommitInfo, height: int) -> pb.Beacon:
+        """The beacon a proposer of `height` makes from the previous height's extended commit: every
+        precommit whose extension signature this app itself accepts. CometBFT checks those signatures with
+        laxer ed25519 rules (ZIP-215) than ours; a validator that signs in a way only CometBFT accepts is
+        left out here, instead of making every other node reject the block (and stall the chain)."""
         validators = self.validators(ctx)
-        message = extension_sign_bytes(ctx.env.chain_id, height - 1, round_)
-        good = [(a, sig) for a, sig in votes
-                if a in validators and ed25519_verify(validators[a].pub_key, message, sig)]
-        return from_last_commit(good, height - 1, round_)
+        message = extension_sign_bytes(ctx.env.chain_id, height - 1, commit.round)
+        good = [(v.validator.address, v.extension_signature) for v in commit.votes
+                if v.block_id_flag == COMMIT_FLAG and v.validator.address in validators
+                and ed25519_verify(validators[v.validator.address].pub_key, message, v.extension_signature)]
+        return from_last_commit(good, height - 1, commit.round)
 
     def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int, commit: LastCommit | None = None) -> bytes:
         """The seed of a block at `height` whose beacon this is. Raises ErrInvalidBeacon unless it is for

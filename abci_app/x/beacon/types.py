@@ -10,6 +10,8 @@ from wire.llmnet.beacon.v1 import beacon_pb2 as pb
 STORE = "beacon"
 VALIDATOR_PREFIX = b"val/"  # val/<address> -> ValidatorKey
 ENABLE_HEIGHT_KEY = b"enable_height"
+COMMIT_FLAG = 2
+"""BlockIDFlag COMMIT: the validator precommitted the block."""
 EXTENSION = b"llmnet/beacon/v1"
 """What every validator's app puts in its precommit's vote extension (CometBFT signs it)."""
 TX_TAG = b"\x00llmnet-beacon\x00"

@@ -179,3 +179,16 @@ def test_a_beacon_must_come_from_the_round_that_committed(tmp_path: Path) -> Non
         txs=[chain.beacon(chain.height + 1)], height=chain.height + 1, time=Timestamp(seconds=1_700_000_100),
         hash=b"\x06" * 32, proposed_last_commit=chain.last_commit(signers=[0, 1, 2])))
     assert absent.status == abci.ResponseProcessProposal.REJECT
+
+
+def test_a_validator_can_only_extend_its_vote_with_the_beacon_bytes(tmp_path: Path) -> None:
+    """Extensions are not a channel: any other bytes make the vote invalid, so what a validator contributes
+    to the beacon is only its signature, which it cannot choose."""
+    chain = ProtocolChain(tmp_path / "s.db", 1, [DOMAIN])
+    ours = chain.app.extend_vote(abci.RequestExtendVote(height=2)).vote_extension
+    check = chain.app.verify_vote_extension
+    assert check(abci.RequestVerifyVoteExtension(vote_extension=ours)).status == \
+        abci.ResponseVerifyVoteExtension.ACCEPT
+    for other in (b"", ours + b"x", b"grind me"):
+        assert check(abci.RequestVerifyVoteExtension(vote_extension=other)).status == \
+            abci.ResponseVerifyVoteExtension.REJECT

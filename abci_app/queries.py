@@ -47,9 +47,6 @@ class QueryRouter:
                 raise ValueError(f"query path {path} registered twice")
             self._routes[path] = route
 
-    def paths(self) -> list[str]:
-        return sorted(self._routes)
-
     def run(self, ctx: Ctx, path: str, data: bytes) -> bytes:
         """Answer one query. Raises ErrUnknownPath, ErrInvalidRequest or a handler's AppError."""
         route = self._routes.get(path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.message import Message
@@ -44,7 +44,6 @@ class Ledger:
     answered: int = 0
     reputation: int = 0
     spent: int = 0
-    scores: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -129,9 +128,8 @@ def play(w: World, queries: int, wave: int, scorer: Scorer, answerer: Answerer, 
             receipt = w.chain.query("Receipt", qpb.ReceiptRequest(query_id=q.id), qpb.ReceiptResponse).receipt
             for p in receipt.payouts:
                 ledgers.setdefault(p.address, Ledger()).earned += p.amount if p.role != "refund" else 0
-            for i, r in enumerate(q.respondents):
+            for r in q.respondents:
                 ledgers.setdefault(r, Ledger()).answered += 1
-                ledgers[r].scores.append(int(receipt.scores[i]))
             ledgers.setdefault(asker.address, Ledger()).spent += FEE - sum(
                 p.amount for p in receipt.payouts if p.role == "refund")
     for k in w.experts:

@@ -135,10 +135,6 @@ def receipt_key(query_id: int) -> bytes:
     return RECEIPT_PREFIX + be8(query_id)
 
 
-def deadline_key(height: int, query_id: int) -> bytes:
-    return DEADLINE_PREFIX + be8(height) + be8(query_id)
-
-
 def _field(data: bytes) -> bytes:
     """Length-prefixed, so no two different field lists hash alike."""
     return len(data).to_bytes(4, "big") + data

@@ -62,9 +62,9 @@ test-fast: proto
 bench: install
 	$(PY) bench/tps.py
 
-# One LoRA expert per domain of ../shared/data/domains, reused when inputs are unchanged.
+# One LoRA expert per domain of data/domains, reused when inputs are unchanged.
 experts: install
-	$(VENV)/bin/llmnet-expert build-domains --domains-dir $(CURDIR)/../shared/data/domains --out experts/adapters
+	$(VENV)/bin/llmnet-expert build-domains --domains-dir $(CURDIR)/data/domains --out experts/adapters
 
 # The main job: a 4-validator chain whose LoRA and base-model experts answer real questions (see README).
 demo: install experts

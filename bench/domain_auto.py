@@ -1,6 +1,6 @@
 """`llmnet ask --domain auto` routing accuracy on every training question of the shipped domains.
 
-    python bench/domain_auto.py [--domains-dir ../shared/data/domains] [--json]
+    python bench/domain_auto.py [--domains-dir data/domains] [--json]
 
 Baseline in the same run: the same embedding model matching each question against the bare domain
 names instead of their descriptions. Also prints the time to load the model and to route one question.
@@ -28,7 +28,7 @@ def accuracy(questions: list[tuple[str, str]], domains: list[str], descriptions:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--domains-dir", default=str(ROOT.parent / "shared" / "data" / "domains"))
+    ap.add_argument("--domains-dir", default=str(ROOT / "data" / "domains"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     root = Path(args.domains_dir)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_NODE = "127.0.0.1:9090"
+# The repository's own domains, so a fresh clone builds its experts without outside data.
+DEFAULT_DOMAINS_DIR = Path(__file__).resolve().parents[1] / "data" / "domains"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", choices=("text", "json"), default="text")
 
     bd = sub.add_parser("build-domains", help="train or reuse one adapter per domain folder and report accuracy")
-    bd.add_argument("--domains-dir", default="../shared/data/domains", help="folders holding qa_train.jsonl")
+    bd.add_argument("--domains-dir", default=str(DEFAULT_DOMAINS_DIR),
+                    help="folders holding qa_train.jsonl (default: the repository's data/domains)")
     bd.add_argument("--out", default="experts/adapters", help="adapters go to OUT/<domain>, report to OUT/report.json")
     bd.add_argument("--base", default="embedded")
     bd.add_argument("--epochs", type=int, default=6)

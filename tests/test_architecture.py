@@ -159,3 +159,16 @@ def test_no_product_function_is_over_60_lines() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and (node.end_lineno or 0) - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, long
+
+
+def test_the_product_and_demo_need_nothing_outside_the_repository() -> None:
+    # A clone from the public home has no ../shared: no product, tool, bench or Makefile line may reach it.
+    places = [p for d in (*PRODUCT, "tools", "bench") for p in (ROOT / d).rglob("*.py")]
+    places += [ROOT / "Makefile", ROOT / "README.md"]
+    outside = [str(p.relative_to(ROOT)) for p in places if "../shared" in p.read_text() or
+               '"shared"' in p.read_text()]
+    assert outside == []
+    from experts.cli import DEFAULT_DOMAINS_DIR
+    domains = sorted(p.name for p in DEFAULT_DOMAINS_DIR.iterdir() if (p / "qa_train.jsonl").is_file())
+    assert domains == ["island-herbalism", "kestrel-lang", "orbital-logistics"]
+    assert DEFAULT_DOMAINS_DIR.is_relative_to(ROOT)

@@ -35,7 +35,7 @@ def test_questions_go_to_their_domain(embed: Embedder) -> None:
     descriptions = load_descriptions()
     wrong = [(q, domain, got) for domain, qs in QUESTIONS.items() for q in qs
              if (got := choose(q, DOMAINS, descriptions, embed).domain) != domain]
-    # bench/domain_auto.py measures the same on all 628 training questions of ../shared/data/domains.
+    # bench/domain_auto.py measures the same on all 628 training questions of data/domains.
     assert len(wrong) <= 2, wrong
 
 

@@ -75,7 +75,8 @@ class Keepers:
 
 def modules(k: Keepers) -> list[Module]:
     return [
-        Module(AUTH, auth_handler.msg_specs(k.auth), auth_query.Querier(k.auth).routes(),
+        Module(AUTH, auth_handler.msg_specs(k.auth),
+               auth_query.Querier(k.auth, lambda ctx, a: k.bank.balance(ctx, a) > 0).routes(),
                lambda ctx, s: auth_genesis.init_genesis(ctx, k.auth, s), k.auth.params),
         Module(BANK, bank_handler.msg_specs(k.bank), bank_query.Querier(k.bank).routes(),
                lambda ctx, s: bank_genesis.init_genesis(ctx, k.bank, s), k.bank.params),

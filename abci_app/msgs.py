@@ -9,6 +9,10 @@ from typing import Any
 from google.protobuf.message import Message
 
 from abci_app.context import Ctx
+from abci_app.events import Event, event
+
+EV_MESSAGE = "message"
+"""Every message that runs: action (its type URL), sender (its signer), module."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,16 @@ class MsgSpec:
     @property
     def type_url(self) -> str:
         return "/" + self.cls.DESCRIPTOR.full_name
+
+    @property
+    def module(self) -> str:
+        """The module a message belongs to, read from its package as Cosmos does (llmnet.bank.v1 -> bank)."""
+        return self.cls.DESCRIPTOR.full_name.split(".")[1]
+
+    def message_event(self, sender: str) -> Event:
+        """The Cosmos `message` event every message emits before it runs, so that
+        `tx_search "message.sender='llm1…'"` or `message.action='/llmnet…'` finds any tx."""
+        return event(EV_MESSAGE, action=self.type_url, sender=sender, module=self.module)
 
 
 class MsgRegistry:

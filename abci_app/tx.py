@@ -47,6 +47,8 @@ def _parse(cls: Any, raw: bytes, what: str) -> Any:
 
 def decode_tx(raw: bytes, registry: MsgRegistry) -> DecodedTx:
     """Parse and statelessly check a tx. Raises TxError subclasses or a module's validation error."""
+    if not raw:
+        raise ErrTxDecode("empty tx")
     tx = _parse(tx_pb2.Tx, raw, "tx envelope")
     if tx.SerializeToString() != raw:
         raise ErrTxDecode("tx envelope is not canonically encoded")

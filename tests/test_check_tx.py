@@ -64,7 +64,7 @@ Case = tuple[str, Callable[[Harness], bytes], type]
 CHECK_TX_CASES: list[Case] = [
     ("random bytes", lambda h: b"\xff\x00garbage\x13", ErrTxDecode),
     ("truncated protobuf", lambda h: h.send_tx(0, 1, 5)[:-7], ErrTxDecode),
-    ("empty", lambda h: b"", ErrInvalidPubKey),
+    ("empty", lambda h: b"", ErrTxDecode),
     ("bad signature", lambda h: _flip_sig(h.send_tx(0, 1, 5)), ErrUnauthorized),
     ("wrong chain id", lambda h: h.send_tx(0, 1, 5, chain_id="other-chain"), ErrUnauthorized),
     ("signer is not the sender", _other_signer, ErrUnauthorized),

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
-from llmnet.client.keys import Keyring, KeyringError
+from llmnet.client.keys import Key, Keyring, KeyringError
 from llmnet.client.sdk import Client, Sender
 from llmnet.client.txbuilder import send_msg
 from llmnet.node.localnet import Localnet
@@ -172,8 +174,11 @@ def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
             query.Balance(query_pb2.BalanceRequest(address="nonsense"))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         fresh = Keyring(net.manifest()["keyring"]).record("user2")["address"]
+        unsigned = query.Account(query_pb2.AccountRequest(address=fresh))  # funded, never signed: as in Cosmos
+        assert unsigned.account.address == fresh and unsigned.account.sequence == 0
+        assert not unsigned.account.public_key
         with pytest.raises(grpc.RpcError) as missing:
-            query.Account(query_pb2.AccountRequest(address=fresh))  # funded, never signed
+            query.Account(query_pb2.AccountRequest(address=Key.generate("nobody").address))  # holds nothing
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         txs = service_pb2_grpc.TxServiceStub(ch)
         with pytest.raises(grpc.RpcError) as empty:
@@ -211,3 +216,66 @@ def test_register_expert_and_protocol_queries_through_the_cli(net: Localnet) -> 
     assert missing.returncode == 1 and "no query 999" in missing.stderr
     jail = cli(*opts(net), "tx", "unjail", "user1")
     assert jail.returncode == 1 and "not jailed" in (jail.stdout + jail.stderr)
+
+
+def _rpc(net: Localnet, method: str, **params: str) -> dict:  # type: ignore[type-arg]
+    url = f"http://{net.manifest()['nodes'][0]['rpc']}/{method}"
+    return httpx.get(url, params=params, timeout=10).json()
+
+
+def test_every_message_is_found_by_tx_search_over_cometbft_rpc(net: Localnet) -> None:
+    """Cosmos conventions where users look for them: `message.sender`, `message.action` and `message.module`
+    find any tx (bank, experts), and the fee carries its denom."""
+    ring = Keyring(net.manifest()["keyring"])
+    sender = ring.record("user2")["address"]
+    sent = json.loads(cli(*opts(net), "tx", "send", "user2", sender, "5", "--output", "json").stdout)
+    reg = cli(*opts(net), "tx", "register-expert", "user2", "--domains", "kestrel-lang", "--endpoint", "h:2",
+              "--base-model", "m", "--adapter-sha256", "0e" * 32, "--bond", "2000000", "--output", "json")
+    assert reg.returncode == 0, reg.stderr
+    found = _rpc(net, "tx_search", query=f"\"message.sender='{sender}'\"", per_page="100")["result"]
+    by_hash = {t["hash"]: t for t in found["txs"]}
+    assert sent["tx_hash"].upper() in by_hash and json.loads(reg.stdout)["tx_hash"].upper() in by_hash
+    for tx in by_hash.values():
+        events = {(e["type"], a["key"]): a["value"] for e in tx["tx_result"]["events"] for a in e["attributes"]}
+        assert events[("message", "sender")] == sender
+        assert events[("message", "action")].startswith("/llmnet.") and events[("message", "module")] in (
+            "bank", "experts")
+        assert events[("tx", "fee")].endswith("ullm") and events[("tx", "fee")][:-4].isdigit()
+    actions = _rpc(net, "tx_search", query="\"message.action='/llmnet.experts.v1.MsgRegisterExpert'\"")
+    assert int(actions["result"]["total_count"]) >= 1
+    by_module = _rpc(net, "tx_search", query=f"\"message.module='bank' AND message.sender='{sender}'\"")
+    assert [t["hash"] for t in by_module["result"]["txs"]] == [sent["tx_hash"].upper()]
+
+
+def test_an_empty_tx_is_a_decode_error(net: Localnet) -> None:
+    reply = _rpc(net, "broadcast_tx_sync", tx="0x")
+    result = reply.get("result") or {}
+    assert (result.get("code"), result.get("codespace")) == (2, "tx"), reply
+    assert "empty tx" in result.get("log", "")
+
+
+def test_prometheus_series_stay_bounded_and_carry_the_status(net: Localnet) -> None:
+    node = net.manifest()["nodes"][0]
+    with grpc.insecure_channel(node["grpc"]) as ch:
+        for n in range(20):  # invented method names must not become series of their own
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary(f"/evil.Service/Method{n}")(b"")
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        query = query_pb2_grpc.QueryServiceStub(ch)
+        with pytest.raises(grpc.RpcError):
+            query.Account(query_pb2.AccountRequest(address=Key.generate("nobody2").address))
+        query.Supply(query_pb2.SupplyRequest())
+    text = httpx.get(f"http://{node['metrics']}/metrics", timeout=10).text
+    samples = [s for f in text_string_to_metric_families(text) if f.name == "llmnet_grpc_requests"
+               for s in f.samples if s.name.endswith("_total")]
+    methods = {s.labels["method"] for s in samples}
+    assert "unknown" in methods and not any("evil" in m for m in methods)
+    assert all(m == "unknown" or m.startswith(("/llmnet.", "/grpc.")) for m in methods)
+    codes = {(s.labels["method"], s.labels["code"]) for s in samples}
+    assert ("unknown", "UNIMPLEMENTED") in codes
+    assert ("/llmnet.query.v1.QueryService/Account", "NOT_FOUND") in codes
+    assert ("/llmnet.query.v1.QueryService/Supply", "OK") in codes
+    comet = httpx.get(f"http://{node['cometbft_metrics']}/metrics", timeout=10).text  # CometBFT's own
+    heights = [s.value for f in text_string_to_metric_families(comet) if f.name == "cometbft_consensus_height"
+               for s in f.samples]
+    assert heights and heights[0] > 1

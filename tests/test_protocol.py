@@ -143,6 +143,7 @@ def test_one_miss_costs_reputation_and_misses_in_a_row_jail_and_slash(chain: Pro
             break
     expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
     assert expert.status == ex.EXPERT_STATUS_JAILED and expert.slashed == BOND // 100
+    assert expert.missed == 2  # the run of misses that jailed it stays readable
     supply_after, balances = total_supply_and_balances(chain)
     assert supply_after == supply_before - BOND // 100 == balances  # the slash is an explicit burn
     for _ in range(3):  # jailed experts are never drawn
@@ -221,13 +222,14 @@ def test_recent_queries_newest_first_with_paging(chain: ProtocolChain) -> None:
 def test_events_are_the_declared_contract(chain: ProtocolChain) -> None:
     """Other processes parse events by the constants in each module's types.py: every kind a query's
     life emits is declared there, and the attributes the expert daemon reads are on the events."""
+    from abci_app import msgs
     from abci_app.x.auth import types as auth_types
     from abci_app.x.bank import types as bank_types
     from abci_app.x.experts import types as experts_types
     from abci_app.x.inference import types as inference_types
     from llmnet.client.events import find
 
-    declared = {v for m in (auth_types, bank_types, experts_types, inference_types)
+    declared = {v for m in (msgs, auth_types, bank_types, experts_types, inference_types)
                 for k, v in vars(m).items() if k.startswith("EV_")}
     seen: list[object] = []
     original = chain.finalize
@@ -245,7 +247,7 @@ def test_events_are_the_declared_contract(chain: ProtocolChain) -> None:
     kinds = {e.type for e in seen}  # type: ignore[attr-defined]
     assert kinds <= declared, kinds - declared
     assert {inference_types.EV_QUERY_ASSIGNED, inference_types.EV_SCORING_STARTED,
-            inference_types.EV_QUERY_SETTLED, experts_types.EV_REPUTATION} <= kinds
+            inference_types.EV_QUERY_SETTLED, experts_types.EV_REPUTATION, msgs.EV_MESSAGE} <= kinds
     for kind, names in ((inference_types.EV_QUERY_ASSIGNED, inference_types.ATTR_RESPONDENTS),
                         (inference_types.EV_SCORING_STARTED, inference_types.ATTR_SCORERS)):
         (attrs,) = find(seen, kind)

@@ -128,13 +128,48 @@ def _query_handler(app: Application, path: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(handle)
 
 
+UNKNOWN_METHOD = "unknown"
+
+
 class _Counting(grpc.aio.ServerInterceptor):
+    """Counts requests by method and status code. The method label takes only names this server serves,
+    so a client inventing method names cannot create unbounded series; streams count as they open."""
+
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
+        self.known: frozenset[str] = frozenset()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        self.metrics.grpc.labels(details.method).inc()
-        return await continuation(details)
+        handler = await continuation(details)
+        method = details.method if details.method in self.known else UNKNOWN_METHOD
+        if handler is None:
+            self.metrics.grpc.labels(method, grpc.StatusCode.UNIMPLEMENTED.name).inc()
+            return None
+        if handler.unary_unary is None:
+            self.metrics.grpc.labels(method, "stream").inc()
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._counted(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer)
+
+    def _counted(self, behaviour: Any, method: str) -> Any:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(request, context)
+            finally:
+                code = context.code()
+                name = code.name if isinstance(code, grpc.StatusCode) else (
+                    grpc.StatusCode.OK.name if code in (None, 0) else grpc.StatusCode.UNKNOWN.name)
+                self.metrics.grpc.labels(method, name).inc()
+
+        return run
+
+
+def served_methods(services: tuple[str, ...]) -> frozenset[str]:
+    """Full method names (/package.Service/Method) of the services this server registers, reflection included."""
+    files = [service_pb2.DESCRIPTOR, node_pb2.DESCRIPTOR, query_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
+    names = {f"/{s.full_name}/{m.name}" for fd in files for s in fd.services_by_name.values() for m in s.methods
+             if s.full_name in services}
+    return frozenset(names | {f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"})
 
 
 @dataclass
@@ -156,7 +191,8 @@ class NodeAPI:
 def create_server(app: Application, address: str, rpc: CometRPC,
                   metrics: NodeMetrics | None = None) -> tuple[NodeAPI, int]:
     """Build the API server bound to address (port 0 picks a free port). Returns (api, port)."""
-    server = grpc.aio.server(interceptors=[_Counting(metrics)] if metrics else [])
+    counting = _Counting(metrics) if metrics else None
+    server = grpc.aio.server(interceptors=[counting] if counting else [])
     service_pb2_grpc.add_TxServiceServicer_to_server(TxServicer(app, rpc), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, rpc.url), server)
     methods = {name: _query_handler(app, f"/{QUERY_SERVICE}/{name}")
@@ -170,6 +206,8 @@ def create_server(app: Application, address: str, rpc: CometRPC,
         QUERY_SERVICE,
     )
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if counting:
+        counting.known = served_methods((*services, health.SERVICE_NAME))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC API to {address}")

@@ -1,9 +1,9 @@
 """`llmnetd localnet`: an N-validator network on loopback for development and tests.
 
-Node i lives in DIR/node<i> and uses ports base+10i (p2p), +1 (CometBFT RPC), +2 (ABCI),
-+3 (gRPC API), +4 (metrics), +5 (web explorer). Each node is two processes, the app and CometBFT, started in their
-own sessions with pids and logs beside their home. DIR/localnet.json tells tools where things
-are; DIR/keyring holds the funded test keys (plaintext: test use only).
+Node i lives in DIR/node<i> and uses ports base+10i (p2p), +1 (CometBFT RPC), +2 (ABCI), +3 (gRPC API),
++4 (app metrics), +5 (web explorer), +6 (CometBFT's own Prometheus metrics). Each node is two processes,
+the app and CometBFT, started in their own sessions with pids and logs beside their home. DIR/localnet.json
+tells tools where things are; DIR/keyring holds the funded test keys (plaintext: test use only).
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ class Ports:
     grpc: int
     metrics: int
     explorer: int
+    cometbft_metrics: int
 
     @classmethod
     def for_node(cls, base: int, i: int) -> Ports:
         b = base + 10 * i
-        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5)
+        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
 
 
 def node_id(home: Path) -> str:
@@ -102,6 +103,8 @@ def _configure(home: Path, ports: Ports, peers: list[str], consensus: dict[str, 
         "allow_duplicate_ip": True, "addr_book_strict": False,
     })
     text = set_toml_values(text, "consensus", consensus)
+    text = set_toml_values(text, "instrumentation", {
+        "prometheus": True, "prometheus_listen_addr": f"127.0.0.1:{ports.cometbft_metrics}"})
     if proxy_app:
         text = set_toml_values(text, "", {"proxy_app": proxy_app})
     if mempool_size:
@@ -149,7 +152,7 @@ class Localnet:
             "nodes": [
                 {"home": str(h), "rpc": f"127.0.0.1:{p.rpc}", "grpc": f"127.0.0.1:{p.grpc}",
                  "p2p": f"127.0.0.1:{p.p2p}", "abci": f"127.0.0.1:{p.abci}", "metrics": f"127.0.0.1:{p.metrics}",
-                 "explorer": f"http://127.0.0.1:{p.explorer}/"}
+                 "cometbft_metrics": f"127.0.0.1:{p.cometbft_metrics}", "explorer": f"http://127.0.0.1:{p.explorer}/"}
                 for h, p in nodes
             ],
             "keys": [k.name for k in keys],

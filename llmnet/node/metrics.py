@@ -20,7 +20,9 @@ class NodeMetrics:
         )
         self.height = Gauge("llmnet_block_height", "Last committed block height", registry=self.registry)
         self.grpc = Counter(
-            "llmnet_grpc_requests_total", "gRPC API requests received, by method", ["method"],
+            "llmnet_grpc_requests_total",
+            "gRPC API requests, by method (a served method's full name, else 'unknown') and status code name",
+            ["method", "code"],
             registry=self.registry,
         )
 

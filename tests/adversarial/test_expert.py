@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from abci_app.crypto import parse_address
 from abci_app.x.inference.types import ErrCommitMismatch, ErrInvalidEvidence, default_params, query_life_blocks
 from experts.daemon import PEER_ANSWER_CHARS, answer_prompt
 from llmnet.client import protocol
@@ -146,6 +147,23 @@ def test_a_query_counts_once_however_many_rounds_it_missed(chain: ProtocolChain)
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT, limit=40)
     record = _expert(chain, absent)
     assert record.missed == 1 and record.status == ex.EXPERT_STATUS_ACTIVE and record.slashed == 0
+
+
+def test_work_revealed_after_a_jail_keeps_the_run_of_misses_readable(chain: ProtocolChain) -> None:
+    """An expert back from an outage reveals answers it committed before: that must not hide the misses
+    it was jailed and slashed for (they stay until it unjails)."""
+    from abci_app.context import BlockEnv, Ctx
+    from abci_app.store.state import State
+
+    lazy = chain.experts[0]
+    ctx = Ctx(State(chain.app.committed), BlockEnv(CHAIN_ID, chain.height, 0, b""))
+    keeper = chain.app.experts
+    for query_id in (1, 2):  # max_missed is 2 here
+        keeper.record_missed(ctx, parse_address(lazy.address), DOMAIN, query_id, "no answer")
+    record = keeper.get(ctx, parse_address(lazy.address))
+    assert record.status == ex.EXPERT_STATUS_JAILED and record.slashed > 0 and record.missed == 2
+    keeper.record_delivered(ctx, parse_address(lazy.address))
+    assert keeper.get(ctx, parse_address(lazy.address)).missed == 2
 
 
 def test_revealed_scores_break_a_run_of_misses(tmp_path: Path) -> None:

@@ -101,4 +101,5 @@ class AnteHandler:
         account.public_key = tx.auth.public_key
         account.sequence += 1
         self.auth.set_account(ctx, address, account)
-        ctx.emit(event(EV_TX, fee=fee.amount, fee_payer=tx.signer, acc_seq=f"{tx.signer}/{tx.auth.sequence}"))
+        ctx.emit(event(EV_TX, fee=f"{fee.amount}{self.bank.denom(ctx)}", fee_payer=tx.signer,
+                       acc_seq=f"{tx.signer}/{tx.auth.sequence}"))

@@ -12,7 +12,7 @@ FEE_COLLECTOR = b"\x00" * 19 + b"\x01"
 """Module account that receives fees (no key can sign for it)."""
 
 EV_TX = "tx"
-"""Every executed tx: attributes fee, fee_payer, acc_seq."""
+"""Every executed tx: attributes fee (amount and denom, as `2000ullm`), fee_payer, acc_seq."""
 
 
 def default_params() -> auth_pb2.Params:

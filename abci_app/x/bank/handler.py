@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from abci_app.context import Ctx
 from abci_app.crypto import parse_address
-from abci_app.events import event
 from abci_app.msgs import MsgSpec
 from abci_app.x.bank.keeper import BankKeeper
-from abci_app.x.bank.types import EV_MESSAGE, ErrSendDisabled, validate_send
+from abci_app.x.bank.types import ErrSendDisabled, validate_send
 from wire.llmnet.bank.v1 import bank_pb2
 
 
@@ -16,6 +15,5 @@ def msg_specs(keeper: BankKeeper) -> list[MsgSpec]:
         if not keeper.params(ctx).send_enabled:
             raise ErrSendDisabled("transfers are disabled by the bank.send_enabled param")
         keeper.move(ctx, parse_address(msg.from_address), parse_address(msg.to_address), msg.amount)
-        ctx.emit(event(EV_MESSAGE, module="bank", action="send", sender=msg.from_address))
 
     return [MsgSpec(cls=bank_pb2.MsgSend, signer=lambda m: m.from_address, validate=validate_send, handle=send)]

@@ -17,8 +17,6 @@ EV_TRANSFER = "transfer"
 """Tokens moved: sender, recipient, amount (with denom)."""
 EV_BURN = "burn"
 """Tokens destroyed (slashing): burner, amount."""
-EV_MESSAGE = "message"
-"""A message ran: module, action, sender."""
 
 
 class BankError(AppError):

@@ -267,10 +267,13 @@ class ExpertsKeeper:
     # -- work record, slashing ----------------------------------------------------------
 
     def record_delivered(self, ctx: Ctx, address: bytes, answer: bool = True) -> None:
-        """Work delivered (an answer revealed, or scores): the run of misses is broken."""
+        """Work delivered (an answer revealed, or scores): the run of misses is broken. Not while jailed: an
+        expert coming back from an outage still reveals what it committed before, and the run that jailed it
+        must stay readable until it unjails."""
         expert = self.get(ctx, address)
         if expert is not None:
-            expert.missed = 0
+            if expert.status != Status.EXPERT_STATUS_JAILED:
+                expert.missed = 0
             expert.answered += 1 if answer else 0
             self.set(ctx, address, expert)
 

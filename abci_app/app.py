@@ -20,8 +20,9 @@ from abci_app.events import Event
 from abci_app.modules import Keepers, modules, params_routes
 from abci_app.msgs import MsgRegistry
 from abci_app.queries import QueryRouter
-from abci_app.store.db import CommittedStore, StagedCommit
+from abci_app.store.db import KEEP_RECENT, CommittedStore, StagedCommit
 from abci_app.store.state import State
+from abci_app.store.versions import VersionView
 from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
 from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
@@ -49,14 +50,14 @@ def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
 
 
 class Application:
-    def __init__(self, db_path: str | Path) -> None:
+    def __init__(self, db_path: str | Path, keep_recent: int = KEEP_RECENT) -> None:
         keepers = Keepers.new()
         self.auth, self.bank, self.experts, self.inference = (keepers.auth, keepers.bank, keepers.experts,
                                                               keepers.inference)
         self.beacon = keepers.beacon
         self.modules = modules(keepers)
         self.stores = tuple(m.name for m in self.modules)
-        self.committed = CommittedStore(db_path, self.stores)
+        self.committed = CommittedStore(db_path, self.stores, keep_recent)
         self.registry = MsgRegistry()
         self.router = QueryRouter()
         for module in self.modules:
@@ -97,31 +98,51 @@ class Application:
         )
 
     def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
-        """Answer from committed state only. `/store/<name>/key` returns raw values (with
-        simple:v ProofOps when prove is set); other paths are typed queries by method name."""
-        height = self.committed.height
+        """Answer from committed state, at the latest height or a recent one still kept (keep_recent).
+        `/store/<name>/key` returns raw values (with simple:v ProofOps when prove is set); other paths
+        are typed queries by method name."""
+        height = self.query_height(req)
+        resp = self._answer(req, height)
+        if resp.code and height != self.committed.height and not req.height:
+            # Written in the latest block: answer there (its proof checks once the next header is out).
+            resp = self._answer(req, self.committed.height)
+        return resp
+
+    def _answer(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
         try:
-            if req.height not in (0, height):
-                raise ErrHeightUnavailable(f"only the latest height {height} is queryable, asked {req.height}")
-            ctx = Ctx(State(self.committed), self._env(height, self.last_time_ns))
+            reader = self.committed if height == self.committed.height else VersionView(self.committed, height)
             if req.path.startswith("/store/"):
-                return self._query_store(req, height)
+                return self._query_store(req, height, reader)
+            ctx = Ctx(State(reader), self._env(height, self.last_time_ns))
             value = self.router.run(ctx, req.path, req.data)
             return abci.ResponseQuery(value=value, height=height)
-        except AppError as err:
+        except (AppError, ValueError) as err:
+            err = err if isinstance(err, AppError) else ErrHeightUnavailable(str(err))
             return abci.ResponseQuery(code=err.code, codespace=err.codespace, log=err.log, height=height)
 
-    def _query_store(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
+    def query_height(self, req: abci.RequestQuery) -> int:
+        """The height a query is answered at. A proof asked for without a height is answered one height
+        below the latest (unless the key is new there): the app hash of height H is only in header H+1, so
+        a light client (`cometbft light`) can check H-1 at once and H only after the next block."""
+        latest = self.committed.height
+        if req.height:
+            return req.height
+        if req.prove and latest - 1 >= max(1, self.committed.oldest_height()):
+            return latest - 1
+        return latest
+
+    def _query_store(self, req: abci.RequestQuery, height: int, reader: CommittedStore | VersionView,
+                     ) -> abci.ResponseQuery:
         parts = req.path.split("/")
         if len(parts) != 4 or parts[3] != "key" or parts[2] not in self.stores:
             raise ErrInvalidRequest(f"store path must be /store/<{'|'.join(self.stores)}>/key, got {req.path!r}")
         store = parts[2]
-        value = self.committed.get(store, req.data)
+        value = reader.get(store, req.data)
         if value is None:
-            raise ErrNotFound(f"no value at key {req.data.hex()} in store {store}")
+            raise ErrNotFound(f"no value at key {req.data.hex()} in store {store} at height {height}")
         resp = abci.ResponseQuery(key=req.data, value=value, height=height)
         if req.prove:
-            resp.proof_ops.ops.extend(self.committed.prove(store, req.data))
+            resp.proof_ops.ops.extend(reader.prove(store, req.data))
         return resp
 
     # -- connection: mempool ------------------------------------------------------------
@@ -308,6 +329,7 @@ class Application:
                 try:
                     with state.scope():
                         for spec, msg in tx.msgs:
+                            ctx.emit(spec.message_event(tx.signer))
                             spec.handle(ctx, msg)
                 except AppError as err:
                     if not keep_failed_msgs:

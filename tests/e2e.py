@@ -6,6 +6,9 @@ import base64
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,3 +69,35 @@ def prove_key(net: Localnet, node: int, store: str, key: bytes, proofcheck: str)
     out = subprocess.run([proofcheck], input=json.dumps(payload), capture_output=True, text=True)
     assert out.returncode == 0, f"CometBFT proof runtime rejected the proof: {out.stdout}{out.stderr}"
     return value
+
+
+@contextmanager
+def light_proxy(cometbft: str, net: Localnet, home: Path, primary: int = 0, witness: int = 0) -> Iterator[str]:
+    """CometBFT's own light client proxy (`cometbft light`) in front of node `primary`, trusting block 1;
+    yields its RPC URL once it answers."""
+    from llmnet.client.comet import comet_get
+    from tests.conftest import free_port
+
+    nodes = net.manifest()["nodes"]
+    rpc_url, witness_url = f"http://{nodes[primary]['rpc']}", f"http://{nodes[witness]['rpc']}"
+    while int(comet_get(rpc_url, "status")["sync_info"]["latest_block_height"]) < 3:
+        time.sleep(0.2)
+    trusted = comet_get(rpc_url, "commit", height=1)["signed_header"]["commit"]["block_id"]["hash"]
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([cometbft, "light", net.manifest()["chain_id"], "-p", rpc_url, "-w", witness_url,
+                             "--height", "1", "--hash", trusted, "--laddr", f"tcp://{address}",
+                             "--home-dir", str(home)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                comet_get(f"http://{address}", "commit", height=2)
+                break
+            except Exception:  # noqa: BLE001 - the proxy is still starting
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        yield f"http://{address}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

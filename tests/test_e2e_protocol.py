@@ -7,17 +7,24 @@ domains. Everything goes through the nodes' gRPC API as signed txs.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
+from abci_app.crypto import parse_address
+from abci_app.x.bank.types import balance_key
 from abci_app.x.inference.types import receipt_key
 from llmnet.client import protocol
 from llmnet.client.events import query_ids
+from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.node.localnet import Localnet
-from tests.e2e import header_app_hash, keys, prove_key
+from tests.e2e import header_app_hash, keys, light_proxy, prove_key, rpc
+from wire.llmnet.bank.v1 import bank_pb2
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2 as q
@@ -174,3 +181,39 @@ def test_twenty_queries_settle_with_slashing_and_reputation(net: Localnet, proof
     finally:
         for n in nodes:
             n.close()
+
+
+def _proxied(proxy: str, store: str, key: bytes, height: int | None = None) -> dict:  # type: ignore[type-arg]
+    """abci_query through the light proxy; it verifies the proof against a header it verified itself."""
+    params = {"path": f'"/store/{store}/key"', "data": "0x" + key.hex()}
+    if height is not None:
+        params["height"] = str(height)
+    return httpx.get(f"{proxy}/abci_query", params=params, timeout=60).json()
+
+
+def test_cometbft_light_proxy_serves_verified_reads(net: Localnet, cometbft: str, tmp_path: Path) -> None:
+    """A real `cometbft light` proxy in front of a node: a balance and a receipt come back verified, at the
+    default height and at an older kept one; a missing key is never passed off as verified."""
+    requester = keys(net)[0]
+    node = Client(net.manifest()["nodes"][0]["grpc"])
+    try:
+        settled = [x.id for x in node.query.RecentQueries(q.RecentQueriesRequest(limit=50)).queries
+                   if x.phase == inf.PHASE_SETTLED]
+        assert settled, "the protocol test settles queries first"
+        receipt = node.query.Receipt(q.ReceiptRequest(query_id=settled[0])).receipt
+        with light_proxy(cometbft, net, tmp_path / "light", primary=0, witness=1) as proxy:
+            bal = _proxied(proxy, "bank", balance_key(parse_address(requester.address)))["result"]["response"]
+            height = int(bal["height"])
+            assert height > 0 and bal["proofOps"]["ops"]
+            direct = rpc(net, 1, "abci_query", path='"/llmnet.query.v1.QueryService/Balance"', height=str(height),
+                         data="0x" + q.BalanceRequest(address=requester.address).SerializeToString().hex())
+            amount = q.BalanceResponse.FromString(base64.b64decode(direct["response"]["value"])).amount
+            assert bank_pb2.Balance.FromString(base64.b64decode(bal["value"])).amount == amount > 0
+            rec = _proxied(proxy, "inference", receipt_key(settled[0]))["result"]["response"]
+            assert base64.b64decode(rec["value"]) == receipt.SerializeToString()
+            older = _proxied(proxy, "bank", balance_key(parse_address(requester.address)), height - 3)
+            assert int(older["result"]["response"]["height"]) == height - 3
+            missing = _proxied(proxy, "bank", balance_key(parse_address(Key.generate("nobody").address)))
+            assert "error" in missing and "result" not in missing, missing  # refused, not served as if verified
+    finally:
+        node.close()

@@ -3,6 +3,10 @@
 Rows are (store, key, value, pos); pos is the key's leaf position in its store's Merkle tree and
 never changes, and a deleted key keeps its row with a NULL value. The Merkle node cache is
 rebuilt from these rows at open, so nothing beside the database can disagree with it.
+
+Recent heights stay readable: each Commit also records the value every rewritten key had before it
+(`history`) and every tree's size (`sizes`), pruned past keep_recent heights. A view of height v
+(versions.py) is the current rows with those older values put back and the trees cut to their size at v.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from abci_app.store.merkle import (
     MerkleLog,
@@ -30,7 +35,16 @@ CREATE TABLE IF NOT EXISTS kv (
   PRIMARY KEY (store, key)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS kv_pos ON kv (store, pos);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+  store TEXT NOT NULL, key BLOB NOT NULL, height INTEGER NOT NULL, old BLOB,
+  PRIMARY KEY (store, key, height)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_height ON history (height);
+CREATE TABLE IF NOT EXISTS sizes (
+  height INTEGER NOT NULL, store TEXT NOT NULL, size INTEGER NOT NULL,
+  PRIMARY KEY (height, store)) WITHOUT ROWID;
 """
+KEEP_RECENT = 100
+"""Heights kept queryable (and provable) below the latest, as Cosmos' pruning-keep-recent."""
 
 
 @dataclass
@@ -56,7 +70,10 @@ def multistore_root(store_roots: Mapping[str, bytes]) -> bytes:
 
 
 class CommittedStore:
-    def __init__(self, path: str | Path, store_names: Iterable[str]) -> None:
+    def __init__(self, path: str | Path, store_names: Iterable[str], keep_recent: int = KEEP_RECENT) -> None:
+        if keep_recent < 0:
+            raise ValueError(f"keep_recent must be at least 0, got {keep_recent}")
+        self.keep_recent = keep_recent
         self.store_names = tuple(sorted(store_names))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -76,6 +93,9 @@ class CommittedStore:
         self.store_roots = {n: committed_view(t).root() for n, t in self.trees.items()}
         self.app_hash = multistore_root(self.store_roots)
         self.height = int(self.meta("height") or b"0")
+        # A database from before history was kept is readable from its current height on.
+        self._db.executemany("INSERT OR IGNORE INTO sizes (height, store, size) VALUES (?,?,?)",
+                             [(self.height, n, t.size) for n, t in self.trees.items()])
         # Committed values read recently; Commit writes through it, so it is never stale.
         self._cache: dict[tuple[str, bytes], bytes | None] = {}
 
@@ -151,6 +171,7 @@ class CommittedStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._record_history(staged, height)
             db.executemany(
                 "INSERT INTO kv (store, key, value, pos) VALUES (?,?,?,?) "
                 "ON CONFLICT (store, key) DO UPDATE SET value=excluded.value",
@@ -173,30 +194,57 @@ class CommittedStore:
         self.app_hash = staged.app_hash
         self.height = height
 
+    def _record_history(self, staged: StagedCommit, height: int) -> None:
+        """Inside Commit's transaction: the values this block overwrites and the new tree sizes; history
+        past keep_recent goes. A key first written here needs no row: at older heights it lies beyond
+        its tree's size."""
+        old = [(store, key, height, self.get(store, key)) for store, key, _, pos in staged.rows
+               if pos < self.trees[store].size]
+        self._db.executemany("INSERT OR REPLACE INTO history (store, key, height, old) VALUES (?,?,?,?)", old)
+        sizes = {n: (staged.trees[n].size if n in staged.trees else t.size) for n, t in self.trees.items()}
+        self._db.executemany("INSERT OR REPLACE INTO sizes (height, store, size) VALUES (?,?,?)",
+                             [(height, n, s) for n, s in sizes.items()])
+        horizon = height - self.keep_recent
+        self._db.execute("DELETE FROM history WHERE height <= ?", (horizon,))
+        self._db.execute("DELETE FROM sizes WHERE height < ?", (horizon,))
+
+    def oldest_height(self) -> int:
+        """The oldest height still readable."""
+        row = self._db.execute("SELECT MIN(height) FROM sizes").fetchone()
+        return self.height if row is None or row[0] is None else max(int(row[0]), self.height - self.keep_recent)
+
+    def rows_at(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Read-only SQL for version views (versions.py)."""
+        return list(self._db.execute(sql, args))
+
+    def position(self, store: str, key: bytes) -> int | None:
+        return self._position(store, key)
+
     def prove(self, store: str, key: bytes) -> list[proof_pb2.ProofOp]:
         """simple:v ProofOps for a present key: key -> store root -> app hash."""
         pos = self._position(store, key)
         if pos is None or self.get(store, key) is None:
             raise KeyError(key)
-        tree = committed_view(self.trees[store])
-        inner = proof_pb2.ValueOp(
-            key=key,
-            proof=proof_pb2.Proof(
-                total=tree.size, index=pos, leaf_hash=tree.node(0, pos), aunts=tree.aunts(pos)
-            ),
-        )
-        names = list(self.store_roots)
-        names.sort()
-        leaves = [kv_leaf(n.encode(), self.store_roots[n]) for n in names]
-        outer_tree = committed_view(MerkleLog.from_leaves(leaves))
-        index = names.index(store)
-        outer = proof_pb2.ValueOp(
-            key=store.encode(),
-            proof=proof_pb2.Proof(
-                total=len(names), index=index, leaf_hash=leaves[index], aunts=outer_tree.aunts(index)
-            ),
-        )
-        return [
-            proof_pb2.ProofOp(type="simple:v", key=key, data=inner.SerializeToString()),
-            proof_pb2.ProofOp(type="simple:v", key=store.encode(), data=outer.SerializeToString()),
-        ]
+        return proof_ops(store, key, pos, committed_view(self.trees[store]), self.store_roots)
+
+
+def proof_ops(store: str, key: bytes, pos: int, tree: StagedTree,
+              store_roots: Mapping[str, bytes]) -> list[proof_pb2.ProofOp]:
+    """Two simple:v ProofOps, as CometBFT's proof runtime checks them: the key's leaf up to its store's
+    root, then the store's leaf up to the app hash."""
+    inner = proof_pb2.ValueOp(
+        key=key,
+        proof=proof_pb2.Proof(total=tree.size, index=pos, leaf_hash=tree.node(0, pos), aunts=tree.aunts(pos)),
+    )
+    names = sorted(store_roots)
+    leaves = [kv_leaf(n.encode(), store_roots[n]) for n in names]
+    outer_tree = committed_view(MerkleLog.from_leaves(leaves))
+    index = names.index(store)
+    outer = proof_pb2.ValueOp(
+        key=store.encode(),
+        proof=proof_pb2.Proof(total=len(names), index=index, leaf_hash=leaves[index], aunts=outer_tree.aunts(index)),
+    )
+    return [
+        proof_pb2.ProofOp(type="simple:v", key=key, data=inner.SerializeToString()),
+        proof_pb2.ProofOp(type="simple:v", key=store.encode(), data=outer.SerializeToString()),
+    ]

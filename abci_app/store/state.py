@@ -10,14 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-from abci_app.store.db import CommittedStore, Writes, prefix_end
+from abci_app.store.db import Writes, prefix_end
 
 Key = tuple[str, bytes]
 
 
+class Readable(Protocol):
+    """What a State reads through to: the committed store, or a view of a recent height (queries)."""
+
+    def get(self, store: str, key: bytes) -> bytes | None: ...
+
+    def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
+                reverse: bool = False) -> list[tuple[bytes, bytes]]: ...
+
+
 class State:
-    def __init__(self, committed: CommittedStore) -> None:
+    def __init__(self, committed: Readable) -> None:
         self.committed = committed
         self._layers: list[dict[Key, bytes | None]] = [{}]
 

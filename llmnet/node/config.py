@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from abci_app.store.db import KEEP_RECENT
+
 APP_TOML = "config/app.toml"
 
 
@@ -34,6 +36,8 @@ class NodeConfig:
     db_path: str = "data/llmnet.sqlite"
     """App state database, relative to home."""
     log_level: str = "info"
+    pruning_keep_recent: int = KEEP_RECENT
+    """Heights below the latest that stay queryable and provable (Cosmos' pruning-keep-recent)."""
 
     @property
     def db_file(self) -> Path:
@@ -49,6 +53,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be host:port, got {value!r}")
         if not self.cometbft_rpc.startswith(("http://", "https://")):
             raise ConfigError(f"cometbft_rpc must be an http(s) URL, got {self.cometbft_rpc!r}")
+        if type(self.pruning_keep_recent) is not int or self.pruning_keep_recent < 0:
+            raise ConfigError(f"pruning_keep_recent must be an integer >= 0, got {self.pruning_keep_recent!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         return self

@@ -27,7 +27,7 @@ log = logging.getLogger("llmnet.node")
 
 async def run(cfg: NodeConfig) -> int:
     cfg.db_file.parent.mkdir(parents=True, exist_ok=True)
-    app = Application(cfg.db_file)
+    app = Application(cfg.db_file, cfg.pruning_keep_recent)
     metrics = NodeMetrics()
     metrics.height.set(app.committed.height)
 

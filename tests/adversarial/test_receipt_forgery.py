@@ -105,33 +105,16 @@ def test_our_commit_rule_agrees_with_cometbft_light(make_localnet, cometbft: str
     verified itself; our rule accepts that very header and commit, and refuses it once a signature is
     moved into another validator's slot."""
     import copy
-    import subprocess
-    import time
 
     from llmnet.client.comet import comet_get
     from llmnet.client.verify import verify_commit
-    from tests.conftest import free_port
+    from tests.e2e import light_proxy
 
     net = make_localnet(2)
     rpc = "http://" + net.manifest()["nodes"][0]["rpc"]
     chain_id = net.manifest()["chain_id"]
-    while int(comet_get(rpc, "status")["sync_info"]["latest_block_height"]) < 4:
-        time.sleep(0.2)
-    trusted = comet_get(rpc, "commit", height=1)["signed_header"]["commit"]["block_id"]["hash"]
-    proxy = f"127.0.0.1:{free_port()}"
-    light = subprocess.Popen([cometbft, "light", chain_id, "-p", rpc, "-w", rpc, "--height", "1", "--hash", trusted,
-                              "--laddr", f"tcp://{proxy}", "--home-dir", str(tmp_path / "light")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                verified = comet_get(f"http://{proxy}", "commit", height=3)["signed_header"]
-                break
-            except Exception:  # noqa: BLE001 - the proxy is still starting
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    with light_proxy(cometbft, net, tmp_path / "light") as proxy:
+        verified = comet_get(proxy, "commit", height=3)["signed_header"]
         validators = comet_get(rpc, "validators", height=3)["validators"]
         direct = comet_get(rpc, "commit", height=3)["signed_header"]
         assert verified["commit"]["block_id"]["hash"] == direct["commit"]["block_id"]["hash"]
@@ -143,6 +126,3 @@ def test_our_commit_rule_agrees_with_cometbft_light(make_localnet, cometbft: str
             verify_commit(verified["header"], forged, validators, chain_id)
         with pytest.raises(VerifyError):
             verify_commit(verified["header"], verified["commit"], validators, "another-chain")
-    finally:
-        light.terminate()
-        light.wait(10)

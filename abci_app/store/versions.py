@@ -1,0 +1,83 @@
+"""A read-only view of the committed state as it was at a recent height.
+
+The current rows, with the values later blocks overwrote put back (`history`), and each store's tree
+cut to its size at that height: a key first written later lies beyond that size and so did not exist.
+The tree of height v is the current one with the reverted leaves staged over it, so a proof at v costs
+O(changes since v · log n), and its root is the app hash CometBFT put in header v+1.
+"""
+
+from __future__ import annotations
+
+from abci_app.store.db import CommittedStore, multistore_root, proof_ops
+from abci_app.store.merkle import StagedTree, kv_leaf
+from wire.tendermint.crypto import proof_pb2
+
+
+class VersionView:
+    def __init__(self, committed: CommittedStore, height: int) -> None:
+        if not committed.oldest_height() <= height <= committed.height:
+            raise ValueError(f"height {height} is not kept: heights {committed.oldest_height()} to "
+                             f"{committed.height} are")
+        self.committed = committed
+        self.height = height
+        self.sizes = {str(s): int(n) for s, n in committed.rows_at(
+            "SELECT store, size FROM sizes WHERE height=?", (height,))}
+        self._trees: dict[str, StagedTree] = {}
+
+    def _older(self, store: str, key: bytes) -> tuple[bool, bytes | None]:
+        """(True, value) if a later block overwrote this key, with the value it had at this height."""
+        rows = self.committed.rows_at("SELECT old FROM history WHERE store=? AND key=? AND height>? "
+                                      "ORDER BY height LIMIT 1", (store, key, self.height))
+        if not rows:
+            return False, None
+        old = rows[0][0]
+        return True, None if old is None else bytes(old)
+
+    def get(self, store: str, key: bytes) -> bytes | None:
+        pos = self.committed.position(store, key)
+        if pos is None or pos >= self.sizes[store]:
+            return None
+        overwritten, old = self._older(store, key)
+        return old if overwritten else self.committed.get(store, key)
+
+    def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
+                reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """As CommittedStore.iterate, at this height: rows deleted since count, rows added since do not."""
+        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<?"
+        args: tuple[object, ...] = (store, start, self.sizes[store])
+        if end is not None:
+            sql += " AND key<?"
+            args += (end,)
+        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        out: list[tuple[bytes, bytes]] = []
+        for key, value in self.committed.rows_at(sql, args):
+            overwritten, old = self._older(store, bytes(key))
+            current = old if overwritten else (None if value is None else bytes(value))
+            if current is not None:
+                out.append((bytes(key), current))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def tree(self, store: str) -> StagedTree:
+        if store not in self._trees:
+            rows = self.committed.rows_at(
+                "SELECT h.key, h.old, k.pos FROM history h JOIN kv k ON k.store=h.store AND k.key=h.key "
+                "WHERE h.store=? AND h.height>? ORDER BY h.height DESC", (store, self.height))
+            # Newest first, so the earliest overwrite after this height (the value it had here) wins.
+            leaves = {int(pos): kv_leaf(bytes(key), None if old is None else bytes(old))
+                      for key, old, pos in rows if int(pos) < self.sizes[store]}
+            self._trees[store] = self.committed.trees[store].stage(leaves, self.sizes[store])
+        return self._trees[store]
+
+    def store_roots(self) -> dict[str, bytes]:
+        return {name: self.tree(name).root() for name in self.committed.store_names}
+
+    def app_hash(self) -> bytes:
+        return multistore_root(self.store_roots())
+
+    def prove(self, store: str, key: bytes) -> list[proof_pb2.ProofOp]:
+        pos = self.committed.position(store, key)
+        if pos is None or self.get(store, key) is None:
+            raise KeyError(key)
+        return proof_ops(store, key, pos, self.tree(store), self.store_roots())

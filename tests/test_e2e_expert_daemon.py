@@ -163,6 +163,75 @@ def test_llmnet_ask_follows_a_query_to_its_receipt(experts: Experts) -> None:
         nobody.stderr.strip().splitlines()) == 1
 
 
+def _gateway(experts: Experts, key: str, port: int) -> subprocess.Popen[str]:
+    manifest = experts.net.manifest()
+    proc = subprocess.Popen([sys.executable, "-m", "llmnet.client.cli", "gateway", "--listen", f"127.0.0.1:{port}",
+                             "--from", key, "--keyring", manifest["keyring"], "--node", experts.node,
+                             "--max-fee", "1000000", "--rounds", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the gateway says where it serves once it does
+    assert f"serving http://127.0.0.1:{port}/v1" in line, line + proc.stderr.read()
+    return proc
+
+
+def test_the_openai_client_asks_through_the_gateway(experts: Experts) -> None:
+    """`llmnet gateway` with the real `openai` package: models, a completion, a stream, and errors."""
+    import openai
+
+    manifest = experts.net.manifest()
+    port = free_port()
+    gateway = _gateway(experts, manifest["keys"][4], port)
+    try:
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=300)
+        with Client(experts.node) as client:
+            domains = sorted(client.params().experts.domains)
+            assert [m.id for m in api.models.list()] == ["auto", *domains]
+            reply = api.chat.completions.create(model=DOMAIN, messages=[{"role": "user", "content": "What is item 3?"}])
+            ext = reply.model_extra["llmnet"]  # type: ignore[index]
+            receipt = client.receipt(ext["query_id"]).receipt
+            assert reply.choices[0].message.content == receipt.final_answer and receipt.final_answer
+            assert reply.choices[0].finish_reason == "stop" and reply.model == DOMAIN
+            assert ext["scores"] == list(receipt.scores) and ext["settled_height"] == receipt.settled_height
+            stream = api.chat.completions.create(model=DOMAIN, stream=True, extra_body={"llmnet": {"k": 2}},
+                                                 messages=[{"role": "user", "content": "What is item 5?"}])
+            chunks = list(stream)
+            extras = [c.model_extra.get("llmnet") or {} for c in chunks]  # type: ignore[union-attr]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            query_id = extras[0]["query_id"]
+            assert text == client.receipt(query_id).receipt.final_answer
+            assert chunks[-1].choices[0].finish_reason == "stop" and extras[-1]["query_id"] == query_id
+            progress = [e["progress"] for e in extras if "progress" in e]
+            assert len(progress) >= 3 and progress[-1].endswith("settled")  # submitted, phases, settled
+            with pytest.raises(openai.NotFoundError):
+                api.chat.completions.create(model="no-such-domain", messages=[{"role": "user", "content": "Q?"}])
+            with pytest.raises(openai.BadRequestError):
+                api.chat.completions.create(model=DOMAIN, messages=[], extra_body={"llmnet": {"k": 0}})
+    finally:
+        gateway.terminate()
+        assert gateway.wait(30) == 0
+
+
+def test_a_gateway_whose_key_cannot_pay_answers_402(experts: Experts) -> None:
+    import openai
+
+    from llmnet.client.keys import Key, Keyring
+
+    ring = Keyring(experts.net.manifest()["keyring"])
+    if "pauper" not in ring.names():
+        ring.add(Key.generate("pauper"), passphrase=None, unsafe_plaintext=True)
+    port = free_port()
+    gateway = _gateway(experts, "pauper", port)
+    try:
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as err:
+            api.chat.completions.create(model=DOMAIN, messages=[{"role": "user", "content": "What is item 1?"}])
+        assert err.value.status_code == 402 and "cannot pay" in str(err.value)
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+
+
 def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
     net, daemons, ports, tmp_path = experts.net, experts.daemons, experts.ports, experts.tmp
     node = experts.node

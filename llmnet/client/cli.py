@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 parents=[_common(top=True)])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add_commands in (_keys_parser, _tx_parser, _query_parser, _receipt_parser, _ask_parser):
+    for add_commands in (_keys_parser, _tx_parser, _query_parser, _receipt_parser, _ask_parser, _gateway_parser):
         add_commands(sub, common)
     return p
 
@@ -168,6 +168,56 @@ def _ask_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     ask.add_argument("--max-fee", type=int, default=100_000, help="escrowed fee in ullm; unused fee is refunded "
                                                                    "(default 100000)")
     ask.add_argument("--timeout", type=float, default=600, help="seconds to follow the query (default 600)")
+
+
+def _gateway_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    gw = sub.add_parser("gateway", help="serve OpenAI's chat-completions API; each request is a query paid by --from",
+                        parents=[common], epilog=GATEWAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gw.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on (default 127.0.0.1:8080)")
+    gw.add_argument("--from", dest="from_key", required=True, help="name of the key that pays for every query")
+    gw.add_argument("--k", type=int, default=2, help="respondents per query unless a request says (default 2)")
+    gw.add_argument("--rounds", type=int, default=2, help="answer rounds unless a request says (default 2)")
+    gw.add_argument("--max-fee", type=int, default=100_000, help="escrowed fee per query in ullm unless a request "
+                                                                  "says (default 100000)")
+    gw.add_argument("--max-fee-cap", type=int, default=None,
+                    help="the most a request may set llmnet.max_fee to (default: --max-fee)")
+    gw.add_argument("--timeout", type=float, default=600, help="seconds to wait for a query to settle (default 600)")
+    gw.add_argument("--max-in-flight", type=int, default=16,
+                    help="queries followed at once; more get HTTP 429 (default 16)")
+    gw.add_argument("--api-key-env", default="LLMNET_GATEWAY_API_KEY",
+                    help="environment variable holding the API key clients must send as 'Authorization: Bearer "
+                         "KEY'; unset means no key is asked (default LLMNET_GATEWAY_API_KEY)")
+
+
+GATEWAY_EPILOG = """POST /v1/chat/completions: model is a domain or 'auto'; the last user message is the question;
+"stream": true sends progress chunks, then the answer. Request extension "llmnet": {"max_fee", "k",
+"rounds"}; the response's "llmnet" object carries query_id, scores, payouts and how to verify the
+receipt. GET /v1/models lists the chain's domains. Errors use OpenAI's error object: 400 bad request,
+401 wrong API key, 402 the key cannot pay, 404 no such domain, 429 too many in flight, 503 chain down
+or no experts, 504 not settled in time.
+Every request spends the --from key's funds: keep --listen on loopback or set an API key."""
+
+
+def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+    import asyncio
+    import logging
+
+    from llmnet.client.gateway import ChainBridge, Gateway, serve
+    from llmnet.client.openai_api import Limits
+
+    cap = args.max_fee if args.max_fee_cap is None else args.max_fee_cap
+    if min(args.k, args.rounds, args.max_fee, cap, args.max_in_flight) < 1 or args.max_fee > cap:
+        raise ValueError("--k, --rounds, --max-fee and --max-in-flight must be positive, and --max-fee <= "
+                         "--max-fee-cap")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    limits = Limits(max_fee=args.max_fee, max_fee_cap=cap, k=args.k, rounds=args.rounds,
+                    max_k=max(8, args.k), max_rounds=max(4, args.rounds))
+    bridge = ChainBridge(client, _load_key(cfg, args.from_key), args.timeout)
+    gateway = Gateway(bridge, limits, os.environ.get(args.api_key_env) or None, args.max_in_flight)
+    asyncio.run(serve(gateway, args.listen, lambda url: print(f"llmnet gateway: serving {url} (OpenAI "
+                                                              f"base_url) for key {args.from_key}",
+                                                              file=sys.stderr, flush=True)))
+    return EXIT_OK
 
 
 ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
@@ -419,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_OK
             if args.cmd == "ask":
                 return _ask(cfg, args, client)
+            if args.cmd == "gateway":
+                return _gateway(cfg, args, client)
             if args.cmd == "receipt":
                 return _verify(cfg, args, client)
             return _tx(cfg, args, client) if args.cmd == "tx" else _query(cfg, args, client)

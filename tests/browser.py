@@ -43,3 +43,39 @@ def chromium() -> Iterator[webdriver.Chrome]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# The outermost elements of each card whose box leaves the card's box. A scrolling (or
+# clipping) element is its contents' boundary: what it scrolls is not checked, the element itself is.
+_OVERFLOWS = """
+const CLIPPING = new Set(["auto", "scroll", "hidden", "clip"]);
+const found = [];
+for (const card of document.querySelectorAll(arguments[0])) {
+  const box = card.getBoundingClientRect();
+  const pending = [...card.children];
+  while (pending.length) {
+    const node = pending.shift();
+    const r = node.getBoundingClientRect();
+    const outside = r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.top < box.top - 0.5
+      || r.bottom > box.bottom + 0.5;
+    if ((r.width || r.height) && outside) {
+      found.push(`#${card.id}: <${node.tagName.toLowerCase()} class="${node.getAttribute("class") || ""}"> spans `
+        + `x ${r.left.toFixed(0)}..${r.right.toFixed(0)}, y ${r.top.toFixed(0)}..${r.bottom.toFixed(0)}; `
+        + `card x ${box.left.toFixed(0)}..${box.right.toFixed(0)}, y ${box.top.toFixed(0)}..${box.bottom.toFixed(0)}`);
+      continue;  // its children overflow with it: one line per offender
+    }
+    if (!CLIPPING.has(getComputedStyle(node).overflowX)) pending.push(...node.children);
+  }
+}
+return found;
+"""
+
+
+def overflowing(driver: webdriver.Chrome, cards: str = "main > section") -> list[str]:
+    """What sticks out of a card (matched by the CSS selector `cards`) at the current window size."""
+    found: list[str] = driver.execute_script(_OVERFLOWS, cards)
+    return found
+
+
+def page_scrolls_sideways(driver: webdriver.Chrome) -> bool:
+    return bool(driver.execute_script("return document.documentElement.scrollWidth > window.innerWidth"))

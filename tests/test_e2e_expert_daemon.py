@@ -421,4 +421,95 @@ def test_explorer_page_shows_a_query_settling_live(experts: Experts) -> None:
         assert browser.find_elements(By.CSS_SELECTOR, "#blocks tbody tr")
         lines = browser.find_elements(By.CSS_SELECTOR, "#reputation-chart polyline.series")
         assert {line.get_attribute("data-expert") for line in lines} == shown_experts
-        browser.save_screenshot(str(experts.tmp / "explorer.png"))
+        _search_box_finds_what_it_is_given(browser, client, experts, query_id)
+        _blocks_page_older_and_back(browser)
+        _cards_hold_their_content(browser, experts.tmp)  # with the search panel open too
+
+
+def _search(browser, text: str, shown: str) -> str:  # type: ignore[no-untyped-def]
+    """Type text into the search box, press Enter, and return the text of what appears as `shown`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = browser.find_element(By.ID, "search")
+    box.clear()
+    box.send_keys(text, Keys.ENTER)
+    found = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, f"#search-result {shown}"))
+    return str(found[0].text)
+
+
+def _search_box_finds_what_it_is_given(browser, client: Client, experts: Experts,  # type: ignore[no-untyped-def]
+                                       query_id: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from llmnet.client.sdk import Sender
+    from llmnet.client.txbuilder import send_msg
+
+    shown = _search(browser, f" {query_id} ", f'[data-kind="query"] article.query[data-query-id="{query_id}"]')
+    assert "What is item 5?" in shown and "settled" in shown
+    # An expert's address in the experts table opens its account, expert record included.
+    link = browser.find_element(By.CSS_SELECTOR, f'#experts table[data-domain="{DOMAIN}"] a[data-search]')
+    address = link.get_attribute("data-search")
+    link.click()
+    account = f'#search-result article[data-kind="account"][data-address="{address}"]'
+    shown = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, account))[0].text
+    record = client.expert(address)
+    assert record.expert.endpoint in shown and f"reputation in {DOMAIN}" in shown and "active" in shown
+    assert "not an address" in _search(browser, "llm1nope", '[data-kind="error"]')
+    assert "no query 4242" in _search(browser, "4242", '[data-kind="error"]')
+    payer, payee = keys(experts.net)[4], keys(experts.net)[0]
+    sent = Sender(client, payer).send([send_msg(payer.address, payee.address, 3)], memo="found by the explorer")
+    client.wait_tx(sent.tx_hash, timeout=60)
+    shown = _search(browser, sent.tx_hash.lower(), f'article[data-kind="tx"][data-hash="{sent.tx_hash}"]')
+    assert "llmnet.bank.v1.MsgSend" in shown and "found by the explorer" in shown and payee.address in shown
+
+
+_HEIGHTS = "return [...document.querySelectorAll('#blocks tbody tr')].map((tr) => Number(tr.dataset.height));"
+
+
+def _blocks_page_older_and_back(browser) -> None:  # type: ignore[no-untyped-def]
+    """Older shows the blocks just below the page, and stays there as the chain grows; newer comes back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    pager = '.pager[data-panel="blocks"]'
+
+    def where() -> str:
+        return str(browser.find_element(By.CSS_SELECTOR, f"{pager} .where").text)
+
+    newest = browser.execute_script(_HEIGHTS)
+    browser.find_element(By.CSS_SELECTOR, f'{pager} [data-go="older"]').click()
+    wait.until(lambda b: not where().startswith("newest"))
+    # Below the page shown at the click (a refresh may have moved the head page up since `newest` was read).
+    older = browser.execute_script(_HEIGHTS)
+    assert len(older) == len(newest) and older == list(range(older[0], older[0] - len(older), -1))
+    assert older[0] < newest[0]
+    height = int(browser.find_element(By.ID, "height").text)
+    wait.until(lambda b: int(b.find_element(By.ID, "height").text) >= height + 3)  # a few refreshes later
+    assert browser.execute_script(_HEIGHTS) == older
+    browser.find_element(By.CSS_SELECTOR, f'{pager} [data-go="newer"]').click()
+    above = list(range(older[0] + len(older), older[0], -1))  # the page it came from
+    wait.until(lambda b: b.execute_script(_HEIGHTS) == above)
+    for _ in range(10):  # and on up, until the page follows the chain's head again
+        if where().startswith("newest"):
+            break
+        shown = browser.execute_script(_HEIGHTS)
+        browser.find_element(By.CSS_SELECTOR, f'{pager} [data-go="newer"]').click()
+        wait.until(lambda b, shown=shown: b.execute_script(_HEIGHTS) != shown)
+    else:
+        raise AssertionError("newer never reached the newest blocks")
+    assert browser.execute_script(_HEIGHTS)[0] > above[0]
+
+
+def _cards_hold_their_content(browser, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    """At common desktop widths (and a narrow one) no card's content runs out of it, e.g. under its neighbour."""
+    from tests.browser import overflowing, page_scrolls_sideways
+
+    for width in (1400, 1920, 600):
+        browser.set_window_size(width, 1600)
+        browser.save_screenshot(str(shots / f"explorer-{width}.png"))
+        assert overflowing(browser) == [], f"at {width} px, see {shots}/explorer-{width}.png"
+        assert not page_scrolls_sideways(browser), width

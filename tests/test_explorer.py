@@ -1,15 +1,17 @@
-"""The explorer's HTTP API over a real in-process chain (CometBFT itself is exercised in the browser e2e test)."""
+"""The explorer's HTTP API over a real in-process chain, and over a real localnet where CometBFT is needed."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from abci_app.crypto import format_address
 from llmnet.node.cometrpc import CometRPC
 from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import STATIC, Explorer
@@ -18,20 +20,45 @@ from tests.protocol_harness import ProtocolChain
 from tests.test_protocol import DOMAIN, answer_round, score, submit
 from wire.llmnet.query.v1 import query_pb2 as q
 
+T = TypeVar("T")
 
-def _get_all(chain: ProtocolChain, paths: list[str]) -> list[httpx.Response]:
-    async def run() -> list[httpx.Response]:
+
+def _browse(chain: ProtocolChain, visit: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    """visit(http) against an explorer over `chain` whose CometBFT is down (nothing listens on its port)."""
+    async def run() -> T:
         rpc = CometRPC(f"http://127.0.0.1:{free_port()}", timeout=2)
         explorer = Explorer(ExplorerData(router_query(chain.app), rpc), "127.0.0.1:0")
         port = await explorer.start()
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                return [await http.get(p) for p in paths]
+                return await visit(http)
         finally:
             await explorer.stop()
             await rpc.close()
 
     return asyncio.run(run())
+
+
+def _get_all(chain: ProtocolChain, paths: list[str]) -> list[httpx.Response]:
+    async def visit(http: httpx.AsyncClient) -> list[httpx.Response]:
+        return [await http.get(p) for p in paths]
+
+    return _browse(chain, visit)
+
+
+async def _walk(http: httpx.AsyncClient, path: str, key: str, go: str, limit: int,
+                before: int | None = None) -> list[list[int]]:
+    """The numbers (ids or heights) on each page, following the `go` ("older"/"newer") cursor to its end."""
+    pages = []
+    while True:
+        cursor = "" if before is None else f"&before={before}"
+        r = await http.get(f"{path}?limit={limit}{cursor}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pages.append([item.get("id", item.get("height")) for item in body[key]])
+        if body[go] is None:
+            return pages
+        before = body[go]
 
 
 @pytest.fixture
@@ -46,9 +73,11 @@ def test_queries_experts_and_reputation_match_the_chain(chain: ProtocolChain) ->
     answer_round(chain, settled, 1)
     score(chain, settled, [90, 40])
     open_query = submit(chain, k=2, rounds=1)
-    queries, experts, reputation = (r.json() for r in _get_all(chain, ["/api/queries", "/api/experts",
-                                                                        "/api/reputation"]))
+    page, experts, reputation = (r.json() for r in _get_all(chain, ["/api/queries", "/api/experts",
+                                                                     "/api/reputation"]))
+    queries = page["queries"]
     assert [x["id"] for x in queries] == [open_query, settled]
+    assert page["latest"] == open_query and page["older"] is None and page["newer"] is None
     assert queries[0]["phase"] == "answer commit" and not queries[0]["settled"]
     view: dict[str, Any] = queries[1]
     receipt = chain.query("Receipt", q.ReceiptRequest(query_id=settled), q.ReceiptResponse).receipt
@@ -79,3 +108,136 @@ def test_cometbft_down_is_a_clear_503_and_the_page_is_self_contained(chain: Prot
     for f in STATIC.iterdir():
         text = f.read_text()
         assert not re.search(r"""(src|href)=["']?(https?:)?//|url\(\s*["']?https?:|fetch\(["'`]https?:""", text), f.name
+
+
+def _settle(chain: ProtocolChain) -> int:
+    """A query taken to its receipt, so its experts are free for the next one."""
+    query_id = submit(chain, k=2, rounds=1)
+    answer_round(chain, query_id, 1)
+    score(chain, query_id, [90, 40])
+    return query_id
+
+
+def test_query_pages_cover_every_query_once_both_ways(chain: ProtocolChain) -> None:
+    ids = [_settle(chain) for _ in range(7)]
+
+    async def visit(http: httpx.AsyncClient) -> tuple[list[list[int]], list[list[int]], dict[str, Any]]:
+        older = await _walk(http, "/api/queries", "queries", "older", 3)
+        # Back up from below the oldest: the newer cursors step up a page at a time, then to the head page.
+        newer = await _walk(http, "/api/queries", "queries", "newer", 3, before=ids[0])
+        return older, newer, (await http.get("/api/queries?limit=3&before=5")).json()
+
+    older, newer, middle = _browse(chain, visit)
+    assert older == [[7, 6, 5], [4, 3, 2], [1]] and sorted(sum(older, [])) == ids
+    assert newer == [[], [3, 2, 1], [6, 5, 4], older[0]]
+    assert [x["id"] for x in middle["queries"]] == [4, 3, 2]
+    assert (middle["older"], middle["newer"], middle["latest"]) == (2, 8, 7)  # 8 > latest: the head page
+
+
+def test_bad_paging_parameters_are_a_clear_400(chain: ProtocolChain) -> None:
+    bad = ["before=abc", "before=0", "before=-1", "before=1.5", "before=", "before=1e3", "before=" + "9" * 25,
+           "limit=0", "limit=21", "limit=x", "limit=-3", "limit=" + "1" * 40, "before=５"]
+    paths = [f"/api/{panel}?{query}" for panel in ("blocks", "queries") for query in bad]
+    for path, r in zip(paths, _get_all(chain, paths), strict=True):
+        # blocks too: the parameters are refused before CometBFT (down here) is asked anything
+        assert r.status_code == 400, path
+        name = path.split("?")[1].split("=")[0]
+        assert r.json()["error"].startswith(f"{name} must be a whole number from 1 to "), path
+    ok = _get_all(chain, ["/api/queries?limit=20&before=18446744073709551615", "/api/queries?unknown=1"])
+    assert [r.status_code for r in ok] == [200, 200]
+
+
+def test_search_finds_queries_accounts_and_experts(chain: ProtocolChain) -> None:
+    settled = _settle(chain)
+    expert = chain.experts[0].address
+    found = [r.json() for r in _get_all(chain, [f"/api/search?q={settled}", f"/api/search?q=%20{expert}%20",
+                                               f"/api/search?q={expert.upper()}",
+                                               f"/api/search?q={chain.requester.address}",
+                                               f"/api/search?q={chain.reporter.address}"])]
+    assert found[0]["kind"] == "query" and found[0]["query"]["id"] == settled and found[0]["query"]["settled"]
+    by_expert = found[1]
+    balance = chain.query("Balance", q.BalanceRequest(address=expert), q.BalanceResponse).amount
+    assert by_expert["kind"] == "account" and by_expert["address"] == expert and by_expert["balance"] == balance
+    assert by_expert["sequence"] == chain.query("Account", q.AccountRequest(address=expert),
+                                                q.AccountResponse).account.sequence
+    record = chain.query("Expert", q.ExpertRequest(address=expert), q.ExpertResponse)
+    assert by_expert["expert"]["status"] == "active" and by_expert["expert"]["stake"] == record.expert.bond
+    assert by_expert["expert"]["domains"] == [{"domain": r.domain, "reputation": r.reputation}
+                                              for r in record.reputation]
+    assert found[2] == by_expert  # upper case is the same bech32 address
+    assert found[3]["expert"] is None and found[3]["sequence"] >= 1
+    assert found[4]["expert"] is None and found[4]["sequence"] == 0 and found[4]["balance"] > 0  # funded, silent
+
+
+def test_search_refuses_garbage_and_says_what_is_missing(chain: ProtocolChain) -> None:
+    nobody = format_address(bytes(20))
+    texts = ["", "%20", "hello", "llm1notanaddress", nobody[:-1] + ("q" if nobody[-1] != "q" else "p"),
+             "cosmos1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqnrql8a", "-1", "1.5", "0x12", "ab" * 31, "ab" * 33,
+             "%00", "%E2%80%AE", "x" * 500, "18446744073709551616", "１２"]
+    paths = [f"/api/search?q={t}" for t in texts] + ["/api/search"]
+    for path, r in zip(paths, _get_all(chain, paths), strict=True):
+        assert r.status_code == 400 and r.json()["error"], path
+    missing = _get_all(chain, [f"/api/search?q={nobody}", "/api/search?q=999", "/api/search?q=0",
+                               "/api/search?q=" + "ab" * 32])
+    assert [r.status_code for r in missing[:3]] == [404, 404, 404]
+    assert nobody in missing[0].json()["error"] and "no query 999" in missing[1].json()["error"]
+    assert missing[3].status_code == 503 and "unreachable" in missing[3].json()["error"]  # tx lookups ask CometBFT
+
+
+def test_a_tx_this_node_cannot_read_is_still_shown() -> None:
+    from google.protobuf import any_pb2
+
+    from llmnet.node.explorer.data import tx_view
+    from wire.llmnet.tx.v1 import tx_pb2
+
+    assert tx_view(b"\xff\xff\xff") == {"decoded": False, "messages": []}
+    body = tx_pb2.TxBody(memo="m", messages=[any_pb2.Any(type_url="/no.such.Msg", value=b"1"),
+                                             any_pb2.Any(type_url="/llmnet.bank.v1.MsgSend", value=b"\xff\xff")])
+    view = tx_view(tx_pb2.Tx(body_bytes=body.SerializeToString()).SerializeToString())
+    assert view["decoded"] and view["memo"] == "m" and view["signer"] == ""
+    assert view["messages"] == [{"type": "no.such.Msg", "fields": None}, {"type": "llmnet.bank.v1.MsgSend",
+                                                                           "fields": None}]
+
+
+@pytest.mark.e2e
+def test_blocks_page_and_a_tx_is_found_on_a_real_chain(make_localnet) -> None:  # type: ignore[no-untyped-def]
+    """The explorer `llmnetd start` serves, over real CometBFT: block pages and tx lookups by hash."""
+    import time
+
+    from llmnet.client.sdk import Client, Sender
+    from llmnet.client.txbuilder import send_msg
+    from tests.e2e import keys
+
+    net = make_localnet(1)
+    node = net.manifest()["nodes"][0]
+    sender, recipient = keys(net)[:2]
+    with Client(node["grpc"]) as client:
+        sent = Sender(client, sender, client.status().chain_id).send(
+            [send_msg(sender.address, recipient.address, 7)], memo="explorer test")
+        included = client.wait_tx(sent.tx_hash, timeout=60)
+        while client.status().height < 12:  # enough blocks for a few pages
+            time.sleep(0.2)
+
+    async def visit() -> tuple[list[list[int]], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=node["explorer"], timeout=10) as http:
+            pages = await _walk(http, "/api/blocks", "blocks", "older", 5)
+            paths = [f"/api/search?q={sent.tx_hash.lower()}", f"/api/search?q=0x{sent.tx_hash}",
+                     "/api/search?q=" + "0" * 64, "/api/blocks?before=1", "/api/blocks?limit=21",
+                     f"/api/blocks?before={pages[0][0] - 1}&limit=3"]
+            return pages, [await http.get(p) for p in paths]
+
+    pages, (by_hash, prefixed, unknown, none, too_many, some) = asyncio.run(visit())
+    top = pages[0][0]
+    assert sum(pages, []) == list(range(top, 0, -1)) and all(len(p) == 5 for p in pages[:-1])  # no gap, no overlap
+    tx = by_hash.json()
+    assert tx == prefixed.json() and tx["kind"] == "tx" and tx["hash"] == sent.tx_hash
+    assert (tx["height"], tx["code"], tx["signer"], tx["memo"]) == (included.height, 0, sender.address,
+                                                                   "explorer test")
+    assert tx["messages"] == [{"type": "llmnet.bank.v1.MsgSend", "fields": {
+        "from_address": sender.address, "to_address": recipient.address, "amount": "7"}}]
+    assert unknown.status_code == 404 and "no tx" in unknown.json()["error"]
+    assert none.json()["blocks"] == [] and none.json()["older"] is None
+    assert too_many.status_code == 400
+    assert [b["height"] for b in some.json()["blocks"]] == [top - 2, top - 3, top - 4]
+    after = some.json()
+    assert after["older"] == top - 4 and after["newer"] == min(top + 1, after["latest"]) + 1  # next 3 up

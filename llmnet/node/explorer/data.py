@@ -6,17 +6,23 @@ can never show something the API would not. Nothing here writes.
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
 from abci_app.app import Application
+from abci_app.crypto import address_of, format_address, parse_address
+from abci_app.errors import Missing, registered_errors
 from abci_app.queries import QUERY_SERVICE
-from llmnet.node.cometrpc import CometRPC
+from llmnet.node.cometrpc import CometRPC, RPCError
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2 as q
+from wire.llmnet.tx.v1 import tx_pb2
 from wire.tendermint.abci import types_pb2 as abci
 
 M = TypeVar("M", bound=Message)
@@ -25,7 +31,17 @@ QueryFn = Callable[[str, Message, type[M]], M]
 
 
 class QueryFailed(Exception):
-    pass
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing  # the app said "no such thing" (unknown account, expert, query)
+
+
+class BadRequest(ValueError):
+    """The caller's input cannot be read (HTTP 400)."""
+
+
+class NotFound(LookupError):
+    """Well-formed input that names nothing on the chain (HTTP 404)."""
 
 
 def router_query(app: Application) -> QueryFn[Any]:
@@ -33,15 +49,32 @@ def router_query(app: Application) -> QueryFn[Any]:
     def query(method: str, request: Message, response: type[M]) -> M:
         resp = app.query(abci.RequestQuery(path=f"/{QUERY_SERVICE}/{method}", data=request.SerializeToString()))
         if resp.code:
-            raise QueryFailed(f"{method}: {resp.log}")
+            error = registered_errors().get((resp.codespace, resp.code))
+            raise QueryFailed(f"{method}: {resp.log}", missing=error is not None and issubclass(error, Missing))
         return response.FromString(resp.value)
 
     return query
 
 
 BLOCKS = 10
+MAX_BLOCKS = 20  # CometBFT's /blockchain returns at most 20 headers per call
 QUERIES = 10
+MAX_QUERIES = 20  # each query shown costs two more app queries (status, receipt)
 HISTORY = 200  # latest reputation points per expert in the chart: every answer stays bounded
+MAX_SEARCH = 200  # longer than any address, id or hash: refused before any parsing
+MAX_QUERY_ID = 2**64 - 1
+TX_HASH = re.compile(r"(0x)?[0-9a-f]{64}", re.IGNORECASE | re.ASCII)
+QUERY_ID = re.compile(r"[0-9]+", re.ASCII)
+
+
+def page(key: str, items: list[dict[str, Any]], top: int, latest: int, first: int, limit: int) -> dict[str, Any]:
+    """A page of `items`, numbered top, top-1, ... (block heights or query ids have no gaps), with the
+    `before` cursor of the next older page and of the next newer one (null where there is none). A newer
+    cursor above `latest` is the head page: a client may treat it as "follow the newest"."""
+    low = top - len(items) + 1
+    return {key: items, "latest": latest,
+            "older": low if items and low > first else None,
+            "newer": min(top + limit, latest) + 1 if top < latest else None}
 
 
 def phase_name(phase: int) -> str:
@@ -50,6 +83,32 @@ def phase_name(phase: int) -> str:
 
 def status_name(status: int) -> str:
     return ex.ExpertStatus.Name(status).removeprefix("EXPERT_STATUS_").lower()
+
+
+def expert_view(e: ex.Expert) -> dict[str, Any]:
+    return {"address": e.address, "stake": int(e.bond), "status": status_name(e.status), "earned": int(e.earned),
+            "slashed": int(e.slashed), "answered": int(e.answered), "endpoint": e.endpoint,
+            "base_model": e.model.base_model, "adapter_sha256": e.model.adapter_sha256}
+
+
+def tx_view(raw: bytes) -> dict[str, Any]:
+    """The signed envelope's contents; a tx the chain could not decode is still shown, as undecodable."""
+    try:
+        tx = tx_pb2.Tx.FromString(raw)
+        body = tx_pb2.TxBody.FromString(tx.body_bytes)
+        auth = tx_pb2.AuthInfo.FromString(tx.auth_info_bytes)
+    except (DecodeError, RuntimeError, ValueError):  # what protobuf raises on bytes it cannot parse
+        return {"decoded": False, "messages": []}
+    messages = []
+    for packed in body.messages:
+        try:
+            fields = json_format.MessageToDict(packed, preserving_proto_field_name=True)
+            fields.pop("@type", None)
+        except (TypeError, DecodeError, RuntimeError, ValueError):  # a type this node does not know, or bad bytes
+            fields = None
+        messages.append({"type": packed.type_url.removeprefix("/"), "fields": fields})
+    return {"decoded": True, "signer": address_of(auth.public_key) if auth.public_key else "",
+            "sequence": int(auth.sequence), "fee": int(auth.fee.amount), "memo": body.memo, "messages": messages}
 
 
 class ExplorerData:
@@ -64,15 +123,22 @@ class ExplorerData:
                 "height": int(sync["latest_block_height"]), "app_hash": sync["latest_app_hash"],
                 "block_time": sync["latest_block_time"], "catching_up": bool(sync["catching_up"])}
 
-    async def blocks(self, count: int = BLOCKS) -> list[dict[str, Any]]:
-        height = int((await self.rpc.call("status"))["sync_info"]["latest_block_height"])
-        if height < 1:
-            return []
-        res = await self.rpc.call("blockchain", minHeight=str(max(1, height - count + 1)), maxHeight=str(height))
-        return [{"height": int(m["header"]["height"]), "time": m["header"]["time"], "hash": m["block_id"]["hash"],
-                 "txs": int(m["num_txs"]), "proposer": m["header"]["proposer_address"],
-                 "app_hash": m["header"]["app_hash"]}
-                for m in res["block_metas"]]
+    async def blocks(self, before: int | None = None, limit: int = BLOCKS) -> dict[str, Any]:
+        """Up to limit blocks below height `before` (default: from the newest), newest first."""
+        sync = (await self.rpc.call("status"))["sync_info"]
+        latest = int(sync["latest_block_height"])
+        # A pruned node keeps blocks from its base only; asking below it is a CometBFT error.
+        earliest = max(1, int(sync.get("earliest_block_height") or 1))
+        top = latest if before is None else min(before - 1, latest)
+        metas = []
+        if top >= earliest:
+            res = await self.rpc.call("blockchain", minHeight=str(max(earliest, top - limit + 1)), maxHeight=str(top))
+            metas = res["block_metas"]
+        blocks = [{"height": int(m["header"]["height"]), "time": m["header"]["time"], "hash": m["block_id"]["hash"],
+                   "txs": int(m["num_txs"]), "proposer": m["header"]["proposer_address"],
+                   "app_hash": m["header"]["app_hash"]}
+                  for m in metas]
+        return page("blocks", blocks, top, latest, earliest, limit)
 
     def _params(self) -> q.ParamsResponse:
         params: q.ParamsResponse = self.query("Params", q.ParamsRequest(), q.ParamsResponse)
@@ -90,19 +156,18 @@ class ExplorerData:
         params = self._params()
         domains: dict[str, list[dict[str, Any]]] = {}
         for domain, ranked in self._ranked(params).items():
-            domains[domain] = [{
-                "address": r.expert.address, "reputation": int(r.reputation), "stake": int(r.expert.bond),
-                "status": status_name(r.expert.status), "earned": int(r.expert.earned),
-                "slashed": int(r.expert.slashed), "answered": int(r.expert.answered),
-                "endpoint": r.expert.endpoint, "base_model": r.expert.model.base_model,
-                "adapter_sha256": r.expert.model.adapter_sha256,
-            } for r in ranked]
+            domains[domain] = [dict(expert_view(r.expert), reputation=int(r.reputation)) for r in ranked]
         return {"reputation_scale": int(params.experts.reputation_scale), "denom": params.bank.denom,
                 "domains": domains}
 
-    def queries(self, limit: int = QUERIES) -> list[dict[str, Any]]:
-        recent = self.query("RecentQueries", q.RecentQueriesRequest(limit=limit), q.RecentQueriesResponse)
-        return [self._query_view(query) for query in recent.queries]
+    def queries(self, before: int | None = None, limit: int = QUERIES) -> dict[str, Any]:
+        """Up to limit queries with ids below `before` (default: from the newest), newest first."""
+        newest = self.query("RecentQueries", q.RecentQueriesRequest(limit=1), q.RecentQueriesResponse).queries
+        latest = int(newest[0].id) if newest else 0
+        top = latest if before is None else min(before - 1, latest)
+        recent = self.query("RecentQueries", q.RecentQueriesRequest(limit=limit, before_id=top + 1),
+                            q.RecentQueriesResponse) if top >= 1 else q.RecentQueriesResponse()
+        return page("queries", [self._query_view(query) for query in recent.queries], top, latest, 1, limit)
 
     def _query_view(self, query: inf.Query) -> dict[str, Any]:
         st = self.query("QueryStatus", q.QueryStatusRequest(query_id=query.id), q.QueryStatusResponse)
@@ -147,3 +212,69 @@ class ExplorerData:
                     {"height": int(p.height), "query_id": int(p.query_id), "reputation": int(p.reputation),
                      "reason": p.reason})
         return {"reputation_scale": int(params.experts.reputation_scale), "series": series}
+
+    async def search(self, text: str) -> dict[str, Any]:
+        """What `text` names: a tx (64 hex digits), a query (its id) or an account (its llm1… address)."""
+        text = text.strip()
+        if len(text) > MAX_SEARCH:
+            raise BadRequest(f"search text is {len(text)} characters; an address, id or hash is far shorter")
+        if TX_HASH.fullmatch(text):  # before ids: 64 decimal digits are a hash, no query id is that long
+            return await self._tx(text[-64:])
+        if QUERY_ID.fullmatch(text):
+            return self._query(int(text))
+        if text.lower().startswith("llm1"):
+            return self._account(text)
+        raise BadRequest("search for an address (llm1…), a query id (a number) or a tx hash (64 hex digits)")
+
+    def _maybe(self, method: str, request: Message, response: type[M]) -> M | None:
+        """The answer, or None where the app says there is no such thing."""
+        try:
+            answer: M = self.query(method, request, response)
+            return answer
+        except QueryFailed as exc:
+            if exc.missing:
+                return None
+            raise
+
+    def _query(self, query_id: int) -> dict[str, Any]:
+        if query_id > MAX_QUERY_ID:
+            raise BadRequest(f"query id {query_id} is out of range (ids are 64-bit)")
+        st = self._maybe("QueryStatus", q.QueryStatusRequest(query_id=query_id), q.QueryStatusResponse)
+        if st is None:
+            raise NotFound(f"no query {query_id} on this chain")
+        return {"kind": "query", "query": self._query_view(st.query)}
+
+    def _account(self, text: str) -> dict[str, Any]:
+        try:
+            address = format_address(parse_address(text))  # canonical lower case, whatever was typed
+        except ValueError as exc:
+            raise BadRequest(f"{text!r} is not an address: {exc}") from None
+        account = self._maybe("Account", q.AccountRequest(address=address), q.AccountResponse)
+        expert = self._maybe("Expert", q.ExpertRequest(address=address), q.ExpertResponse)
+        balance = self.query("Balance", q.BalanceRequest(address=address), q.BalanceResponse)
+        if account is None and expert is None and not balance.amount:
+            raise NotFound(f"{address} has no balance, no transaction and no expert record on this chain")
+        view: dict[str, Any] = {"kind": "account", "address": address, "balance": int(balance.amount),
+                                "denom": balance.denom, "sequence": int(account.account.sequence) if account else 0,
+                                "expert": None}
+        if expert is not None:
+            view["expert"] = dict(
+                expert_view(expert.expert), domains=[{"domain": r.domain, "reputation": int(r.reputation)}
+                                                     for r in expert.reputation],
+                scorer_reputation=int(expert.scorer_reputation), capacity=int(expert.expert.capacity),
+                open_assignments=int(expert.expert.open_assignments),
+                reputation_scale=int(self._params().experts.reputation_scale))
+        return view
+
+    async def _tx(self, hex_hash: str) -> dict[str, Any]:
+        try:
+            res = await self.rpc.tx(bytes.fromhex(hex_hash))
+        except RPCError as exc:
+            if "not found" in str(exc):
+                raise NotFound(f"no tx {hex_hash.upper()} on this chain") from None
+            raise
+        r = res["tx_result"]
+        return {"kind": "tx", "hash": res["hash"], "height": int(res["height"]), "index": int(res.get("index", 0)),
+                "code": int(r.get("code", 0)), "codespace": r.get("codespace", ""), "log": r.get("log", ""),
+                "gas_wanted": int(r.get("gas_wanted", 0)), "gas_used": int(r.get("gas_used", 0)),
+                **tx_view(base64.b64decode(res["tx"]))}

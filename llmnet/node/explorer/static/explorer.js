@@ -27,6 +27,21 @@ function fraction(value, scale) {
   return (value / scale).toFixed(3);
 }
 
+// Wide tables scroll inside their card instead of running under the next one.
+function scroll(table) {
+  return el("div", { class: "scroll" }, table);
+}
+
+// Anything the search box understands (an address, a query id) opens the search panel on a click.
+function searchLink(text, shown) {
+  return el("a", { href: "#", "data-search": text, title: text }, shown ?? text);
+}
+
+function keyValues(rows) {
+  return scroll(el("table", { class: "kv" }, el("tbody", {},
+    ...rows.map(([key, value]) => el("tr", {}, el("th", {}, key), el("td", {}, value))))));
+}
+
 async function getJSON(path) {
   const response = await fetch(path, { cache: "no-store" });
   const body = await response.json();
@@ -60,11 +75,11 @@ function renderExperts(experts) {
       el("th", { class: "num" }, "answered"), el("th", { class: "num" }, "earned"),
       el("th", { class: "num" }, "slashed"));
     const rows = list.map((x) => el("tr", { "data-expert": x.address },
-      el("td", { class: "mono", title: x.address }, short(x.address)),
+      el("td", { class: "mono" }, searchLink(x.address, short(x.address))),
       el("td", { class: "num" }, fraction(x.reputation, experts.reputation_scale)),
       el("td", { class: "num" }, x.stake), el("td", {}, x.status), el("td", { class: "num" }, x.answered),
       el("td", { class: "num" }, x.earned), el("td", { class: "num" }, x.slashed)));
-    parts.push(el("table", { "data-domain": domain }, el("thead", {}, head), el("tbody", {}, ...rows)));
+    parts.push(scroll(el("table", { "data-domain": domain }, el("thead", {}, head), el("tbody", {}, ...rows))));
   }
   document.getElementById("experts").replaceChildren(...parts);
 }
@@ -82,10 +97,10 @@ function renderQuery(query) {
   const head = el("tr", {}, el("th", {}, "respondent"), el("th", {}, "answer"),
     el("th", { class: "num" }, "score"), el("th", { class: "num" }, "paid"));
   const rows = query.respondents.map((r) => el("tr", { class: r.final ? "best" : "" },
-    el("td", { class: "mono", title: r.address }, short(r.address)),
+    el("td", { class: "mono" }, searchLink(r.address, short(r.address))),
     el("td", {}, r.revealed ? r.answer : "(not revealed)"),
     el("td", { class: "num" }, r.score ?? "–"), el("td", { class: "num" }, r.paid ?? "–")));
-  parts.push(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
+  parts.push(scroll(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
   if (query.settled && query.slashed.length) {
     parts.push(el("div", { class: "meta" }, `slashed: ${query.slashed.map(short).join(", ")}`));
   }
@@ -94,7 +109,7 @@ function renderQuery(query) {
 
 function renderQueries(queries) {
   const box = document.getElementById("queries");
-  if (!queries.length) box.replaceChildren(el("p", { class: "empty" }, "No queries yet."));
+  if (!queries.length) box.replaceChildren(el("p", { class: "empty" }, "No queries here."));
   else box.replaceChildren(...queries.map(renderQuery));
 }
 
@@ -173,19 +188,111 @@ function redrawIfChanged(name, data, draw) {
   draw(data);
 }
 
+// Paged panels: the `before` cursor of the page shown, null to follow the newest as the chain grows.
+const PAGED = {
+  blocks: { draw: renderBlocks, number: (b) => b.height, noun: "heights" },
+  queries: { draw: renderQueries, number: (x) => x.id, noun: "queries" },
+};
+const cursor = { blocks: null, queries: null };
+const lastPage = {};
+
+function renderPager(name, page) {
+  const nav = document.querySelector(`.pager[data-panel="${name}"]`);
+  nav.querySelector('[data-go="newer"]').disabled = page.newer === null;
+  nav.querySelector('[data-go="older"]').disabled = page.older === null;
+  const numbers = page[name].map(PAGED[name].number);
+  const span = numbers.length ? `${PAGED[name].noun} ${numbers[0]}–${numbers[numbers.length - 1]} of ${page.latest}`
+    : "nothing here";
+  nav.querySelector(".where").textContent = (cursor[name] === null ? "newest · " : "") + span;
+}
+
+async function loadPage(name) {
+  const asked = cursor[name];
+  const page = await getJSON(asked === null ? `/api/${name}` : `/api/${name}?before=${asked}`);
+  if (asked !== cursor[name]) return; // the user paged while this was in flight: a newer load draws
+  lastPage[name] = page;
+  redrawIfChanged(name, page[name], PAGED[name].draw);
+  renderPager(name, page);
+}
+
+function turnPage(name, go) {
+  const page = lastPage[name];
+  if (!page || page[go] === null) return;
+  // A newer cursor past the newest item is the head page: follow the chain again from there.
+  cursor[name] = go === "newer" && page.newer > page.latest ? null : page[go];
+  loadPage(name).catch((err) => setLive(false, errorText(err)));
+}
+
+function errorText(err) {
+  return String(err && err.message ? err.message : err);
+}
+
+function renderAccount(found) {
+  const parts = [keyValues([["address", found.address], ["balance", `${found.balance} ${found.denom}`],
+    ["sequence (txs signed)", found.sequence]])];
+  const x = found.expert;
+  if (!x) {
+    parts.push(el("p", { class: "empty" }, "Not a registered expert."));
+  } else {
+    const scale = x.reputation_scale;
+    parts.push(el("h3", {}, "Expert"), keyValues([["status", x.status], ["stake", `${x.stake} ${found.denom}`],
+      ["endpoint", x.endpoint], ["base model", x.base_model], ["adapter sha256", x.adapter_sha256],
+      ["answered", x.answered], ["earned", x.earned], ["slashed", x.slashed],
+      ["open assignments", `${x.open_assignments} of ${x.capacity}`],
+      ["scorer reputation", fraction(x.scorer_reputation, scale)],
+      ...x.domains.map((d) => [`reputation in ${d.domain}`, fraction(d.reputation, scale)])]));
+  }
+  return el("article", { "data-kind": "account", "data-address": found.address }, ...parts);
+}
+
+function renderTx(found) {
+  const result = found.code === 0 ? "ok" : `failed: ${found.codespace}/${found.code} ${found.log}`;
+  const parts = [keyValues([["hash", found.hash], ["height", found.height], ["index in block", found.index],
+    ["result", result], ["gas used / wanted", `${found.gas_used} / ${found.gas_wanted}`],
+    ["signer", !found.decoded ? "(undecodable tx)" : found.signer ? searchLink(found.signer) : "–"],
+    ["sequence", found.sequence ?? "–"],
+    ["fee", found.fee ?? "–"], ["memo", found.memo || "–"]])];
+  for (const m of found.messages) {
+    parts.push(el("h3", {}, m.type),
+      el("pre", {}, m.fields ? JSON.stringify(m.fields, null, 2) : "(a message type this node cannot decode)"));
+  }
+  return el("article", { "data-kind": "tx", "data-hash": found.hash }, ...parts);
+}
+
+const RESULTS = {
+  account: renderAccount,
+  tx: renderTx,
+  query: (found) => el("div", { "data-kind": "query" }, renderQuery(found.query)),
+};
+
+let searches = 0; // only the latest search may draw: an earlier, slower answer is dropped
+async function search(text) {
+  const mine = ++searches;
+  const box = document.getElementById("search-result");
+  document.getElementById("search-section").hidden = false;
+  box.replaceChildren(el("p", { class: "empty" }, `Searching for ${text}…`));
+  let body;
+  try {
+    body = await getJSON(`/api/search?q=${encodeURIComponent(text)}`);
+    body = RESULTS[body.kind](body);
+  } catch (err) {
+    body = el("p", { class: "error", "data-kind": "error" }, errorText(err));
+  }
+  if (mine === searches) box.replaceChildren(body);
+}
+
 async function refresh() {
   try {
-    const [status, blocks, experts, queries, reputation] = await Promise.all(
-      ["status", "blocks", "experts", "queries", "reputation"].map((name) => getJSON(`/api/${name}`)));
+    const [status, experts, reputation] = await Promise.all([
+      getJSON("/api/status"), getJSON("/api/experts"), getJSON("/api/reputation"),
+      loadPage("blocks"), loadPage("queries")]);
     renderStatus(status);
-    renderBlocks(blocks);
     redrawIfChanged("experts", experts, renderExperts);
-    redrawIfChanged("queries", queries, renderQueries);
     renderChart(reputation, experts, status.height);
     latest = { reputation, experts, height: status.height };
     setLive(true, "");
   } catch (err) {
-    setLive(false, String(err && err.message ? err.message : err));
+    setLive(false, errorText(err));
   } finally {
     setTimeout(refresh, REFRESH_MS);
   }
@@ -195,5 +302,28 @@ let latest = null;
 document.getElementById("chart-domain").addEventListener("change", (event) => {
   chosenDomain = event.target.value;
   if (latest) renderChart(latest.reputation, latest.experts, latest.height);
+});
+for (const nav of document.querySelectorAll(".pager")) {
+  nav.addEventListener("click", (event) => {
+    const go = event.target.closest("[data-go]");
+    if (go) turnPage(nav.dataset.panel, go.dataset.go);
+  });
+}
+document.getElementById("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = document.getElementById("search").value.trim();
+  if (text) search(text);
+});
+document.getElementById("search-close").addEventListener("click", () => {
+  searches++;
+  document.getElementById("search-section").hidden = true;
+});
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-search]");
+  if (!link) return;
+  event.preventDefault();
+  document.getElementById("search").value = link.dataset.search;
+  search(link.dataset.search);
+  window.scrollTo({ top: 0 });
 });
 refresh();

@@ -21,6 +21,7 @@ from abci_app.modules import Keepers, modules, params_routes
 from abci_app.msgs import MsgRegistry
 from abci_app.queries import QueryRouter
 from abci_app.store.db import KEEP_RECENT, CommittedStore, StagedCommit
+from abci_app.store.links import is_link, link_key
 from abci_app.store.state import State
 from abci_app.store.versions import VersionView
 from abci_app.tx import DecodedTx, decode_tx
@@ -30,6 +31,7 @@ from abci_app.x.beacon.types import STORE as BEACON
 from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
 from wire.tendermint.abci import types_pb2 as abci
+from wire.tendermint.crypto import proof_pb2 as crypto_proof
 
 ABCI_VERSION = "2.0.0"
 DECODE_CACHE_ENTRIES = 50_000
@@ -47,6 +49,10 @@ def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
     for ev in events or []:
         result.events.append(ev.to_pb())
     return result
+
+
+ABSENT = "absent"
+"""ResponseQuery.info of a proof that the key asked for is not there (Application._absence)."""
 
 
 class Application:
@@ -103,9 +109,11 @@ class Application:
         are typed queries by method name."""
         height = self.query_height(req)
         resp = self._answer(req, height)
-        if resp.code and height != self.committed.height and not req.height:
-            # Written in the latest block: answer there (its proof checks once the next header is out).
-            resp = self._answer(req, self.committed.height)
+        if (resp.code or resp.info == ABSENT) and height != self.committed.height and not req.height:
+            # Perhaps written in the latest block: then answer there (its proof checks after the next header).
+            fresher = self._answer(req, self.committed.height)
+            if not fresher.code and fresher.info != ABSENT:
+                return fresher
         return resp
 
     def _answer(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
@@ -138,12 +146,28 @@ class Application:
             raise ErrInvalidRequest(f"store path must be /store/<{'|'.join(self.stores)}>/key, got {req.path!r}")
         store = parts[2]
         value = reader.get(store, req.data)
+        if value is None and req.prove and req.data and not is_link(req.data):
+            return self._absence(req.data, store, height, reader)
         if value is None:
             raise ErrNotFound(f"no value at key {req.data.hex()} in store {store} at height {height}")
         resp = abci.ResponseQuery(key=req.data, value=value, height=height)
         if req.prove:
             resp.proof_ops.ops.extend(reader.prove(store, req.data))
         return resp
+
+    @staticmethod
+    def _absence(key: bytes, store: str, height: int, reader: CommittedStore | VersionView) -> abci.ResponseQuery:
+        """A missing key, proven missing: the proven link of its predecessor, whose next key lies past it
+        (store/links.py). The response's key is that link's, so nobody can take it for the key asked."""
+        before = reader.iterate(store, b"", key, limit=1, reverse=True)
+        link = link_key(before[0][0] if before else b"")
+        link_value = reader.get(store, link)
+        if link_value is None:  # a store nothing was ever written to has no links
+            raise ErrNotFound(f"no value at key {key.hex()} in store {store} at height {height}")
+        return abci.ResponseQuery(key=link, value=link_value, height=height, info=ABSENT,
+                                  log=f"no value at key {key.hex()} in store {store}: the proof is of the link "
+                                      f"from the key before it, which skips it",
+                                  proof_ops=crypto_proof.ProofOps(ops=reader.prove(store, link)))
 
     # -- connection: mempool ------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from abci_app.crypto import parse_address
+from abci_app.store.links import proves_absence
 from abci_app.x.bank.types import balance_key
 from abci_app.x.inference.types import receipt_key
 from llmnet.client import protocol
@@ -193,7 +194,7 @@ def _proxied(proxy: str, store: str, key: bytes, height: int | None = None) -> d
 
 def test_cometbft_light_proxy_serves_verified_reads(net: Localnet, cometbft: str, tmp_path: Path) -> None:
     """A real `cometbft light` proxy in front of a node: a balance and a receipt come back verified, at the
-    default height and at an older kept one; a missing key is never passed off as verified."""
+    default height and at an older kept one; a missing key comes back proven missing."""
     requester = keys(net)[0]
     node = Client(net.manifest()["nodes"][0]["grpc"])
     try:
@@ -213,7 +214,10 @@ def test_cometbft_light_proxy_serves_verified_reads(net: Localnet, cometbft: str
             assert base64.b64decode(rec["value"]) == receipt.SerializeToString()
             older = _proxied(proxy, "bank", balance_key(parse_address(requester.address)), height - 3)
             assert int(older["result"]["response"]["height"]) == height - 3
-            missing = _proxied(proxy, "bank", balance_key(parse_address(Key.generate("nobody").address)))
-            assert "error" in missing and "result" not in missing, missing  # refused, not served as if verified
+            nobody = balance_key(parse_address(Key.generate("nobody").address))
+            absent = _proxied(proxy, "bank", nobody)["result"]["response"]  # the proxy verified the link's proof
+            link, link_value = base64.b64decode(absent["key"]), base64.b64decode(absent["value"])
+            assert absent["info"] == "absent" and proves_absence(nobody, link, link_value)
+            assert not proves_absence(balance_key(parse_address(requester.address)), link, link_value)
     finally:
         node.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from abci_app.store.links import LINK_PREFIX, is_link, link_updates
 from abci_app.store.merkle import (
     MerkleLog,
     StagedTree,
@@ -63,6 +64,11 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def below_links(end: bytes | None) -> bytes:
+    """An iteration's upper bound, never reaching the link keys."""
+    return LINK_PREFIX if end is None or end > LINK_PREFIX else end
 
 
 def multistore_root(store_roots: Mapping[str, bytes]) -> bytes:
@@ -124,16 +130,34 @@ class CommittedStore:
         """Present keys in [start, end) (end None: no bound), in key order (descending with reverse), at
         most limit of them. The primary-key index seeks to the range, so rows outside it (deleted keys
         included) cost nothing."""
-        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL"
-        args: tuple[object, ...] = (store, start)
-        if end is not None:
-            sql += " AND key<?"
-            args += (end,)
+        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL AND key<?"
+        args: tuple[object, ...] = (store, start, below_links(end))
         sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
         if limit is not None:
             sql += " LIMIT ?"
             args += (limit,)
         return [(bytes(k), bytes(v)) for k, v in self._db.execute(sql, args)]
+
+    def next_present(self, store: str, after: bytes, skip: set[bytes]) -> bytes | None:
+        """The smallest committed present key above `after` that is not in skip (links excluded)."""
+        rows = self._db.execute("SELECT key FROM kv WHERE store=? AND key>? AND key<? AND value IS NOT NULL "
+                                "ORDER BY key LIMIT ?", (store, after, LINK_PREFIX, len(skip) + 1))
+        return next((bytes(k) for (k,) in rows if bytes(k) not in skip), None)
+
+    def prev_present(self, store: str, before: bytes, skip: set[bytes]) -> bytes | None:
+        rows = self._db.execute("SELECT key FROM kv WHERE store=? AND key<? AND key<? AND value IS NOT NULL "
+                                "ORDER BY key DESC LIMIT ?", (store, before, LINK_PREFIX, len(skip) + 1))
+        return next((bytes(k) for (k,) in rows if bytes(k) not in skip), None)
+
+    def _with_links(self, store: str, writes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+        """The block's writes to one store plus the link writes they imply (links.py)."""
+        flips: dict[bytes, bool] = {}
+        for key, value in writes:
+            if is_link(key):
+                raise KeyError(f"module write to the reserved link key space in store {store!r}: {key!r}")
+            if (self.get(store, key) is not None) != (value is not None):
+                flips[key] = value is not None
+        return writes + list(link_updates(self, store, flips).items()) if flips else writes
 
     def _position(self, store: str, key: bytes) -> int | None:
         row = self._db.execute("SELECT pos FROM kv WHERE store=? AND key=?", (store, key)).fetchone()
@@ -153,7 +177,7 @@ class CommittedStore:
             tree = self.trees[store]
             size = tree.size
             leaves: dict[int, bytes] = {}
-            for key, value in sorted(by_store[store]):
+            for key, value in sorted(self._with_links(store, by_store[store])):
                 pos = self._position(store, key)
                 if pos is None:
                     if value is None:

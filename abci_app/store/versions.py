@@ -8,7 +8,7 @@ O(changes since v · log n), and its root is the app hash CometBFT put in header
 
 from __future__ import annotations
 
-from abci_app.store.db import CommittedStore, multistore_root, proof_ops
+from abci_app.store.db import CommittedStore, below_links, multistore_root, proof_ops
 from abci_app.store.merkle import StagedTree, kv_leaf
 from wire.tendermint.crypto import proof_pb2
 
@@ -43,11 +43,8 @@ class VersionView:
     def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
                 reverse: bool = False) -> list[tuple[bytes, bytes]]:
         """As CommittedStore.iterate, at this height: rows deleted since count, rows added since do not."""
-        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<?"
-        args: tuple[object, ...] = (store, start, self.sizes[store])
-        if end is not None:
-            sql += " AND key<?"
-            args += (end,)
+        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<? AND key<?"
+        args: tuple[object, ...] = (store, start, self.sizes[store], below_links(end))
         sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
         out: list[tuple[bytes, bytes]] = []
         for key, value in self.committed.rows_at(sql, args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abci_app.store.links import proves_absence
 from abci_app.store.merkle import kv_leaf, root_from_aunts
 from wire.tendermint.crypto import proof_pb2
 
@@ -30,3 +31,16 @@ def verify_store_proof(ops: list[proof_pb2.ProofOp], store: str, key: bytes, val
         current = root
     if current != app_hash:
         raise ProofError(f"proof root {current.hex()} differs from app hash {app_hash.hex()}")
+
+
+def verify_absence(ops: list[proof_pb2.ProofOp], store: str, key: bytes, link: bytes, link_value: bytes,
+                   app_hash: bytes) -> None:
+    """Raise ProofError unless ops prove, under app_hash, a link (the response's key and value) that skips
+    `key`: the app's proof that nothing is stored at key (abci_app/store/links.py)."""
+    try:
+        skips = proves_absence(key, link, link_value)
+    except ValueError:
+        skips = False
+    if not skips:
+        raise ProofError(f"the link {link!r} does not show key {key!r} absent")
+    verify_store_proof(ops, store, link, link_value, app_hash)

@@ -76,7 +76,8 @@ def _rpc(url: str, method: str, **params: Any) -> dict[str, Any]:
 def fetch(rpc_url: str, query_id: int) -> Evidence:
     resp = _rpc(rpc_url, "abci_query", path=f'"/store/{STORE}/key"', data="0x" + receipt_key(query_id).hex(),
                 prove="true")["response"]
-    if int(resp.get("code", 0)) != 0 or not resp.get("value"):
+    proven_key = base64.b64decode(resp.get("key") or "")
+    if int(resp.get("code", 0)) != 0 or not resp.get("value") or proven_key != receipt_key(query_id):
         raise VerifyError(f"query {query_id} has no receipt on chain (not settled, or unknown)")
     height = int(resp["height"])
     ops = [proof_pb2.ProofOp(type=o["type"], key=base64.b64decode(o["key"]), data=base64.b64decode(o["data"]))

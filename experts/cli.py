@@ -27,11 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve, and work the chain: answer, commit, reveal and score when drawn")
     _model_args(run)
     _serve_args(run)
-    run.add_argument("--state", default=None,
-                     help="daemon state file (default ~/.llmnet/expert-<key>.json); keeps a restart from "
-                          "double-submitting or losing a committed answer")
-    run.add_argument("--answer-tokens", type=int, default=64, help="max new tokens per answer (default 64)")
-    run.add_argument("--rpc", default="", help="CometBFT RPC URL (default: the one the node reports)")
+    _run_args(run)
 
     reg = sub.add_parser("register", help="register this expert on chain from its adapters' manifests")
     reg.add_argument("--adapter", action="append", default=[], metavar="DOMAIN=DIR",
@@ -46,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="queries this expert answers or scores at once (match the server's --max-concurrent); "
                           "the chain never draws it beyond (default: the chain's default_capacity)")
     _key_args(reg, required=True)
-    reg.add_argument("--node", default=DEFAULT_NODE, help=f"node gRPC address (default {DEFAULT_NODE})")
+    reg.add_argument("--node", action="append", default=None,
+                     help=f"node gRPC address (default {DEFAULT_NODE}); repeatable or comma-separated: the next "
+                          "one is used when one does not answer")
 
     tr = sub.add_parser("train", help="LoRA fine-tune on a QA or chat JSONL file; prints accuracy before/after")
     tr.add_argument("--data", required=True, help="JSONL: {question, answer} or {messages} per line")
@@ -83,6 +81,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a LoRA adapter directory serving a domain (repeatable)")
 
 
+def _run_args(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--state", default=None,
+                     help="daemon state file (default ~/.llmnet/expert-<key>.json); keeps a restart from "
+                          "double-submitting or losing a committed answer")
+    run.add_argument("--answer-tokens", type=int, default=64, help="max new tokens per answer (default 64)")
+    run.add_argument("--rpc", action="append", default=None, metavar="URL",
+                     help="CometBFT RPC URL of each --node, in the same order (repeatable or comma-separated; "
+                          "default: the one each node reports)")
+    run.add_argument("--stall-after", type=float, default=5.0, metavar="SECONDS",
+                     help="leave a node whose height has not moved for this long while another --node is ahead "
+                          "(default 5; answer and score windows are a few blocks)")
+
+
 def _key_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--key", required=required, help="keyring key of the expert (signs answers and txs)")
     p.add_argument("--keyring", default=None, help="keyring directory (default LLMNET_KEYRING or ~/.llmnet/keyring)")
@@ -92,8 +103,10 @@ def _key_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port (default {DEFAULT_LISTEN}; port 0 = any)")
     _key_args(p)
-    p.add_argument("--node", default=DEFAULT_NODE,
-                   help=f"node gRPC address, for access checks and chain id (default {DEFAULT_NODE})")
+    p.add_argument("--node", action="append", default=None,
+                   help=f"node gRPC address, for access checks, chain id and (run) the chain's work (default "
+                        f"{DEFAULT_NODE}); repeat it or give a comma-separated list to fail over to the next node "
+                        "when one is unreachable or (run) stalled; each move is logged as node_failover")
     p.add_argument("--open", action="store_true",
                    help="serve anyone, without checking requests against chain queries (local experiments)")
     p.add_argument("--chain-id", default="", help="chain id bound into answer signatures (default: the node's)")
@@ -202,7 +215,6 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     from experts.engine import Engine, Limits
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
-    from llmnet.client.sdk import Client
 
     specs = _adapter_specs(args.adapter)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -213,7 +225,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     if key is None and (needs_key or not args.open):
         raise ValueError("--key is required (it signs answers and is the address access is checked for); "
                          "use --open to serve unsigned answers to anyone")
-    client = None if args.open and not needs_key else Client(args.node)
+    client = None if args.open and not needs_key else _client(args.node)
     chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
     access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch)
@@ -232,9 +244,28 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     host = args.listen.rsplit(":", 1)[0]
     print(f"llmnet-expert serving {engine.model_id} with adapters {sorted(commitments) or 'none'} "
           f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)")
-          + (" open to anyone" if args.open else f", access checked with {args.node}")
+          + (" open to anyone" if args.open else f", access checked with {', '.join(client.nodes)}")  # type: ignore[union-attr]
           + (" (TLS)" if tls else " (plaintext: use --tls-cert/--tls-key off loopback)"), flush=True)
     return engine, key, client, server
+
+
+def _client(flags: list[str] | None):  # type: ignore[no-untyped-def]
+    """One client over every --node; it moves to the next node by itself and logs each move."""
+    from experts.daemon import log
+    from llmnet.client.failover import FailoverClient, parse_nodes
+
+    def moved(old: str, new: str, why: str) -> None:
+        if new != old:  # with one node there is nowhere to go: the daemon's node_unreachable says enough
+            log("node_failover", from_node=old, to_node=new, reason=why[:300])
+
+    return FailoverClient(parse_nodes(flags, DEFAULT_NODE), retry_for=0, on_switch=moved)
+
+
+def _rpc_urls(nodes: list[str], flags: list[str] | None) -> dict[str, str]:
+    urls = [u.strip() for flag in flags or () for u in flag.split(",") if u.strip()]
+    if urls and len(urls) != len(nodes):
+        raise ValueError(f"give one --rpc per --node ({len(nodes)} nodes, {len(urls)} RPC URLs), or none")
+    return dict(zip(nodes, urls, strict=False))
 
 
 def _wait_for_signal() -> threading.Event:
@@ -258,7 +289,8 @@ def _run(args: argparse.Namespace) -> int:
     stop = _wait_for_signal()
     engine, key, client, server = _start_server(args, needs_key=True)
     state = Path(args.state or f"~/.llmnet/expert-{args.key}.json").expanduser()
-    daemon = ExpertDaemon(engine, key, client, state, rpc_url=args.rpc, answer_tokens=args.answer_tokens)
+    daemon = ExpertDaemon(engine, key, client, state, rpc_urls=_rpc_urls(client.nodes, args.rpc),
+                          answer_tokens=args.answer_tokens, stall_after=args.stall_after)
     daemon.run(stop)
     server.stop(grace=2).wait()
     return 0
@@ -269,7 +301,7 @@ def _register(args: argparse.Namespace) -> int:
 
     from experts.adapters import NO_ADAPTER, model_commitment
     from llmnet.client import protocol
-    from llmnet.client.sdk import Client, Sender
+    from llmnet.client.sdk import Sender
 
     specs = _adapter_specs(args.adapter)
     manifests = {}
@@ -287,7 +319,7 @@ def _register(args: argparse.Namespace) -> int:
     hashes.update({d: NO_ADAPTER for d in args.domain if d not in hashes})
     commitment = model_commitment(hashes)
     key = _load_key(args)
-    with Client(args.node) as client:
+    with _client(args.node) as client:
         msg = protocol.register_expert(key, sorted(hashes), args.endpoint, bases.pop(), commitment, args.bond,
                                        args.capacity)
         sent = Sender(client, key).send([msg], gas_limit=None)

@@ -11,6 +11,11 @@ Collaborative prompting: in round r > 1 the prompt carries the peers' revealed r
 Judging (experts/judge.py): the scorer answers the question itself, with its adapter for the domain,
 and scores each final answer by its word overlap (F1) with that reference, 0-100. A missing final
 answer scores 0.
+
+Several nodes: given a FailoverClient over them, the daemon leaves its node when it stops answering
+(gRPC or CometBFT RPC) or stalls (no new height for stall_after seconds while another node is ahead),
+since a missed window costs the expert, not the node. Each move is logged as `node_failover` (by the
+client's on_switch, which experts/cli.py sets) and heights, events, websocket and sender follow it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
 RESEND_AFTER_BLOCKS = 3
+STALL_AFTER = 5.0
+"""Seconds at one height, while another node is ahead, before the daemon leaves its node: answer and
+score windows are a few blocks long."""
 
 
 def log(event: str, **fields: Any) -> None:
@@ -149,12 +157,12 @@ def answer_prompt(query: inf.Query, peers: list[str]) -> list[dict[str, str]]:
 
 
 class BlockWatcher(threading.Thread):
-    """Sets `wake` on every NewBlock from CometBFT's websocket; reconnects with backoff."""
+    """Sets `wake` on every NewBlock from CometBFT's websocket; reconnects with backoff until `stop` is set."""
 
-    def __init__(self, rpc_url: str, wake: threading.Event, stop: threading.Event) -> None:
+    def __init__(self, rpc_url: str, wake: threading.Event) -> None:
         super().__init__(name="block-watcher", daemon=True)
         self.ws_url = rpc_url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/") + "/websocket"
-        self.wake, self.stop = wake, stop
+        self.wake, self.stop = wake, threading.Event()
 
     def run(self) -> None:
         from websockets.sync.client import connect
@@ -180,17 +188,27 @@ class BlockWatcher(threading.Thread):
 
 
 class ExpertDaemon:
-    def __init__(self, engine: Engine, key: Key, client: Client, state_file: Path, rpc_url: str = "",
-                 answer_tokens: int = 64, lookback: int = 200, poll_seconds: float = 2.0) -> None:
+    def __init__(self, engine: Engine, key: Key, client: Client, state_file: Path,
+                 rpc_urls: dict[str, str] | None = None, answer_tokens: int = 64, lookback: int = 200,
+                 poll_seconds: float = 2.0, stall_after: float = STALL_AFTER) -> None:
         self.engine, self.key, self.client = engine, key, client
         self.state_file = state_file
         self.state = DaemonState.load(state_file)
-        self.rpc_url = rpc_url
+        self.rpc_urls = dict(rpc_urls or {})
+        """A node's gRPC address -> its CometBFT RPC URL; a node not listed is asked for the one it reports."""
+        self.rpc_url = ""
+        """The current node's: heights, events and the websocket come from it."""
         self.answer_tokens, self.lookback, self.poll_seconds = answer_tokens, lookback, poll_seconds
+        self.stall_after, self.clock = stall_after, time.monotonic
         self._sender: Sender | None = None
         self.chain_tip = 0
         """The chain's latest height when this tick started."""
         self._chain_id = ""
+        self._on = ""
+        """The node rpc_url, the block watcher and the sender belong to."""
+        self._watcher: BlockWatcher | None = None
+        self._progress: tuple[int, float | None] = (0, None)
+        """The current node's highest height seen, and when it was first seen."""
 
     @property
     def chain_id(self) -> str:
@@ -203,26 +221,91 @@ class ExpertDaemon:
 
     def run(self, stop: threading.Event) -> None:
         wake = threading.Event()
-        watcher: BlockWatcher | None = None
         backoff = 0.5
-        while not stop.is_set():
-            try:
-                if watcher is None:
-                    self.rpc_url = self.rpc_url or self.client.status().cometbft_rpc
-                    watcher = BlockWatcher(self.rpc_url, wake, stop)
-                    watcher.start()
-                self.tick()
-                backoff = 0.5
-            except Exception as exc:  # noqa: BLE001 - the daemon outlives any one failure; a dead daemon misses work
-                node = isinstance(exc, ClientError | CometError | KeyError)  # node down or answering oddly
-                log("node_unreachable" if node else "tick_failed", error=f"{type(exc).__name__}: {exc}"[:200],
-                    retry_in=backoff)
-                self._sender = None  # re-read chain id and sequence once the node is back
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        try:
+            while not stop.is_set():
+                try:
+                    self._follow_node(wake)
+                    self.tick()
+                    self._leave_if_stalled()
+                    backoff = 0.5
+                except Exception as exc:  # noqa: BLE001 - the daemon outlives any one failure; a dead daemon misses work
+                    self._failed(exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                wake.wait(self.poll_seconds)
+                wake.clear()
+        finally:
+            self._stop_watcher()
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        node = isinstance(exc, ClientError | CometError | KeyError)  # node down or answering oddly
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        log("node_unreachable" if node else "tick_failed", node=self._on, error=error, retry_in=backoff)
+        self._sender = None  # re-read chain id and sequence once the node is back
+        if node and self.client.node == self._on and len(self._nodes()) > 1:
+            # the client moves on by itself when gRPC fails; a CometBFT RPC failure is only seen here
+            self._move_to((self._nodes().index(self._on) + 1) % len(self._nodes()), error)
+
+    # -- which node -------------------------------------------------------------------------------
+
+    def _nodes(self) -> list[str]:
+        return list(getattr(self.client, "nodes", [self.client.node]))
+
+    def _move_to(self, index: int, reason: str) -> None:
+        self.client.use(index, reason)  # type: ignore[attr-defined]  # several nodes come as a FailoverClient
+
+    def _follow_node(self, wake: threading.Event) -> None:
+        """Point heights, events, the websocket and the sender at the client's current node."""
+        node = self.client.node
+        if node == self._on and self._watcher is not None:
+            return
+        self._stop_watcher()
+        self._on, self._sender, self._progress = node, None, (0, None)
+        self.rpc_url = self._rpc_of(node)  # raises if the node is down: then _on names it and run moves on
+        self._watcher = BlockWatcher(self.rpc_url, wake)
+        self._watcher.start()
+
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop.set()
+            self._watcher = None
+
+    def _rpc_of(self, node: str) -> str:
+        if node not in self.rpc_urls:
+            with Client(node, timeout=5) as that:  # that very node, not whichever the shared client reaches
+                self.rpc_urls[node] = that.status().cometbft_rpc
+        return self.rpc_urls[node]
+
+    def _leave_if_stalled(self) -> None:
+        """A node stuck at one height while the chain goes on elsewhere makes this expert miss its windows
+        and pay for its node's fault: after stall_after seconds, move to a node that is ahead."""
+        height, since = self._progress
+        now = self.clock()
+        if self.chain_tip > height or since is None:
+            self._progress = (self.chain_tip, now)
+            return
+        if now - since < self.stall_after or len(self._nodes()) < 2:
+            return
+        self._progress = (height, now)  # look at the others again only after another stall_after
+        ahead = self._node_ahead(height)
+        if ahead is not None:
+            index, tip = ahead
+            self._move_to(index, f"node {self._on} stalled at height {height} for {now - since:.0f}s while "
+                                 f"{self._nodes()[index]} is at {tip}")
+
+    def _node_ahead(self, height: int) -> tuple[int, int] | None:
+        for index, node in enumerate(self._nodes()):
+            if node == self._on:
                 continue
-            wake.wait(self.poll_seconds)
-            wake.clear()
+            try:
+                tip = int(comet_get(self._rpc_of(node), "status", timeout=3)["sync_info"]["latest_block_height"])
+            except (ClientError, CometError, KeyError, ValueError):
+                continue  # no better than ours
+            if tip > height:
+                return index, tip
+        return None
 
     def tick(self) -> None:
         """Read new heights' events, then take every step the chain is waiting on from us."""
@@ -348,4 +431,8 @@ class ExpertDaemon:
             return
         self.state.sent[step] = self._chain_height_now()
         self.state.save(self.state_file)
-        log("tx_sent", step=str(step), tx_hash=result.tx_hash, sequence=result.sequence)
+        if result.seen:  # a resend the node answered "tx already exists in cache": the first copy went through
+            log("tx_already_accepted", step=str(step), tx_hash=result.tx_hash, sequence=result.sequence,
+                seen=result.seen)
+        else:
+            log("tx_sent", step=str(step), tx_hash=result.tx_hash, sequence=result.sequence)

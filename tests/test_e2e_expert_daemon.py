@@ -1,9 +1,13 @@
-"""`llmnet-expert train | register | run` against a real 1-validator chain (tiny models, real processes).
+"""`llmnet-expert train | register | run` against a real 2-validator chain (tiny models, real processes).
 
 Three daemons on one domain: the query draws two respondents and one scorer. One respondent is
 SIGKILLed right after it broadcast its round-1 commitment and restarted on the same state file: it
 must reveal exactly what it committed, and nobody may double-submit. While that expert is down the
 query is open, which is when the other respondent's gRPC access check is exercised against the chain.
+
+The daemons are given both nodes, node 1 first: when node 1 is SIGKILLed they move to node 0, and so
+does an `llmnet ask` given both. Each validator holds half the power, so the chain halts while either
+is down and resumes when it is back: the clients ride the restart out, they do not need it to go on.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator[Loc
     from tests.conftest import free_base_port
 
     network = Localnet(tmp_path_factory.mktemp("daemon"), cometbft)
-    network.create(1, base_port=free_base_port(1), accounts=5, timeout_commit="200ms", timeout_propose="1s",
+    network.create(2, base_port=free_base_port(2), accounts=5, timeout_commit="200ms", timeout_propose="1s",
                    params={"inference": {"scorers": 1, "commit_blocks": 150, "reveal_blocks": 150},
                            "experts": {"unbonding_blocks": 2000}})
     try:
@@ -92,6 +96,7 @@ def _wait(what: str, check, timeout: float = 180) -> object:  # type: ignore[no-
 class Experts:
     net: Localnet
     node: str
+    """Node 0's gRPC address, where the tests look: the daemons try node 1 first."""
     daemons: list[Daemon]
     ports: list[int]
     tmp: Path
@@ -120,7 +125,8 @@ def experts(net: Localnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                               "--node", node], capture_output=True, text=True, timeout=120)
         assert reg.returncode == 0 and "registered" in reg.stdout, reg.stderr
     daemons = [Daemon(name, [*EXPERT, "run", "--base", str(model), "--adapter", f"{DOMAIN}={adapter}",
-                             "--listen", f"127.0.0.1:{port}", "--key", name, "--keyring", ring, "--node", node,
+                             "--listen", f"127.0.0.1:{port}", "--key", name, "--keyring", ring,
+                             "--node", manifest["nodes"][1]["grpc"], "--node", node,
                              "--state", str(tmp_path / f"{name}.json"), "--answer-tokens", "12"],
                       tmp_path / f"{name}.log") for name, port in zip(names, ports, strict=True)]
     for d in daemons:
@@ -294,6 +300,69 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         client.close()
 
 
+def _ask(experts: Experts, question: str, nodes: list[str]) -> subprocess.Popen[str]:
+    manifest = experts.net.manifest()
+    return subprocess.Popen([sys.executable, "-m", "llmnet.client.cli", "ask", question, "--domain", DOMAIN, "--rounds",
+                             "1", "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--output", "json",
+                             *[flag for node in nodes for flag in ("--node", node)]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _submitted(ask: subprocess.Popen[str]) -> tuple[int, list[str]]:
+    """Read ask's progress lines until it names its query (it is on chain from then on)."""
+    assert ask.stderr is not None
+    seen = []
+    for line in ask.stderr:
+        seen.append(line)
+        if line.startswith("submitted query"):
+            return int(line.split()[-1]), seen
+    pytest.fail(f"ask ended before its query was submitted: {''.join(seen)}")
+
+
+def _settled(ask: subprocess.Popen[str], seen: list[str], query_id: int) -> tuple[dict[str, object], str]:
+    assert ask.stdout is not None and ask.stderr is not None
+    code = ask.wait(timeout=240)
+    out, err = ask.stdout.read(), "".join(seen) + ask.stderr.read()
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["query_id"] == query_id and result["final_answer"] and len(result["answers"]) == 2
+    return result, err
+
+
+def _steps_of(events: list[dict[str, object]], query_id: int) -> list[str]:
+    return [str(e["step"]) for e in events if e["event"] == "tx_sent" and str(e["step"]).split(":")[1] == str(query_id)]
+
+
+def test_ask_and_daemons_move_to_the_second_node_when_the_first_is_killed(experts: Experts) -> None:
+    """Both clients are given node 1 first. It is SIGKILLed while the query is open and restarted: ask
+    follows the query through node 0 to its settlement, and every daemon moves to node 0 and does its part
+    of the query through it."""
+    net, daemons = experts.net, experts.daemons
+    first, second = net.manifest()["nodes"][1]["grpc"], experts.node
+    before = [len(d.events()) for d in daemons]
+    ask = _ask(experts, "What is item 7?", [first, second])
+    query_id, seen = _submitted(ask)
+    net.signal_node(1, signal.SIGKILL)
+    killed = time.monotonic()
+    _wait("every daemon to move to node 0", lambda: all(
+        any(e["event"] == "node_failover" and e["to_node"] == second for e in d.events()[n:])
+        for d, n in zip(daemons, before, strict=True)), timeout=60)
+    net.start_node(1)  # the chain needs both validators: it halted meanwhile
+    down = time.monotonic() - killed
+    result, err = _settled(ask, seen, query_id)
+    print(f"ask: node 1 down {down:.1f}s, settled {time.monotonic() - killed:.1f}s after the kill")
+    assert f"following through {second}" in err and "unreachable" in err
+    with Client(second) as client:
+        assert not client.receipt(query_id).receipt.slashed
+    for d, n in zip(daemons, before, strict=True):
+        events = d.events()[n:]
+        moved = next(i for i, e in enumerate(events) if e["event"] == "node_failover" and e["to_node"] == second)
+        assert events[moved]["from_node"] == first
+        assert _steps_of(events[moved:], query_id), f"{d.name} did nothing for query {query_id} through node 0"
+        assert not [e for e in events if e["event"] == "tx_refused"], d.name
+    net.wait_height(int(result["settled_height"]), nodes=[1], timeout=60)  # node 1 is back in step
+
+
 def _settled_query(node: str) -> int:
     with Client(node) as client:
         for query_id in range(1, 20):
@@ -362,30 +431,29 @@ def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
     assert unknown.returncode == 1 and "NOT VERIFIED" in unknown.stdout
 
 
-def test_daemons_ride_out_a_node_restart(experts: Experts) -> None:
+def test_ask_and_daemons_ride_out_every_node_killed_and_restarted(experts: Experts) -> None:
+    """The whole chain SIGKILLed and restarted while a query is open: an ask given one node keeps retrying
+    (backing off) until the node is back and prints the settled answer; the daemons notice, survive and
+    finish the query."""
     net, node = experts.net, experts.node
-    requester = keys(net)[0]
     before = [len(d.events()) for d in experts.daemons]
-    net.stop_node(0)
+    ask = _ask(experts, "What is item 3?", [node])
+    query_id, seen = _submitted(ask)
+    for i in range(2):
+        net.signal_node(i, signal.SIGKILL)
+    killed = time.monotonic()
     _wait("the daemons to notice the node is gone", lambda: all(
         any(e["event"] in ("node_unreachable", "websocket_down") for e in d.events()[n:])
         for d, n in zip(experts.daemons, before, strict=True)), timeout=60)
-    net.start_node(0)
+    net.start()
+    down = time.monotonic() - killed
+    result, err = _settled(ask, seen, query_id)
+    print(f"ask: every node down {down:.1f}s, settled {time.monotonic() - killed:.1f}s after the kill")
+    assert "unreachable" in err  # it saw the node go, and did not give up
     with Client(node) as client:
-        _wait("the node to serve again", lambda: _status_ok(client), timeout=120)
-        query_id = submit(client, requester, DOMAIN, "What is item 3?", 1_000_000, 2, 1)
-        _wait("settlement after the restart", lambda: client.query_status(query_id).query.phase == inf.PHASE_SETTLED,
-              timeout=240)
         assert not client.receipt(query_id).receipt.slashed
     for d in experts.daemons:
         assert d.proc is not None and d.proc.poll() is None, f"{d.name} died"
-
-
-def _status_ok(client: Client) -> bool:
-    try:
-        return client.status().height > 0
-    except ClientError:
-        return False
 
 
 def test_explorer_page_shows_a_query_settling_live(experts: Experts) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from experts.adapters import NO_ADAPTER, model_commitment
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step, answer_prompt
 from experts.judge import overlap_f1, score
+from llmnet.client.keys import Key
+from llmnet.client.sdk import ClientError, Sender
+from llmnet.client.txbuilder import send_msg
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 
@@ -76,7 +81,8 @@ def test_resend_is_timed_from_when_the_tx_left_not_from_the_tick_start(tmp_path:
     sent: list[object] = []
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.state, daemon.state_file, daemon.chain_tip = DaemonState(), tmp_path / "state.json", 10
-    daemon._sender = SimpleNamespace(send=lambda msgs: sent.append(msgs) or SimpleNamespace(tx_hash="AB", sequence=1))
+    accepted = SimpleNamespace(tx_hash="AB", sequence=1, seen="")
+    daemon._sender = SimpleNamespace(send=lambda msgs: sent.append(msgs) or accepted)
     daemon._latest_height = lambda: 20  # type: ignore[method-assign]  # chain height when the tx leaves
     step = Step(Kind.REVEAL, 1, 1)
     daemon._send(step, "msg")
@@ -85,3 +91,128 @@ def test_resend_is_timed_from_when_the_tx_left_not_from_the_tick_start(tmp_path:
         daemon.chain_tip = tick_height
         daemon._send(step, "msg")
         assert len(sent) == copies, tick_height
+
+
+# -- riding out node trouble ------------------------------------------------------------------------
+
+class Nodes:
+    """The part of FailoverClient the daemon steers: which node is current, and moving to another."""
+
+    def __init__(self, *nodes: str) -> None:
+        self.nodes, self.node = list(nodes), nodes[0]
+        self.moves: list[tuple[str, str, str]] = []
+
+    def use(self, index: int, reason: str) -> None:
+        self.moves.append((self.node, self.nodes[index], reason))
+        self.node = self.nodes[index]
+
+
+def _daemon(tmp_path: Path, client: object) -> ExpertDaemon:
+    daemon = ExpertDaemon(None, Key.generate("expert"), client, tmp_path / "state.json",  # type: ignore[arg-type]
+                          rpc_urls={"a:1": "http://a", "b:1": "http://b"}, stall_after=5)
+    daemon._on = "a:1"
+    return daemon
+
+
+def _events(err: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def test_a_resend_already_in_the_cache_is_logged_as_accepted(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The node answers a resend "tx already exists in cache": the first copy went through, so the daemon
+    finds it by hash (sha256 of the tx bytes, uppercase hex) and logs it accepted, not refused."""
+    import grpc
+
+    class CacheHit:
+        sent: list[bytes] = []
+
+        def sequence(self, address: str) -> int:
+            return 4
+
+        def params(self):  # type: ignore[no-untyped-def]
+            return SimpleNamespace(auth=SimpleNamespace(min_gas_price_micro=1))
+
+        def broadcast(self, tx: bytes) -> None:
+            self.sent.append(tx)
+            raise ClientError("CometBFT refused the tx: tx already exists in cache", grpc.StatusCode.ALREADY_EXISTS)
+
+        def get_tx(self, tx_hash: str) -> None:
+            raise ClientError(f"tx {tx_hash} not found", grpc.StatusCode.NOT_FOUND)
+
+        def in_mempool(self, tx_hash: str) -> bool:
+            return tx_hash == hashlib.sha256(self.sent[-1]).hexdigest().upper()
+
+    node = CacheHit()
+    daemon = _daemon(tmp_path, node)
+    daemon._sender = Sender(node, daemon.key, chain_id="c")  # type: ignore[arg-type]
+    daemon._latest_height = lambda: 9  # type: ignore[method-assign]
+    step = Step(Kind.REVEAL, 3, 1)
+    daemon._send(step, send_msg(daemon.key.address, daemon.key.address, 1))
+    events = _events(capsys.readouterr().err)
+    assert [e["event"] for e in events] == ["tx_already_accepted"]
+    assert events[0]["tx_hash"] == hashlib.sha256(node.sent[0]).hexdigest().upper() and events[0]["seen"] == "mempool"
+    assert events[0]["step"] == "reveal:3:1" and daemon.state.sent == {step: 9} and daemon._sender is not None
+
+
+def test_a_stalled_node_is_left_for_one_that_is_ahead(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import experts.daemon
+
+    heights = {"http://a": 10, "http://b": 10}
+    monkeypatch.setattr(experts.daemon, "comet_get",
+                        lambda url, method, timeout=10: {"sync_info": {"latest_block_height": str(heights[url])}})
+    client = Nodes("a:1", "b:1")
+    daemon, now = _daemon(tmp_path, client), [0.0]
+    daemon.clock = lambda: now[0]
+    daemon.chain_tip = 10
+
+    def at(seconds: float) -> list[tuple[str, str, str]]:
+        now[0] = seconds
+        daemon._leave_if_stalled()
+        return client.moves
+
+    assert at(0) == at(4.9) == []  # first sight of height 10, then still inside the window
+    assert at(6) == []  # stalled, but b is no further: stay (a chain that halts everywhere is no node's fault)
+    heights["http://b"] = 14
+    assert at(10) == []  # the others are asked again only a window after the last time
+    assert [(a, b) for a, b, _ in at(11.5)] == [("a:1", "b:1")]
+    assert "stalled at height 10" in client.moves[0][2] and "b:1 is at 14" in client.moves[0][2]
+    daemon.chain_tip, daemon._progress = 11, (10, 1.0)
+    assert len(at(100)) == 1  # a node that moves on is not stalled, however long ago the last height was
+
+
+def test_a_node_error_moves_the_daemon_on_once(tmp_path: Path) -> None:
+    from llmnet.client.comet import CometError
+
+    client = Nodes("a:1", "b:1")
+    daemon = _daemon(tmp_path, client)
+    daemon._failed(CometError("CometBFT RPC http://a unreachable"), 0.5)  # only the daemon sees its RPC fail
+    assert [(a, b) for a, b, _ in client.moves] == [("a:1", "b:1")] and "http://a" in client.moves[0][2]
+    daemon._failed(ClientError("node a:1 unreachable"), 1.0)  # the client already moved on from a: not again
+    daemon._on = "b:1"
+    daemon._failed(RuntimeError("engine trouble"), 2.0)  # not the node's fault: stay
+    assert len(client.moves) == 1
+
+
+def test_heights_events_and_sender_follow_the_client_to_its_new_node(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import experts.daemon
+
+    class Watcher:
+        def __init__(self, url: str, wake: threading.Event) -> None:
+            self.url, self.stop = url, threading.Event()
+
+        def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(experts.daemon, "BlockWatcher", Watcher)
+    client = Nodes("a:1", "b:1")
+    daemon = _daemon(tmp_path, client)
+    daemon._follow_node(threading.Event())
+    first = daemon._watcher
+    assert daemon.rpc_url == "http://a" and first is not None
+    daemon._sender = SimpleNamespace()  # type: ignore[assignment]
+    client.use(1, "a:1 unreachable")  # moved by the client, e.g. when a gRPC call failed
+    daemon._follow_node(threading.Event())
+    assert daemon.rpc_url == "http://b" and daemon._on == "b:1" and daemon._sender is None
+    assert first.stop.is_set() and daemon._watcher is not first and daemon._watcher.url == "http://b"  # type: ignore[attr-defined]

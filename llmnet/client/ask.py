@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
 from llmnet.client import protocol
 from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
@@ -83,7 +85,7 @@ def follow(client: Client, query_id: int, on_progress: Callable[[str], None], po
     deadline = time.monotonic() + timeout
     last, announced = "", False
     while True:
-        st = client.query_status(query_id)
+        st = _status_of_a_known_query(client, query_id, poll)
         if not announced and st.query.respondents:  # drawn in the block after the submit
             on_progress(f"query {query_id} in {st.query.domain}: respondents {', '.join(st.query.respondents)}; "
                         f"scorers {', '.join(st.query.scorers)}")
@@ -97,6 +99,23 @@ def follow(client: Client, query_id: int, on_progress: Callable[[str], None], po
         if time.monotonic() > deadline:
             raise ClientError(f"query {query_id} did not settle within {timeout:.0f}s; "
                               f"follow it with: llmnet query status {query_id}")
+        time.sleep(poll)
+
+
+LAG_GRACE = 30.0
+"""How long a node may not know a query another node included (it is behind, e.g. after a failover)."""
+
+
+def _status_of_a_known_query(client: Client, query_id: int, poll: float) -> query_pb2.QueryStatusResponse:
+    """The status of a query known to be on chain: a node that answers "no such query" has not caught up
+    with the block that holds it yet, so ask again for a while instead of failing."""
+    deadline = time.monotonic() + LAG_GRACE
+    while True:
+        try:
+            return client.query_status(query_id)
+        except ClientError as err:
+            if err.status != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
         time.sleep(poll)
 
 

@@ -1,6 +1,7 @@
 """LLM-Net's deterministic ABCI application."""
 
-APP_VERSION = 1
-"""Protocol version reported in Info; bumps when state-transition rules change."""
+APP_VERSION = 2
+"""Protocol version reported in Info; bumps when state-transition rules change (2: every store commits its
+sorted key links, every message emits a `message` event, an empty tx is tx/2)."""
 
 SOFTWARE_VERSION = "0.1.0"

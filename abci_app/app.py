@@ -23,7 +23,7 @@ from abci_app.queries import QueryRouter
 from abci_app.store.db import KEEP_RECENT, CommittedStore, StagedCommit
 from abci_app.store.links import is_link, link_key
 from abci_app.store.state import State
-from abci_app.store.versions import VersionView
+from abci_app.store.versions import HeightNotKept, VersionView
 from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
 from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
@@ -124,7 +124,7 @@ class Application:
             ctx = Ctx(State(reader), self._env(height, self.last_time_ns))
             value = self.router.run(ctx, req.path, req.data)
             return abci.ResponseQuery(value=value, height=height)
-        except (AppError, ValueError) as err:
+        except (AppError, HeightNotKept) as err:
             err = err if isinstance(err, AppError) else ErrHeightUnavailable(str(err))
             return abci.ResponseQuery(code=err.code, codespace=err.codespace, log=err.log, height=height)
 

@@ -180,6 +180,9 @@ def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
         with pytest.raises(grpc.RpcError) as missing:
             query.Account(query_pb2.AccountRequest(address=Key.generate("nobody").address))  # holds nothing
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as unknown_query:
+            query.QueryStatus(query_pb2.QueryStatusRequest(query_id=999_999))
+        assert unknown_query.value.code() == grpc.StatusCode.NOT_FOUND  # like an unknown expert
         txs = service_pb2_grpc.TxServiceStub(ch)
         with pytest.raises(grpc.RpcError) as empty:
             txs.BroadcastTx(service_pb2.BroadcastTxRequest(tx=b""))

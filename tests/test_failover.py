@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -248,3 +249,44 @@ def test_a_node_behind_on_a_known_query_is_asked_again_not_believed(monkeypatch:
     monkeypatch.setattr(ask, "LAG_GRACE", 0.05)
     with pytest.raises(ClientError, match="no query 5"):
         ask._status_of_a_known_query(Behind(10**6), 5, poll=0.01)  # type: ignore[arg-type]
+
+
+def test_a_long_lived_sender_recovers_when_another_client_used_its_key(tmp_path: Path) -> None:
+    """The gateway keeps one Sender for hours; a send from elsewhere with the same key must not leave
+    every later auto-gas send refused for a wrong sequence."""
+    from abci_app.context import BlockEnv, Ctx
+    from abci_app.crypto import parse_address
+    from tests.helpers import CHAIN_ID, Harness
+    from wire.llmnet.query.v1 import query_pb2
+    from wire.tendermint.abci import types_pb2 as abci
+
+    chain = Harness.create(tmp_path / "s.db", n_keys=2)
+
+    class InProcess:  # the node's API over the real state machine's mempool state
+        def status(self) -> node_pb2.StatusResponse:
+            return node_pb2.StatusResponse(chain_id=CHAIN_ID)
+
+        def params(self) -> query_pb2.ParamsResponse:
+            resp = query_pb2.ParamsResponse()
+            resp.auth.min_gas_price_micro = 10_000
+            return resp
+
+        def sequence(self, address: str) -> int:
+            ctx = Ctx(chain.app.check_state, BlockEnv(CHAIN_ID, chain.height, 0, b""))
+            return int(chain.app.auth.account(ctx, parse_address(address)).sequence)
+
+        def simulate(self, tx: bytes) -> service_pb2.SimulateResponse:
+            r = chain.app.simulate(tx)
+            return service_pb2.SimulateResponse(result=service_pb2.TxResult(
+                code=r.code, codespace=r.codespace, log=r.log, gas_used=r.gas_used))
+
+        def broadcast(self, tx: bytes) -> service_pb2.BroadcastTxResponse:
+            r = chain.app.check_tx(abci.RequestCheckTx(tx=tx))
+            return service_pb2.BroadcastTxResponse(tx_hash=hashlib.sha256(tx).hexdigest().upper(), check=(
+                service_pb2.TxResult(code=r.code, codespace=r.codespace, log=r.log)))
+
+    key, to = chain.keys[0], chain.keys[1].address
+    long_lived = Sender(InProcess(), key)  # type: ignore[arg-type]
+    assert long_lived.send([send_msg(key.address, to, 5)], gas_limit=None).sequence == 0
+    assert Sender(InProcess(), key).send([send_msg(key.address, to, 5)], gas_limit=None).sequence == 1  # type: ignore[arg-type]
+    assert [long_lived.send([send_msg(key.address, to, 5)], gas_limit=None).sequence for _ in range(3)] == [2, 3, 4]

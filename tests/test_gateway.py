@@ -5,7 +5,9 @@ real gateway, chain and experts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -13,10 +15,11 @@ import httpx
 import pytest
 
 from llmnet.client.ask import Answer, AskResult
-from llmnet.client.gateway import ChainBridge, Gateway, api_error
+from llmnet.client.gateway import ChainBridge, Gateway, api_error, serve
 from llmnet.client.openai_api import ApiError, Limits, completion, parse_chat
 from llmnet.client.sdk import ClientError, NodeUnreachable, TxRejected
 
+JSON = {"Content-Type": "application/json"}
 LIMITS = Limits(max_fee=1_000, max_fee_cap=5_000, k=2, rounds=2)
 ASK = {"model": "kestrel-lang", "messages": [{"role": "user", "content": "Who created Kestrel?"}]}
 
@@ -100,7 +103,9 @@ class StubBridge(ChainBridge):
 
     def settle(self, query_id: int, on_progress: Any) -> AskResult:
         on_progress("answers committing")
-        self.release.wait(10)
+        deadline = time.monotonic() + 10
+        while not self.release.wait(0.05) and time.monotonic() < deadline:
+            on_progress("still open")  # like a real query, progress keeps coming while it is open
         return _result(query_id, self.answered)
 
 
@@ -128,14 +133,22 @@ def test_http_errors_are_openai_error_objects() -> None:
     responses = _serve(gw, [
         ("POST", "/v1/chat/completions", {"json": ASK}),  # no key
         ("POST", "/v1/chat/completions", {"json": ASK, "headers": {"Authorization": "Bearer wrong"}}),
-        ("POST", "/v1/chat/completions", {"content": b"{not json", **auth}),
+        ("POST", "/v1/chat/completions", {"content": b"{not json", "headers": {**auth["headers"], **JSON}}),
         ("POST", "/v1/chat/completions", {"json": dict(ASK, model="no-such"), **auth}),
         ("GET", "/v1/nothing-here", auth),
         ("GET", "/v1/chat/completions", auth),
-        ("POST", "/v1/chat/completions", {"content": b"x" * 300_000, **auth}),
+        ("POST", "/v1/chat/completions", {"content": b"x" * 300_000, "headers": {**auth["headers"], **JSON}}),
+        ("POST", "/v1/chat/completions", {"content": b"[" * 100_000, "headers": {**auth["headers"], **JSON}}),
+        ("POST", "/v1/chat/completions", {"content": b'{"model": ' + b"9" * 5000 + b"}",
+                                          "headers": {**auth["headers"], **JSON}}),
+        ("POST", "/v1/chat/completions", {"content": rb'{"model": "kestrel-lang", "messages": [{"role": "user", '
+                                                     rb'"content": "\ud800"}]}',
+                                          "headers": {**auth["headers"], **JSON}}),
+        ("POST", "/v1/chat/completions", {"content": b"{}", "headers": {"Authorization": b"Bearer \xff\xfe",
+                                                                        **JSON}}),
         ("GET", "/v1/models", auth),
     ])
-    assert [r.status_code for r in responses] == [401, 401, 400, 404, 404, 405, 413, 200]
+    assert [r.status_code for r in responses] == [401, 401, 400, 404, 404, 405, 413, 400, 400, 400, 401, 200]
     for r in responses[:-1]:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     assert responses[3].json()["error"]["code"] == "model_not_found"
@@ -183,3 +196,57 @@ def test_a_completion_has_the_standard_shape_and_the_receipt() -> None:
         "role": "assistant", "content": "Marta Vensel"}
     assert body["llmnet"]["query_id"] == 7 and body["llmnet"]["scores"] == [90, 20]
     assert body["llmnet"]["receipt"]["verify"] == "llmnet receipt verify 7"
+
+
+def test_a_web_page_cannot_spend_the_key() -> None:
+    """A page the operator visits may POST to loopback without a preflight only as text/plain, and a
+    browser always names its origin; a rebound DNS name arrives with its own Host."""
+    bridge = StubBridge()
+    gw = Gateway(bridge, LIMITS, allowed_origins=frozenset({"https://app.example"}))
+    responses = _serve(gw, [
+        ("POST", "/v1/chat/completions", {"content": json.dumps(ASK), "headers": {"Content-Type": "text/plain"}}),
+        ("POST", "/v1/chat/completions", {"json": ASK, "headers": {"Origin": "http://evil.example"}}),
+        ("POST", "/v1/chat/completions", {"json": ASK, "headers": {"Host": "rebound.evil.example:8080"}}),
+        ("OPTIONS", "/v1/chat/completions", {"headers": {"Origin": "http://evil.example"}}),
+        ("OPTIONS", "/v1/chat/completions", {"headers": {"Origin": "https://app.example"}}),
+        ("POST", "/v1/chat/completions", {"json": ASK, "headers": {"Origin": "https://app.example"}}),
+    ])
+    assert [r.status_code for r in responses] == [415, 403, 403, 403, 204, 200]
+    assert bridge.submitted == 1  # only the allowed origin's request was paid for
+    assert responses[-1].headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Access-Control-Allow-Origin" not in responses[1].headers
+
+
+def test_beyond_loopback_the_gateway_needs_an_api_key() -> None:
+    with pytest.raises(ValueError, match="API key"):
+        asyncio.run(serve(Gateway(StubBridge(), LIMITS), "0.0.0.0:0", print))
+
+
+def test_a_stream_left_early_keeps_its_slot_until_the_query_settles() -> None:
+    bridge = StubBridge()
+    bridge.release.clear()
+    gw = Gateway(bridge, LIMITS, max_in_flight=1)
+
+    async def run() -> list[int]:
+        from aiohttp import web
+
+        runner = web.AppRunner(gw.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+                async with http.stream("POST", "/v1/chat/completions", json=dict(ASK, stream=True)) as stream:
+                    async for _ in stream.aiter_lines():
+                        break  # read the first event, then hang up
+                statuses = [(await http.post("/v1/chat/completions", json=ASK)).status_code for _ in range(3)]
+                bridge.release.set()
+                while gw.in_flight:
+                    await asyncio.sleep(0.01)
+                statuses.append((await http.post("/v1/chat/completions", json=ASK)).status_code)
+                return statuses
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(run()) == [429, 429, 429, 200]
+    assert bridge.submitted == 2

@@ -3,6 +3,7 @@ missing key is proven missing by one ordinary presence proof that CometBFT's sto
 
 from __future__ import annotations
 
+import bisect
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from abci_app.app import ABSENT
 from abci_app.crypto import parse_address
 from abci_app.store.db import CommittedStore
-from abci_app.store.links import LINK_PREFIX, decode_next, link_key, proves_absence
+from abci_app.store.links import LINK_PREFIX, decode_next, link_key, link_updates, proves_absence
 from abci_app.store.state import State
 from abci_app.store.versions import VersionView
 from abci_app.x.bank.types import balance_key
@@ -92,7 +93,33 @@ def test_an_absence_claim_cannot_hide_a_present_key(tmp_path: Path) -> None:
         verify_store_proof(list(absent.proof_ops.ops), "bank", absent.key, forged, app_hash)
 
 
-def test_modules_cannot_write_link_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", [LINK_PREFIX + b"x", LINK_PREFIX, b"\xff\xffz", b"\xff\xff\xff"])
+def test_modules_cannot_write_link_keys_or_above(tmp_path: Path, key: bytes) -> None:
     store = CommittedStore(tmp_path / "s.db", ["s"])
     with pytest.raises(KeyError, match="reserved"):
-        store.stage({("s", LINK_PREFIX + b"x"): b"forged"})
+        store.stage({("s", key): b"forged"})
+
+
+def test_removing_a_run_of_neighbouring_keys_costs_linear_lookups() -> None:
+    """A block that empties n adjacent keys (say, drained balances with a ground address prefix) must not
+    make every validator walk the run once per key."""
+    present = [b"k%05d" % i for i in range(3000)]
+
+    class Counting:
+        calls = 0
+
+        def next_present(self, store: str, after: bytes) -> bytes | None:
+            Counting.calls += 1
+            i = bisect.bisect_right(present, after)
+            return present[i] if i < len(present) else None
+
+        def prev_present(self, store: str, before: bytes) -> bytes | None:
+            Counting.calls += 1
+            i = bisect.bisect_left(present, before)
+            return present[i - 1] if i else None
+
+    run = present[500:2500]
+    writes = link_updates(Counting(), "s", {k: False for k in run})
+    assert writes[link_key(present[499])] == b"\x01" + present[2500]  # the gap is bridged
+    assert sum(v is None for v in writes.values()) == len(run)
+    assert Counting.calls <= 4 * len(run)

@@ -12,12 +12,12 @@ Recent heights stay readable: each Commit also records the value every rewritten
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from abci_app.store.links import LINK_PREFIX, is_link, link_updates
+from abci_app.store.links import LINK_PREFIX, link_updates
 from abci_app.store.merkle import (
     MerkleLog,
     StagedTree,
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS kv (
   store TEXT NOT NULL, key BLOB NOT NULL, value BLOB, pos INTEGER NOT NULL,
   PRIMARY KEY (store, key)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS kv_pos ON kv (store, pos);
+CREATE INDEX IF NOT EXISTS kv_present ON kv (store, key) WHERE value IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history (
   store TEXT NOT NULL, key BLOB NOT NULL, height INTEGER NOT NULL, old BLOB,
@@ -138,22 +139,22 @@ class CommittedStore:
             args += (limit,)
         return [(bytes(k), bytes(v)) for k, v in self._db.execute(sql, args)]
 
-    def next_present(self, store: str, after: bytes, skip: set[bytes]) -> bytes | None:
-        """The smallest committed present key above `after` that is not in skip (links excluded)."""
-        rows = self._db.execute("SELECT key FROM kv WHERE store=? AND key>? AND key<? AND value IS NOT NULL "
-                                "ORDER BY key LIMIT ?", (store, after, LINK_PREFIX, len(skip) + 1))
-        return next((bytes(k) for (k,) in rows if bytes(k) not in skip), None)
+    def next_present(self, store: str, after: bytes) -> bytes | None:
+        """The smallest committed present key above `after` (links excluded)."""
+        row = self._db.execute("SELECT key FROM kv WHERE store=? AND key>? AND key<? AND value IS NOT NULL "
+                               "ORDER BY key LIMIT 1", (store, after, LINK_PREFIX)).fetchone()
+        return None if row is None else bytes(row[0])
 
-    def prev_present(self, store: str, before: bytes, skip: set[bytes]) -> bytes | None:
-        rows = self._db.execute("SELECT key FROM kv WHERE store=? AND key<? AND key<? AND value IS NOT NULL "
-                                "ORDER BY key DESC LIMIT ?", (store, before, LINK_PREFIX, len(skip) + 1))
-        return next((bytes(k) for (k,) in rows if bytes(k) not in skip), None)
+    def prev_present(self, store: str, before: bytes) -> bytes | None:
+        row = self._db.execute("SELECT key FROM kv WHERE store=? AND key<? AND key<? AND value IS NOT NULL "
+                               "ORDER BY key DESC LIMIT 1", (store, before, LINK_PREFIX)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def _with_links(self, store: str, writes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
         """The block's writes to one store plus the link writes they imply (links.py)."""
         flips: dict[bytes, bool] = {}
         for key, value in writes:
-            if is_link(key):
+            if key >= LINK_PREFIX:  # links and anything sorting above them would escape the key list
                 raise KeyError(f"module write to the reserved link key space in store {store!r}: {key!r}")
             if (self.get(store, key) is not None) != (value is not None):
                 flips[key] = value is not None
@@ -240,6 +241,10 @@ class CommittedStore:
     def rows_at(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         """Read-only SQL for version views (versions.py)."""
         return list(self._db.execute(sql, args))
+
+    def cursor_at(self, sql: str, args: tuple[object, ...]) -> Iterator[tuple[Any, ...]]:
+        """Read-only SQL whose rows are read as they are consumed (a scan may stop early)."""
+        return iter(self._db.execute(sql, args))
 
     def position(self, store: str, key: bytes) -> int | None:
         return self._position(store, key)

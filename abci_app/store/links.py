@@ -13,7 +13,7 @@ above every module key (modules use ASCII prefixes) and iteration stops below th
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 LINK_PREFIX = b"\xff\xfflink:"
@@ -49,28 +49,50 @@ def proves_absence(key: bytes, link: bytes, link_value: bytes) -> bool:
 
 
 class Neighbours(Protocol):
-    """Committed present keys around a position, skipping some (those removed by the block at hand)."""
+    """Committed present keys next to a position (links excluded)."""
 
-    def next_present(self, store: str, after: bytes, skip: set[bytes]) -> bytes | None: ...
+    def next_present(self, store: str, after: bytes) -> bytes | None: ...
 
-    def prev_present(self, store: str, before: bytes, skip: set[bytes]) -> bytes | None: ...
+    def prev_present(self, store: str, before: bytes) -> bytes | None: ...
+
+
+class _Surviving:
+    """The nearest committed key in one direction that the block does not remove. Runs of removed keys
+    are walked once and remembered, so a block removing n neighbouring keys costs O(n) lookups, not n²."""
+
+    def __init__(self, step: Callable[[str, bytes], bytes | None], store: str, removed: set[bytes]) -> None:
+        self.step, self.store, self.removed = step, store, removed
+        self.beyond: dict[bytes, bytes | None] = {}  # removed key -> first surviving key past it
+
+    def __call__(self, x: bytes) -> bytes | None:
+        walked: list[bytes] = []
+        y = self.step(self.store, x)
+        while y is not None and y in self.removed:
+            if y in self.beyond:
+                y = self.beyond[y]
+                break
+            walked.append(y)
+            y = self.step(self.store, y)
+        for w in walked:
+            self.beyond[w] = y
+        return y
 
 
 def link_updates(neighbours: Neighbours, store: str, flips: Mapping[bytes, bool]) -> dict[bytes, bytes | None]:
     """The link writes a block needs, given the keys whose presence it flips (key -> present after)."""
     inserted = sorted(k for k, present in flips.items() if present)
     removed = {k for k, present in flips.items() if not present}
+    above = _Surviving(neighbours.next_present, store, removed)
+    below = _Surviving(neighbours.prev_present, store, removed)
 
     def succ(x: bytes) -> bytes | None:
         i = bisect_right(inserted, x)
-        found = [k for k in (neighbours.next_present(store, x, removed), inserted[i] if i < len(inserted) else None)
-                 if k is not None]
+        found = [k for k in (above(x), inserted[i] if i < len(inserted) else None) if k is not None]
         return min(found) if found else None
 
     def pred(x: bytes) -> bytes:
         i = bisect_left(inserted, x)
-        found = [k for k in (neighbours.prev_present(store, x, removed), inserted[i - 1] if i else None)
-                 if k is not None]
+        found = [k for k in (below(x), inserted[i - 1] if i else None) if k is not None]
         return max(found) if found else b""
 
     writes: dict[bytes, bytes | None] = {link_key(k): None for k in removed}

@@ -13,16 +13,23 @@ from abci_app.store.merkle import StagedTree, kv_leaf
 from wire.tendermint.crypto import proof_pb2
 
 
+class HeightNotKept(ValueError):
+    pass
+
+
 class VersionView:
     def __init__(self, committed: CommittedStore, height: int) -> None:
         if not committed.oldest_height() <= height <= committed.height:
-            raise ValueError(f"height {height} is not kept: heights {committed.oldest_height()} to "
+            raise HeightNotKept(f"height {height} is not kept: heights {committed.oldest_height()} to "
                              f"{committed.height} are")
         self.committed = committed
         self.height = height
         self.sizes = {str(s): int(n) for s, n in committed.rows_at(
             "SELECT store, size FROM sizes WHERE height=?", (height,))}
         self._trees: dict[str, StagedTree] = {}
+
+    def _size(self, store: str) -> int:
+        return self.sizes.get(store, 0)  # a store added after this height had no keys at it
 
     def _older(self, store: str, key: bytes) -> tuple[bool, bytes | None]:
         """(True, value) if a later block overwrote this key, with the value it had at this height."""
@@ -35,7 +42,7 @@ class VersionView:
 
     def get(self, store: str, key: bytes) -> bytes | None:
         pos = self.committed.position(store, key)
-        if pos is None or pos >= self.sizes[store]:
+        if pos is None or pos >= self._size(store):
             return None
         overwritten, old = self._older(store, key)
         return old if overwritten else self.committed.get(store, key)
@@ -43,11 +50,14 @@ class VersionView:
     def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
                 reverse: bool = False) -> list[tuple[bytes, bytes]]:
         """As CommittedStore.iterate, at this height: rows deleted since count, rows added since do not."""
-        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<? AND key<?"
-        args: tuple[object, ...] = (store, start, self.sizes[store], below_links(end))
+        # Only rows present now or changed since this height can be present at it: rows deleted earlier
+        # (queue entries leave many) are skipped by the database, and rows are read only as far as needed.
+        sql = ("SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<? AND key<? AND (value IS NOT NULL OR "
+               "EXISTS (SELECT 1 FROM history h WHERE h.store=kv.store AND h.key=kv.key AND h.height>?))")
+        args: tuple[object, ...] = (store, start, self._size(store), below_links(end), self.height)
         sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
         out: list[tuple[bytes, bytes]] = []
-        for key, value in self.committed.rows_at(sql, args):
+        for key, value in self.committed.cursor_at(sql, args):
             overwritten, old = self._older(store, bytes(key))
             current = old if overwritten else (None if value is None else bytes(value))
             if current is not None:
@@ -63,8 +73,8 @@ class VersionView:
                 "WHERE h.store=? AND h.height>? ORDER BY h.height DESC", (store, self.height))
             # Newest first, so the earliest overwrite after this height (the value it had here) wins.
             leaves = {int(pos): kv_leaf(bytes(key), None if old is None else bytes(old))
-                      for key, old, pos in rows if int(pos) < self.sizes[store]}
-            self._trees[store] = self.committed.trees[store].stage(leaves, self.sizes[store])
+                      for key, old, pos in rows if int(pos) < self._size(store)}
+            self._trees[store] = self.committed.trees[store].stage(leaves, self._size(store))
         return self._trees[store]
 
     def store_roots(self) -> dict[str, bytes]:

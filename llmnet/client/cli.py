@@ -201,6 +201,11 @@ def _gateway_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                                                                   "says (default 100000)")
     gw.add_argument("--max-fee-cap", type=int, default=None,
                     help="the most a request may set llmnet.max_fee to (default: --max-fee)")
+    gw.add_argument("--max-k", type=int, default=8, help="the most respondents a request may ask for (default 8)")
+    gw.add_argument("--max-rounds", type=int, default=4, help="the most rounds a request may ask for (default 4)")
+    gw.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web page origin (e.g. https://app.example) whose scripts may call the gateway "
+                         "(repeatable; default none: browsers naming any origin are refused)")
     gw.add_argument("--timeout", type=float, default=600, help="seconds to wait for a query to settle (default 600)")
     gw.add_argument("--max-in-flight", type=int, default=16,
                     help="queries followed at once; more get HTTP 429 (default 16)")
@@ -215,7 +220,8 @@ GATEWAY_EPILOG = """POST /v1/chat/completions: model is a domain or 'auto'; the 
 receipt. GET /v1/models lists the chain's domains. Errors use OpenAI's error object: 400 bad request,
 401 wrong API key, 402 the key cannot pay, 404 no such domain, 429 too many in flight, 503 chain down
 or no experts, 504 not settled in time.
-Every request spends the --from key's funds: keep --listen on loopback or set an API key."""
+Every request spends the --from key's funds: without an API key the gateway listens on loopback only and
+serves only requests addressed to loopback; browsers may call it only from --allow-origin origins."""
 
 
 def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
@@ -226,14 +232,16 @@ def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     from llmnet.client.openai_api import Limits
 
     cap = args.max_fee if args.max_fee_cap is None else args.max_fee_cap
-    if min(args.k, args.rounds, args.max_fee, cap, args.max_in_flight) < 1 or args.max_fee > cap:
-        raise ValueError("--k, --rounds, --max-fee and --max-in-flight must be positive, and --max-fee <= "
-                         "--max-fee-cap")
+    if (min(args.k, args.rounds, args.max_fee, args.max_in_flight) < 1 or not args.max_fee <= cap
+            or not args.k <= args.max_k or not args.rounds <= args.max_rounds):
+        raise ValueError("--k, --rounds, --max-fee and --max-in-flight must be positive, and at most --max-k, "
+                         "--max-rounds and --max-fee-cap")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     limits = Limits(max_fee=args.max_fee, max_fee_cap=cap, k=args.k, rounds=args.rounds,
-                    max_k=max(8, args.k), max_rounds=max(4, args.rounds))
+                    max_k=args.max_k, max_rounds=args.max_rounds)
     bridge = ChainBridge(client, _load_key(cfg, args.from_key), args.timeout)
-    gateway = Gateway(bridge, limits, os.environ.get(args.api_key_env) or None, args.max_in_flight)
+    gateway = Gateway(bridge, limits, os.environ.get(args.api_key_env) or None, args.max_in_flight,
+                      frozenset(args.allow_origin))
     asyncio.run(serve(gateway, args.listen, lambda url: print(f"llmnet gateway: serving {url} (OpenAI "
                                                               f"base_url) for key {args.from_key}",
                                                               file=sys.stderr, flush=True)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -45,6 +46,16 @@ MAX_BODY = 256 * 1024
 DOMAINS_TTL = 10.0
 PAYMENT_REFUSED = {("tx", 12), ("bank", 2)}  # the fee, or the escrow, cannot be paid
 NO_CAPACITY = ("inference", 3)  # too few active experts in the domain
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_error(exc: Exception) -> ApiError:
@@ -128,6 +139,9 @@ class Gateway:
     limits: Limits
     api_key: str | None = None
     max_in_flight: int = 16
+    allowed_origins: frozenset[str] = frozenset()
+    """Browser origins whose pages may call the gateway: none by default, so a web page the operator
+    visits cannot spend the key (a browser always names the page's origin)."""
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=self.max_in_flight + 2, thread_name_prefix="gateway")
@@ -137,7 +151,43 @@ class Gateway:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
+        for path in ("/v1/models", "/v1/chat/completions"):
+            app.router.add_route("OPTIONS", path, self.preflight)
+        app.on_response_prepare.append(self._cors)
         return app
+
+    def _guard(self, request: web.Request) -> None:
+        """Who may spend the key: a named browser origin only if allowed; without an API key only requests
+        addressed to loopback (a rebound DNS name is refused); only JSON bodies, which a page cannot send
+        across sites without a preflight this gateway does not grant."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.allowed_origins:
+            raise ApiError(403, f"requests from the web page origin {origin!r} are refused (see --allow-origin)",
+                           "permission_error", "origin_not_allowed")
+        if self.api_key is None and not is_loopback(request.host.rsplit(":", 1)[0] if request.host else ""):
+            raise ApiError(403, "without an API key only requests to a loopback address are served",
+                           "permission_error", "host_not_allowed")
+        if self.api_key is not None:
+            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+        if request.method == "POST" and request.content_type != "application/json":
+            raise ApiError(415, "the body must be JSON with Content-Type: application/json",
+                           code="unsupported_media_type")
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in self.allowed_origins:
+            raise ApiError(403, "cross-origin requests are refused (see --allow-origin)", "permission_error",
+                           "origin_not_allowed")
+        return web.Response(status=204, headers={"Access-Control-Allow-Methods": "GET, POST",
+                                                 "Access-Control-Allow-Headers": "Authorization, Content-Type"})
+
+    async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in self.allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
 
     async def _chain(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -147,10 +197,8 @@ class Gateway:
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         """Every error in OpenAI's JSON shape; a bad request never takes the server down."""
         try:
-            if self.api_key is not None:
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                    raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+            if request.method != "OPTIONS":
+                self._guard(request)
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -166,7 +214,7 @@ class Gateway:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a 5,000-digit number, deep nesting
             raise ApiError(400, "the body is not valid JSON") from None
         req = parse_chat(body, self.limits)
         if self.in_flight >= self.max_in_flight:
@@ -212,6 +260,8 @@ class Gateway:
             await self._finish(send, settling, query_id, domain, created)
         except ConnectionResetError:
             log.info("client left while query %d was open; it settles on chain regardless", query_id)
+            # Its slot stays taken until the query settles: leaving must not let a client open more.
+            await asyncio.wait({settling})
         return resp
 
     async def _finish(self, send: Callable[[dict[str, Any] | str], Awaitable[None]], settling: asyncio.Future[Any],
@@ -234,6 +284,9 @@ async def serve(gateway: Gateway, listen: str, on_ready: Callable[[str], None]) 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--listen must be host:port, got {listen!r}")
+    if gateway.api_key is None and not is_loopback(host):
+        raise ValueError(f"--listen {listen} is beyond loopback: set an API key (--api-key-env) so that not "
+                         "everyone who reaches it can spend the key")
     runner = web.AppRunner(gateway.app(), access_log=None)
     await runner.setup()
     try:

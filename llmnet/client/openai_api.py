@@ -72,6 +72,10 @@ def _question(messages: Any) -> str:
     question = _text(last.get("content")).strip()
     if not question:
         raise ApiError(400, "the question is empty", param="messages")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no valid text
+        raise ApiError(400, "the question is not valid Unicode text", param="messages") from None
     return question
 
 
@@ -89,12 +93,12 @@ def parse_chat(body: Any, limits: Limits) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model must be a domain name or 'auto'", param="model")
-    if body.get("n", 1) != 1:
+    if type(body.get("n", 1)) is not int or body.get("n", 1) != 1:
         raise ApiError(400, "n must be 1: a query settles on one final answer", param="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
-    ext = body.get(EXTENSION) or {}
+    ext = body.get(EXTENSION, {})
     if not isinstance(ext, dict):
         raise ApiError(400, f"{EXTENSION} must be an object", param=EXTENSION)
     return ChatRequest(model=model, question=_question(body.get("messages")), stream=stream,

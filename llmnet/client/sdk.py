@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -238,16 +238,27 @@ class Sender:
         Raises TxRejected when the simulation fails (the tx would fail in a block too)."""
         if self._sequence is None:
             self._sequence = self.client.sequence(self.key.address)
+        result = self._simulate(msgs, self._sequence, memo, timeout_height)
+        match = _EXPECTED.search(result.log)
+        if (result.codespace, result.code) == WRONG_SEQUENCE and match:
+            # Another client used the key (the node expects more: adopt it), or our last txs have not
+            # reached this node yet (it expects less: simulate where it stands; send() waits for it).
+            expected = int(match.group(1))
+            self._sequence = max(self._sequence, expected)
+            result = self._simulate(msgs, expected, memo, timeout_height)
+        if result.code:
+            raise TxRejected("", result.code, result.codespace, result.log)
+        return int(result.gas_used * GAS_ADJUSTMENT) + GAS_MARGIN
+
+    def _simulate(self, msgs: list[Message], sequence: int, memo: str, timeout_height: int) -> Any:
         result = None
         for ceiling in SIMULATION_GAS:  # a poor account may not cover the larger simulation's fee
-            tx = self.sign(msgs, self._sequence, None, ceiling, memo, timeout_height)
+            tx = self.sign(msgs, sequence, None, ceiling, memo, timeout_height)
             result = self.client.simulate(tx).result
             if (result.codespace, result.code) != FEE_UNPAID:
                 break
         assert result is not None
-        if result.code:
-            raise TxRejected("", result.code, result.codespace, result.log)
-        return int(result.gas_used * GAS_ADJUSTMENT) + GAS_MARGIN
+        return result
 
     def send(self, msgs: list[Message], fee: int | None = None, gas_limit: int | None = DEFAULT_GAS_LIMIT,
              memo: str = "", timeout_height: int = 0, attempts: int = 20) -> Broadcast:

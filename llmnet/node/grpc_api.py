@@ -6,6 +6,7 @@ bytes out), so gRPC and ABCI Query can never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
@@ -153,10 +154,19 @@ class _Counting(grpc.aio.ServerInterceptor):
 
     def _counted(self, behaviour: Any, method: str) -> Any:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            failed: grpc.StatusCode | None = None
             try:
                 return await behaviour(request, context)
+            except asyncio.CancelledError:  # the client gave up or its deadline passed
+                failed = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:  # context.abort() set the code
+                raise
+            except Exception:  # grpc answers an unhandled exception with UNKNOWN
+                failed = grpc.StatusCode.UNKNOWN
+                raise
             finally:
-                code = context.code()
+                code = failed or context.code()
                 name = code.name if isinstance(code, grpc.StatusCode) else (
                     grpc.StatusCode.OK.name if code in (None, 0) else grpc.StatusCode.UNKNOWN.name)
                 self.metrics.grpc.labels(method, name).inc()

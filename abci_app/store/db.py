@@ -224,7 +224,7 @@ class CommittedStore:
         past keep_recent goes. A key first written here needs no row: at older heights it lies beyond
         its tree's size."""
         old = [(store, key, height, self.get(store, key)) for store, key, _, pos in staged.rows
-               if pos < self.trees[store].size]
+               if pos < self.trees[store].size] if self.keep_recent else []
         self._db.executemany("INSERT OR REPLACE INTO history (store, key, height, old) VALUES (?,?,?,?)", old)
         sizes = {n: (staged.trees[n].size if n in staged.trees else t.size) for n, t in self.trees.items()}
         self._db.executemany("INSERT OR REPLACE INTO sizes (height, store, size) VALUES (?,?,?)",

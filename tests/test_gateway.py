@@ -65,7 +65,7 @@ def test_bad_bodies_are_400_naming_the_field(body: Any, param: str | None) -> No
     (TxRejected("h", 2, "bank", "insufficient funds"), 402, "insufficient_funds"),
     (TxRejected("h", 3, "inference", "too few experts"), 503, "no_experts"),
     (TxRejected("h", 11, "inference", "fee too low"), 400, "inference/11"),
-    (ClientError("query 4 did not settle within 5s"), 504, "timeout"),
+    (ClientError("query 4 did not settle within 5s", grpc.StatusCode.DEADLINE_EXCEEDED), 504, "timeout"),
     (ClientError("tx not committed", grpc.StatusCode.DEADLINE_EXCEEDED), 504, "timeout"),
     (ClientError("boom", grpc.StatusCode.INTERNAL), 502, "upstream_error"),
     (RuntimeError("bug"), 500, "internal_error"),

@@ -160,7 +160,7 @@ class CommittedStore:
                 flips[key] = value is not None
         return writes + list(link_updates(self, store, flips).items()) if flips else writes
 
-    def _position(self, store: str, key: bytes) -> int | None:
+    def position(self, store: str, key: bytes) -> int | None:
         row = self._db.execute("SELECT pos FROM kv WHERE store=? AND key=?", (store, key)).fetchone()
         return None if row is None else int(row[0])
 
@@ -179,7 +179,7 @@ class CommittedStore:
             size = tree.size
             leaves: dict[int, bytes] = {}
             for key, value in sorted(self._with_links(store, by_store[store])):
-                pos = self._position(store, key)
+                pos = self.position(store, key)
                 if pos is None:
                     if value is None:
                         continue  # created and deleted before ever being committed
@@ -240,18 +240,15 @@ class CommittedStore:
 
     def rows_at(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         """Read-only SQL for version views (versions.py)."""
-        return list(self._db.execute(sql, args))
+        return list(self.cursor_at(sql, args))
 
     def cursor_at(self, sql: str, args: tuple[object, ...]) -> Iterator[tuple[Any, ...]]:
         """Read-only SQL whose rows are read as they are consumed (a scan may stop early)."""
         return iter(self._db.execute(sql, args))
 
-    def position(self, store: str, key: bytes) -> int | None:
-        return self._position(store, key)
-
     def prove(self, store: str, key: bytes) -> list[proof_pb2.ProofOp]:
         """simple:v ProofOps for a present key: key -> store root -> app hash."""
-        pos = self._position(store, key)
+        pos = self.position(store, key)
         if pos is None or self.get(store, key) is None:
             raise KeyError(key)
         return proof_ops(store, key, pos, committed_view(self.trees[store]), self.store_roots)

@@ -46,9 +46,15 @@ def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: 
     """Submit the query (gas estimated by simulation) and wait for its block; returns the query id.
     Raises TxRejected, before any fee is spent when the simulation already fails."""
     sent = Sender(client, key).send([protocol.submit_query(key, domain, prompt, max_fee, k, rounds)], gas_limit=None)
-    res = client.wait_tx(sent.tx_hash)
+    return included_query(client, sent.tx_hash)
+
+
+def included_query(client: Client, tx_hash: str, timeout: float = 30.0) -> int:
+    """The id of the query a broadcast submit created, once its block is committed. Raises TxRejected
+    when the tx failed in its block."""
+    res = client.wait_tx(tx_hash, timeout=timeout)
     if res.result.code:
-        raise TxRejected(sent.tx_hash, res.result.code, res.result.codespace, res.result.log)
+        raise TxRejected(tx_hash, res.result.code, res.result.codespace, res.result.log)
     return query_ids(res.result.events)[0]
 
 
@@ -61,7 +67,8 @@ def drawn(client: Client, query_id: int, timeout: float = 60.0, poll: float = 0.
         if st.query.phase != inf.PHASE_AWAITING_DRAW:
             return st
         if time.monotonic() > deadline:
-            raise ClientError(f"query {query_id} was not drawn within {timeout:.0f}s")
+            raise ClientError(f"query {query_id} was not drawn within {timeout:.0f}s",
+                              grpc.StatusCode.DEADLINE_EXCEEDED)
         time.sleep(poll)
 
 
@@ -98,7 +105,7 @@ def follow(client: Client, query_id: int, on_progress: Callable[[str], None], po
             return outcome(client, query_id)
         if time.monotonic() > deadline:
             raise ClientError(f"query {query_id} did not settle within {timeout:.0f}s; "
-                              f"follow it with: llmnet query status {query_id}")
+                              f"follow it with: llmnet query status {query_id}", grpc.StatusCode.DEADLINE_EXCEEDED)
         time.sleep(poll)
 
 

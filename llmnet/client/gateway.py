@@ -25,8 +25,7 @@ import grpc
 from aiohttp import web
 
 from llmnet.client import protocol
-from llmnet.client.ask import AskResult, follow
-from llmnet.client.events import query_ids
+from llmnet.client.ask import AskResult, follow, included_query
 from llmnet.client.keys import Key
 from llmnet.client.openai_api import (
     AUTO,
@@ -72,8 +71,6 @@ def api_error(exc: Exception) -> ApiError:
             return ApiError(503, exc.log, "service_unavailable", "no_experts")
         return ApiError(400, f"the chain refused the query: {exc.log}", code=f"{exc.codespace}/{exc.code}")
     if isinstance(exc, ClientError) and exc.status == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ApiError(504, str(exc), "timeout", "timeout")
-    if isinstance(exc, ClientError) and "did not settle" in str(exc):
         return ApiError(504, str(exc), "timeout", "timeout")
     if isinstance(exc, ClientError):
         return ApiError(502, f"the node failed: {exc}", "upstream_error", "upstream_error")
@@ -122,12 +119,9 @@ class ChainBridge:
 
     def submit(self, req: ChatRequest, domain: str) -> int:
         msg = protocol.submit_query(self.key, domain, req.question, req.max_fee, req.k, req.rounds)
-        with self._send_lock:
+        with self._send_lock:  # only the broadcast: the key's sequence is the shared part
             sent = self.sender.send([msg], gas_limit=None)
-        res = self.client.wait_tx(sent.tx_hash, timeout=60)
-        if res.result.code:
-            raise TxRejected(sent.tx_hash, res.result.code, res.result.codespace, res.result.log)
-        return query_ids(res.result.events)[0]
+        return included_query(self.client, sent.tx_hash, timeout=60)
 
     def settle(self, query_id: int, on_progress: Callable[[str], None]) -> AskResult:
         return follow(self.client, query_id, on_progress, timeout=self.timeout)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app import APP_VERSION, SOFTWARE_VERSION
-from abci_app.context import BlockEnv, Ctx
+from abci_app.context import BlockEnv, Ctx, Misbehavior
 from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
 from abci_app.events import Event
 from abci_app.modules import Keepers, modules, params_routes
@@ -30,7 +31,9 @@ from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
 from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
+from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.tendermint.abci import types_pb2 as abci
+from wire.tendermint.crypto import keys_pb2 as crypto_keys
 from wire.tendermint.crypto import proof_pb2 as crypto_proof
 
 ABCI_VERSION = "2.0.0"
@@ -51,6 +54,15 @@ def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
     return result
 
 
+def _validator_updates(ctx: Ctx) -> list[abci.ValidatorUpdate]:
+    """The powers a block (or genesis) changed, for CometBFT, in address order."""
+    return [abci.ValidatorUpdate(pub_key=crypto_keys.PublicKey(ed25519=key), power=power)
+            for _, (key, power) in sorted(ctx.validator_updates.items())]
+
+
+ABSENT_FLAG = 1
+"""BlockIDFlag ABSENT: no vote from the validator in the last commit (a nil vote counts as signing, as in
+Cosmos: the validator was there)."""
 ABSENT = "absent"
 """ResponseQuery.info of a proof that the key asked for is not there (Application._absence)."""
 
@@ -199,15 +211,16 @@ class Application:
             raise ValueError(f"genesis app_state is not JSON: {exc}") from None
         state = State(self.committed)
         ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
-        app_state[BEACON] = {  # CometBFT's, not app_state's: the validators and their vote extensions
-            "validators": [(v.pub_key.ed25519, v.power) for v in req.validators],
-            "vote_extensions_enable_height": req.consensus_params.abci.vote_extensions_enable_height}
+        # CometBFT's, not app_state's: when vote extensions start, and genesis.json's validators
+        app_state[BEACON] = {"vote_extensions_enable_height": req.consensus_params.abci.vote_extensions_enable_height}
+        app_state.setdefault(VALIDATORS, {})["consensus"] = [(v.pub_key.ed25519, v.power) for v in req.validators]
         for module in self.modules:
             module.init_genesis(ctx, app_state.get(module.name, {}))
         self.chain_id = req.chain_id
         self._block = state
         self._check = state.fork()  # the mempool may admit txs before block 1 commits
-        return abci.ResponseInitChain(app_hash=self.committed.stage(state.writes()).app_hash)
+        return abci.ResponseInitChain(app_hash=self.committed.stage(state.writes()).app_hash,
+                                      validators=_validator_updates(ctx))
 
     def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
         """Every validator extends its precommit with the same bytes; what makes the beacon is the
@@ -270,7 +283,8 @@ class Application:
                                                  req.height, req.decided_last_commit)
         except ErrInvalidBeacon as err:
             raise RuntimeError(f"decided block {req.height} has no valid beacon: {err}") from None
-        env = self._env(req.height, time_ns, seed=seed or req.hash)
+        env = self._env(req.height, time_ns, seed=seed or req.hash, votes=req.decided_last_commit,
+                        misbehavior=req.misbehavior)
         block = Ctx(state, env)
         with state.scope():  # begin-of-block work is the chain's own: an error here is fatal
             for module in self.modules:
@@ -285,7 +299,8 @@ class Application:
         staged = self.committed.stage(state.writes())
         self._pending = (req.height, staged, time_ns)
         return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash,
-                                          events=[e.to_pb() for e in block.events])
+                                          events=[e.to_pb() for e in block.events],
+                                          validator_updates=_validator_updates(block))
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         """Persist the finalized block in one database transaction and reset the check state."""
@@ -301,9 +316,13 @@ class Application:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"") -> BlockEnv:
+    def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"",
+             votes: abci.CommitInfo | None = None, misbehavior: Iterable[abci.Misbehavior] = ()) -> BlockEnv:
+        last_commit = () if votes is None else tuple(
+            (v.validator.address, v.block_id_flag != ABSENT_FLAG) for v in votes.votes)
         return BlockEnv(chain_id=self.chain_id if chain_id is None else chain_id,
-                        height=height, time_ns=time_ns, seed=seed)
+                        height=height, time_ns=time_ns, seed=seed, last_commit=last_commit,
+                        misbehavior=tuple(Misbehavior(m.validator.address, m.height, m.type) for m in misbehavior))
 
     def _proposal_state(self) -> State:
         """Scratch state for judging a proposal: committed state, plus genesis if block 1 is next."""

@@ -21,6 +21,21 @@ class BlockEnv:
     """Block header time, nanoseconds since the Unix epoch."""
     seed: bytes
     """Consensus-derived randomness seed (the block hash); empty outside FinalizeBlock."""
+    last_commit: tuple[tuple[bytes, bool], ...] = ()
+    """(validator address, signed) for each validator of the previous height, as the block's last commit
+    records it (FinalizeBlock only)."""
+    misbehavior: tuple[Misbehavior, ...] = ()
+    """Evidence CometBFT committed in this block (FinalizeBlock only)."""
+
+
+@dataclass(frozen=True)
+class Misbehavior:
+    """A validator caught by CometBFT: two votes at one height (or a light-client attack)."""
+
+    address: bytes
+    height: int
+    kind: int
+    """ABCI MisbehaviorType: 1 duplicate vote, 2 light-client attack."""
 
 
 @dataclass
@@ -83,6 +98,8 @@ class Ctx:
     events: list[Event] = field(default_factory=list)
     record_events: bool = True
     """False where no one reads events (the mempool), to save building them."""
+    validator_updates: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    """Voting-power changes this block (or genesis) hands CometBFT: address -> (ed25519 key, power)."""
 
     def kv(self, store: str) -> KV:
         return KV(self, store)

@@ -42,6 +42,11 @@ from abci_app.x.inference import handler as inference_handler
 from abci_app.x.inference import query as inference_query
 from abci_app.x.inference.keeper import InferenceKeeper
 from abci_app.x.inference.types import STORE as INFERENCE
+from abci_app.x.validators import genesis as validators_genesis
+from abci_app.x.validators import handler as validators_handler
+from abci_app.x.validators import query as validators_query
+from abci_app.x.validators.keeper import ValidatorsKeeper
+from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.llmnet.query.v1 import query_pb2
 
 
@@ -65,12 +70,13 @@ class Keepers:
     experts: ExpertsKeeper
     inference: InferenceKeeper
     beacon: BeaconKeeper
+    validators: ValidatorsKeeper
 
     @classmethod
     def new(cls) -> Keepers:
-        auth, bank = AuthKeeper(), BankKeeper()
+        auth, bank, beacon = AuthKeeper(), BankKeeper(), BeaconKeeper()
         experts = ExpertsKeeper(bank)
-        return cls(auth, bank, experts, InferenceKeeper(auth, bank, experts), BeaconKeeper())
+        return cls(auth, bank, experts, InferenceKeeper(auth, bank, experts), beacon, ValidatorsKeeper(bank, beacon))
 
 
 def modules(k: Keepers) -> list[Module]:
@@ -87,7 +93,10 @@ def modules(k: Keepers) -> list[Module]:
                lambda ctx, s: inference_genesis.init_genesis(ctx, k.inference, s), k.inference.params,
                begin_block=k.inference.begin_block, end_block=k.inference.end_block),
         Module(BEACON, beacon_handler.msg_specs(k.beacon), beacon_query.Querier(k.beacon).routes(),
-               lambda ctx, s: beacon_genesis.init_genesis(ctx, k.beacon, s), None),
+               lambda ctx, s: beacon_genesis.init_genesis(ctx, k.beacon, s), None, begin_block=k.beacon.begin_block),
+        Module(VALIDATORS, validators_handler.msg_specs(k.validators), validators_query.Querier(k.validators).routes(),
+               lambda ctx, s: validators_genesis.init_genesis(ctx, k.validators, s), k.validators.params,
+               begin_block=k.validators.begin_block, end_block=k.validators.end_block),
     ]
 
 

@@ -53,11 +53,14 @@ class DevChain:
         self.validators = [SigningKey(hashlib.sha256(b"validator%d" % i).digest()) for i in range(VALIDATORS)]
         params = abci_params.ConsensusParams()
         params.abci.vote_extensions_enable_height = 1
-        self.app.init_chain(abci.RequestInitChain(
+        given = [abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=bytes(v.verify_key)), power=10)
+                 for v in self.validators]
+        resp = self.app.init_chain(abci.RequestInitChain(
             chain_id=chain_id, app_state_bytes=json.dumps(genesis).encode(), initial_height=1,
-            time=Timestamp(seconds=1_700_000_000), consensus_params=params,
-            validators=[abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=bytes(v.verify_key)), power=10)
-                        for v in self.validators]))
+            time=Timestamp(seconds=1_700_000_000), consensus_params=params, validators=given))
+        first = {address_bytes(u.pub_key.ed25519): u.power for u in (resp.validators or given)}
+        self._sets: dict[int, dict[bytes, int]] = {1: first, 2: dict(first)}
+        """The consensus set signing each height, as CometBFT keeps it: block H's updates count from H+2."""
         self.height = 0
         self.sequences: dict[str, int] = {}
         self.last: abci.ResponseFinalizeBlock = abci.ResponseFinalizeBlock()
@@ -68,31 +71,53 @@ class DevChain:
         self.sequences[key.address] = seq + 1
         return build_tx(key, self.chain_id, seq, list(msgs), fee=fee, gas_limit=gas_limit)
 
+    def set_at(self, height: int) -> dict[bytes, int]:
+        """address -> power of the validators signing `height`."""
+        return self._sets[max(h for h in self._sets if h <= max(height, 1))]
+
+    def _members(self, height: int, signers: list[int] | None) -> list[tuple[SigningKey, int, bool]]:
+        """(key, power, signed) of each validator of `height` (signers: indices into self.validators)."""
+        members = self.set_at(height)
+        return [(v, members[a], signers is None or i in signers) for i, v in enumerate(self.validators)
+                if (a := address_bytes(bytes(v.verify_key))) in members]
+
     def beacon(self, height: int, signers: list[int] | None = None) -> bytes:
         """The beacon tx a proposer of `height` makes from its validators' extensions on height - 1."""
         message = extension_sign_bytes(self.chain_id, height - 1, 0)
         votes = [(address_bytes(bytes(v.verify_key)), v.sign(message).signature)
-                 for i, v in enumerate(self.validators) if signers is None or i in signers]
+                 for v, _, signed in self._members(height - 1, signers) if signed]
         return encode_beacon(from_last_commit(votes, height - 1, 0))
 
-    def last_commit(self, signers: list[int] | None = None) -> abci.CommitInfo:
-        """The previous height's commit as CometBFT reports it: round 0, `signers` precommitted (default all)."""
+    def last_commit(self, signers: list[int] | None = None, block: int | None = None) -> abci.CommitInfo:
+        """The previous height's commit as CometBFT reports it in a block (default the next one): round 0,
+        `signers` precommitted (default all)."""
+        block = self.height + 1 if block is None else block
         return abci.CommitInfo(round=0, votes=[
-            abci.VoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
-                          block_id_flag=2 if signers is None or i in signers else 1)
-            for i, v in enumerate(self.validators)])
+            abci.VoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=power),
+                          block_id_flag=2 if signed else 1)
+            for v, power, signed in self._members(block - 1, signers)])
 
-    def finalize(self, txs: list[bytes], signers: list[int] | None = None) -> abci.ResponseFinalizeBlock:
+    def finalize(self, txs: list[bytes], signers: list[int] | None = None,
+                 misbehavior: list[abci.Misbehavior] | None = None) -> abci.ResponseFinalizeBlock:
         """One block: the beacon (of `signers`' extensions, default all), then txs; FinalizeBlock then
         Commit, with a hash and time derived from the height. The beacon's own result is left out of
-        the response, so results line up with txs."""
+        the response, so results line up with txs. Validator updates count from two heights on."""
         self.height += 1
         beacon = [self.beacon(self.height, signers)] if self.height > 1 else []
         self.last = self.app.finalize_block(abci.RequestFinalizeBlock(
             txs=beacon + txs, height=self.height, hash=hashlib.sha256(b"block%d" % self.height).digest(),
-            time=Timestamp(seconds=1_700_000_000 + self.height), decided_last_commit=self.last_commit(signers)))
+            time=Timestamp(seconds=1_700_000_000 + self.height),
+            decided_last_commit=self.last_commit(signers, self.height), misbehavior=misbehavior or []))
         del self.last.tx_results[:len(beacon)]
         self.app.commit(abci.RequestCommit())
+        following = dict(self.set_at(self.height + 1))
+        for update in self.last.validator_updates:
+            address = address_bytes(update.pub_key.ed25519)
+            if update.power:
+                following[address] = update.power
+            else:
+                following.pop(address, None)
+        self._sets[self.height + 2] = following
         return self.last
 
     def block(self, *txs: bytes) -> list[abci.ExecTxResult]:

@@ -150,7 +150,7 @@ def test_every_module_has_the_same_shape(module: Path) -> None:
 
 
 def test_modules_found() -> None:
-    assert [m.name for m in MODULES] == ["auth", "bank", "beacon", "experts", "inference"]
+    assert [m.name for m in MODULES] == ["auth", "bank", "beacon", "experts", "inference", "validators"]
 
 
 def test_no_product_function_is_over_60_lines() -> None:

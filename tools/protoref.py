@@ -17,7 +17,7 @@ from google.protobuf import descriptor_pb2 as d
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "reference.md"
-PACKAGES = ["tx", "auth", "bank", "experts", "inference", "beacon", "query", "node", "expert"]
+PACKAGES = ["tx", "auth", "bank", "experts", "inference", "beacon", "validators", "query", "node", "expert"]
 F = d.FieldDescriptorProto
 SCALARS = {F.TYPE_DOUBLE: "double", F.TYPE_FLOAT: "float", F.TYPE_INT64: "int64", F.TYPE_UINT64: "uint64",
            F.TYPE_INT32: "int32", F.TYPE_FIXED64: "fixed64", F.TYPE_FIXED32: "fixed32", F.TYPE_BOOL: "bool",

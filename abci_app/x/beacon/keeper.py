@@ -1,6 +1,10 @@
-"""Beacon state: the consensus validators' keys and powers (from InitChain) and whether vote extensions
-are on. verify() is the rule ProcessProposal and FinalizeBlock both apply. Nothing is written per
-block: the beacon lives in the block's data, and each query keeps the seed that drew it."""
+"""Beacon state: the consensus validators' keys and powers and whether vote extensions are on. verify() is
+the rule ProcessProposal and FinalizeBlock both apply. The beacon itself lives in the block's data, and each
+query keeps the seed that drew it.
+
+The set changes (x/validators): the updates block H hands CometBFT sign from height H+2, so they wait here
+as pending until then. A block at height h carries the votes of h-1, so it is judged against the set of h-1:
+the stored set with every change effective at or before h-1 laid over it (begin_block then folds them in)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from abci_app.x.beacon.types import (
     ErrInvalidBeacon,
     from_last_commit,
     is_beacon_tx,
+    pending_key,
     seed_of,
     validator_key,
 )
@@ -27,6 +32,8 @@ from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.types import canonical_pb2
 
 LastCommit = abci.CommitInfo
+FOLD_LOOKBACK = 3
+"""Heights below the previous one a pending change could still sit at (a margin: every block folds)."""
 
 
 def extension_sign_bytes(chain_id: str, height: int, round_: int) -> bytes:
@@ -52,9 +59,37 @@ class BeaconKeeper:
     def set_validator(self, ctx: Ctx, key: pb.ValidatorKey) -> None:
         ctx.kv(STORE).set(validator_key(key.address), key.SerializeToString())
 
+    def schedule(self, ctx: Ctx, effective: int, key: pb.ValidatorKey) -> None:
+        """A change CometBFT applies from height `effective` (power 0: the validator leaves)."""
+        ctx.kv(STORE).set(pending_key(effective, key.address), key.SerializeToString())
+
+    def _due(self, ctx: Ctx) -> list[tuple[bytes, pb.ValidatorKey]]:
+        """Pending changes effective at or before the previous height. Every block folds what is due, so only
+        the last few heights can hold any: the scan starts there, past every folded (deleted) entry."""
+        last = ctx.env.height - 1
+        start, end = pending_key(max(0, last - FOLD_LOOKBACK), b""), pending_key(last + 1, b"")
+        return [(k, pb.ValidatorKey.FromString(v)) for k, v in ctx.kv(STORE).iterate_range(start, end)]
+
     def validators(self, ctx: Ctx) -> dict[bytes, pb.ValidatorKey]:
-        return {k[len(VALIDATOR_PREFIX):]: pb.ValidatorKey.FromString(v)
-                for k, v in ctx.kv(STORE).iterate(VALIDATOR_PREFIX)}
+        """The set that signed the previous height."""
+        out = {k[len(VALIDATOR_PREFIX):]: pb.ValidatorKey.FromString(v)
+               for k, v in ctx.kv(STORE).iterate(VALIDATOR_PREFIX)}
+        for _, key in self._due(ctx):
+            if key.power:
+                out[key.address] = key
+            else:
+                out.pop(key.address, None)
+        return out
+
+    def begin_block(self, ctx: Ctx) -> None:
+        """Fold the changes now in force into the stored set."""
+        kv = ctx.kv(STORE)
+        for pending, key in self._due(ctx):
+            if key.power:
+                self.set_validator(ctx, key)
+            else:
+                kv.delete(validator_key(key.address))
+            kv.delete(pending)
 
     def build(self, ctx: Ctx, commit: abci.ExtendedCommitInfo, height: int) -> pb.Beacon:
         """The beacon a proposer of `height` makes from the previous height's extended commit: every

@@ -8,7 +8,8 @@ from abci_app.errors import AppError
 from wire.llmnet.beacon.v1 import beacon_pb2 as pb
 
 STORE = "beacon"
-VALIDATOR_PREFIX = b"val/"  # val/<address> -> ValidatorKey
+VALIDATOR_PREFIX = b"val/"  # val/<address> -> ValidatorKey: the set of the height before the current block
+PENDING_PREFIX = b"pend/"  # pend/<be8 effective height><address> -> ValidatorKey (power 0: leaves)
 ENABLE_HEIGHT_KEY = b"enable_height"
 COMMIT_FLAG = 2
 """BlockIDFlag COMMIT: the validator precommitted the block."""
@@ -29,6 +30,10 @@ class ErrInvalidBeacon(BeaconError):
 
 def validator_key(address: bytes) -> bytes:
     return VALIDATOR_PREFIX + address
+
+
+def pending_key(effective: int, address: bytes) -> bytes:
+    return PENDING_PREFIX + effective.to_bytes(8, "big") + address
 
 
 def encode_tx(beacon: pb.Beacon) -> bytes:

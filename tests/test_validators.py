@@ -1,0 +1,242 @@
+"""x/validators on the real state machine (DevChain plays CometBFT, applying updates two heights later):
+bonded genesis, joining, leaving, the third-of-the-power bound, double-sign and downtime punishment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from abci_app.crypto import address_bytes
+from abci_app.x.validators import power
+from llmnet.client.keys import Key
+from llmnet.devchain import DevChain, seeded_key
+from wire.llmnet.query.v1 import query_pb2 as q
+from wire.llmnet.validators.v1 import validators_pb2 as pb
+from wire.tendermint.abci import types_pb2 as abci
+
+FUNDS = 10**12
+BOND = 10_000_000  # 10 power each
+PARAMS = {"unbonding_blocks": 5, "signed_blocks_window": 10, "min_signed_ppm": 500_000, "jail_blocks": 3}
+ACTIVE, JAILED, UNBONDING, TOMBSTONED = (pb.VALIDATOR_STATUS_ACTIVE, pb.VALIDATOR_STATUS_JAILED,
+                                         pb.VALIDATOR_STATUS_UNBONDING, pb.VALIDATOR_STATUS_TOMBSTONED)
+
+
+def operators() -> list[Key]:
+    return [seeded_key(f"operator{i}") for i in range(4)]
+
+
+def bonded_chain(tmp_path: Path, params: dict[str, int] | None = None) -> DevChain:
+    """The DevChain's four consensus keys, each bonded by its own operator in app_state."""
+    ops = operators()
+    joiner = seeded_key("joiner")
+    pairs = enumerate(zip(ops, chain_keys(), strict=True))
+    return DevChain(tmp_path / "v.db", ops + [joiner], FUNDS, app_state={"validators": {
+        "params": {**PARAMS, **(params or {})},
+        "validators": [{"operator": o.address, "pub_key": base64.b64encode(bytes(v.verify_key)).decode(),
+                        "moniker": f"v{i}", "bond": str(BOND)} for i, (o, v) in pairs]}})
+
+
+def chain_keys() -> list[SigningKey]:
+    return [SigningKey(hashlib.sha256(b"validator%d" % i).digest()) for i in range(4)]
+
+
+def validators(chain: DevChain) -> dict[str, pb.Validator]:
+    resp = chain.query("Validators", q.ValidatorsRequest(), q.ValidatorsResponse)
+    return {v.moniker: v for v in resp.validators}
+
+
+def moved(updates: list[abci.ValidatorUpdate], before: dict[bytes, int]) -> int:
+    return sum(abs(u.power - before.get(address_bytes(u.pub_key.ed25519), 0)) for u in updates)
+
+
+def test_bonded_genesis_is_handed_to_cometbft_and_bonds_leave_the_operators(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    chain.ok()
+    assert sorted(chain.set_at(1).values()) == [10, 10, 10, 10]
+    vals = validators(chain)
+    assert {v.power for v in vals.values()} == {10} and {v.status for v in vals.values()} == {ACTIVE}
+    bal = chain.query("Balance", q.BalanceRequest(address=operators()[0].address), q.BalanceResponse)
+    assert bal.amount == FUNDS - BOND
+
+
+def test_a_new_validator_joins_in_steps_of_at_most_a_third_and_then_signs(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    joiner, key = seeded_key("joiner"), SigningKey(hashlib.sha256(b"joiner-consensus").digest())
+    big = 10 * BOND  # 100 power against 40: must arrive over several blocks
+    chain.ok(chain.tx(joiner, pb.MsgCreateValidator(operator=joiner.address, pub_key=bytes(key.verify_key),
+                                                    moniker="joiner", bond=big)))
+    chain.validators.append(key)  # it can sign once CometBFT counts it
+    told = dict(chain.set_at(chain.height + 1))
+    steps = 0
+    while validators(chain)["joiner"].power < 100:
+        assert chain.last.validator_updates, "the joiner's power stopped short of its bond"
+        assert 3 * moved(list(chain.last.validator_updates), told) <= sum(told.values())
+        for u in chain.last.validator_updates:
+            told[address_bytes(u.pub_key.ed25519)] = u.power
+        chain.ok()
+        steps += 1
+    assert steps > 1
+    address = address_bytes(bytes(key.verify_key))
+    for _ in range(3):
+        chain.ok()
+    assert chain.set_at(chain.height)[address] == 100  # CometBFT's set, two heights on; beacons still verify
+
+
+def test_an_original_validator_unbonds_leaves_the_set_and_gets_its_bond_back(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    op = operators()[3]
+    chain.ok(chain.tx(op, pb.MsgUnbondValidator(operator=op.address)))
+    v = validators(chain)["v3"]
+    assert v.status == UNBONDING and v.bond == 0 and v.unbonding == BOND and v.power == 0
+    assert any(u.power == 0 for u in chain.last.validator_updates)
+    for _ in range(PARAMS["unbonding_blocks"] + 1):
+        chain.ok()
+    assert "v3" not in validators(chain)
+    assert address_bytes(bytes(chain_keys()[3].verify_key)) not in chain.set_at(chain.height)
+    bal = chain.query("Balance", q.BalanceRequest(address=op.address), q.BalanceResponse)
+    assert bal.amount == FUNDS - chain_fees(chain, op)
+
+
+def chain_fees(chain: DevChain, key: Key) -> int:
+    from llmnet.devchain import TX_FEE  # noqa: PLC0415
+    return TX_FEE * chain.sequences.get(key.address, 0)
+
+
+@pytest.mark.parametrize(("msg", "signer", "error"), [
+    (lambda o, j: pb.MsgCreateValidator(operator=o[0].address, pub_key=b"\x01" * 32, moniker="x", bond=BOND), 0,
+     "already operates"),
+    (lambda o, j: pb.MsgCreateValidator(operator=j.address, pub_key=bytes(chain_keys()[0].verify_key), moniker="x",
+                                        bond=BOND), "j", "already a validator"),
+    (lambda o, j: pb.MsgCreateValidator(operator=j.address, pub_key=b"\x02" * 32, moniker="x", bond=BOND - 1), "j",
+     "below the minimum"),
+    (lambda o, j: pb.MsgCreateValidator(operator=j.address, pub_key=b"\x02" * 31, moniker="x", bond=BOND), "j",
+     "32-byte"),
+    (lambda o, j: pb.MsgUnbondValidator(operator=o[0].address, amount=BOND // 2), 0, "must leave at least"),
+    (lambda o, j: pb.MsgUnbondValidator(operator=j.address), "j", "operates no validator"),
+    (lambda o, j: pb.MsgUnjailValidator(operator=o[0].address), 0, "not jailed"),
+    (lambda o, j: pb.MsgEditValidator(operator=o[0].address, moniker=""), 0, "moniker"),
+])
+def test_rejections_have_stable_codes_and_readable_logs(tmp_path: Path, msg, signer, error) -> None:  # type: ignore[no-untyped-def]
+    chain = bonded_chain(tmp_path)
+    joiner = seeded_key("joiner")
+    key = joiner if signer == "j" else operators()[signer]
+    result = chain.block(chain.tx(key, msg(operators(), joiner)))[0]
+    assert result.code and result.codespace in ("validators", "sdk") and error in result.log
+
+
+def test_someone_else_cannot_unbond_or_edit_a_validator(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    thief = seeded_key("joiner")
+    result = chain.block(chain.tx(thief, pb.MsgUnbondValidator(operator=operators()[0].address)))[0]
+    assert result.code and "sign" in result.log
+    assert validators(chain)["v0"].status == ACTIVE
+
+
+def test_a_double_signer_is_slashed_tombstoned_and_removed_once(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    culprit = address_bytes(bytes(chain_keys()[2].verify_key))
+    evidence = abci.Misbehavior(type=abci.DUPLICATE_VOTE, validator=abci.Validator(address=culprit, power=10),
+                                height=1, total_voting_power=40)
+    chain.ok()
+    chain.finalize([], misbehavior=[evidence, evidence])
+    v = validators(chain)["v2"]
+    slashed = BOND * 50_000 // 1_000_000
+    assert v.status == TOMBSTONED and v.slashed == slashed and v.power == 0
+    chain.finalize([], misbehavior=[evidence])  # the same offence again changes nothing
+    assert validators(chain)["v2"].slashed == slashed
+    unknown = abci.Misbehavior(type=abci.DUPLICATE_VOTE, validator=abci.Validator(address=b"\x09" * 20, power=1),
+                               height=1)
+    chain.finalize([], misbehavior=[unknown])  # evidence about nobody is ignored
+    for _ in range(3):
+        chain.ok()
+    assert culprit not in chain.set_at(chain.height)
+    op = operators()[2]
+    result = chain.block(chain.tx(op, pb.MsgBondValidator(operator=op.address, amount=BOND)))[0]
+    assert result.code and "TOMBSTONED" in result.log
+
+
+def test_a_validator_that_misses_too_many_blocks_is_jailed_and_can_come_back(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    for _ in range(PARAMS["signed_blocks_window"] + 2):
+        chain.finalize([], signers=[0, 1, 2])  # v3 is offline
+    v = validators(chain)["v3"]
+    assert v.status == JAILED and v.power == 0 and v.slashed == BOND * 10_000 // 1_000_000
+    op = operators()[3]
+    early = chain.block(chain.tx(op, pb.MsgUnjailValidator(operator=op.address)))[0]
+    if chain.height < v.jailed_until:
+        assert early.code and "jailed until" in early.log
+        while chain.height < v.jailed_until:
+            chain.ok()
+    low = chain.block(chain.tx(op, pb.MsgUnjailValidator(operator=op.address)))[0]
+    assert low.code and "below the minimum" in low.log  # the slash took it under min_bond
+    chain.ok(chain.tx(op, pb.MsgBondValidator(operator=op.address, amount=BOND)))
+    chain.ok(chain.tx(op, pb.MsgUnjailValidator(operator=op.address)))
+    for _ in range(4):
+        chain.ok()
+    assert validators(chain)["v3"].status == ACTIVE and validators(chain)["v3"].power > 0
+
+
+def test_signers_are_not_jailed_and_nil_votes_count_as_present(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    for _ in range(3 * PARAMS["signed_blocks_window"]):
+        chain.ok()
+    assert {v.status for v in validators(chain).values()} == {ACTIVE}
+
+
+def test_fixed_genesis_validators_keep_their_power(tmp_path: Path) -> None:
+    chain = DevChain(tmp_path / "f.db", [], 0)
+    for _ in range(15):
+        chain.finalize([], signers=[0, 1, 2])
+    vals = chain.query("Validators", q.ValidatorsRequest(), q.ValidatorsResponse)
+    assert [v.power for v in vals.validators] == [10, 10, 10, 10] and vals.total_power == 40
+    assert all(not v.operator for v in vals.validators)
+
+
+def test_the_validator_query_takes_either_address(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    chain.ok()
+    by_op = chain.query("Validator", q.ValidatorRequest(address=operators()[1].address), q.ValidatorResponse)
+    by_cons = chain.query("Validator", q.ValidatorRequest(address=by_op.validator.address.hex()), q.ValidatorResponse)
+    assert by_op.validator == by_cons.validator and by_op.validator.moniker == "v1"
+    with pytest.raises(AssertionError, match="operates no validator"):
+        chain.query("Validator", q.ValidatorRequest(address=seeded_key("joiner").address), q.ValidatorResponse)
+    with pytest.raises(AssertionError, match="address"):
+        chain.query("Validator", q.ValidatorRequest(address="nonsense"), q.ValidatorResponse)
+
+
+def test_two_apps_fed_the_same_blocks_agree(tmp_path: Path) -> None:
+    hashes = []
+    for name in ("a", "b"):
+        chain = bonded_chain(tmp_path / name if (tmp_path / name).mkdir() is None else tmp_path)
+        joiner = seeded_key("joiner")
+        chain.ok(chain.tx(joiner, pb.MsgCreateValidator(operator=joiner.address, pub_key=b"\x07" * 32,
+                                                        moniker="j", bond=BOND)))
+        for _ in range(4):
+            chain.finalize([], signers=[0, 1, 2, 3])
+        hashes.append(chain.app.committed.app_hash)
+    assert hashes[0] == hashes[1]
+
+
+powers = st.dictionaries(st.binary(min_size=1, max_size=2), st.integers(0, 1000), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(current=powers, wanted=powers)
+def test_one_step_never_moves_more_than_a_third_and_always_approaches(current: dict[bytes, int],
+                                                                     wanted: dict[bytes, int]) -> None:
+    current = {a: p for a, p in current.items() if p}
+    wanted = {a: p for a, p in wanted.items() if p}
+    changes = power.step(current, wanted)
+    total = sum(current.values())
+    assert 3 * sum(abs(p - current.get(a, 0)) for a, p in changes.items()) <= total
+    for a, p in changes.items():  # every change goes toward the target, never past it
+        target, now = wanted.get(a, 0), current.get(a, 0)
+        assert min(now, target) <= p <= max(now, target) and p != now
+    if total >= 3 and current != wanted:
+        assert changes  # progress whenever a third of the power is at least 1

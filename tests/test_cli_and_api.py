@@ -130,6 +130,18 @@ def test_llmnetd_init_and_genesis(tmp_path: Path, cometbft: str) -> None:
     assert add.returncode == 1 and "llmnetd: error:" in add.stderr
     again = cli("init", "--home", str(home), "--chain-id", "x", "--cometbft", cometbft, tool="llmnetd")
     assert again.returncode == 1 and "already exists" in again.stderr
+    operator = Key.generate("op").address
+    assert cli("genesis", "add-account", operator, str(10**8), "--home", str(home), tool="llmnetd").returncode == 0
+    bonded = cli("genesis", "add-validator", operator, str(2 * 10**7), "--moniker", "me", "--home", str(home),
+                 tool="llmnetd")
+    assert bonded.returncode == 0, bonded.stderr
+    genesis = json.loads((home / "config" / "genesis.json").read_text())
+    own = json.loads((home / "config" / "priv_validator_key.json").read_text())
+    assert genesis["app_state"]["validators"]["validators"] == [
+        {"operator": operator, "pub_key": own["pub_key"]["value"], "moniker": "me", "bond": str(2 * 10**7)}]
+    assert [(v["address"], v["power"]) for v in genesis["validators"]] == [(own["address"], "20")]
+    twice = cli("genesis", "add-validator", operator, str(2 * 10**7), "--home", str(home), tool="llmnetd")
+    assert twice.returncode == 1 and "already has a genesis validator" in twice.stderr
 
 
 def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
@@ -159,6 +171,37 @@ def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_validator_commands_through_the_cli(net: Localnet, tmp_path: Path) -> None:
+    listed = json.loads(cli(*opts(net), "query", "validators", "--output", "json").stdout)
+    assert [v["moniker"] for v in listed["validators"]] == ["node0"] and int(listed["total_power"]) == 10
+    text = cli(*opts(net), "query", "validators").stdout
+    assert "node0" in text and "100.0%" in text and "total power 10" in text
+    edit = cli(*opts(net), "tx", "edit-validator", "validator0", "--moniker", "renamed", "--details", "hi")
+    assert edit.returncode == 0, edit.stderr
+    one = json.loads(cli(*opts(net), "query", "validator", "validator0", "--output", "json").stdout)
+    assert one["validator"]["moniker"] == "renamed" and one["validator"]["status"] == "VALIDATOR_STATUS_ACTIVE"
+    by_hex = cli(*opts(net), "query", "validator", base64_to_hex(one["validator"]["address"]))
+    assert by_hex.returncode == 0 and "moniker: renamed" in by_hex.stdout
+    key_file = tmp_path / "priv_validator_key.json"
+    key_file.write_text(json.dumps({"pub_key": {"type": "tendermint/PubKeyEd25519", "value": "A" * 43 + "="}}))
+    low = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", str(key_file), "--moniker", "x",
+              "--bond", "5")
+    assert low.returncode == 1 and "below the minimum" in low.stderr
+    bad = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", "not-a-key", "--moniker", "x",
+              "--bond", "5")
+    assert bad.returncode == 1 and "--pubkey" in bad.stderr
+    thief = cli(*opts(net), "tx", "unbond-validator", "user1")
+    assert thief.returncode == 1 and "operates no validator" in thief.stderr
+    unknown = cli(*opts(net), "query", "validator", "user2")
+    assert unknown.returncode == 1 and "operates no validator" in unknown.stderr
+
+
+def base64_to_hex(text: str) -> str:
+    import base64
+
+    return base64.b64decode(text).hex()
 
 
 def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,22 +13,26 @@ import httpx
 import pytest
 
 from abci_app.crypto import format_address
+from llmnet.devchain import DevChain
 from llmnet.node.cometrpc import CometRPC
-from llmnet.node.explorer.data import ExplorerData, router_query
+from llmnet.node.explorer.data import ExplorerData, QueryFn, router_query
 from llmnet.node.explorer.server import STATIC, Explorer
 from tests.conftest import free_port
 from tests.protocol_harness import ProtocolChain
 from tests.test_protocol import DOMAIN, answer_round, score, submit
+from tests.test_validators import BOND, FUNDS, chain_keys, operators
 from wire.llmnet.query.v1 import query_pb2 as q
 
 T = TypeVar("T")
 
 
-def _browse(chain: ProtocolChain, visit: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    """visit(http) against an explorer over `chain` whose CometBFT is down (nothing listens on its port)."""
+def _browse(chain: DevChain, visit: Callable[[httpx.AsyncClient], Awaitable[T]],
+            query: QueryFn[Any] | None = None) -> T:
+    """visit(http) against an explorer over `chain` (or `query`, standing in for its query router) whose
+    CometBFT is down (nothing listens on its port)."""
     async def run() -> T:
         rpc = CometRPC(f"http://127.0.0.1:{free_port()}", timeout=2)
-        explorer = Explorer(ExplorerData(router_query(chain.app), rpc), "127.0.0.1:0")
+        explorer = Explorer(ExplorerData(query or router_query(chain.app), rpc), "127.0.0.1:0")
         port = await explorer.start()
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -39,7 +44,7 @@ def _browse(chain: ProtocolChain, visit: Callable[[httpx.AsyncClient], Awaitable
     return asyncio.run(run())
 
 
-def _get_all(chain: ProtocolChain, paths: list[str]) -> list[httpx.Response]:
+def _get_all(chain: DevChain, paths: list[str]) -> list[httpx.Response]:
     async def visit(http: httpx.AsyncClient) -> list[httpx.Response]:
         return [await http.get(p) for p in paths]
 
@@ -197,6 +202,72 @@ def test_a_tx_this_node_cannot_read_is_still_shown() -> None:
     assert view["decoded"] and view["memo"] == "m" and view["signer"] == ""
     assert view["messages"] == [{"type": "no.such.Msg", "fields": None}, {"type": "llmnet.bank.v1.MsgSend",
                                                                            "fields": None}]
+
+
+MARKUP = '<script>document.title="owned"</script>'
+MONIKERS = ["alpha", MARKUP, "b&o <i>", "delta"]
+
+
+def _bonded(tmp_path: Path) -> DevChain:
+    """The DevChain's four consensus keys bonded by their operators, 10, 30, 20 and 10 power, one moniker markup."""
+    pairs = zip(operators(), chain_keys(), MONIKERS, [1, 3, 2, 1], strict=True)
+    chain = DevChain(tmp_path / "v.db", operators(), FUNDS, app_state={"validators": {"validators": [
+        {"operator": o.address, "pub_key": base64.b64encode(bytes(v.verify_key)).decode(), "moniker": m,
+         "bond": str(BOND * n)} for o, v, m, n in pairs]}})
+    chain.ok()
+    return chain
+
+
+def test_validators_are_the_set_by_power_with_their_shares(tmp_path: Path) -> None:
+    chain = _bonded(tmp_path)
+    body = _get_all(chain, ["/api/validators"])[0].json()
+    resp = chain.query("Validators", q.ValidatorsRequest(), q.ValidatorsResponse)
+    shown = body["validators"]
+    assert (body["total_power"], body["height"], body["more"]) == (resp.total_power, resp.height, False)
+    assert [v["power"] for v in shown] == [30, 20, 10, 10] and sum(v["power"] for v in shown) == body["total_power"]
+    assert [v["share"] for v in shown] == [42.9, 28.6, 14.3, 14.3]  # percent of 70, one decimal
+    records = {v.address.hex().upper(): v for v in resp.validators}
+    assert set(records) == {v["address"] for v in shown} and all(re.fullmatch("[0-9A-F]{40}", a) for a in records)
+    for v in shown:
+        record = records[v["address"]]
+        assert (v["moniker"], v["operator"], v["bond"]) == (record.moniker, record.operator, record.bond)
+        assert (v["status"], v["fixed"], v["slashed"], v["jailed_until"]) == ("active", False, 0, 0)
+    assert shown[0]["moniker"] == MARKUP  # verbatim: JSON is data, showing it as text is the page's job
+
+
+def test_fixed_genesis_validators_and_a_set_longer_than_a_page(chain: ProtocolChain) -> None:
+    real = router_query(chain.app)
+    limits: list[int] = []
+
+    def query(method: str, request: Any, response: Any) -> Any:
+        """The chain's answers, but as if more validators followed this page."""
+        answer = real(method, request, response)
+        if method == "Validators":
+            limits.append(request.limit)
+            answer.next_cursor = b"\x01" * 20
+        return answer
+
+    fixed = _get_all(chain, ["/api/validators"])[0].json()
+    paged = _browse(chain, lambda http: http.get("/api/validators"), query).json()
+    assert [(v["moniker"], v["operator"], v["fixed"], v["power"], v["share"], v["bond"]) for v in fixed["validators"]
+            ] == [("genesis", "", True, 10, 25.0, 0)] * 4
+    assert fixed["total_power"] == 40 and fixed["more"] is False
+    assert paged["more"] is True and paged["validators"] == fixed["validators"] and limits == [100]
+
+
+def test_a_moniker_that_is_markup_reaches_the_page_only_as_text(tmp_path: Path) -> None:
+    api, page, script = _get_all(_bonded(tmp_path), ["/api/validators", "/", "/static/explorer.js"])
+    assert MARKUP in [v["moniker"] for v in api.json()["validators"]]
+    assert api.headers["content-type"].startswith("application/json")  # a browser opening it shows text
+    assert page.status_code == 200 and "owned" not in page.text  # the page is static: chain data comes as JSON
+    # Which the script only ever inserts with el(): text nodes and attribute values, never parsed as HTML.
+    for f in STATIC.iterdir():
+        text = f.read_text()
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|DOMParser|"
+                             r"createContextualFragment|srcdoc|\beval\(|new Function", text), f.name
+    draw = script.text.split("function renderValidators(set) {")[1].split("\n}\n")[0]
+    assert "v.moniker" in draw and "el(" in draw
+    assert 'id="validators"' in page.text and "/api/validators" in script.text
 
 
 @pytest.mark.e2e

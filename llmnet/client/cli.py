@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
-from llmnet.client import protocol
+from llmnet.client import protocol, validator_cli
 from llmnet.client.failover import FailoverClient, parse_nodes
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
@@ -130,6 +130,7 @@ def _tx_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     for name, text in (("unbond-expert", "start unbonding an expert's stake"), ("unjail", "return from jail")):
         tp = tx.add_parser(name, help=text, parents=[common])
         tp.add_argument("from_key", help="name of the expert's key")
+    validator_cli.add_tx_parsers(tx, common)
     for tp in tx.choices.values():
         tp.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
         tp.add_argument("--gas", type=_gas, default=None, metavar="N|auto",
@@ -157,6 +158,7 @@ def _query_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     qr.add_argument("--limit", type=int, default=20, help="how many (1..100, default 20)")
     qr.add_argument("--before", type=int, default=0, help="only ids below this one (to page back)")
     q.add_parser("params", help="chain parameters", parents=[common])
+    validator_cli.add_query_parsers(q, common)
     sub.add_parser("status", help="the node's chain id, height and app hash", parents=[common])
 
 
@@ -319,6 +321,8 @@ def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message
         domains = [d.strip() for d in args.domains.split(",") if d.strip()]
         return [protocol.register_expert(key, domains, args.endpoint, args.base_model, args.adapter_sha256,
                                          args.bond, args.capacity)]
+    if args.sub in validator_cli.TX_COMMANDS:
+        return validator_cli.tx_msgs(args, key)
     if args.sub == "unbond-expert":
         return [ex.MsgUnbondExpert(address=key.address)]
     return [ex.MsgUnjail(address=key.address)]
@@ -382,6 +386,13 @@ def _query(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
                                      for x in r.queries) or "(no queries)")
     elif args.sub in ("expert", "reputation", "experts", "status", "receipt", "explain-payout"):
         return _protocol_query(cfg, args, client)
+    elif args.sub == "validators":
+        vs = client.validators()
+        _emit(cfg, _pb(vs), validator_cli.validators_text(vs.total_power, list(vs.validators)))
+    elif args.sub == "validator":
+        who = args.who if len(args.who) == 40 else _resolve(cfg, args.who)
+        one = client.validator(who)
+        _emit(cfg, _pb(one), validator_cli.validator_text(one.validator, one.signing))
     elif args.sub == "supply":
         s = client.supply()
         _emit(cfg, _pb(s), f"{s.amount}{s.denom} (height {s.height})")

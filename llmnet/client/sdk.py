@@ -150,6 +150,25 @@ class Client:
             req.cursor = page.next_cursor
         return out
 
+    def validators(self, max_pages: int = 20) -> query_pb2.ValidatorsResponse:
+        """Every validator record, highest power (then bond) first (the node answers 100 at a time)."""
+        out = query_pb2.ValidatorsResponse()
+        req = query_pb2.ValidatorsRequest()
+        for _ in range(max_pages):
+            page = self._call(self.query.Validators, req, query_pb2.ValidatorsResponse)
+            out.validators.extend(page.validators)
+            out.height, out.total_power = page.height, page.total_power
+            if not page.next_cursor:
+                break
+            req.cursor = page.next_cursor
+        out.validators.sort(key=lambda v: (-v.power, -v.bond, v.address))
+        return out
+
+    def validator(self, address: str) -> query_pb2.ValidatorResponse:
+        """One validator by its operator's llm1... address or its hex consensus address."""
+        return self._call(self.query.Validator, query_pb2.ValidatorRequest(address=address),
+                          query_pb2.ValidatorResponse)
+
     def query_status(self, query_id: int) -> query_pb2.QueryStatusResponse:
         req = query_pb2.QueryStatusRequest(query_id=query_id)
         return self._call(self.query.QueryStatus, req, query_pb2.QueryStatusResponse)

@@ -54,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("address", help="bech32 address (llm1...)")
     add.add_argument("amount", type=int, help="amount in the native denom's smallest unit")
     add.add_argument("--home", default=DEFAULT_HOME)
+    val = gsub.add_parser("add-validator", help="bond a validator from the first block (fund its operator first)",
+                          description="Adds a validator to genesis: its operator's genesis balance pays --bond, and "
+                                      "genesis.json's validator list is rewritten to the bonded set, which the app "
+                                      "hands CometBFT at InitChain. Collect every validator's entry the same way.")
+    val.add_argument("operator", help="the operator's bech32 address (llm1...), funded with add-account")
+    val.add_argument("bond", type=int, help="tokens to bond (at least validators.params.min_bond)")
+    val.add_argument("--pubkey", help="base64 ed25519 consensus key (default: this home's priv_validator_key.json)")
+    val.add_argument("--moniker", default="llmnet-node", help="the validator's public name")
+    val.add_argument("--home", default=DEFAULT_HOME)
 
     ln = sub.add_parser("localnet", help="run an N-validator network on loopback (development and tests)")
     lsub = ln.add_subparsers(dest="lcmd", required=True)
@@ -115,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "genesis":
             home = Path(args.home).expanduser().resolve()
             doc = genesis.read(home)
+            if args.gcmd == "add-validator":
+                own = home / "config" / "priv_validator_key.json"
+                key = args.pubkey or json.loads(own.read_text())["pub_key"]["value"]
+                genesis.add_validator(doc, args.operator, key, args.moniker, args.bond)
+                genesis.write(home, doc)
+                print(f"bonded {args.bond} of {args.operator} behind {key} in {home / genesis.GENESIS}")
+                return 0
             genesis.add_balance(doc, args.address, args.amount)
             genesis.write(home, doc)
             print(f"funded {args.address} with {args.amount} in {home / genesis.GENESIS}")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
-from abci_app.crypto import parse_address
+from abci_app.crypto import address_bytes, parse_address
 from abci_app.x.auth.types import default_params as auth_defaults
 from abci_app.x.bank.types import default_params as bank_defaults
 from abci_app.x.experts.types import default_params as experts_defaults
 from abci_app.x.inference.types import default_params as inference_defaults
+from abci_app.x.validators.types import default_params as validators_defaults
 
 GENESIS = "config/genesis.json"
 
@@ -26,6 +28,8 @@ def default_app_state() -> dict[str, Any]:
         },
         "experts": {"params": json_format.MessageToDict(experts_defaults(), preserving_proto_field_name=True)},
         "inference": {"params": json_format.MessageToDict(inference_defaults(), preserving_proto_field_name=True)},
+        "validators": {"params": json_format.MessageToDict(validators_defaults(), preserving_proto_field_name=True),
+                       "validators": []},
     }
 
 
@@ -33,7 +37,7 @@ def override_params(genesis: dict[str, Any], overrides: dict[str, dict[str, Any]
     """Set module params, e.g. {"inference": {"scorers": 2}}; unknown modules are an error."""
     app_state = genesis.setdefault("app_state", {})
     for module, params in overrides.items():
-        if module not in ("auth", "bank", "experts", "inference"):
+        if module not in ("auth", "bank", "experts", "inference", "validators"):
             raise ValueError(f"unknown module {module!r} in genesis overrides")
         app_state.setdefault(module, {}).setdefault("params", {}).update(params)
     sync_consensus_params(genesis)
@@ -74,3 +78,22 @@ def add_balance(genesis: dict[str, Any], address: str, amount: int) -> None:
             entry["amount"] = str(int(entry["amount"]) + amount)
             return
     balances.append({"address": address, "amount": str(amount)})
+
+
+def add_validator(genesis: dict[str, Any], operator: str, pub_key_b64: str, moniker: str, bond: int) -> None:
+    """Bond a validator from the first block: operator's genesis balance pays the bond (so fund it first).
+    CometBFT's own genesis list is filled to match, so both agree on the first set."""
+    parse_address(operator)
+    key = base64.b64decode(pub_key_b64, validate=True)
+    if len(key) != 32:
+        raise ValueError("the consensus key must be a base64 32-byte ed25519 key")
+    section = genesis.setdefault("app_state", {}).setdefault("validators", {})
+    listed = section.setdefault("validators", [])
+    if any(v["pub_key"] == pub_key_b64 or v["operator"] == operator for v in listed):
+        raise ValueError("that consensus key or operator already has a genesis validator")
+    listed.append({"operator": operator, "pub_key": pub_key_b64, "moniker": moniker, "bond": str(bond)})
+    reduction = int(section.get("params", {}).get("power_reduction") or validators_defaults().power_reduction)
+    genesis["validators"] = [{  # the app hands CometBFT exactly this set in InitChain
+        "address": address_bytes(base64.b64decode(v["pub_key"])).hex().upper(),
+        "pub_key": {"type": "tendermint/PubKeyEd25519", "value": v["pub_key"]},
+        "power": str(int(v["bond"]) // reduction), "name": v["moniker"]} for v in listed]

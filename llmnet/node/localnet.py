@@ -30,6 +30,8 @@ from llmnet.node.init import init_home
 
 MANIFEST = "localnet.json"
 FUNDS_PER_KEY = 10**12
+VALIDATOR_BOND = 10_000_000
+"""Each localnet validator's genesis bond: 10 voting power at the default power_reduction."""
 
 
 class LocalnetError(Exception):
@@ -79,16 +81,16 @@ def _wait_port(port: int, timeout: float, what: str, pid: int) -> None:
     raise LocalnetError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
-def _genesis(nodes: list[tuple[Path, Ports]], keys: list[Key], params: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Node 0's genesis with every node as a validator of equal power and every key funded."""
+def _genesis(nodes: list[tuple[Path, Ports]], keys: list[Key], operators: list[Key],
+             params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Node 0's genesis with every node as a validator of equal power, bonded by its own operator key, and
+    every key funded."""
     doc = genesis.read(nodes[0][0])
-    doc["validators"] = []
-    for i, (home, _) in enumerate(nodes):
-        pv = json.loads((home / "config" / "priv_validator_key.json").read_text())
-        doc["validators"].append(
-            {"address": pv["address"], "pub_key": pv["pub_key"], "power": "10", "name": f"node{i}"})
-    for key in keys:
+    for key in keys + operators:
         genesis.add_balance(doc, key.address, FUNDS_PER_KEY)
+    for i, ((home, _), operator) in enumerate(zip(nodes, operators, strict=True)):
+        pv = json.loads((home / "config" / "priv_validator_key.json").read_text())
+        genesis.add_validator(doc, operator.address, pv["pub_key"]["value"], f"node{i}", VALIDATOR_BOND)
     genesis.override_params(doc, params)
     return doc
 
@@ -138,10 +140,11 @@ class Localnet:
             raise LocalnetError(f"{self.home / MANIFEST} exists; stop and delete {self.home} to make a new one")
         nodes = [self._init_node(i, chain_id, Ports.for_node(base_port, i)) for i in range(validators)]
         keys = [Key.generate(n) for n in ["faucet"] + [f"user{i}" for i in range(1, accounts)]]
+        operators = [Key.generate(f"validator{i}") for i in range(validators)]
         keyring = Keyring(self.home / "keyring")
-        for key in keys:
+        for key in keys + operators:
             keyring.add(key, passphrase=None, unsafe_plaintext=True)
-        doc = _genesis(nodes, keys, params or {})
+        doc = _genesis(nodes, keys, operators, params or {})
         peers = [f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes]
         for i, (home, ports) in enumerate(nodes):
             genesis.write(home, doc)
@@ -156,6 +159,7 @@ class Localnet:
                 for h, p in nodes
             ],
             "keys": [k.name for k in keys],
+            "operators": [k.name for k in operators],
             "keyring": str(self.home / "keyring"),
             "builtin_app": proxy_app or "",
         }

@@ -23,6 +23,7 @@ from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2 as q
 from wire.llmnet.tx.v1 import tx_pb2
+from wire.llmnet.validators.v1 import validators_pb2 as vpb
 from wire.tendermint.abci import types_pb2 as abci
 
 M = TypeVar("M", bound=Message)
@@ -61,6 +62,7 @@ MAX_BLOCKS = 20  # CometBFT's /blockchain returns at most 20 headers per call
 QUERIES = 10
 MAX_QUERIES = 20  # each query shown costs two more app queries (status, receipt)
 HISTORY = 200  # latest reputation points per expert in the chart: every answer stays bounded
+MAX_VALIDATORS = 100  # the Validators query's largest page; the set itself is capped by max_validators
 MAX_SEARCH = 200  # longer than any address, id or hash: refused before any parsing
 MAX_QUERY_ID = 2**64 - 1
 TX_HASH = re.compile(r"(0x)?[0-9a-f]{64}", re.IGNORECASE | re.ASCII)
@@ -83,6 +85,26 @@ def phase_name(phase: int) -> str:
 
 def status_name(status: int) -> str:
     return ex.ExpertStatus.Name(status).removeprefix("EXPERT_STATUS_").lower()
+
+
+def validator_status(status: int) -> str:
+    try:
+        return vpb.ValidatorStatus.Name(status).removeprefix("VALIDATOR_STATUS_").lower()
+    except ValueError:  # a status added by a newer app than this node's protos: still shown, as its number
+        return f"unknown ({status})"
+
+
+def power_share(power: int, total: int) -> float:
+    """power as a percentage of total, one decimal; 0 when nothing has power (harnesses without CometBFT)."""
+    return round(100 * power / total, 1) if total > 0 else 0.0
+
+
+def validator_view(v: vpb.Validator, total_power: int) -> dict[str, Any]:
+    # Upper-case hex: the form CometBFT's RPC (block proposers, /validators) uses, so the two can be compared.
+    return {"moniker": v.moniker, "address": v.address.hex().upper(), "operator": v.operator,
+            "fixed": not v.operator, "status": validator_status(v.status), "power": int(v.power),
+            "share": power_share(v.power, total_power), "bond": int(v.bond), "slashed": int(v.slashed),
+            "jailed_until": int(v.jailed_until)}
 
 
 def expert_view(e: ex.Expert) -> dict[str, Any]:
@@ -159,6 +181,16 @@ class ExplorerData:
             domains[domain] = [dict(expert_view(r.expert), reputation=int(r.reputation)) for r in ranked]
         return {"reputation_scale": int(params.experts.reputation_scale), "denom": params.bank.denom,
                 "domains": domains}
+
+    def validators(self) -> dict[str, Any]:
+        """The validators by power, highest first, from one page of the query: bounded, and the whole set unless
+        more than MAX_VALIDATORS records exist (then `more` is true and the rest is not shown)."""
+        resp = self.query("Validators", q.ValidatorsRequest(limit=MAX_VALIDATORS), q.ValidatorsResponse)
+        # The query sorts each page alike; sorting here keeps the order whatever a future page size does.
+        ranked = sorted(resp.validators, key=lambda v: (-v.power, -v.bond, v.address))
+        total = int(resp.total_power)
+        return {"validators": [validator_view(v, total) for v in ranked], "total_power": total,
+                "height": int(resp.height), "more": bool(resp.next_cursor), "denom": self._params().bank.denom}
 
     def queries(self, before: int | None = None, limit: int = QUERIES) -> dict[str, Any]:
         """Up to limit queries with ids below `before` (default: from the newest), newest first."""

@@ -81,6 +81,7 @@ def _routes(data: ExplorerData) -> dict[str, Callable[[Params], Any]]:
         "status": lambda p: data.status(),
         "blocks": lambda p: data.blocks(_number(p, "before", MAX_HEIGHT), _limit(p, MAX_BLOCKS, BLOCKS)),
         "experts": lambda p: data.experts(),
+        "validators": lambda p: data.validators(),
         "queries": lambda p: data.queries(_number(p, "before", MAX_QUERY_ID), _limit(p, MAX_QUERIES, QUERIES)),
         "reputation": lambda p: data.reputation(),
         "search": lambda p: data.search(p.get("q", "")),

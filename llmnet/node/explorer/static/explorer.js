@@ -62,6 +62,29 @@ function renderBlocks(blocks) {
   document.querySelector("#blocks tbody").replaceChildren(...rows);
 }
 
+// Monikers are whatever an operator typed: like all chain data they go in through el(), as text only.
+function renderValidators(set) {
+  const more = set.more ? " · only the first page is shown" : "";
+  document.getElementById("validators-total").textContent =
+    `(${set.validators.length}, power ${set.total_power}${more})`;
+  const box = document.getElementById("validators");
+  if (!set.validators.length) {
+    box.replaceChildren(el("p", { class: "empty" }, "No validators."));
+    return;
+  }
+  const head = el("tr", {}, el("th", {}, "moniker"), el("th", {}, "address"), el("th", { class: "num" }, "power"),
+    el("th", { class: "num" }, "share"), el("th", {}, "status"), el("th", { class: "num" }, `bond (${set.denom})`));
+  // The API sends them by power already; a stable sort keeps its tie order (bond, then address).
+  const ranked = [...set.validators].sort((a, b) => b.power - a.power);
+  const rows = ranked.map((v) => el("tr", { "data-validator": v.address },
+    el("td", { class: "moniker" }, v.operator ? searchLink(v.operator, v.moniker) : v.moniker),
+    el("td", { class: "mono", title: v.address }, short(v.address)),
+    el("td", { class: "num" }, v.power), el("td", { class: "num" }, `${v.share.toFixed(1)}%`),
+    el("td", {}, v.status === "jailed" ? `jailed until ${v.jailed_until}` : v.status),
+    el("td", { class: "num" }, v.fixed ? "fixed" : v.bond)));
+  box.replaceChildren(scroll(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
+}
+
 function renderExperts(experts) {
   const parts = [];
   for (const [domain, list] of Object.entries(experts.domains)) {
@@ -283,10 +306,13 @@ async function search(text) {
 
 async function refresh() {
   try {
-    const [status, experts, reputation] = await Promise.all([
-      getJSON("/api/status"), getJSON("/api/experts"), getJSON("/api/reputation"),
+    const [status, experts, reputation, validators] = await Promise.all([
+      getJSON("/api/status"), getJSON("/api/experts"), getJSON("/api/reputation"), getJSON("/api/validators"),
       loadPage("blocks"), loadPage("queries")]);
     renderStatus(status);
+    // Without its height, the set only redraws when it changes (not every block).
+    const { height: _, ...set } = validators;
+    redrawIfChanged("validators", set, renderValidators);
     redrawIfChanged("experts", experts, renderExperts);
     renderChart(reputation, experts, status.height);
     latest = { reputation, experts, height: status.height };

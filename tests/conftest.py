@@ -34,9 +34,9 @@ def proofcheck() -> str:
 
 
 def free_base_port(count: int) -> int:
-    """A base port whose node port blocks (base+10i .. base+10i+5) are all free right now."""
+    """A base port whose node port blocks (base+10i .. base+10i+6) are all free right now."""
     for base in range(27000, 40000, 100):
-        ports = [base + 10 * i + j for i in range(count) for j in range(6)]
+        ports = [base + 10 * i + j for i in range(count) for j in range(7)]
         if all(_free(p) for p in ports):
             return base
     raise RuntimeError("no free port block for a localnet")

@@ -71,10 +71,6 @@ class ErrNotActive(ValidatorsError):
     code = 8
 
 
-class ErrFixedValidator(ValidatorsError):
-    code = 9
-
-
 def be8(n: int) -> bytes:
     return n.to_bytes(8, "big")
 

@@ -161,6 +161,27 @@ def test_a_double_signer_is_slashed_tombstoned_and_removed_once(tmp_path: Path) 
     assert result.code and "TOMBSTONED" in result.log
 
 
+def test_unbonding_right_after_double_signing_does_not_escape_the_slash(tmp_path: Path) -> None:
+    chain = bonded_chain(tmp_path)
+    for _ in range(3):
+        chain.ok()
+    offence = chain.height
+    op = operators()[1]
+    chain.ok(chain.tx(op, pb.MsgUnbondValidator(operator=op.address)))  # runs before the evidence lands
+    culprit = address_bytes(bytes(chain_keys()[1].verify_key))
+    chain.finalize([], misbehavior=[abci.Misbehavior(type=abci.DUPLICATE_VOTE, height=offence,
+                                                     validator=abci.Validator(address=culprit, power=10))])
+    v = validators(chain)["v1"]
+    cut = BOND * 50_000 // 1_000_000
+    assert v.status == TOMBSTONED and v.slashed == cut and v.unbonding == BOND - cut
+    supply = chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount
+    for _ in range(PARAMS["unbonding_blocks"] + 1):
+        chain.ok()
+    bal = chain.query("Balance", q.BalanceRequest(address=op.address), q.BalanceResponse)
+    assert bal.amount == FUNDS - cut - chain_fees(chain, op)
+    assert chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount == supply
+
+
 def test_a_validator_that_misses_too_many_blocks_is_jailed_and_can_come_back(tmp_path: Path) -> None:
     chain = bonded_chain(tmp_path)
     for _ in range(PARAMS["signed_blocks_window"] + 2):

@@ -224,6 +224,28 @@ class ValidatorsKeeper:
         ctx.emit(event(EV_SLASHED, operator=v.operator, address=v.address.hex(), amount=amount, reason=reason))
         return amount
 
+    def _slash_unbonding(self, ctx: Ctx, v: pb.Validator, since: int, fraction_ppm: int) -> None:
+        """Bond unbonded after the offence is slashed too (in place on v): unbonding in the blocks between
+        double-signing and the evidence landing must not be a way out. Those releases fall due after
+        since + unbonding_blocks, so only that range of the queue is read."""
+        kv = ctx.kv(STORE)
+        first = RELEASE_AMOUNT_PREFIX + be8(since + self.params(ctx).unbonding_blocks + 1)
+        burnt = 0
+        for key, raw in kv.iterate_range(first, prefix_end(RELEASE_AMOUNT_PREFIX)):
+            if key[-len(v.address):] != v.address:
+                continue
+            amount = int.from_bytes(raw, "big")
+            cut = ppm_of(amount, fraction_ppm)
+            if cut:
+                kv.set(key, be8(amount - cut))
+                burnt += cut
+        if burnt:
+            self.bank.burn(ctx, UNBONDING_POOL, burnt)
+            v.unbonding -= burnt
+            v.slashed += burnt
+            ctx.emit(event(EV_SLASHED, operator=v.operator, address=v.address.hex(), amount=burnt,
+                           reason="unbonded after double-signing"))
+
     def punish_double_sign(self, ctx: Ctx, evidence: Misbehavior) -> None:
         """Slash, tombstone (out of the set for good) and unbond the rest. Evidence of a validator already
         tombstoned, or unknown to this chain, changes nothing: one offence is punished once."""
@@ -232,8 +254,10 @@ class ValidatorsKeeper:
             return
         changed = pb.Validator()
         changed.CopyFrom(v)
-        self._slash(ctx, changed, self.params(ctx).double_sign_slash_ppm,
+        fraction = self.params(ctx).double_sign_slash_ppm
+        self._slash(ctx, changed, fraction,
                     f"double-signed at height {evidence.height} (misbehavior type {evidence.kind})")
+        self._slash_unbonding(ctx, changed, evidence.height, fraction)
         changed.status = Status.VALIDATOR_STATUS_TOMBSTONED
         self._start_release(ctx, changed, changed.bond)
         self._save(ctx, v, changed)

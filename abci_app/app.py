@@ -314,6 +314,16 @@ class Application:
         self._prepared = None
         return abci.ResponseCommit()
 
+    # -- state sync (the snapshot connection is served by llmnet/node/snapshots.py) ------
+
+    def adopt_restored_state(self) -> None:
+        """The committed store was just filled from a snapshot: forget what was derived from the empty state
+        and read the chain id and last block time from the restored one, as opening it would."""
+        self._block, self._pending, self._prepared = None, None, None
+        self._check = State(self.committed)
+        self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0, chain_id="")))
+        self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
+
     # -- helpers ------------------------------------------------------------------------
 
     def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"",

@@ -82,7 +82,8 @@ class CommittedStore:
             raise ValueError(f"keep_recent must be at least 0, got {keep_recent}")
         self.keep_recent = keep_recent
         self.store_names = tuple(sorted(store_names))
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode never corrupts; a power loss can drop the last commit, which
         # CometBFT's handshake then replays.
@@ -238,6 +239,41 @@ class CommittedStore:
         row = self._db.execute("SELECT MIN(height) FROM sizes").fetchone()
         return self.height if row is None or row[0] is None else max(int(row[0]), self.height - self.keep_recent)
 
+    def read_transaction(self) -> ReadTransaction:
+        """The committed state as it is now, readable from another thread while later blocks commit."""
+        return ReadTransaction(self.path, self.store_names)
+
+    def is_empty(self) -> bool:
+        return self.height == 0 and self._db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is None
+
+    def restore(self, rows: Iterable[tuple[str, bytes, bytes | None, int]], meta: Mapping[str, bytes],
+                trees: Mapping[str, MerkleLog], height: int) -> None:
+        """Fill an empty store in one transaction, then adopt the given trees (snapshot.py proved rows, meta
+        and trees against the trusted app hash). If iterating rows raises, nothing is written. The restored
+        height is the oldest one kept: there is no history below it."""
+        if not self.is_empty():
+            raise ValueError(f"only an empty store can be restored; this one is at height {self.height}")
+        if set(trees) != set(self.store_names):
+            raise ValueError(f"trees for stores {sorted(trees)}, expected {list(self.store_names)}")
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for clear in ("DELETE FROM meta", "DELETE FROM history", "DELETE FROM sizes"):
+                db.execute(clear)  # the rows opening an empty store leaves: height 0 was never a block
+            db.executemany("INSERT INTO kv (store, key, value, pos) VALUES (?,?,?,?)", rows)
+            db.executemany("INSERT INTO meta (k, v) VALUES (?,?)", sorted(meta.items()))
+            db.executemany("INSERT INTO sizes (height, store, size) VALUES (?,?,?)",
+                           [(height, n, trees[n].size) for n in self.store_names])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.trees = dict(trees)
+        self.store_roots = {n: committed_view(t).root() for n, t in self.trees.items()}
+        self.app_hash = multistore_root(self.store_roots)
+        self.height = height
+        self._cache.clear()
+
     def rows_at(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         """Read-only SQL for version views (versions.py)."""
         return list(self.cursor_at(sql, args))
@@ -252,6 +288,32 @@ class CommittedStore:
         if pos is None or self.get(store, key) is None:
             raise KeyError(key)
         return proof_ops(store, key, pos, committed_view(self.trees[store]), self.store_roots)
+
+
+class ReadTransaction:
+    """A second connection holding one read transaction open: the committed state exactly as it was when this
+    opened, however many blocks commit meanwhile (a WAL reader keeps its snapshot), so it can be exported on
+    another thread without holding consensus up. close() ends the transaction."""
+
+    def __init__(self, path: str, store_names: tuple[str, ...]) -> None:
+        self.store_names = store_names
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA query_only=ON")
+        self._db.execute("BEGIN")
+        row = self._db.execute("SELECT v FROM meta WHERE k='height'").fetchone()  # the first read pins the state
+        self.height = 0 if row is None else int(bytes(row[0]))
+
+    def meta(self) -> list[tuple[str, bytes]]:
+        return [(str(k), bytes(v)) for k, v in self._db.execute("SELECT k, v FROM meta ORDER BY k")]
+
+    def rows(self, store: str) -> Iterator[tuple[bytes, bytes | None, int]]:
+        """(key, value or None, pos) in position order."""
+        for key, value, pos in self._db.execute("SELECT key, value, pos FROM kv WHERE store=? ORDER BY pos",
+                                                (store,)):
+            yield bytes(key), None if value is None else bytes(value), int(pos)
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def proof_ops(store: str, key: bytes, pos: int, tree: StagedTree,

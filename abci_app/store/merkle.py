@@ -19,7 +19,6 @@ from abci_app.encoding import uvarint
 
 HASH_LEN = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-TOMBSTONE_LEAF = hashlib.sha256(b"\x00").digest()
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -31,8 +30,11 @@ def inner_hash(left: bytes, right: bytes) -> bytes:
 
 
 def kv_leaf(key: bytes, value: bytes | None) -> bytes:
+    """A present key's leaf is over its key and its value's hash; a deleted key keeps its place with a leaf over
+    the key and an empty hash (never 32 bytes, so never a present leaf), so the app hash pins which key every
+    position holds, deleted or not: a snapshot cannot rename a deleted row."""
     if value is None:
-        return TOMBSTONE_LEAF
+        return leaf_hash(uvarint(len(key)) + key + uvarint(0))
     vhash = hashlib.sha256(value).digest()
     return leaf_hash(uvarint(len(key)) + key + uvarint(len(vhash)) + vhash)
 

@@ -15,9 +15,29 @@ from pathlib import Path
 from llmnet.node import genesis
 from llmnet.node.config import ConfigError, NodeConfig, find_cometbft, load
 from llmnet.node.init import init_home
+from llmnet.node.join import init_join_by_hand, init_join_home, parse_rpc_urls, plan_join
 from llmnet.node.localnet import Localnet, LocalnetError
 
 DEFAULT_HOME = "~/.llmnet/node"
+
+
+def _add_init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = sub.add_parser(
+        "init", help="create a node home: CometBFT files, genesis app_state, app.toml",
+        description="Create a node home for a new chain, or with --join for a full node joining a running chain "
+                    "by state sync (it restores a recent snapshot from peers instead of replaying every block).")
+    init.add_argument("--home", default=DEFAULT_HOME, help=f"node home directory (default {DEFAULT_HOME})")
+    init.add_argument("--chain-id", help="chain id written into genesis.json (required without --join)")
+    init.add_argument("--moniker", default="llmnet-node", help="node name shown to peers")
+    init.add_argument("--cometbft", help="path to the cometbft binary (default: ./bin/cometbft, then PATH)")
+    init.add_argument("--join", action="store_true",
+                      help="a full node that joins a running chain by state sync; with --trust-rpc everything is "
+                           "filled in, without it the config.toml keys left to fill are printed")
+    init.add_argument("--trust-rpc", metavar="URL[,URL...]",
+                      help="with --join: CometBFT RPC servers you trust, e.g. http://host:26657; the genesis, a "
+                           "recent block's height and hash, and the peers come from them")
+    init.add_argument("--peers", metavar="ID@HOST:PORT[,...]",
+                      help="with --join: p2p.persistent_peers to use instead of the --trust-rpc nodes themselves")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    init = sub.add_parser("init", help="create a node home: CometBFT files, genesis app_state, app.toml")
-    init.add_argument("--home", default=DEFAULT_HOME, help=f"node home directory (default {DEFAULT_HOME})")
-    init.add_argument("--chain-id", required=True, help="chain id written into genesis.json")
-    init.add_argument("--moniker", default="llmnet-node", help="node name shown to peers")
-    init.add_argument("--cometbft", help="path to the cometbft binary (default: ./bin/cometbft, then PATH)")
+    _add_init(sub)
 
     start = sub.add_parser(
         "start", help="run the app: ABCI server, gRPC API and metrics (run `cometbft start` beside it)",
@@ -106,9 +122,30 @@ def _localnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_join(args: argparse.Namespace) -> int:
+    home = Path(args.home).expanduser().resolve()
+    cometbft = find_cometbft(args.cometbft)
+    if not args.trust_rpc:
+        print(init_join_by_hand(home, cometbft, args.chain_id or "replace-with-the-chains-genesis", args.moniker))
+        return 0
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()] if args.peers else None
+    plan = plan_join(parse_rpc_urls(args.trust_rpc), peers)
+    if args.chain_id and args.chain_id != plan.chain_id:
+        raise ConfigError(f"--chain-id {args.chain_id} but the --trust-rpc servers are on {plan.chain_id}")
+    init_join_home(home, cometbft, plan, moniker=args.moniker)
+    print(f"initialized {home} to join {plan.chain_id} by state sync: trusting block {plan.trust_height} "
+          f"({plan.trust_hash}) from {', '.join(dict.fromkeys(plan.rpc_servers))}; peers {', '.join(plan.peers)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "init" and not args.join and (args.trust_rpc or args.peers or not args.chain_id):
+        parser.error("init needs --chain-id (--trust-rpc and --peers go with --join)")
     try:
+        if args.cmd == "init" and args.join:
+            return _init_join(args)
         if args.cmd == "init":
             cfg = init_home(Path(args.home).expanduser().resolve(), args.chain_id, find_cometbft(args.cometbft),
                             moniker=args.moniker)

@@ -14,6 +14,10 @@ from pathlib import Path
 from abci_app.store.db import KEEP_RECENT
 
 APP_TOML = "config/app.toml"
+SNAPSHOT_DIR = "data/snapshots"
+MIN_CHUNK_BYTES = 256
+MAX_CHUNK_BYTES = 8 << 20
+"""CometBFT carries a chunk in one p2p message of at most 16 MB; a chunk this size leaves room to spare."""
 
 
 class ConfigError(Exception):
@@ -38,11 +42,21 @@ class NodeConfig:
     log_level: str = "info"
     pruning_keep_recent: int = KEEP_RECENT
     """Heights below the latest that stay queryable and provable (Cosmos' pruning-keep-recent)."""
+    snapshot_interval: int = 100
+    """Take a state sync snapshot after each Commit of a height divisible by this; 0 takes none."""
+    snapshot_keep_recent: int = 2
+    """Snapshots kept (the newest); older ones are deleted when a new one is complete."""
+    snapshot_chunk_bytes: int = 1 << 20
+    """Size of a snapshot chunk, the unit joining nodes fetch and check."""
 
     @property
     def db_file(self) -> Path:
         path = Path(self.db_path)
         return path if path.is_absolute() else self.home / path
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.home / SNAPSHOT_DIR
 
     def validate(self) -> NodeConfig:
         if not self.abci_address.startswith(("tcp://", "unix://")):
@@ -55,9 +69,20 @@ class NodeConfig:
             raise ConfigError(f"cometbft_rpc must be an http(s) URL, got {self.cometbft_rpc!r}")
         if type(self.pruning_keep_recent) is not int or self.pruning_keep_recent < 0:
             raise ConfigError(f"pruning_keep_recent must be an integer >= 0, got {self.pruning_keep_recent!r}")
+        self._validate_snapshots()
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         return self
+
+    def _validate_snapshots(self) -> None:
+        for name, low in (("snapshot_interval", 0), ("snapshot_keep_recent", 1)):
+            value = getattr(self, name)
+            if type(value) is not int or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        chunk = self.snapshot_chunk_bytes
+        if type(chunk) is not int or not MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES:
+            raise ConfigError(f"snapshot_chunk_bytes must be an integer from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES}, "
+                              f"got {chunk!r}")
 
     def to_toml(self) -> str:
         lines = ["# llmnetd app configuration (CometBFT's own settings are in config.toml)"]

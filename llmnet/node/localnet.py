@@ -9,6 +9,7 @@ tells tools where things are; DIR/keyring holds the funded test keys (plaintext:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,8 +26,9 @@ import httpx
 
 from llmnet.client.keys import Key, Keyring
 from llmnet.node import genesis
-from llmnet.node.config import NodeConfig, find_cometbft, set_toml_values
+from llmnet.node.config import APP_TOML, NodeConfig, find_cometbft, load, set_toml_values
 from llmnet.node.init import init_home
+from llmnet.node.join import apply_join, plan_join
 
 MANIFEST = "localnet.json"
 FUNDS_PER_KEY = 10**12
@@ -175,6 +177,38 @@ class Localnet:
         )
         init_home(home, chain_id, self.cometbft, moniker=f"node{i}", app=cfg)
         return home, ports
+
+    # -- joining ------------------------------------------------------------------------
+
+    def add_node(self, state_sync: bool = True, trust_nodes: tuple[int, ...] = (0,),
+                 app_settings: dict[str, Any] | None = None, discovery_time: str = "5s") -> int:
+        """Write a full node (not a validator) that follows the running chain with every node as its peer, and
+        return its index (start it with start_node). With state_sync it restores a snapshot the nodes took,
+        trusting a recent block of `trust_nodes`' RPC (a single one is given to CometBFT twice); without, it
+        replays every block from 1. app_settings go into its app.toml."""
+        manifest = self.manifest()
+        if manifest.get("builtin_app"):
+            raise LocalnetError("a network of CometBFT's built-in app takes no added nodes")
+        nodes = manifest["nodes"]
+        index = len(nodes)
+        ports = Ports.for_node(int(nodes[0]["p2p"].rsplit(":", 1)[1]), index)
+        home, _ = self._init_node(index, manifest["chain_id"], ports)
+        if app_settings:
+            (home / APP_TOML).write_text(dataclasses.replace(load(home), **app_settings).validate().to_toml())
+        peers = [f"{node_id(Path(n['home']))}@{n['p2p']}" for n in nodes]
+        if state_sync:
+            plan = plan_join([f"http://{nodes[j]['rpc']}" for j in trust_nodes], peers)
+            apply_join(home, plan, {"discovery_time": discovery_time})
+        else:
+            genesis.write(home, genesis.read(Path(nodes[0]["home"])))
+        _configure(home, ports, peers, {}, None, None)
+        nodes.append({"home": str(home), "rpc": f"127.0.0.1:{ports.rpc}", "grpc": f"127.0.0.1:{ports.grpc}",
+                      "p2p": f"127.0.0.1:{ports.p2p}", "abci": f"127.0.0.1:{ports.abci}",
+                      "metrics": f"127.0.0.1:{ports.metrics}",
+                      "cometbft_metrics": f"127.0.0.1:{ports.cometbft_metrics}",
+                      "explorer": f"http://127.0.0.1:{ports.explorer}/", "validator": False, "state_sync": state_sync})
+        (self.home / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return index
 
     # -- processes ----------------------------------------------------------------------
 

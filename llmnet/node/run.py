@@ -20,6 +20,7 @@ from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import Explorer
 from llmnet.node.grpc_api import create_server
 from llmnet.node.metrics import NodeMetrics
+from llmnet.node.snapshots import SnapshotManager
 from wire.tendermint.abci import types_pb2 as abci
 
 log = logging.getLogger("llmnet.node")
@@ -35,11 +36,13 @@ async def run(cfg: NodeConfig) -> int:
         started = time.perf_counter()
         resp = call()
         metrics.observe_abci(kind, time.perf_counter() - started, resp)
-        if kind == "commit":
+        if kind in ("commit", "apply_snapshot_chunk"):  # a restored snapshot moves the height too
             metrics.height.set(app.committed.height)
         return resp
 
-    server = ABCIServer(app, cfg.abci_address, middleware=measured)
+    snapshots = SnapshotManager(app, cfg.snapshot_dir, cfg.snapshot_interval, cfg.snapshot_keep_recent,
+                                cfg.snapshot_chunk_bytes)
+    server = ABCIServer(app, cfg.abci_address, middleware=measured, snapshots=snapshots)
     rpc = CometRPC(cfg.cometbft_rpc)
     api, port = create_server(app, cfg.grpc_address, rpc, metrics)
     explorer = Explorer(ExplorerData(router_query(app), rpc), cfg.explorer_address) if cfg.explorer_address else None

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from abci_app.app import ABCI_VERSION, Application
 from llmnet.node.abci.framing import Decoder, FramingError, frame
+from llmnet.node.snapshots import SnapshotManager
 from wire.tendermint.abci import types_pb2 as abci
 
 log = logging.getLogger("llmnet.abci")
@@ -32,8 +33,11 @@ class ABCIServer:
         app: Application,
         address: str = "tcp://127.0.0.1:26658",
         middleware: Callable[[str, Callable[[], abci.Response]], abci.Response] | None = None,
+        snapshots: SnapshotManager | None = None,
     ) -> None:
         self.app = app
+        self.snapshots = snapshots
+        """State sync; without it the app lists no snapshots and takes no offer."""
         self.middleware = middleware
         """Wraps each call, e.g. to time it: middleware(kind, call) must return call()."""
         self.address = address
@@ -48,7 +52,7 @@ class ABCIServer:
             "init_chain": ("init_chain", app.init_chain),
             "query": ("query", app.query),
             "check_tx": ("check_tx", app.check_tx),
-            "commit": ("commit", app.commit),
+            "commit": ("commit", self._commit),
             "list_snapshots": ("list_snapshots", lambda r: abci.ResponseListSnapshots()),
             "offer_snapshot": ("offer_snapshot",
                                lambda r: abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)),
@@ -62,6 +66,15 @@ class ABCIServer:
             "verify_vote_extension": ("verify_vote_extension", app.verify_vote_extension),
             "finalize_block": ("finalize_block", app.finalize_block),
         }
+        if snapshots is not None:
+            for call in ("list_snapshots", "offer_snapshot", "load_snapshot_chunk", "apply_snapshot_chunk"):
+                self._routes[call] = (call, getattr(snapshots, call))
+
+    def _commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        resp = self.app.commit(req)
+        if self.snapshots is not None:  # now, while no later block can have committed: its read is this height's
+            self.snapshots.after_commit()
+        return resp
 
     def _info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
         if req.abci_version and req.abci_version != ABCI_VERSION:

@@ -213,7 +213,9 @@ class Application:
         ctx = Ctx(state, self._env(req.initial_height, _timestamp_ns(req.time), req.chain_id))
         # CometBFT's, not app_state's: when vote extensions start, and genesis.json's validators
         app_state[BEACON] = {"vote_extensions_enable_height": req.consensus_params.abci.vote_extensions_enable_height}
-        app_state.setdefault(VALIDATORS, {})["consensus"] = [(v.pub_key.ed25519, v.power) for v in req.validators]
+        app_state.setdefault(VALIDATORS, {}).update(
+            consensus=[(v.pub_key.ed25519, v.power) for v in req.validators],
+            evidence_max_age_blocks=req.consensus_params.evidence.max_age_num_blocks)
         for module in self.modules:
             module.init_genesis(ctx, app_state.get(module.name, {}))
         self.chain_id = req.chain_id

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from abci_app.crypto import address_bytes
 from abci_app.x.validators import power
+from abci_app.x.validators.types import key_proof_bytes
 from llmnet.client.keys import Key
 from llmnet.devchain import DevChain, seeded_key
 from wire.llmnet.query.v1 import query_pb2 as q
@@ -40,6 +41,13 @@ def bonded_chain(tmp_path: Path, params: dict[str, int] | None = None) -> DevCha
         "params": {**PARAMS, **(params or {})},
         "validators": [{"operator": o.address, "pub_key": base64.b64encode(bytes(v.verify_key)).decode(),
                         "moniker": f"v{i}", "bond": str(BOND)} for i, (o, v) in pairs]}})
+
+
+def create(chain: DevChain, operator: Key, key: SigningKey, moniker: str, bond: int) -> pb.MsgCreateValidator:
+    """A MsgCreateValidator with the consensus key's proof that its holder asks."""
+    proof = key.sign(key_proof_bytes(chain.chain_id, operator.address)).signature
+    return pb.MsgCreateValidator(operator=operator.address, pub_key=bytes(key.verify_key), moniker=moniker,
+                                 bond=bond, key_proof=proof)
 
 
 def chain_keys() -> list[SigningKey]:
@@ -69,8 +77,7 @@ def test_a_new_validator_joins_in_steps_of_at_most_a_third_and_then_signs(tmp_pa
     chain = bonded_chain(tmp_path)
     joiner, key = seeded_key("joiner"), SigningKey(hashlib.sha256(b"joiner-consensus").digest())
     big = 10 * BOND  # 100 power against 40: must arrive over several blocks
-    chain.ok(chain.tx(joiner, pb.MsgCreateValidator(operator=joiner.address, pub_key=bytes(key.verify_key),
-                                                    moniker="joiner", bond=big)))
+    chain.ok(chain.tx(joiner, create(chain, joiner, key, "joiner", big)))
     chain.validators.append(key)  # it can sign once CometBFT counts it
     told = dict(chain.set_at(chain.height + 1))
     steps = 0
@@ -95,8 +102,10 @@ def test_an_original_validator_unbonds_leaves_the_set_and_gets_its_bond_back(tmp
     v = validators(chain)["v3"]
     assert v.status == UNBONDING and v.bond == 0 and v.unbonding == BOND and v.power == 0
     assert any(u.power == 0 for u in chain.last.validator_updates)
-    for _ in range(PARAMS["unbonding_blocks"] + 1):
+    for _ in range(PARAMS["unbonding_blocks"] + 1):  # counted from when CometBFT drops it (2 heights on)
         chain.ok()
+    assert "v3" in validators(chain) and validators(chain)["v3"].unbonding == BOND
+    chain.ok()
     assert "v3" not in validators(chain)
     assert address_bytes(bytes(chain_keys()[3].verify_key)) not in chain.set_at(chain.height)
     bal = chain.query("Balance", q.BalanceRequest(address=op.address), q.BalanceResponse)
@@ -236,8 +245,7 @@ def test_two_apps_fed_the_same_blocks_agree(tmp_path: Path) -> None:
     for name in ("a", "b"):
         chain = bonded_chain(tmp_path / name if (tmp_path / name).mkdir() is None else tmp_path)
         joiner = seeded_key("joiner")
-        chain.ok(chain.tx(joiner, pb.MsgCreateValidator(operator=joiner.address, pub_key=b"\x07" * 32,
-                                                        moniker="j", bond=BOND)))
+        chain.ok(chain.tx(joiner, create(chain, joiner, SigningKey(b"\x07" * 32), "j", BOND)))
         for _ in range(4):
             chain.finalize([], signers=[0, 1, 2, 3])
         hashes.append(chain.app.committed.app_hash)

@@ -312,7 +312,7 @@ def _keys(cfg: CliConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message]:
+def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key, chain_id: str) -> list[Message]:
     if args.sub == "send":
         if args.amount <= 0:
             raise ValueError("amount must be positive")
@@ -322,7 +322,7 @@ def _tx_msgs(cfg: CliConfig, args: argparse.Namespace, key: Key) -> list[Message
         return [protocol.register_expert(key, domains, args.endpoint, args.base_model, args.adapter_sha256,
                                          args.bond, args.capacity)]
     if args.sub in validator_cli.TX_COMMANDS:
-        return validator_cli.tx_msgs(args, key)
+        return validator_cli.tx_msgs(args, key, chain_id)
     if args.sub == "unbond-expert":
         return [ex.MsgUnbondExpert(address=key.address)]
     return [ex.MsgUnjail(address=key.address)]
@@ -353,7 +353,7 @@ def _gas(text: str) -> int | None:
 def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     key = _load_key(cfg, args.from_key)
     sender = Sender(client, key)
-    sent = sender.send(_tx_msgs(cfg, args, key), fee=args.fee, gas_limit=args.gas,
+    sent = sender.send(_tx_msgs(cfg, args, key, sender.chain_id), fee=args.fee, gas_limit=args.gas,
                        memo=getattr(args, "memo", ""), timeout_height=getattr(args, "timeout_height", 0))
     if args.no_wait:
         how = f"already {sent.seen} on the chain" if sent.seen else "accepted by CheckTx"

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
+from nacl.signing import SigningKey
 
+from abci_app.x.validators.types import key_proof_bytes
 from llmnet.client.keys import Key
 from wire.llmnet.validators.v1 import validators_pb2 as pb
 
@@ -30,8 +32,11 @@ def add_tx_parsers(tx: Any, common: argparse.ArgumentParser) -> None:
                                        "the max_validators highest; CometBFT counts it two blocks later.")
     create.add_argument("from_key", help="name of the operator's key (pays the bond, controls the validator)")
     create.add_argument("--pubkey", required=True,
-                        help="the consensus public key: a priv_validator_key.json path, a node home directory, "
-                             "or the base64 ed25519 key (`cometbft show-validator` prints it)")
+                        help="the consensus key: a priv_validator_key.json path or a node home directory (its "
+                             "private key signs the key proof); or the base64 public key together with "
+                             "--key-proof, for a key held by a remote signer")
+    create.add_argument("--key-proof", help="base64 ed25519 signature of the consensus key over "
+                                            "'llmnet/validator-key\\0' + chain id + '\\0' + operator address")
     create.add_argument("--moniker", required=True, help="the validator's public name (1-64 characters)")
     create.add_argument("--details", default="", help="a line about the operator (up to 280 characters)")
     create.add_argument("--bond", type=int, required=True, help="tokens to bond (at least validators.min_bond)")
@@ -60,18 +65,28 @@ def add_query_parsers(q: Any, common: argparse.ArgumentParser) -> None:
     one.add_argument("who", help="the operator's address or key name, or the hex consensus address")
 
 
-def consensus_pubkey(text: str) -> bytes:
-    """The 32-byte ed25519 key from a priv_validator_key.json, a node home holding one, or base64 (bare or as
-    `cometbft show-validator` prints it)."""
+def consensus_key(text: str) -> tuple[bytes, SigningKey | None]:
+    """The 32-byte ed25519 public key, with its private half when text names a priv_validator_key.json or a node
+    home holding one; base64 (bare or as `cometbft show-validator` prints it) gives the public key alone."""
     path = Path(text).expanduser()
     if path.is_dir():
         path = path / "config" / "priv_validator_key.json"
     if path.is_file():
         try:
-            text = json.loads(path.read_text())["pub_key"]["value"]
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(path.read_text())
+            signer = SigningKey(base64.b64decode(data["priv_key"]["value"])[:32])
+            public = base64.b64decode(data["pub_key"]["value"])
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"{path} is not a CometBFT priv_validator_key.json: {exc}") from None
-    elif text.lstrip().startswith("{"):
+        if bytes(signer.verify_key) != public:
+            raise ValueError(f"{path}: its private key does not match its public key")
+        return public, signer
+    return consensus_pubkey(text), None
+
+
+def consensus_pubkey(text: str) -> bytes:
+    """A base64 ed25519 public key, bare or as `cometbft show-validator` prints it."""
+    if text.lstrip().startswith("{"):
         try:
             text = json.loads(text)["value"]
         except (ValueError, KeyError, TypeError) as exc:
@@ -79,17 +94,31 @@ def consensus_pubkey(text: str) -> bytes:
     try:
         key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("--pubkey is neither a file, a node home nor base64") from None
+        raise ValueError("--pubkey is neither a priv_validator_key.json, a node home nor a base64 key") from None
     if len(key) != 32:
         raise ValueError(f"--pubkey must be a 32-byte ed25519 key, got {len(key)} bytes")
     return key
 
 
-def tx_msgs(args: argparse.Namespace, key: Key) -> list[Message]:
+def _key_proof(signer: SigningKey | None, given: str | None, chain_id: str, operator: str) -> bytes:
+    if signer is not None:
+        return bytes(signer.sign(key_proof_bytes(chain_id, operator)).signature)
+    if not given:
+        raise ValueError("--pubkey as base64 needs --key-proof (or give the priv_validator_key.json or node home, "
+                         "whose private key then signs the proof)")
+    try:
+        return base64.b64decode(given, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("--key-proof must be base64") from None
+
+
+def tx_msgs(args: argparse.Namespace, key: Key, chain_id: str) -> list[Message]:
     op = key.address
     if args.sub == "create-validator":
-        return [pb.MsgCreateValidator(operator=op, pub_key=consensus_pubkey(args.pubkey), moniker=args.moniker,
-                                      details=args.details, bond=_positive(args.bond, "--bond"))]
+        public, signer = consensus_key(args.pubkey)
+        return [pb.MsgCreateValidator(operator=op, pub_key=public, moniker=args.moniker, details=args.details,
+                                      bond=_positive(args.bond, "--bond"),
+                                      key_proof=_key_proof(signer, args.key_proof, chain_id, op))]
     if args.sub == "edit-validator":
         return [pb.MsgEditValidator(operator=op, moniker=args.moniker, details=args.details)]
     if args.sub == "bond-validator":

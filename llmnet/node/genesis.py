@@ -45,7 +45,8 @@ def override_params(genesis: dict[str, Any], overrides: dict[str, dict[str, Any]
 
 def sync_consensus_params(genesis: dict[str, Any]) -> None:
     """CometBFT's block.max_gas follows auth.max_block_gas, so its proposers reap what the app accepts;
-    vote extensions are on from height 1, so every block after the first carries the selection beacon."""
+    vote extensions are on from height 1, so every block after the first carries the selection beacon; evidence
+    of double-signing expires within validators.unbonding_blocks."""
     params = genesis.get("app_state", {}).get("auth", {}).get("params", {})
     max_gas = int(params.get("max_block_gas") or auth_defaults().max_block_gas)
     consensus = genesis.setdefault("consensus_params", {})
@@ -53,6 +54,12 @@ def sync_consensus_params(genesis: dict[str, Any]) -> None:
     abci = consensus.setdefault("abci", {})
     if int(abci.get("vote_extensions_enable_height") or 0) == 0:
         abci["vote_extensions_enable_height"] = "1"
+    # Evidence must expire before a bond can be paid back (the app refuses a genesis where it would not).
+    unbonding = int(genesis.get("app_state", {}).get("validators", {}).get("params", {}).get("unbonding_blocks")
+                    or validators_defaults().unbonding_blocks)
+    evidence = consensus.setdefault("evidence", {})
+    evidence["max_age_num_blocks"] = str(min(int(evidence.get("max_age_num_blocks") or unbonding), unbonding))
+    evidence["max_age_duration"] = "1000000000"  # CometBFT expires evidence when both ages pass: let blocks decide
 
 
 def read(home: Path) -> dict[str, Any]:

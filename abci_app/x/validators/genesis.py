@@ -17,6 +17,7 @@ from abci_app.crypto import PUBKEY_LEN, address_bytes, parse_address
 from abci_app.params import from_genesis
 from abci_app.x.validators.keeper import ValidatorsKeeper
 from abci_app.x.validators.types import (
+    MAX_BOND,
     ErrInvalidValidator,
     Status,
     check_description,
@@ -33,21 +34,34 @@ def init_genesis(ctx: Ctx, keeper: ValidatorsKeeper, section: dict[str, Any]) ->
     params = from_genesis(section, default_params())
     check_params(params)
     keeper.set_params(ctx, params)
+    evidence_age = int(section.get("evidence_max_age_blocks", 0))
+    if params.unbonding_blocks < evidence_age:
+        raise ValueError(f"genesis validators.params.unbonding_blocks ({params.unbonding_blocks}) must be at least "
+                         f"consensus_params.evidence.max_age_num_blocks ({evidence_age}): a bond paid back before "
+                         f"evidence expires escapes its slash")
     bonded = section.get("validators") or []
     for i, entry in enumerate(bonded):
         keeper.add_genesis(ctx, _bonded(i, entry, params))
     if not bonded:
-        for pub_key, power in section.get("consensus", []):
-            if len(pub_key) != PUBKEY_LEN or power <= 0:
-                raise ValueError("genesis validators must be ed25519 keys with positive power")
-            keeper.add_genesis(ctx, pb.Validator(pub_key=pub_key, address=address_bytes(pub_key), moniker="genesis",
-                                                 status=Status.VALIDATOR_STATUS_ACTIVE, fixed_power=power,
-                                                 created_height=ctx.env.height))
+        _add_fixed(ctx, keeper, section.get("consensus", []), params)
     total = keeper.seat_genesis_set(ctx)
     if 0 < total < MIN_TOTAL_POWER:  # none at all only suits harnesses that drive the app without CometBFT
         raise ValueError(f"genesis validators hold {total} voting power; at least {MIN_TOTAL_POWER} is needed")
     if not bonded:
         ctx.validator_updates.clear()  # CometBFT already has these from genesis.json
+
+
+def _add_fixed(ctx: Ctx, keeper: ValidatorsKeeper, consensus: list[tuple[bytes, int]], params: pb.Params) -> None:
+    """genesis.json's validators as they are: every one of them is seated, since CometBFT has them all."""
+    if len(consensus) > params.max_validators:
+        raise ValueError(f"genesis.json names {len(consensus)} validators, over validators.params.max_validators")
+    for pub_key, power in consensus:
+        if len(pub_key) != PUBKEY_LEN or power <= 0 or power * params.power_reduction > MAX_BOND:
+            raise ValueError("genesis validators must be ed25519 keys with positive power (at most MAX_BOND in "
+                             "bond terms)")
+        keeper.add_genesis(ctx, pb.Validator(pub_key=pub_key, address=address_bytes(pub_key), moniker="genesis",
+                                             status=Status.VALIDATOR_STATUS_ACTIVE, fixed_power=power,
+                                             created_height=ctx.env.height))
 
 
 def _bonded(i: int, entry: dict[str, Any], params: pb.Params) -> pb.Validator:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from abci_app import params
 from abci_app.context import Ctx, Misbehavior
 from abci_app.crypto import address_bytes, parse_address
+from abci_app.crypto import verify as ed25519_verify
 from abci_app.events import event
 from abci_app.fixedpoint import PPM, ppm_of
 from abci_app.heightqueue import HeightQueue
@@ -35,12 +36,14 @@ from abci_app.x.validators.types import (
     UNBONDING_POOL,
     ErrAlreadyExists,
     ErrBondTooLow,
+    ErrInvalidValidator,
     ErrNotActive,
     ErrNotJailed,
     ErrStillJailed,
     ErrUnknownValidator,
     Status,
     be8,
+    key_proof_bytes,
     operator_key,
     rank_key,
     validator_key,
@@ -131,6 +134,9 @@ class ValidatorsKeeper:
             raise ErrAlreadyExists(f"consensus key {address.hex()} is already a validator's")
         if msg.bond < self.params(ctx).min_bond:
             raise ErrBondTooLow(f"bond {msg.bond} is below the minimum {self.params(ctx).min_bond}")
+        if not ed25519_verify(msg.pub_key, key_proof_bytes(ctx.env.chain_id, msg.operator), msg.key_proof):
+            raise ErrInvalidValidator("key_proof is not the consensus key's signature over this chain and operator: "
+                                      "only the holder of a key can bond it")
         self.bank.move(ctx, operator, BONDED_POOL, msg.bond)
         v = pb.Validator(operator=msg.operator, pub_key=msg.pub_key, address=address, moniker=msg.moniker,
                          details=msg.details, bond=msg.bond, status=Status.VALIDATOR_STATUS_ACTIVE,
@@ -202,15 +208,18 @@ class ValidatorsKeeper:
         at = ctx.env.height + self.params(ctx).unbonding_blocks
         if amount:
             self.bank.move(ctx, BONDED_POOL, UNBONDING_POOL, amount)
-            key = RELEASE_AMOUNT_PREFIX + be8(at) + v.address
-            queued = ctx.kv(STORE).get(key)
-            ctx.kv(STORE).set(key, be8(amount + (0 if queued is None else int.from_bytes(queued, "big"))))
-            RELEASES.push(ctx, at, v.address)
+            self._queue_release(ctx, at, v.address, amount)
         v.bond -= amount
         v.unbonding += amount
         if v.status == Status.VALIDATOR_STATUS_UNBONDING:
             v.unbond_at = at
         return at
+
+    def _queue_release(self, ctx: Ctx, at: int, address: bytes, amount: int) -> None:
+        key = RELEASE_AMOUNT_PREFIX + be8(at) + address
+        queued = ctx.kv(STORE).get(key)
+        ctx.kv(STORE).set(key, be8(amount + (0 if queued is None else int.from_bytes(queued, "big"))))
+        RELEASES.push(ctx, at, address)
 
     # -- punishment ---------------------------------------------------------------------
 
@@ -225,20 +234,24 @@ class ValidatorsKeeper:
         return amount
 
     def _slash_unbonding(self, ctx: Ctx, v: pb.Validator, since: int, fraction_ppm: int) -> None:
-        """Bond unbonded after the offence is slashed too (in place on v): unbonding in the blocks between
-        double-signing and the evidence landing must not be a way out. Those releases fall due after
-        since + unbonding_blocks, so only that range of the queue is read."""
+        """Bond unbonded from POWER_DELAY blocks before the offence on is slashed too (in place on v): it still
+        backed the power that signed, and unbonding between double-signing and the evidence landing must not be a
+        way out. Those releases fall due from since - POWER_DELAY + unbonding_blocks (later if deferred), so only
+        that range of the queue is read."""
         kv = ctx.kv(STORE)
-        first = RELEASE_AMOUNT_PREFIX + be8(since + self.params(ctx).unbonding_blocks + 1)
+        first = RELEASE_AMOUNT_PREFIX + be8(max(0, since - POWER_DELAY + self.params(ctx).unbonding_blocks))
         burnt = 0
         for key, raw in kv.iterate_range(first, prefix_end(RELEASE_AMOUNT_PREFIX)):
             if key[-len(v.address):] != v.address:
                 continue
             amount = int.from_bytes(raw, "big")
             cut = ppm_of(amount, fraction_ppm)
-            if cut:
+            if cut == amount:  # nothing left to release: no empty entry may reach the bank
+                kv.delete(key)
+                RELEASES.remove(ctx, int.from_bytes(key[len(RELEASE_AMOUNT_PREFIX):][:8], "big"), v.address)
+            elif cut:
                 kv.set(key, be8(amount - cut))
-                burnt += cut
+            burnt += cut
         if burnt:
             self.bank.burn(ctx, UNBONDING_POOL, burnt)
             v.unbonding -= burnt
@@ -250,8 +263,8 @@ class ValidatorsKeeper:
         """Slash, tombstone (out of the set for good) and unbond the rest. Evidence of a validator already
         tombstoned, or unknown to this chain, changes nothing: one offence is punished once."""
         v = self.get(ctx, evidence.address)
-        if v is None or v.status == Status.VALIDATOR_STATUS_TOMBSTONED:
-            return
+        if v is None or v.status == Status.VALIDATOR_STATUS_TOMBSTONED or evidence.height < v.created_height:
+            return  # (a key reused after leaving answers only for what it signed since)
         changed = pb.Validator()
         changed.CopyFrom(v)
         fraction = self.params(ctx).double_sign_slash_ppm
@@ -312,9 +325,9 @@ class ValidatorsKeeper:
         """Release due bonds, then move the told powers one bounded step toward the ranking."""
         self._release_due(ctx)
         p = self.params(ctx)
-        current = self._told(ctx)
+        current, punished = self._told(ctx)
         wanted = power.targets(self._ranked(ctx, p.max_validators), p.max_validators, p.power_reduction)
-        for address, value in sorted(power.step(current, wanted).items()):
+        for address, value in sorted(power.step(current, wanted, punished).items()):
             self._set_power(ctx, address, value, effective=ctx.env.height + POWER_DELAY)
 
     def _ranked(self, ctx: Ctx, limit: int) -> list[tuple[bytes, int]]:
@@ -322,13 +335,16 @@ class ValidatorsKeeper:
         return [(k[start + 8:], MAX_BOND - int.from_bytes(k[start:start + 8], "big"))
                 for k, _ in ctx.kv(STORE).iterate_range(RANK_PREFIX, prefix_end(RANK_PREFIX), limit)]
 
-    def _told(self, ctx: Ctx) -> dict[bytes, int]:
-        out = {}
+    def _told(self, ctx: Ctx) -> tuple[dict[bytes, int], set[bytes]]:
+        """The powers CometBFT has been told, and which of those validators are jailed or tombstoned."""
+        out, punished = {}, set()
         for key, _ in ctx.kv(STORE).iterate(SET_PREFIX):
             v = self.get(ctx, key[len(SET_PREFIX):])
             if v is not None:
                 out[v.address] = v.power
-        return out
+                if v.status in (Status.VALIDATOR_STATUS_JAILED, Status.VALIDATOR_STATUS_TOMBSTONED):
+                    punished.add(v.address)
+        return out, punished
 
     def _set_power(self, ctx: Ctx, address: bytes, value: int, effective: int | None) -> None:
         """Tell CometBFT (and the beacon, from the height it takes effect; None: genesis, at once)."""
@@ -338,6 +354,7 @@ class ValidatorsKeeper:
         changed = pb.Validator()
         changed.CopyFrom(v)
         changed.power = value
+        changed.power_changed_height = ctx.env.height
         self._save(ctx, v, changed)
         if value:
             ctx.kv(STORE).set(SET_PREFIX + address, b"")
@@ -363,9 +380,13 @@ class ValidatorsKeeper:
             raw = ctx.kv(STORE).get(key)
             ctx.kv(STORE).delete(key)
             v = self.get(ctx, address)
-            if raw is None or v is None:
+            amount = 0 if raw is None else int.from_bytes(raw, "big")
+            if v is None or not amount:
                 continue
-            amount = int.from_bytes(raw, "big")
+            later = self._release_not_before(ctx, v)
+            if later > ctx.env.height:
+                self._queue_release(ctx, later, address, amount)
+                continue
             self.bank.move(ctx, UNBONDING_POOL, parse_address(v.operator), amount)
             changed = pb.Validator()
             changed.CopyFrom(v)
@@ -373,6 +394,15 @@ class ValidatorsKeeper:
             self._save(ctx, v, changed)
             ctx.emit(event(EV_RELEASED, operator=v.operator, address=address.hex(), amount=amount))
             self._forget_if_done(ctx, changed)
+
+    def _release_not_before(self, ctx: Ctx, v: pb.Validator) -> int:
+        """Unbonded tokens stay slashable while CometBFT may still count power they backed: until the told
+        power is covered by the bond left, has been in force (POWER_DELAY), and unbonding_blocks have passed
+        since, as evidence about its last votes can still come."""
+        p = self.params(ctx)
+        if v.power * p.power_reduction > v.bond and v.operator:
+            return ctx.env.height + 1  # its power is still being cut (a third per block at most)
+        return v.power_changed_height + POWER_DELAY + p.unbonding_blocks
 
     def _forget_if_done(self, ctx: Ctx, v: pb.Validator) -> None:
         """A validator that left, is out of the set and has nothing left to release is deleted (a tombstoned

@@ -2,13 +2,18 @@
 
 CometBFT's light clients trust a new validator set while a third of the old one's power signs it; a block
 that moved more than a third at once could leave them behind and make a takeover cheap. So one block's
-updates move at most a third of the current total power (sum of |change|): removals and cuts first (a
-leaving or punished validator loses its say soonest), then increases, biggest target first.
+updates move at most a third of the current total power (sum of |change|), in this order: validators being
+punished lose their power first (jailed or tombstoned: their say must go soonest), then newcomers and bond
+increases arrive (biggest target first), and only then do voluntary leavers lose theirs, so that a set whose
+members all leave at once hands over to its replacements instead of shrinking to nothing. Cuts never take the
+total below MIN_TOTAL: under it a third rounds to zero and the set could never change again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
+
+MIN_TOTAL = 3
 
 
 def targets(ranked: list[tuple[bytes, int]], max_validators: int, power_reduction: int) -> dict[bytes, int]:
@@ -22,20 +27,28 @@ def targets(ranked: list[tuple[bytes, int]], max_validators: int, power_reductio
     return out
 
 
-def step(current: Mapping[bytes, int], wanted: Mapping[bytes, int]) -> dict[bytes, int]:
-    """The powers to change this block (address -> new power, 0 = leaves the set), never moving more
-    than a third of sum(current) in all."""
-    budget = sum(current.values()) // 3
+def step(current: Mapping[bytes, int], wanted: Mapping[bytes, int], punished: Set[bytes] = frozenset()
+         ) -> dict[bytes, int]:
+    """The powers to change this block (address -> new power, 0 = leaves the set), never moving more than a
+    third of sum(current) in all; punished addresses are cut first."""
+    total = sum(current.values())
+    budget = total // 3
     addresses = sorted(set(current) | set(wanted))
-    cuts = sorted((wanted.get(a, 0), a) for a in addresses if wanted.get(a, 0) < current.get(a, 0))
+    cuts = [a for a in addresses if wanted.get(a, 0) < current.get(a, 0)]
+    urgent = sorted((wanted.get(a, 0), a) for a in cuts if a in punished)
+    voluntary = sorted((wanted.get(a, 0), a) for a in cuts if a not in punished)
     rises = sorted((-wanted[a], a) for a in addresses if wanted.get(a, 0) > current.get(a, 0))
     out: dict[bytes, int] = {}
-    for _, a in cuts:
-        move = min(current[a] - wanted.get(a, 0), budget)
-        if move:
-            out[a], budget = current[a] - move, budget - move
-    for _, a in rises:
-        move = min(wanted[a] - current.get(a, 0), budget)
-        if move:
-            out[a], budget = current.get(a, 0) + move, budget - move
+    for kind, queue in (("cut", urgent), ("rise", rises), ("cut", voluntary)):
+        for _, a in queue:
+            now = current.get(a, 0)
+            if kind == "cut":
+                move = min(now - wanted.get(a, 0), budget, max(0, total - MIN_TOTAL))
+                out_power = now - move
+            else:
+                move = min(wanted[a] - now, budget)
+                out_power = now + move
+            if move:
+                out[a], budget = out_power, budget - move
+                total += out_power - now
     return out

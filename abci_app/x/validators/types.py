@@ -22,6 +22,9 @@ MAX_DETAILS = 280
 MAX_VALIDATORS_HARD = 1000
 """The hard bound; params.max_validators may be lower (CometBFT's set must stay small enough to gossip)."""
 MAX_RELEASES_PER_BLOCK = 200
+MAX_TOTAL_VOTING_POWER = ((1 << 63) - 1) // 8
+"""CometBFT's MaxTotalVotingPower: updates taking the total above it are refused (and the chain halts)."""
+MAX_BLOCKS_PARAM = 1 << 40
 DUPLICATE_VOTE = 1
 LIGHT_CLIENT_ATTACK = 2
 
@@ -71,6 +74,11 @@ class ErrNotActive(ValidatorsError):
     code = 8
 
 
+def key_proof_bytes(chain_id: str, operator: str) -> bytes:
+    """What a consensus key signs to be bonded by operator on this chain (MsgCreateValidator.key_proof)."""
+    return b"llmnet/validator-key\x00" + chain_id.encode() + b"\x00" + operator.encode()
+
+
 def be8(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
@@ -107,8 +115,12 @@ def check_params(params: pb.Params) -> None:
         raise ValueError("genesis validators.params: need 0 < power_reduction <= min_bond")
     if not 1 <= params.max_validators <= MAX_VALIDATORS_HARD:
         raise ValueError(f"genesis validators.params.max_validators must be 1..{MAX_VALIDATORS_HARD}")
-    if params.signed_blocks_window < 1 or params.unbonding_blocks < 1 or params.jail_blocks < 0:
-        raise ValueError("genesis validators.params: signed_blocks_window and unbonding_blocks must be >= 1")
+    if params.max_validators * (MAX_BOND // params.power_reduction) > MAX_TOTAL_VOTING_POWER:
+        raise ValueError("genesis validators.params: power_reduction is so small that max_validators could hold more "
+                         "than CometBFT's MaxTotalVotingPower")
+    for name in ("signed_blocks_window", "unbonding_blocks", "jail_blocks"):
+        if not (0 if name == "jail_blocks" else 1) <= getattr(params, name) <= MAX_BLOCKS_PARAM:
+            raise ValueError(f"genesis validators.params.{name} must be 1..{MAX_BLOCKS_PARAM} (jail_blocks may be 0)")
     if max(params.min_signed_ppm, params.downtime_slash_ppm, params.double_sign_slash_ppm) > 1_000_000:
         raise ValueError("genesis validators.params: *_ppm values must be at most 1000000")
 

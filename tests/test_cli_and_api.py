@@ -184,14 +184,29 @@ def test_validator_commands_through_the_cli(net: Localnet, tmp_path: Path) -> No
     assert one["validator"]["moniker"] == "renamed" and one["validator"]["status"] == "VALIDATOR_STATUS_ACTIVE"
     by_hex = cli(*opts(net), "query", "validator", base64_to_hex(one["validator"]["address"]))
     assert by_hex.returncode == 0 and "moniker: renamed" in by_hex.stdout
+    import base64
+
+    from nacl.signing import SigningKey
+
+    signer = SigningKey(b"\x05" * 32)
+    public = base64.b64encode(bytes(signer.verify_key)).decode()
     key_file = tmp_path / "priv_validator_key.json"
-    key_file.write_text(json.dumps({"pub_key": {"type": "tendermint/PubKeyEd25519", "value": "A" * 43 + "="}}))
+    key_file.write_text(json.dumps({
+        "pub_key": {"type": "tendermint/PubKeyEd25519", "value": public},
+        "priv_key": {"type": "tendermint/PrivKeyEd25519",
+                     "value": base64.b64encode(bytes(signer) + bytes(signer.verify_key)).decode()}}))
     low = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", str(key_file), "--moniker", "x",
               "--bond", "5")
     assert low.returncode == 1 and "below the minimum" in low.stderr
     bad = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", "not-a-key", "--moniker", "x",
               "--bond", "5")
     assert bad.returncode == 1 and "--pubkey" in bad.stderr
+    unproven = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", public, "--moniker", "x",
+                   "--bond", "10000000")
+    assert unproven.returncode == 1 and "--key-proof" in unproven.stderr
+    forged = cli(*opts(net), "tx", "create-validator", "user1", "--pubkey", public, "--moniker", "x",
+                 "--bond", "10000000", "--key-proof", base64.b64encode(b"\x01" * 64).decode())
+    assert forged.returncode == 1 and "key_proof" in forged.stderr
     thief = cli(*opts(net), "tx", "unbond-validator", "user1")
     assert thief.returncode == 1 and "operates no validator" in thief.stderr
     unknown = cli(*opts(net), "query", "validator", "user2")

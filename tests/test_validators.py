@@ -238,6 +238,15 @@ def test_the_validator_query_takes_either_address(tmp_path: Path) -> None:
         chain.query("Validator", q.ValidatorRequest(address=seeded_key("joiner").address), q.ValidatorResponse)
     with pytest.raises(AssertionError, match="address"):
         chain.query("Validator", q.ValidatorRequest(address="nonsense"), q.ValidatorResponse)
+    op = operators()[2]
+    chain.ok(chain.tx(op, pb.MsgUnbondValidator(operator=op.address)))
+    every = chain.query("Validators", q.ValidatorsRequest(), q.ValidatorsResponse)
+    in_set = chain.query("Validators", q.ValidatorsRequest(in_set_only=True), q.ValidatorsResponse)
+    assert len(every.validators) == 4 and sorted(v.moniker for v in in_set.validators) == ["v0", "v1", "v3"]
+    first = chain.query("Validators", q.ValidatorsRequest(limit=2), q.ValidatorsResponse)
+    rest = chain.query("Validators", q.ValidatorsRequest(limit=2, cursor=first.next_cursor), q.ValidatorsResponse)
+    assert first.next_cursor and not rest.next_cursor
+    assert {v.moniker for v in [*first.validators, *rest.validators]} == {"v0", "v1", "v2", "v3"}
 
 
 def test_two_apps_fed_the_same_blocks_agree(tmp_path: Path) -> None:

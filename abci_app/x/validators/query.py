@@ -32,9 +32,14 @@ class Querier:
         limit = req.limit or MAX_PAGE
         if limit > MAX_PAGE:
             raise ErrInvalidRequest(f"limit must be at most {MAX_PAGE}")
-        start = VALIDATOR_PREFIX + req.cursor + (b"\x00" if req.cursor else b"")
-        rows = ctx.kv(STORE).iterate_range(start, prefix_end(VALIDATOR_PREFIX), limit + 1)
-        page = [pb.Validator.FromString(v) for _, v in rows[:limit]]
+        prefix = SET_PREFIX if req.in_set_only else VALIDATOR_PREFIX
+        start = prefix + req.cursor + (b"\x00" if req.cursor else b"")
+        rows = ctx.kv(STORE).iterate_range(start, prefix_end(prefix), limit + 1)
+        if req.in_set_only:
+            records = [self.keeper.get(ctx, k[len(SET_PREFIX):]) for k, _ in rows[:limit]]
+            page = [v for v in records if v is not None]
+        else:
+            page = [pb.Validator.FromString(v) for _, v in rows[:limit]]
         total = sum(v.power for k, _ in ctx.kv(STORE).iterate(SET_PREFIX)
                     if (v := self.keeper.get(ctx, k[len(SET_PREFIX):])) is not None)
         page.sort(key=lambda v: (-v.power, -v.bond, v.address))
@@ -57,4 +62,5 @@ class Querier:
 
 
 def page_cursor(rows: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The consensus address of the page's last row (both prefixes are the same length)."""
     return rows[limit - 1][0][len(VALIDATOR_PREFIX):] if len(rows) > limit else b""

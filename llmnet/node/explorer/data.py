@@ -183,9 +183,10 @@ class ExplorerData:
                 "domains": domains}
 
     def validators(self) -> dict[str, Any]:
-        """The validators by power, highest first, from one page of the query: bounded, and the whole set unless
-        more than MAX_VALIDATORS records exist (then `more` is true and the rest is not shown)."""
-        resp = self.query("Validators", q.ValidatorsRequest(limit=MAX_VALIDATORS), q.ValidatorsResponse)
+        """The validator set by power, highest first, from one page of the query: bounded, and the whole set unless
+        more than MAX_VALIDATORS validators have power (then `more` is true and the rest is not shown)."""
+        resp = self.query("Validators", q.ValidatorsRequest(limit=MAX_VALIDATORS, in_set_only=True),
+                          q.ValidatorsResponse)
         # The query sorts each page alike; sorting here keeps the order whatever a future page size does.
         ranked = sorted(resp.validators, key=lambda v: (-v.power, -v.bond, v.address))
         total = int(resp.total_power)

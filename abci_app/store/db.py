@@ -249,18 +249,19 @@ class CommittedStore:
     def restore(self, rows: Iterable[tuple[str, bytes, bytes | None, int]], meta: Mapping[str, bytes],
                 trees: Mapping[str, MerkleLog], height: int) -> None:
         """Fill an empty store in one transaction, then adopt the given trees (snapshot.py proved rows, meta
-        and trees against the trusted app hash). If iterating rows raises, nothing is written. The restored
+        and trees against the trusted app hash; it may fill `trees` as the last row is taken). If iterating rows
+        raises, nothing is written. The restored
         height is the oldest one kept: there is no history below it."""
         if not self.is_empty():
             raise ValueError(f"only an empty store can be restored; this one is at height {self.height}")
-        if set(trees) != set(self.store_names):
-            raise ValueError(f"trees for stores {sorted(trees)}, expected {list(self.store_names)}")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             for clear in ("DELETE FROM meta", "DELETE FROM history", "DELETE FROM sizes"):
                 db.execute(clear)  # the rows opening an empty store leaves: height 0 was never a block
             db.executemany("INSERT INTO kv (store, key, value, pos) VALUES (?,?,?,?)", rows)
+            if set(trees) != set(self.store_names):  # (filled while the rows were taken)
+                raise ValueError(f"trees for stores {sorted(trees)}, expected {list(self.store_names)}")
             db.executemany("INSERT INTO meta (k, v) VALUES (?,?)", sorted(meta.items()))
             db.executemany("INSERT INTO sizes (height, store, size) VALUES (?,?,?)",
                            [(height, n, trees[n].size) for n in self.store_names])

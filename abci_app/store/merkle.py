@@ -54,6 +54,32 @@ def hash_from_leaves(leaves: list[bytes]) -> bytes:
     return inner_hash(hash_from_leaves(leaves[:k]), hash_from_leaves(leaves[k:]))
 
 
+class StreamingRoot:
+    """The root of leaves seen one at a time, in O(log n) memory: a stack of the perfect subtrees so far (sizes
+    strictly decreasing), merged as equal sizes meet. RFC 6962's split puts the largest power of two on the left,
+    so the root is those subtrees folded from the right."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, leaf: bytes) -> None:
+        size, node = 1, leaf
+        while self._stack and self._stack[-1][0] == size:
+            left = self._stack.pop()[1]
+            size, node = 2 * size, inner_hash(left, node)
+        self._stack.append((size, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return EMPTY_ROOT
+        node = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            node = inner_hash(left, node)
+        return node
+
+
 def root_from_aunts(index: int, total: int, leaf: bytes, aunts: list[bytes]) -> bytes | None:
     """Recompute a root from a leaf and its aunts (bottom-up order), as CometBFT verifies proofs."""
     if total == 1:

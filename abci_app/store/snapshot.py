@@ -13,13 +13,14 @@ the next Commit writes the real one.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from abci_app.encoding import uvarint
 from abci_app.store.db import CommittedStore, multistore_root
-from abci_app.store.merkle import MerkleLog, committed_view, kv_leaf
+from abci_app.store.merkle import MerkleLog, StreamingRoot, committed_view, kv_leaf
 
 FORMAT = 1
 MAGIC = b"llmnet-snapshot\x00\x01"
@@ -27,6 +28,8 @@ MAX_FIELD_BYTES = 64 << 20
 """No key, value or name is near this; a length prefix beyond it is garbage, refused before reading on."""
 _META, _STORE, _ROW, _END = b"M", b"S", b"R", b"E"
 _ABSENT, _PRESENT = b"\x00", b"\x01"
+MAX_TIME_DIGITS = 19
+"""A block time in nanoseconds fits an int64: 19 digits."""
 META = ("app_hash", "height", "time_ns")
 """Every meta row the store keeps; a snapshot with others is from a version this one cannot vouch for."""
 
@@ -129,8 +132,10 @@ class Row:
     pos: int
 
 
-def _rows_of(inp: _Input, store: str, seen: set[bytes]) -> Iterator[Row]:
-    """One store's rows, up to the record that follows them."""
+def _rows_of(inp: _Input, store: str, counted: list[int]) -> Iterator[Row]:
+    """One store's rows, up to the record that follows them; counted[0] counts them. Keys are not remembered
+    to catch repeats (a peer could make that set cost many times the bytes it sends): rows that hash to the
+    trusted app hash are the chain's own, which has none, and the database's primary key refuses any anyway."""
     while inp.peek() == _ROW:
         inp.take(1)
         pos, key = inp.number(), inp.field()
@@ -138,17 +143,15 @@ def _rows_of(inp: _Input, store: str, seen: set[bytes]) -> Iterator[Row]:
         if flag not in (_ABSENT, _PRESENT):
             raise SnapshotError(f"row {pos} of store {store!r} has no valid presence flag")
         value = inp.field() if flag == _PRESENT else None
-        if pos != len(seen):
-            raise SnapshotError(f"store {store!r}: row at position {pos} where {len(seen)} belongs")
-        if key in seen:
-            raise SnapshotError(f"store {store!r} lists key {key.hex()} twice")
-        seen.add(key)
+        if pos != counted[0]:
+            raise SnapshotError(f"store {store!r}: row at position {pos} where {counted[0]} belongs")
+        counted[0] += 1
         yield Row(store, key, value, pos)
 
 
 def parse(chunks: Iterable[bytes], store_names: Iterable[str]) -> Iterator[tuple[str, bytes] | Row]:
     """Meta rows as (key, value), then Rows, with every rule of the format checked on the way: known stores
-    in name order, each store's positions 0..n-1 with no key twice, the end record's count, nothing after."""
+    in name order, each store's positions 0..n-1, the end record's count, nothing after."""
     known = set(store_names)
     inp = _Input(chunks)
     if inp.take(len(MAGIC)) != MAGIC:
@@ -167,9 +170,9 @@ def parse(chunks: Iterable[bytes], store_names: Iterable[str]) -> Iterator[tuple
             if store not in known or (last_store and store <= last_store):
                 raise SnapshotError(f"store {store!r} is unknown here or out of order")
             last_store = store
-            seen: set[bytes] = set()
-            yield from _rows_of(inp, store, seen)
-            count += len(seen)
+            counted = [0]
+            yield from _rows_of(inp, store, counted)
+            count += counted[0]
         elif tag == _END:
             if inp.number() != count:
                 raise SnapshotError(f"the end record's row count does not match the {count} rows read")
@@ -178,14 +181,6 @@ def parse(chunks: Iterable[bytes], store_names: Iterable[str]) -> Iterator[tuple
             return
         else:
             raise SnapshotError(f"unexpected record {tag!r}")
-
-
-@dataclass(frozen=True)
-class Proven:
-    """What a first read of a snapshot established: its meta, and trees whose root is the trusted app hash."""
-
-    meta: dict[str, bytes]
-    trees: dict[str, MerkleLog]
 
 
 def _check_meta(meta: dict[str, bytes], height: int, app_hash: bytes) -> None:
@@ -198,45 +193,50 @@ def _check_meta(meta: dict[str, bytes], height: int, app_hash: bytes) -> None:
         raise SnapshotError(f"the snapshot says height {meta['height']!r}, it was offered as height {height}")
     if meta["app_hash"] != app_hash:
         raise SnapshotError(f"the snapshot says app hash {meta['app_hash'].hex()}, the trusted one is {app_hash.hex()}")
-    if not meta["time_ns"].isdigit():
-        raise SnapshotError(f"the snapshot's block time {meta['time_ns']!r} is not a number")
+    time_ns = meta["time_ns"]
+    if not (time_ns.isdigit() and len(time_ns) <= MAX_TIME_DIGITS and int(time_ns) < 1 << 63):
+        raise SnapshotError(f"the snapshot's block time {time_ns[:40]!r} is not a nanosecond timestamp")
 
 
-def verify(chunks: Iterable[bytes], store_names: Iterable[str], height: int, app_hash: bytes) -> Proven:
-    """Rebuild every store's tree from the rows and check the multistore root against the trusted app hash."""
-    names = tuple(store_names)
-    meta: dict[str, bytes] = {}
-    leaves: dict[str, list[bytes]] = {n: [] for n in names}
-    for item in parse(chunks, names):
-        if isinstance(item, Row):
-            leaves[item.store].append(kv_leaf(item.key, item.value))
-        else:
-            meta[item[0]] = item[1]
-    _check_meta(meta, height, app_hash)
-    trees = {n: MerkleLog.from_leaves(found) for n, found in leaves.items()}
-    root = multistore_root({n: committed_view(t).root() for n, t in trees.items()})
+def _check_root(roots: dict[str, bytes], app_hash: bytes) -> None:
+    root = multistore_root(roots)
     if root != app_hash:
         raise SnapshotError(f"the snapshot's state hashes to {root.hex()}, not to the trusted app hash "
                             f"{app_hash.hex()}")
-    return Proven(meta, trees)
 
 
-def _as_proven(chunks: Iterable[bytes], proven: Proven, store_names: tuple[str, ...]) -> Iterator[
-        tuple[str, bytes, bytes | None, int]]:
-    """The rows again, each checked against the leaf the first read proved, so what is written is what was
-    verified even if the chunks changed between the reads."""
-    counts = dict.fromkeys(store_names, 0)
+def verify(chunks: Iterable[bytes], store_names: Iterable[str], height: int, app_hash: bytes) -> dict[str, bytes]:
+    """The snapshot's meta, once every store's root from its rows gives the trusted app hash. The roots are
+    computed as the rows stream by (StreamingRoot), so what a peer sends costs this node O(log n) memory until it
+    is proven: no data it could inflate is kept."""
+    names = tuple(store_names)
+    meta: dict[str, bytes] = {}
+    roots = {n: StreamingRoot() for n in names}
+    for item in parse(chunks, names):
+        if isinstance(item, Row):
+            roots[item.store].add(kv_leaf(item.key, item.value))
+        else:
+            meta[item[0]] = item[1]
+    _check_meta(meta, height, app_hash)
+    _check_root({n: r.root() for n, r in roots.items()}, app_hash)
+    return meta
+
+
+def _proven_rows(chunks: Iterable[bytes], meta: dict[str, bytes], store_names: tuple[str, ...], app_hash: bytes,
+                 trees: dict[str, MerkleLog]) -> Iterator[tuple[str, bytes, bytes | None, int]]:
+    """The rows again, for writing; once they are all out, their trees must give the trusted app hash again (the
+    chunks are read twice and could have changed in between), and `trees` receives them. Raising here, before
+    the last row is taken, rolls the write back."""
+    leaves: dict[str, list[bytes]] = {n: [] for n in store_names}
     for item in parse(chunks, store_names):
         if isinstance(item, Row):
-            tree = proven.trees[item.store]
-            if item.pos >= tree.size or kv_leaf(item.key, item.value) != tree.node(0, item.pos):
-                raise SnapshotError(f"store {item.store!r} row {item.pos} changed since it was verified")
-            counts[item.store] += 1
+            leaves[item.store].append(kv_leaf(item.key, item.value))
             yield item.store, item.key, item.value, item.pos
-        elif proven.meta.get(item[0]) != item[1]:
+        elif meta.get(item[0]) != item[1]:
             raise SnapshotError(f"meta {item[0]!r} changed since it was verified")
-    if any(counts[n] != proven.trees[n].size for n in store_names):
-        raise SnapshotError("rows went missing since the snapshot was verified")
+    built = {n: MerkleLog.from_leaves(found) for n, found in leaves.items()}
+    _check_root({n: committed_view(t).root() for n, t in built.items()}, app_hash)
+    trees.update(built)
 
 
 def import_snapshot(committed: CommittedStore, read: Callable[[], Iterable[bytes]], height: int,
@@ -245,5 +245,9 @@ def import_snapshot(committed: CommittedStore, read: Callable[[], Iterable[bytes
     in order, afresh on each call: once to verify, once to write. On any SnapshotError nothing is written."""
     if not committed.is_empty():
         raise SnapshotError(f"state sync fills only an empty store; this one is at height {committed.height}")
-    proven = verify(read(), committed.store_names, height, app_hash)
-    committed.restore(_as_proven(read(), proven, committed.store_names), proven.meta, proven.trees, height)
+    meta = verify(read(), committed.store_names, height, app_hash)
+    trees: dict[str, MerkleLog] = {}
+    try:
+        committed.restore(_proven_rows(read(), meta, committed.store_names, app_hash, trees), meta, trees, height)
+    except sqlite3.IntegrityError as exc:  # a key twice in one store (the transaction was rolled back)
+        raise SnapshotError(f"the snapshot repeats a key: {exc}") from None

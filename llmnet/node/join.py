@@ -7,6 +7,7 @@ height sits a few blocks below the tip, so it is final and still there when the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ from llmnet.node import genesis
 from llmnet.node.config import ConfigError, NodeConfig, set_toml_values
 from llmnet.node.init import init_home
 
+NODE_ID = re.compile(r"[0-9a-f]{40}")
+BLOCK_HASH = re.compile(r"[0-9A-F]{64}")
+DIGITS = re.compile(r"[0-9]{1,18}")
+PRINTABLE = re.compile(r"[\x21-\x7e]{1,256}")
+"""Visible ASCII without spaces or quotes' escapes mattering: safe to put between TOML quotes."""
 TRUST_MARGIN = 5
 TRUST_PERIOD = "168h0m0s"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -60,32 +66,57 @@ def _get(url: str, endpoint: str, **params: int) -> dict[str, Any]:
     return result
 
 
+def _text(data: Any, *path: str, pattern: re.Pattern[str] = PRINTABLE) -> str:
+    """data[path[0]][path[1]]... as a string matching pattern, or a ConfigError naming what the RPC got wrong
+    (a hostile or broken server must not crash init, nor put a newline into config.toml)."""
+    value = data
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ConfigError(f"the RPC answered an unusable {'.'.join(path)}: {str(value)[:80]!r}")
+    return value
+
+
 def _peer(url: str, status: dict[str, Any]) -> str:
     """The RPC node's own p2p address, with the RPC's host where it listens on every interface."""
-    info = status["node_info"]
-    host, _, port = info["listen_addr"].split("://")[-1].rpartition(":")
+    node_id = _text(status, "node_info", "id", pattern=NODE_ID)
+    host, _, port = _text(status, "node_info", "listen_addr").split("://")[-1].rpartition(":")
     if host in WILDCARD_HOSTS:
         host = urlsplit(url).hostname or host
-    return f"{info['id']}@{host}:{port}"
+    if not port.isdigit():
+        raise ConfigError(f"the RPC at {url} listens for peers on an unusable address")
+    return f"{node_id}@{host}:{port}"
+
+
+def _trusted_block(url: str, height: int) -> str:
+    block = _get(url, "block", height=height)
+    if _text(block, "block", "header", "height", pattern=DIGITS) != str(height):
+        raise ConfigError(f"{url} answered another block than {height}")
+    return _text(block, "block_id", "hash", pattern=BLOCK_HASH)
 
 
 def plan_join(rpc_urls: list[str], peers: list[str] | None = None) -> JoinPlan:
-    """Ask the trusted RPC servers for everything the new node's config needs; they must agree on the chain and
-    on the block trusted."""
+    """Ask the trusted RPC servers for everything the new node's config needs; they must agree on the chain, on
+    the block trusted and on the genesis."""
     statuses = [_get(url, "status") for url in rpc_urls]
-    chains = {s["node_info"]["network"] for s in statuses}
+    chains = {_text(s, "node_info", "network") for s in statuses}
     if len(chains) != 1:
         raise ConfigError(f"the --trust-rpc servers are on different chains: {sorted(chains)}")
-    latest = min(int(s["sync_info"]["latest_block_height"]) for s in statuses)
+    latest = min(int(_text(s, "sync_info", "latest_block_height", pattern=DIGITS)) for s in statuses)
     if latest < 1:
         raise ConfigError("the chain has no block yet: state sync needs a snapshot of a committed height")
     height = max(1, latest - TRUST_MARGIN)
-    hashes = {url: _get(url, "block", height=height)["block_id"]["hash"] for url in rpc_urls}
+    hashes = {url: _trusted_block(url, height) for url in rpc_urls}
     if len(set(hashes.values())) != 1:
         raise ConfigError(f"the --trust-rpc servers disagree on block {height}: {hashes}")
+    geneses = [_get(url, "genesis").get("genesis") for url in dict.fromkeys(rpc_urls)]
+    chain_id = chains.pop()
+    if not isinstance(geneses[0], dict) or geneses[0].get("chain_id") != chain_id or \
+            any(g != geneses[0] for g in geneses):
+        raise ConfigError(f"the --trust-rpc servers do not serve one genesis of chain {chain_id}")
     own = list(dict.fromkeys(_peer(u, s) for u, s in zip(rpc_urls, statuses, strict=True)))
     return JoinPlan(
-        chain_id=chains.pop(), genesis=_get(rpc_urls[0], "genesis")["genesis"],
+        chain_id=chain_id, genesis=geneses[0],
         rpc_servers=rpc_urls if len(rpc_urls) > 1 else rpc_urls * 2,  # CometBFT wants two; one twice will do
         trust_height=height, trust_hash=hashes[rpc_urls[0]], peers=own if peers is None else peers)
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from abci_app.app import Application
-from abci_app.store.snapshot import FORMAT, SnapshotError, import_snapshot
+from abci_app.store.snapshot import FORMAT, MAGIC, SnapshotError, import_snapshot
+from llmnet.node.config import MAX_CHUNK_BYTES
 from wire.tendermint.abci import types_pb2 as abci
 
 log = logging.getLogger("llmnet.snapshots")
@@ -72,12 +73,22 @@ class Restore:
                       len(self.expected), req.index)
             self.finished = True
             return Apply(result=Apply.REJECT_SNAPSHOT)
-        if hashlib.sha256(req.chunk).digest() != self.expected[req.index]:
+        if len(req.chunk) > MAX_CHUNK_BYTES or hashlib.sha256(req.chunk).digest() != self.expected[req.index]:
             log.warning("snapshot of height %d: chunk %d from peer %s does not match the hash the snapshot lists; "
                         "refetching it and rejecting that peer", self.height, req.index, req.sender or "(unknown)")
             return Apply(result=Apply.RETRY, refetch_chunks=[req.index],
                          reject_senders=[req.sender] if req.sender else [])
-        (self.workdir / str(req.index)).write_bytes(req.chunk)
+        if req.index == 0 and not req.chunk.startswith(MAGIC[:len(req.chunk)]):
+            log.error("snapshot of height %d is not format %d (its first chunk says so); refused", self.height, FORMAT)
+            self.finished = True
+            return Apply(result=Apply.REJECT_SNAPSHOT)
+        try:
+            (self.workdir / str(req.index)).write_bytes(req.chunk)
+        except OSError as exc:  # a full disk: no other snapshot would fit better
+            log.error("cannot keep chunk %d of the snapshot of height %d: %s; state sync aborted", req.index,
+                      self.height, exc)
+            self.finished = True
+            return Apply(result=Apply.ABORT)
         self.received.add(req.index)
         if len(self.received) < len(self.expected):
             return Apply(result=Apply.ACCEPT)

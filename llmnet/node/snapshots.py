@@ -107,17 +107,21 @@ class SnapshotDir:
             _write_durably(partial / str(len(hashes)), data)
             hashes.append(hashlib.sha256(data).digest())
 
-        pending = bytearray()
-        for piece in export(source):
-            pending += piece
-            while len(pending) >= chunk_bytes:
-                cut(bytes(pending[:chunk_bytes]))
-                del pending[:chunk_bytes]
-        if pending or not hashes:
-            cut(bytes(pending))
-        manifest = Manifest(source.height, tuple(hashes), dict(source.meta()).get("app_hash", b""))
-        _write_durably(partial / MANIFEST, manifest.to_json().encode())
-        os.replace(partial, self.root / str(source.height))
+        try:
+            pending = bytearray()
+            for piece in export(source):
+                pending += piece
+                while len(pending) >= chunk_bytes:
+                    cut(bytes(pending[:chunk_bytes]))
+                    del pending[:chunk_bytes]
+            if pending or not hashes:
+                cut(bytes(pending))
+            manifest = Manifest(source.height, tuple(hashes), dict(source.meta()).get("app_hash", b""))
+            _write_durably(partial / MANIFEST, manifest.to_json().encode())
+            os.replace(partial, self.root / str(source.height))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a failed export must not keep its chunks on disk
+            raise
         return manifest
 
     def has(self, height: int) -> bool:

@@ -49,6 +49,10 @@ KEEP_RECENT = 100
 """Heights kept queryable (and provable) below the latest, as Cosmos' pruning-keep-recent."""
 
 
+class RowConflict(ValueError):
+    """Rows to restore that the table refuses (a key twice in one store, a position twice)."""
+
+
 @dataclass
 class StagedCommit:
     """Everything Commit needs, computed in FinalizeBlock without touching the database."""
@@ -266,6 +270,9 @@ class CommittedStore:
             db.executemany("INSERT INTO sizes (height, store, size) VALUES (?,?,?)",
                            [(height, n, trees[n].size) for n in self.store_names])
             db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            db.execute("ROLLBACK")
+            raise RowConflict(str(exc)) from None
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -13,13 +13,12 @@ the next Commit writes the real one.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from abci_app.encoding import uvarint
-from abci_app.store.db import CommittedStore, multistore_root
+from abci_app.store.db import CommittedStore, RowConflict, multistore_root
 from abci_app.store.merkle import MerkleLog, StreamingRoot, committed_view, kv_leaf
 
 FORMAT = 1
@@ -249,5 +248,5 @@ def import_snapshot(committed: CommittedStore, read: Callable[[], Iterable[bytes
     trees: dict[str, MerkleLog] = {}
     try:
         committed.restore(_proven_rows(read(), meta, committed.store_names, app_hash, trees), meta, trees, height)
-    except sqlite3.IntegrityError as exc:  # a key twice in one store (the transaction was rolled back)
+    except RowConflict as exc:  # a key twice in one store (the transaction was rolled back)
         raise SnapshotError(f"the snapshot repeats a key: {exc}") from None

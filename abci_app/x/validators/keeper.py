@@ -52,6 +52,13 @@ from wire.llmnet.beacon.v1 import beacon_pb2
 from wire.llmnet.validators.v1 import validators_pb2 as pb
 
 RELEASES = HeightQueue(STORE, RELEASE_PREFIX)
+
+
+def _copy(v: pb.Validator) -> pb.Validator:
+    """A record to change and then save over v (_save needs the old one to move its rank)."""
+    changed = pb.Validator()
+    changed.CopyFrom(v)
+    return changed
 POWER_DELAY = 2
 """CometBFT applies the validator updates of block H from height H+2."""
 
@@ -148,8 +155,7 @@ class ValidatorsKeeper:
 
     def edit(self, ctx: Ctx, msg: pb.MsgEditValidator) -> None:
         v = self.by_operator(ctx, msg.operator)
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         changed.moniker, changed.details = msg.moniker, msg.details
         self._save(ctx, v, changed)
         ctx.emit(event(EV_EDITED, operator=msg.operator, address=v.address.hex(), moniker=msg.moniker))
@@ -161,8 +167,7 @@ class ValidatorsKeeper:
         if v.bond + msg.amount > MAX_BOND:
             raise ErrBondTooLow(f"bond would exceed {MAX_BOND}")
         self.bank.move(ctx, parse_address(msg.operator), BONDED_POOL, msg.amount)
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         changed.bond += msg.amount
         self._save(ctx, v, changed)
         ctx.emit(event(EV_BONDED, operator=msg.operator, address=v.address.hex(), amount=msg.amount,
@@ -179,8 +184,7 @@ class ValidatorsKeeper:
             raise ErrBondTooLow(f"cannot unbond {amount}: the bond is {v.bond}")
         if amount < v.bond and v.bond - amount < min_bond:
             raise ErrBondTooLow(f"a partial unbond must leave at least {min_bond}; unbond 0 to leave")
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         if amount == v.bond:
             changed.status = Status.VALIDATOR_STATUS_UNBONDING
         release = self._start_release(ctx, changed, amount)
@@ -196,8 +200,7 @@ class ValidatorsKeeper:
             raise ErrStillJailed(f"validator {v.address.hex()} is jailed until height {v.jailed_until}")
         if v.bond < self.params(ctx).min_bond:
             raise ErrBondTooLow(f"bond {v.bond} fell below the minimum; bond more first")
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         changed.status = Status.VALIDATOR_STATUS_ACTIVE
         self._save(ctx, v, changed)
         ctx.kv(STORE).delete(SIGNING_PREFIX + v.address)  # a fresh window: past misses were paid for
@@ -265,8 +268,7 @@ class ValidatorsKeeper:
         v = self.get(ctx, evidence.address)
         if v is None or v.status == Status.VALIDATOR_STATUS_TOMBSTONED or evidence.height < v.created_height:
             return  # (a key reused after leaving answers only for what it signed since)
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         fraction = self.params(ctx).double_sign_slash_ppm
         self._slash(ctx, changed, fraction,
                     f"double-signed at height {evidence.height} (misbehavior type {evidence.kind})")
@@ -301,8 +303,7 @@ class ValidatorsKeeper:
 
     def _jail_for_downtime(self, ctx: Ctx, v: pb.Validator, missed: int, window: int) -> None:
         p = self.params(ctx)
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         self._slash(ctx, changed, p.downtime_slash_ppm, f"missed {missed} of the last {window} blocks")
         changed.status = Status.VALIDATOR_STATUS_JAILED
         changed.jailed_until = ctx.env.height + p.jail_blocks
@@ -325,7 +326,7 @@ class ValidatorsKeeper:
         """Release due bonds, then move the told powers one bounded step toward the ranking."""
         self._release_due(ctx)
         p = self.params(ctx)
-        current, punished = self._told(ctx)
+        current, punished = self.told(ctx)
         wanted = power.targets(self._ranked(ctx, p.max_validators), p.max_validators, p.power_reduction)
         for address, value in sorted(power.step(current, wanted, punished).items()):
             self._set_power(ctx, address, value, effective=ctx.env.height + POWER_DELAY)
@@ -335,7 +336,7 @@ class ValidatorsKeeper:
         return [(k[start + 8:], MAX_BOND - int.from_bytes(k[start:start + 8], "big"))
                 for k, _ in ctx.kv(STORE).iterate_range(RANK_PREFIX, prefix_end(RANK_PREFIX), limit)]
 
-    def _told(self, ctx: Ctx) -> tuple[dict[bytes, int], set[bytes]]:
+    def told(self, ctx: Ctx) -> tuple[dict[bytes, int], set[bytes]]:
         """The powers CometBFT has been told, and which of those validators are jailed or tombstoned."""
         out, punished = {}, set()
         for key, _ in ctx.kv(STORE).iterate(SET_PREFIX):
@@ -351,8 +352,7 @@ class ValidatorsKeeper:
         v = self.get(ctx, address)
         if v is None:
             raise RuntimeError(f"power for unknown validator {address.hex()}")
-        changed = pb.Validator()
-        changed.CopyFrom(v)
+        changed = _copy(v)
         changed.power = value
         changed.power_changed_height = ctx.env.height
         self._save(ctx, v, changed)
@@ -388,8 +388,7 @@ class ValidatorsKeeper:
                 self._queue_release(ctx, later, address, amount)
                 continue
             self.bank.move(ctx, UNBONDING_POOL, parse_address(v.operator), amount)
-            changed = pb.Validator()
-            changed.CopyFrom(v)
+            changed = _copy(v)
             changed.unbonding -= amount
             self._save(ctx, v, changed)
             ctx.emit(event(EV_RELEASED, operator=v.operator, address=address.hex(), amount=amount))

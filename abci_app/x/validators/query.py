@@ -40,8 +40,7 @@ class Querier:
             page = [v for v in records if v is not None]
         else:
             page = [pb.Validator.FromString(v) for _, v in rows[:limit]]
-        total = sum(v.power for k, _ in ctx.kv(STORE).iterate(SET_PREFIX)
-                    if (v := self.keeper.get(ctx, k[len(SET_PREFIX):])) is not None)
+        total = sum(self.keeper.told(ctx)[0].values())
         page.sort(key=lambda v: (-v.power, -v.bond, v.address))
         return q.ValidatorsResponse(validators=page, height=ctx.env.height, total_power=total,
                                     next_cursor=page_cursor(rows, limit))

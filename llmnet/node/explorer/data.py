@@ -187,10 +187,8 @@ class ExplorerData:
         more than MAX_VALIDATORS validators have power (then `more` is true and the rest is not shown)."""
         resp = self.query("Validators", q.ValidatorsRequest(limit=MAX_VALIDATORS, in_set_only=True),
                           q.ValidatorsResponse)
-        # The query sorts each page alike; sorting here keeps the order whatever a future page size does.
-        ranked = sorted(resp.validators, key=lambda v: (-v.power, -v.bond, v.address))
-        total = int(resp.total_power)
-        return {"validators": [validator_view(v, total) for v in ranked], "total_power": total,
+        total = int(resp.total_power)  # (the query ranks a page by power)
+        return {"validators": [validator_view(v, total) for v in resp.validators], "total_power": total,
                 "height": int(resp.height), "more": bool(resp.next_cursor), "denom": self._params().bank.denom}
 
     def queries(self, before: int | None = None, limit: int = QUERIES) -> dict[str, Any]:

@@ -45,6 +45,16 @@ def header_app_hash(net: Localnet, i: int, height: int, timeout: float = 30) -> 
             time.sleep(0.2)
 
 
+def wait_app_height(net: Localnet, i: int, height: int, timeout: float = 30) -> None:
+    """Wait until node i's app has committed `height` (a proven query without a height answers one
+    below the app's latest, so a value written at H is provable only once H+1 is committed)."""
+    deadline = time.monotonic() + timeout
+    while int(rpc(net, i, "abci_info")["response"].get("last_block_height", 0)) < height:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"node {i} did not commit height {height} within {timeout} s")
+        time.sleep(0.2)
+
+
 def prove_balance(net: Localnet, node: int, address: str, proofcheck: str) -> int:
     from wire.llmnet.bank.v1 import bank_pb2
 

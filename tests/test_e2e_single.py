@@ -7,7 +7,7 @@ import pytest
 
 from llmnet.client.sdk import Client, Sender
 from llmnet.client.txbuilder import send_msg
-from tests.e2e import keys, prove_balance
+from tests.e2e import keys, prove_balance, wait_app_height
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,9 @@ def test_200_txs_committed_queryable_and_proven(make_localnet, proofcheck: str) 
         assert client.balance(recipient.address).amount == expected
         for k in senders:
             assert client.account(k.address).account.sequence == 40
-        # every balance touched, proven against the next header's app hash
+        # every balance touched, proven against the next header's app hash: a proof is answered one height
+        # below the latest, so the block after the last transfer must be committed first
+        wait_app_height(net, 0, max(r.height for r in results) + 1)
         assert prove_balance(net, 0, recipient.address, proofcheck) == expected
         for k in senders:
             assert prove_balance(net, 0, k.address, proofcheck) == client.balance(k.address).amount

@@ -85,7 +85,6 @@ def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--state", default=None,
                      help="daemon state file (default ~/.llmnet/expert-<key>.json); keeps a restart from "
                           "double-submitting or losing a committed answer")
-    run.add_argument("--answer-tokens", type=int, default=64, help="max new tokens per answer (default 64)")
     run.add_argument("--rpc", action="append", default=None, metavar="URL",
                      help="CometBFT RPC URL of each --node, in the same order (repeatable or comma-separated; "
                           "default: the one each node reports)")
@@ -111,6 +110,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="serve anyone, without checking requests against chain queries (local experiments)")
     p.add_argument("--chain-id", default="", help="chain id bound into answer signatures (default: the node's)")
     p.add_argument("--metrics-listen", default="", help="host:port for Prometheus /metrics (default: off)")
+    p.add_argument("--answer-tokens", type=int, default=64,
+                   help="max new tokens of a chain query's answer, committed (run) or served to its requester "
+                        "as a provisional answer (default 64)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-concurrent", type=int, default=8)
@@ -212,6 +214,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
 
     from experts.access import ChainAccess
     from experts.adapters import adapter_sha256
+    from experts.answers import AnswerPlan
     from experts.engine import Engine, Limits
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
@@ -236,7 +239,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
         commitments[domain] = adapter_sha256(directory)
     registry = CollectorRegistry()
     server, port = create_server(engine, ExpertIdentity(key, chain_id, commitments), args.listen, access, registry,
-                                 tls)
+                                 tls, AnswerPlan(args.answer_tokens))
     server.start()
     if args.metrics_listen:
         host, _, mport = args.metrics_listen.rpartition(":")
@@ -284,13 +287,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from experts.answers import AnswerPlan
     from experts.daemon import ExpertDaemon
 
     stop = _wait_for_signal()
     engine, key, client, server = _start_server(args, needs_key=True)
     state = Path(args.state or f"~/.llmnet/expert-{args.key}.json").expanduser()
     daemon = ExpertDaemon(engine, key, client, state, rpc_urls=_rpc_urls(client.nodes, args.rpc),
-                          answer_tokens=args.answer_tokens, stall_after=args.stall_after)
+                          plan=AnswerPlan(args.answer_tokens), stall_after=args.stall_after)
     daemon.run(stop)
     server.stop(grace=2).wait()
     return 0

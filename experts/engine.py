@@ -4,6 +4,13 @@ The token loop is our own (with the KV cache), so one code path gives streaming,
 seeded sampling, limits and cancellation. Requests go to one worker thread that owns the model:
 requests arriving within `batch_window_ms` of each other and naming the same adapter share each
 forward pass (left-padded, with an attention mask); different adapters run as separate batches.
+
+Identical work is done once: a request given a `share` scope (the chain query it serves) joins a
+generation already running, or takes a result kept from one just finished, for exactly the same prompt,
+adapter and sampling in that scope. The daemon committing a query's answer and the server handing the
+same answer to the query's requester early thus cost one generation. Results are deterministic given
+prompt, adapter and sampling, so a shared result is the one the caller would have computed; the scope
+keeps one requester from learning by timing what another asked.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -63,6 +71,21 @@ class Generation:
 
 
 ROLES = ("system", "user", "assistant")
+KEPT_RESULTS = 128
+"""Finished shared generations kept for late joiners (a few per open query)."""
+
+
+@dataclass
+class _Watcher:
+    on_text: Callable[[str], None] | None
+    cancelled: Callable[[], bool]
+    delivered: int = 0
+    """Characters of the answer already handed to on_text (a re-run does not repeat them)."""
+
+    def pieces_of(self, full: str) -> str:
+        piece = full[self.delivered:]
+        self.delivered = max(self.delivered, len(full))
+        return piece
 
 
 @dataclass
@@ -70,13 +93,42 @@ class _Job:
     ids: list[int]
     sampling: Sampling
     domain: str
-    on_text: Callable[[str], None] | None
-    cancelled: Callable[[], bool]
+    watchers: list[_Watcher]
     done: threading.Event = field(default_factory=threading.Event)
     streamed: int = 0
-    """Characters already handed to on_text (a batch re-run alone after a failure does not repeat them)."""
+    """Characters of the text emitted so far."""
+    text: str = ""
     result: Generation | None = None
     error: BaseException | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def emit(self, full: str) -> None:
+        with self.lock:
+            self.text, self.streamed = full, len(full)
+            sends = [(w.on_text, w.pieces_of(full)) for w in self.watchers if w.on_text is not None]
+        for on_text, piece in sends:
+            if piece:
+                on_text(piece)
+
+    def join(self, watcher: _Watcher) -> None:
+        """Add a caller to a running job: it gets the text so far at once, then every new piece."""
+        with self.lock:
+            self.watchers.append(watcher)
+            piece = watcher.pieces_of(self.text)
+            if watcher.on_text is not None and piece:
+                watcher.on_text(piece)
+
+    def cancelled(self) -> bool:
+        """Stop only once every caller has gone: the others still want the answer."""
+        with self.lock:
+            watchers = list(self.watchers)
+        return all(w.cancelled() for w in watchers)
+
+
+def _share_key(scope: Hashable, ids: list[int], sampling: Sampling, domain: str) -> tuple[object, ...]:
+    seed = sampling.seed if sampling.temperature > 0 else 0  # greedy ignores the seed
+    return (scope, domain, tuple(ids), sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed,
+            tuple(sampling.stop))
 
 
 class Engine:
@@ -91,6 +143,9 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches_run = 0  # forward-pass groups, for metrics and tests
+        self._share_lock = threading.Lock()
+        self._running: dict[tuple[object, ...], _Job] = {}
+        self._kept: OrderedDict[tuple[object, ...], Generation] = OrderedDict()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
             self.tokenizer.eos_token_id
 
@@ -156,18 +211,57 @@ class Engine:
             raise EngineError(ErrorKind.INVALID, "temperature must be a finite number >= 0 and top_p in (0, 1]")
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
-                 on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None
-                 ) -> Generation:
-        """Raises EngineError for bad requests; calls on_text with each new piece of text."""
+                 on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
+                 share: Hashable | None = None) -> Generation:
+        """Raises EngineError for bad requests; calls on_text with each new piece of text. With `share`,
+        identical requests in that scope run once (see the module's doc)."""
         self._check(sampling, domain)
-        job = _Job(self.encode(messages), sampling, domain, on_text, cancelled or (lambda: False))
-        self._ensure_worker()
-        self._jobs.put(job)
+        ids = self.encode(messages)
+        watcher = _Watcher(on_text, cancelled or (lambda: False))
+        key = _share_key(share, ids, sampling, domain) if share is not None else None
+        while True:
+            result = self._once(ids, sampling, domain, watcher, key)
+            # a shared job stops when all the callers it had went away; one who joined as it stopped
+            # still wants its answer: run it again (its text so far is not handed over twice)
+            if result.finish_reason != "cancelled" or watcher.cancelled():
+                return result
+
+    def _once(self, ids: list[int], sampling: Sampling, domain: str, watcher: _Watcher,
+              key: tuple[object, ...] | None) -> Generation:
+        with self._share_lock:
+            kept = self._kept.get(key) if key is not None else None
+            job = self._running.get(key) if key is not None else None
+            if kept is None and job is not None:
+                job.join(watcher)
+            elif kept is None:
+                job = _Job(ids, sampling, domain, [watcher])
+                if key is not None:
+                    self._running[key] = job
+                self._ensure_worker()
+                self._jobs.put(job)
+        if kept is not None:
+            piece = watcher.pieces_of(kept.text)
+            if watcher.on_text is not None and piece:
+                watcher.on_text(piece)
+            return kept
+        assert job is not None
         job.done.wait()
+        if key is not None:
+            self._finished(key, job)
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
+
+    def _finished(self, key: tuple[object, ...], job: _Job) -> None:
+        """Keep a shared job's result for late joiners (a cancelled or failed one is not an answer)."""
+        with self._share_lock:
+            if self._running.get(key) is job:
+                del self._running[key]
+                if job.result is not None and job.result.finish_reason != "cancelled":
+                    self._kept[key] = job.result
+                    while len(self._kept) > KEPT_RESULTS:
+                        self._kept.popitem(last=False)
 
     def _ensure_worker(self) -> None:
         """Start the worker, or start it again should it ever have died: requests never wait on a dead thread."""
@@ -284,9 +378,8 @@ class Engine:
         hit = min((full.find(s) for s in job.sampling.stop if s and s in full), default=-1)
         if hit >= 0:
             full, reason = full[:hit], "stop"
-        if job.on_text is not None and len(full) > job.streamed:
-            job.on_text(full[job.streamed:])
-            job.streamed = len(full)
+        if len(full) > job.streamed:
+            job.emit(full)
         texts[i] = full
         return reason
 

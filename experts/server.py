@@ -5,6 +5,11 @@ hash and the answer's), so a requester can prove what it was served. That doc is
 chain's equivocation evidence is AnswerSignDoc, which nothing here signs, so no sequence of requests can
 make an honest expert sign its way into a slash. Every field of a request is checked here, at the edge,
 before it reaches the engine.
+
+A chain query's requester may ask a drawn expert for the answer it is giving that query: a request with
+the query's id and no messages is answered with the expert's own round-1 prompt and sampling (the ones
+its daemon commits), a provisional answer the requester sees before the chain's rounds end. The engine
+shares that work with the daemon's, so it costs the expert nothing more.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from experts.access import AccessDenied, ChainAccess
+from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt
 from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.expert_api import served_answer_sign_bytes
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
 MAX_TEMPERATURE = 5.0
@@ -80,10 +87,11 @@ class ExpertMetrics:
 
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
     def __init__(self, engine: Engine, identity: ExpertIdentity, access: ChainAccess | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, plan: AnswerPlan = DEFAULT_PLAN) -> None:
         self.engine = engine
         self.identity = identity
         self.access = access  # None: open to anyone (llmnet-expert serve --open)
+        self.plan = plan
         self.metrics = ExpertMetrics(registry or CollectorRegistry(), engine)
         self._slots = threading.BoundedSemaphore(engine.limits.max_concurrent)
 
@@ -115,10 +123,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         not (a refusal after the access check still spends the request's nonce)."""
         try:
             sampling, messages = sampling_from(request.sampling), messages_from(request)
-            domain = request.domain
+            domain, share = request.domain, None
             if self.access is not None:
                 query = self.access.check(request)  # always: access never depends on the other fields
-                domain = domain or self.engine.adapter_for(query.domain)
+                domain, share = domain or self.engine.adapter_for(query.domain), query.id
+                if not messages:
+                    messages, sampling, domain = self._query_answer(request, query)
         except EngineError as err:
             return STATUS[err.kind], str(err), None
         except AccessDenied as err:
@@ -130,7 +140,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.metrics.in_flight.inc()
         try:
             result = self.engine.generate(messages, sampling, domain, on_text,
-                                          cancelled=lambda: not context.is_active())
+                                          cancelled=lambda: not context.is_active(), share=share)
         except EngineError as err:
             return STATUS[err.kind], str(err), None
         finally:
@@ -142,6 +152,18 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 return grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline passed during generation", None
             return grpc.StatusCode.CANCELLED, "request cancelled by the client", None
         return grpc.StatusCode.OK, "", result
+
+    def _query_answer(self, request: pb.GenerateRequest, query: inf.Query
+                      ) -> tuple[list[dict[str, str]], Sampling, str]:
+        """What this expert answers (or answered) the query in round 1, as its daemon asks the engine."""
+        if request.round > 1:
+            raise EngineError(ErrorKind.INVALID, "a request without messages asks for the round-1 answer: set "
+                                                 "round to 0 or 1 (later rounds depend on the peers' answers)")
+        if request.HasField("sampling"):
+            raise EngineError(ErrorKind.INVALID, "a request without messages is answered with the expert's "
+                                                 "own sampling: leave sampling unset")
+        return (self.engine.fit(answer_prompt(query, [])), self.plan.sampling(query),
+                self.engine.adapter_for(query.domain))
 
     def _response(self, request: pb.GenerateRequest, result: Generation) -> pb.GenerateResponse:
         key = self.identity.key
@@ -180,13 +202,13 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
 def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
                   access: ChainAccess | None = None, registry: CollectorRegistry | None = None,
-                  tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.Server, int]:
+                  tls: tuple[bytes, bytes] | None = None, plan: AnswerPlan = DEFAULT_PLAN) -> tuple[grpc.Server, int]:
     """Build (not start) the expert's gRPC server; port 0 picks a free port. Returns (server, port).
     access=None serves anyone; metrics go to `registry` (serve it with prometheus_client); tls is
     (PEM private key, PEM certificate chain): with it the port speaks only TLS, so prompts, answers and
     access signatures cannot be read on the way."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4))
-    servicer = ExpertServicer(engine, identity, access, registry)
+    servicer = ExpertServicer(engine, identity, access, registry, plan)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from experts.adapters import NO_ADAPTER, model_commitment
-from experts.daemon import DaemonState, ExpertDaemon, Kind, Step, answer_prompt
+from experts.answers import answer_prompt
+from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import overlap_f1, score
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError, Sender

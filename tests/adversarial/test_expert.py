@@ -12,7 +12,7 @@ from pathlib import Path
 
 from abci_app.crypto import parse_address
 from abci_app.x.inference.types import ErrCommitMismatch, ErrInvalidEvidence, default_params, query_life_blocks
-from experts.daemon import PEER_ANSWER_CHARS, answer_prompt
+from experts.answers import PEER_ANSWER_CHARS, answer_prompt
 from llmnet.client import protocol
 from tests.adversarial.conftest import DOMAIN
 from tests.protocol_harness import ADAPTER, BOND, CHAIN_ID, ProtocolChain

@@ -143,14 +143,20 @@ def test_the_daemon_outlives_an_engine_failure(tmp_path) -> None:  # type: ignor
     daemon.state, daemon.state_file = DaemonState(scanned_height=5, open=[1, 2]), tmp_path / "state.json"
     worked: list[int] = []
 
-    def step(query_id: int) -> None:
+    def step(query_id: int, status: object = None) -> None:
         if query_id == 1:
             raise RuntimeError("probability tensor contains inf or nan")  # what torch said before the fix
         worked.append(query_id)
 
+    def status(query_id: int) -> object:
+        if query_id == 2:
+            raise RuntimeError("a status the daemon cannot read")  # looked at before any step: no step skipped
+        return SimpleNamespace(query=SimpleNamespace(id=query_id, phase=0, respondents=[], scorers=[]))
+
     daemon.step = step  # type: ignore[method-assign]
     daemon._latest_height = lambda: 5  # type: ignore[method-assign]
-    daemon.client = SimpleNamespace()
+    daemon.key = SimpleNamespace(address="llm1me")
+    daemon.client = SimpleNamespace(query_status=status)
     daemon.tick()
     assert worked == [2] and DaemonState.load(daemon.state_file).open == [1, 2]
 
@@ -158,13 +164,14 @@ def test_the_daemon_outlives_an_engine_failure(tmp_path) -> None:  # type: ignor
 def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The chain takes prompts of up to max_prompt_bytes; some of those are more tokens than the model takes.
     The daemon must answer anyway (a cut prompt), or any requester could make it miss, round after round."""
+    from experts.answers import AnswerPlan
     from experts.daemon import DaemonState, ExpertDaemon
     from wire.llmnet.inference.v1 import inference_pb2 as inf
     from wire.llmnet.query.v1 import query_pb2 as qpb
 
     sent: list[object] = []
     daemon = ExpertDaemon.__new__(ExpertDaemon)
-    daemon.engine, daemon.key, daemon.answer_tokens = tiny_engine, seeded_key("long-prompt-expert"), 4
+    daemon.engine, daemon.key, daemon.plan = tiny_engine, seeded_key("long-prompt-expert"), AnswerPlan(4)
     daemon.state, daemon.state_file, daemon.chain_tip, daemon._chain_id = DaemonState(), tmp_path / "s.json", 1, "c"
     daemon._send = lambda step, msg: sent.append(msg)  # type: ignore[method-assign]
     huge = inf.Query(id=5, prompt="a " * 2048, round=1, rounds=3, domain="d", phase=inf.PHASE_ANSWER_COMMIT,

@@ -11,6 +11,7 @@ import grpc
 from llmnet.client import protocol
 from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
+from llmnet.client.provisional import Provisional
 from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
@@ -40,6 +41,8 @@ class AskResult:
     payouts: list[dict[str, object]] = field(default_factory=list)
     refund: int = 0
     slashed: list[str] = field(default_factory=list)
+    provisional: list[Provisional] = field(default_factory=list)
+    """The drawn experts' round-1 answers as fetched before settlement (llmnet/client/provisional.py)."""
 
 
 def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int) -> int:
@@ -86,14 +89,17 @@ def progress_line(st: query_pb2.QueryStatusResponse) -> str:
     return f"query {q.id}: {PHASE_TEXT.get(q.phase, 'unknown phase')}"
 
 
-def follow(client: Client, query_id: int, on_progress: Callable[[str], None], poll: float = 0.3,
-           timeout: float = 600.0) -> AskResult:
-    """Poll until settled, reporting each change once. Raises ClientError on timeout."""
+def follow(client: Client, query_id: int, on_progress: Callable[[str], None], poll: float = 0.1,
+           timeout: float = 600.0, on_drawn: Callable[[inf.Query], None] | None = None) -> AskResult:
+    """Poll until settled, reporting each change once; on_drawn sees the query once its respondents are
+    drawn (to fetch provisional answers). Raises ClientError on timeout."""
     deadline = time.monotonic() + timeout
     last, announced = "", False
     while True:
         st = _status_of_a_known_query(client, query_id, poll)
         if not announced and st.query.respondents:  # drawn in the block after the submit
+            if on_drawn is not None:
+                on_drawn(st.query)
             on_progress(f"query {query_id} in {st.query.domain}: respondents {', '.join(st.query.respondents)}; "
                         f"scorers {', '.join(st.query.scorers)}")
             announced = True

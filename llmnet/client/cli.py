@@ -7,6 +7,8 @@ import getpass
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 if TYPE_CHECKING:
     from llmnet.client.ask import AskResult
+    from llmnet.client.provisional import ProvisionalAnswers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_KEYRING = 0, 1, 2, 3, 4
 DEFAULT_NODE = "127.0.0.1:9090"
@@ -190,6 +193,8 @@ def _ask_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     ask.add_argument("--max-fee", type=int, default=100_000, help="escrowed fee in ullm; unused fee is refunded "
                                                                    "(default 100000)")
     ask.add_argument("--timeout", type=float, default=600, help="seconds to follow the query (default 600)")
+    ask.add_argument("--no-provisional", action="store_true",
+                     help="do not fetch the drawn experts' round-1 answers before the query settles")
 
 
 def _gateway_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -252,6 +257,10 @@ def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
 
 ASK_EPILOG = """Progress goes to stderr (one line per change when stderr is not a terminal), the outcome to
 stdout. Ctrl-C stops following, not the query: it stays on chain (llmnet query status ID).
+As soon as the query's experts are drawn, ask fetches each one's round-1 answer from it directly (signed
+by the expert, checked against its on-chain key) and prints it as "provisional": it arrives after about
+one model call, while the chain's rounds and scoring go on; the settled answer and its receipt follow.
+With --output json they are in the result's "provisional" list. --no-provisional skips them.
 A node that restarts or goes away does not stop ask: with several --node addresses it follows the
 query through the next one, and it keeps trying (backing off, up to --retry-for seconds, default 60)
 before it gives up with exit 3; the query carries on on chain either way.
@@ -469,10 +478,13 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
     domain, similarities = args.domain, {}
     if domain == "auto":
         domain, similarities = _auto_domain(args, client, show, tty)
+    early = _provisional(cfg, args, client, key, show, tty)
     query_id = submit(client, key, domain, args.question, args.max_fee, args.k, args.rounds)
     show(f"submitted query {query_id}")
     try:
-        result = follow(client, query_id, show, timeout=args.timeout)
+        result = follow(client, query_id, show, timeout=args.timeout,
+                        on_drawn=early.start if early is not None else None)
+        result.provisional = early.wait(timeout=5) if early is not None else []
     except KeyboardInterrupt:
         print(f"\nstopped following; query {query_id} stays on chain: llmnet query status {query_id}",
               file=sys.stderr)
@@ -494,6 +506,30 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
         data["domain_similarities"] = similarities
     _emit(cfg, data, "\n".join(_ask_lines(result)))
     return EXIT_OK
+
+
+def _provisional(cfg: CliConfig, args: argparse.Namespace, client: Client, key: Key, show: Callable[[str], None],
+                 tty: bool) -> ProvisionalAnswers | None:
+    """The fetcher of the drawn experts' round-1 answers; in text mode each is printed as it arrives."""
+    from llmnet.client.provisional import Provisional, ProvisionalAnswers
+
+    if args.no_provisional:
+        return None
+    printing = threading.Lock()
+
+    def arrived(answer: Provisional) -> None:
+        if cfg.output == "json":
+            return
+        with printing:
+            if answer.error:
+                show(f"no provisional answer from {answer.expert}: {answer.error}")
+                return
+            if tty:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)  # the live progress line gives way
+            print(f"provisional answer from {answer.expert} (round 1, signed, not yet scored; {answer.seconds:.1f} s): "
+                  f"{answer.text}", flush=True)
+
+    return ProvisionalAnswers(client, key, client.status().chain_id, time.monotonic(), arrived)
 
 
 def _auto_domain(args: argparse.Namespace, client: Client, show: Callable[[str], None],

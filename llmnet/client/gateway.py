@@ -4,6 +4,11 @@ Each request becomes a chain query paid by the gateway's key: submitted (one bro
 the key's sequence never races), followed block by block in a worker thread, and answered with the
 settled final answer, or streamed as server-sent events (progress, then the answer). The chain client
 is blocking, so chain work runs in a thread pool sized to the in-flight limit.
+
+A stream also carries the drawn experts' provisional round-1 answers (llmnet/client/provisional.py) as
+they are generated, in the `llmnet` extension of its chunks (`provisional`: expert and text_delta, then
+expert, text, signature and seconds once whole), never in `content`: content is only ever the settled
+answer, so a client that ignores the extension sees exactly what it saw before.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import grpc
@@ -38,6 +43,7 @@ from llmnet.client.openai_api import (
     outcome,
     parse_chat,
 )
+from llmnet.client.provisional import ProvisionalAnswers
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
 
 log = logging.getLogger("llmnet.gateway")
@@ -94,6 +100,7 @@ class ChainBridge:
         self._route_lock = threading.Lock()
         self._domains: tuple[float, list[str]] = (0.0, [])
         self._embedder: Any = None
+        self._chain_id = ""
 
     def domains(self) -> list[str]:
         fetched, domains = self._domains
@@ -123,8 +130,24 @@ class ChainBridge:
             sent = self.sender.send([msg], gas_limit=None)
         return included_query(self.client, sent.tx_hash, timeout=60)
 
-    def settle(self, query_id: int, on_progress: Callable[[str], None]) -> AskResult:
-        return follow(self.client, query_id, on_progress, timeout=self.timeout)
+    def settle(self, query_id: int, on_progress: Callable[[str], None],
+               on_provisional: Callable[[dict[str, Any]], None] | None = None) -> AskResult:
+        """Follow the query to settlement; with on_provisional, also fetch the drawn experts' round-1 answers
+        and report their text as it comes (the settled result lists them too)."""
+        if on_provisional is None:
+            return follow(self.client, query_id, on_progress, timeout=self.timeout)
+        early = ProvisionalAnswers(
+            self.client, self.key, self.chain_id(), time.monotonic(),
+            on_answer=lambda a: on_provisional({k: v for k, v in asdict(a).items() if v != ""}),
+            on_delta=lambda expert, text: on_provisional({"expert": expert, "text_delta": text}))
+        result = follow(self.client, query_id, on_progress, timeout=self.timeout, on_drawn=early.start)
+        result.provisional = early.wait(timeout=5)
+        return result
+
+    def chain_id(self) -> str:
+        if not self._chain_id:
+            self._chain_id = self.client.status().chain_id
+        return self._chain_id
 
 
 @dataclass
@@ -229,8 +252,9 @@ class Gateway:
             self.in_flight -= 1
 
     async def _stream(self, request: web.Request, query_id: int, domain: str) -> web.StreamResponse:
-        """Server-sent events: the role, one chunk per progress line (in the extension), the answer, then
-        the outcome with finish_reason "stop". A client that goes away leaves the query to settle."""
+        """Server-sent events: the role, one chunk per progress line and per piece of a provisional answer (in
+        the extension), the settled answer, then the outcome with finish_reason "stop". A client that goes
+        away leaves the query to settle."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         created = int(time.time())
@@ -238,17 +262,22 @@ class Gateway:
         async def send(data: dict[str, Any] | str) -> None:
             await resp.write(f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode())
 
-        loop, lines = asyncio.get_running_loop(), asyncio.Queue[str]()
+        loop, news = asyncio.get_running_loop(), asyncio.Queue[dict[str, Any]]()
+
+        def tell(item: dict[str, Any]) -> None:  # from the chain thread
+            loop.call_soon_threadsafe(news.put_nowait, item)
+
         await send(chunk(query_id, domain, created, {"role": "assistant", "content": ""},
                          extension={"query_id": query_id, "progress": f"submitted query {query_id}"}))
-        settling = asyncio.ensure_future(self._chain(self.bridge.settle, query_id,
-                                                     lambda line: loop.call_soon_threadsafe(lines.put_nowait, line)))
+        settling = asyncio.ensure_future(self._chain(
+            self.bridge.settle, query_id, lambda line: tell({"progress": line}),
+            lambda answer: tell({"provisional": answer})))
         try:
-            while not settling.done() or not lines.empty():
-                getter = asyncio.ensure_future(lines.get())
+            while not settling.done() or not news.empty():
+                getter = asyncio.ensure_future(news.get())
                 await asyncio.wait({getter, settling}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    await send(chunk(query_id, domain, created, {}, extension={"progress": getter.result()}))
+                    await send(chunk(query_id, domain, created, {}, extension=getter.result()))
                 else:
                     getter.cancel()
             await self._finish(send, settling, query_id, domain, created)

@@ -117,6 +117,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-concurrent", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=8, help="requests sharing a forward pass (1 = no batching)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for the model (default 0: PyTorch's choice, one per core); give 1 when several "
+                        "experts share a machine, or their threads spin against each other")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS only (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
@@ -232,6 +235,10 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
     access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = Engine(load_base(args.base), limits)
     commitments = {}
     for domain, directory in specs:

@@ -10,7 +10,8 @@ reveal after a restart carries exactly the committed text (salts are derived fro
 Collaborative prompting: in round r > 1 the prompt carries the peers' revealed round r-1 answers
 (experts/answers.py). Generation never waits for its turn: each tick first starts, side by side, every
 answer its open queries need and the judging reference of every query it will score (known from the
-draw, long before scoring opens), so the engine batches them and a scorer is ready when the answers are.
+draw; started once round 1 is committed, so it does not slow the answers the requester is waiting for),
+so the engine batches them and a scorer is ready when the final answers are.
 Judging (experts/judge.py): the scorer answers the question itself, with its adapter for the domain,
 and scores each final answer by its word overlap (F1) with that reference, 0-100. A missing final
 answer scores 0.
@@ -333,7 +334,9 @@ class ExpertDaemon:
         results = comet_get(self.rpc_url, "block_results", height=height)
         events = [e for tx in results.get("txs_results") or [] for e in tx.get("events") or []]
         events += results.get("finalize_block_events") or []
+        # scorers are named at the draw already, so a scorer can prepare its reference during the rounds
         for kind, names, role in ((EV_QUERY_ASSIGNED, ATTR_RESPONDENTS, "respondent"),
+                                  (EV_QUERY_ASSIGNED, ATTR_SCORERS, "scorer"),
                                   (EV_SCORING_STARTED, ATTR_SCORERS, "scorer")):
             for attrs in find(events, kind):
                 query_id = int(attrs[ATTR_QUERY_ID])
@@ -350,7 +353,9 @@ class ExpertDaemon:
                 and (query.id, query.round) not in self.state.answers \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
             self._generate_ahead(("answer", query.id, query.round), query, self._answer_prompt(status))
-        if query.phase != inf.PHASE_SETTLED and me in query.scorers and query.id not in self.state.scores:
+        if me in query.scorers and query.id not in self.state.scores and query.phase != inf.PHASE_SETTLED \
+                and (query.round > 1 or query.phase != inf.PHASE_ANSWER_COMMIT):
+            # not before round 1 is committed: the requester's provisional answers are being generated then
             self._generate_ahead(("reference", query.id, 0), query, self.engine.fit(answer_prompt(query, [])))
 
     def _generate_ahead(self, key: tuple[str, int, int], query: inf.Query, prompt: list[dict[str, str]]) -> None:

@@ -34,29 +34,37 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def start_experts(net: Localnet, adapters: Path, domains: list[str], home: Path) -> list[subprocess.Popen[bytes]]:
+def start_experts(net: Localnet, adapters: Path | None, domains: list[str], home: Path,
+                  experts: list[tuple[str, bool]] = EXPERTS, answer_tokens: int = 24,
+                  base_port: int = 50151, capacity: int = 0) -> list[subprocess.Popen[bytes]]:
+    """Register and run one `llmnet-expert run` per (label, trained) in every domain: a trained one serves
+    the adapters under `adapters` (None: every expert is the base model alone), each talks to its own node."""
     manifest = net.manifest()
     node, ring = manifest["nodes"][0]["grpc"], manifest["keyring"]
     procs = []
-    for i, (label, trained) in enumerate(EXPERTS):
+    for i, (label, trained) in enumerate(experts):
         key = manifest["keys"][1 + i]
-        port = 50151 + i
-        model_args = [a for d in domains for a in ("--adapter", f"{d}={adapters / d}")] if trained else []
-        reg_args = model_args if trained else [a for d in domains for a in ("--domain", d)]
+        port = base_port + i
+        model_args = [a for d in domains for a in ("--adapter", f"{d}={adapters / d}")] \
+            if trained and adapters is not None else []
+        reg_args = model_args or [a for d in domains for a in ("--domain", d)]
         subprocess.run([BIN / "llmnet-expert", "register", *reg_args, "--endpoint", f"127.0.0.1:{port}",
-                        "--bond", "5000000", "--key", key, "--keyring", ring, "--node", node], check=True)
+                        "--bond", "5000000", "--capacity", str(capacity), "--key", key, "--keyring", ring,
+                        "--node", node], check=True)
         log = (home / f"expert-{label}.log").open("wb")
+        nodes = manifest["nodes"]
         procs.append(subprocess.Popen([BIN / "llmnet-expert", "run", *model_args, "--key", key, "--keyring", ring,
-                                       "--node", manifest["nodes"][i % 4]["grpc"], "--listen", f"127.0.0.1:{port}",
-                                       "--state", str(home / f"expert-{label}.json"), "--answer-tokens", "24"],
+                                       "--node", nodes[i % len(nodes)]["grpc"], "--listen", f"127.0.0.1:{port}",
+                                       "--state", str(home / f"expert-{label}.json"),
+                                       "--answer-tokens", str(answer_tokens), "--threads", "1"],
                                       stdout=log, stderr=log))
         say(f"expert {label} ({key}) registered; running on 127.0.0.1:{port}, log {log.name}")
     return procs
 
 
-def wait_ready(home: Path, timeout: float = 300) -> None:
+def wait_ready(home: Path, timeout: float = 300, experts: list[tuple[str, bool]] = EXPERTS) -> None:
     deadline = time.monotonic() + timeout
-    for label, _ in EXPERTS:
+    for label, _ in experts:
         log = home / f"expert-{label}.log"
         while "websocket_connected" not in log.read_text(errors="replace"):
             if time.monotonic() > deadline:
@@ -157,15 +165,20 @@ def main() -> None:
         plot(rows, domains, ROOT / args.plot)
         say(f"\nreputation plot: {args.plot}; total {time.monotonic() - started:.0f}s")
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         net.stop()
         say("stopped the localnet and the experts")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process, then wait for each (killing one that does not stop within 30 s)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def expert_address(net: Localnet, i: int) -> str:

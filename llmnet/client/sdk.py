@@ -215,7 +215,7 @@ class Client:
             return False
         return any(hash_of(base64.b64decode(t)) == tx_hash.upper() for t in listed)
 
-    def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.2) -> service_pb2.GetTxResponse:
+    def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.05) -> service_pb2.GetTxResponse:
         """Poll until the tx is in a committed block. Raises ClientError on timeout."""
         deadline = time.monotonic() + timeout
         while True:

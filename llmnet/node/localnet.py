@@ -104,9 +104,9 @@ def _configure(home: Path, ports: Ports, peers: list[str], consensus: dict[str, 
     text = set_toml_values(toml.read_text(), "rpc", {"laddr": f"tcp://127.0.0.1:{ports.rpc}"})
     text = set_toml_values(text, "p2p", {
         "laddr": f"tcp://127.0.0.1:{ports.p2p}", "persistent_peers": ",".join(peers),
-        "allow_duplicate_ip": True, "addr_book_strict": False,
+        "allow_duplicate_ip": True, "addr_book_strict": False, "flush_throttle_timeout": "10ms",
     })
-    text = set_toml_values(text, "consensus", consensus)
+    text = set_toml_values(text, "consensus", {"peer_gossip_sleep_duration": "10ms", **consensus})
     text = set_toml_values(text, "instrumentation", {
         "prometheus": True, "prometheus_listen_addr": f"127.0.0.1:{ports.cometbft_metrics}"})
     if proxy_app:

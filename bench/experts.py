@@ -8,6 +8,9 @@
 3. Training: tokens/s of our training loop (experts.train.run_epochs) vs a plain peft + transformers
    loop over the same examples and batch size (goal >= 0.95).
 4. Memory: resident (and peak) RSS of a process serving 3 LoRA adapters vs 1, after one answer per adapter.
+5. llama.cpp (`--only llama-cpp`, not in the default run: it builds llama-cpp-python once, see
+   bench/llama_cpp.py): single-stream decode tokens/s, time to first token and total tokens/s of 8
+   concurrent clients, ours vs llama.cpp on the embedded GGUF (greedy, 2 threads, 128 new tokens).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 
+from bench.llama_cpp import versus_llama_cpp  # noqa: E402
 from experts.engine import Engine, Limits, Sampling  # noqa: E402
 from experts.models import load_base  # noqa: E402
 from experts.server import ExpertIdentity, create_server  # noqa: E402
@@ -196,12 +200,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="embedded")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--only", choices=("grpc", "batching", "training", "memory"))
+    p.add_argument("--only", choices=("grpc", "batching", "training", "memory", "llama-cpp"))
+    p.add_argument("--llama-python",
+                   help="a Python that imports llama_cpp (default: build one, see bench/llama_cpp.py)")
     args = p.parse_args()
-    parts = {"grpc": grpc_overhead, "batching": batching, "training": training, "memory": memory}
+    parts = {"grpc": grpc_overhead, "batching": batching, "training": training, "memory": memory,
+             "llama-cpp": lambda base: versus_llama_cpp(args.llama_python)}
     results = {}
     for name, fn in parts.items():
-        if args.only and name != args.only:
+        if args.only != name and (args.only or name == "llama-cpp"):
             continue
         results[name] = fn(args.base)
         if not args.json:

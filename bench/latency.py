@@ -245,9 +245,11 @@ def main() -> None:
               f"at {t['calls_per_query']} calls per query; ratio {t['ratio_to_capacity']}", file=out)
 
 
-LOCALNET_PARAMS: dict[str, dict[str, Any]] = {"inference": {"scorers": SCORERS, "commit_blocks": 60,
-                                                            "reveal_blocks": 30},
-                                              "experts": {"unbonding_blocks": 1000}}
+# Windows long enough for an expert with 8 queries at once on a shared 2-core machine (4 blocks a second);
+# a window closes as soon as every expert has acted, so their length costs nothing while all are honest.
+LOCALNET_PARAMS: dict[str, dict[str, Any]] = {"inference": {"scorers": SCORERS, "commit_blocks": 240,
+                                                            "reveal_blocks": 60},
+                                              "experts": {"unbonding_blocks": 5000}}
 
 if __name__ == "__main__":
     main()

@@ -308,12 +308,15 @@ class ExpertDaemon:
             self._scan(h)
             self.state.scanned_height = h
         statuses: dict[int, query_pb2.QueryStatusResponse] = {}
+        wanted: list[tuple[tuple[str, int, int], inf.Query, list[dict[str, str]]]] = []
 
         def look(query_id: int) -> None:
             statuses[query_id] = self.client.query_status(query_id)
-            self._start_generations(statuses[query_id])
+            wanted.extend(self._generations_wanted(statuses[query_id]))
 
-        self._each_open_query(look)  # every generation starts before any step waits for one
+        self._each_open_query(look)
+        for key, query, prompt in wanted:  # all at once, so that the engine batches them
+            self._generate_ahead(key, query, prompt)
         self._each_open_query(lambda query_id: self.step(query_id, statuses.get(query_id)))
         self.state.save(self.state_file)
 
@@ -346,17 +349,20 @@ class ExpertDaemon:
 
     # -- one query --------------------------------------------------------------------------------
 
-    def _start_generations(self, status: query_pb2.QueryStatusResponse) -> None:
-        """Start what this query will need from the model and does not have yet (see the module's doc)."""
+    def _generations_wanted(self, status: query_pb2.QueryStatusResponse
+                            ) -> list[tuple[tuple[str, int, int], inf.Query, list[dict[str, str]]]]:
+        """What this query will need from the model and does not have yet (see the module's doc)."""
         query, me = status.query, self.key.address
+        wanted = []
         if query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
                 and (query.id, query.round) not in self.state.answers \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
-            self._generate_ahead(("answer", query.id, query.round), query, self._answer_prompt(status))
+            wanted.append((("answer", query.id, query.round), query, self._answer_prompt(status)))
         if me in query.scorers and query.id not in self.state.scores and query.phase != inf.PHASE_SETTLED \
                 and (query.round > 1 or query.phase != inf.PHASE_ANSWER_COMMIT):
             # not before round 1 is committed: the requester's provisional answers are being generated then
-            self._generate_ahead(("reference", query.id, 0), query, self.engine.fit(answer_prompt(query, [])))
+            wanted.append((("reference", query.id, 0), query, self.engine.fit(answer_prompt(query, []))))
+        return [w for w in wanted if w[0] not in self._generating]
 
     def _generate_ahead(self, key: tuple[str, int, int], query: inf.Query, prompt: list[dict[str, str]]) -> None:
         """Start a generation in the background; the step that needs it later joins it or takes its result.

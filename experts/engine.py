@@ -50,7 +50,7 @@ class Limits:
     max_new_tokens: int = 256
     max_concurrent: int = 4
     max_batch: int = 8  # 1 turns batching off
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 20.0
 
 
 @dataclass

@@ -169,6 +169,35 @@ def test_llmnet_ask_follows_a_query_to_its_receipt(experts: Experts) -> None:
         nobody.stderr.strip().splitlines()) == 1
 
 
+def test_ask_shows_each_drawn_experts_answer_first_and_the_settled_one_after(experts: Experts) -> None:
+    """The provisional answers reach the user while the chain is still working on the query: each is printed
+    before the settled answer, at a height below the settlement's, and is the very answer its expert
+    committed in round 1 (signed by it and checked against its on-chain key on the way)."""
+    manifest = experts.net.manifest()
+    ask = subprocess.Popen([sys.executable, "-m", "llmnet.client.cli", "ask", "What is item 7?", "--domain", DOMAIN,
+                            "--from", manifest["keys"][0], "--keyring", manifest["keyring"], "--node", experts.node],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert ask.stdout is not None and ask.stderr is not None
+    provisional: dict[str, tuple[str, int]] = {}
+    with Client(experts.node) as client:
+        lines = []
+        for line in ask.stdout:  # read as ask prints, to know the chain's height at that moment
+            lines.append(line)
+            if line.startswith("provisional answer from "):
+                expert, text = line[len("provisional answer from "):].split(" ", 1)[0], line.split("): ", 1)[1]
+                provisional[expert] = (text.strip(), client.status().height)
+        assert ask.wait(timeout=240) == 0, ask.stderr.read()
+        answer_at = next(i for i, line in enumerate(lines) if line.startswith("answer: "))
+        assert all(i < answer_at for i, line in enumerate(lines) if line.startswith("provisional"))
+        query_id = int(next(line for line in lines if line.startswith("query ")).split()[1])
+        status, receipt = client.query_status(query_id), client.receipt(query_id).receipt
+    assert sorted(provisional) == sorted(receipt.respondents)  # one from each drawn expert
+    committed = {a.respondent: a.answer for a in status.answers if a.round == 1}
+    for expert, (text, height) in provisional.items():
+        assert text == committed[expert]  # what it then committed in round 1, not some other generation
+        assert height < receipt.settled_height  # shown before the query settled
+
+
 def _gateway(experts: Experts, key: str, port: int) -> subprocess.Popen[str]:
     manifest = experts.net.manifest()
     proc = subprocess.Popen([sys.executable, "-m", "llmnet.client.cli", "gateway", "--listen", f"127.0.0.1:{port}",
@@ -209,6 +238,15 @@ def test_the_openai_client_asks_through_the_gateway(experts: Experts) -> None:
             assert chunks[-1].choices[0].finish_reason == "stop" and extras[-1]["query_id"] == query_id
             progress = [e["progress"] for e in extras if "progress" in e]
             assert len(progress) >= 3 and progress[-1].endswith("settled")  # submitted, phases, settled
+            # the drawn experts' round-1 answers streamed first, in the extension (content is the settled answer)
+            early = [e["provisional"] for e in extras if "provisional" in e]
+            whole = {p["expert"]: p["text"] for p in early if "text" in p}
+            assert sorted(whole) == sorted(client.receipt(query_id).receipt.respondents)
+            for expert, answer in whole.items():
+                assert "".join(p["text_delta"] for p in early if p.get("expert") == expert
+                               and "text_delta" in p).strip() == answer
+            last_provisional = max(i for i, e in enumerate(extras) if "provisional" in e)
+            assert last_provisional < next(i for i, c in enumerate(chunks) if c.choices[0].delta.content)
             with pytest.raises(openai.NotFoundError):
                 api.chat.completions.create(model="no-such-domain", messages=[{"role": "user", "content": "Q?"}])
             with pytest.raises(openai.BadRequestError):

@@ -105,7 +105,7 @@ class ProvisionalAnswers:
                     result = message.result
                     if not verify_served(request, result, public_key):
                         raise ValueError(f"the answer from {endpoint} is not signed by {expert}")
-                    return Provisional(expert, result.text.strip(), result.signature.hex(),
+                    return Provisional(expert, result.text.strip() or "(no answer)", result.signature.hex(),
                                        round(time.monotonic() - self.started, 3))
                 if self.on_delta is not None and message.text_delta:
                     self.on_delta(expert, message.text_delta)

@@ -101,8 +101,10 @@ class StubBridge(ChainBridge):
         self.submitted += 1
         return 7
 
-    def settle(self, query_id: int, on_progress: Any) -> AskResult:
+    def settle(self, query_id: int, on_progress: Any, on_provisional: Any = None) -> AskResult:
         on_progress("answers committing")
+        if on_provisional is not None:
+            on_provisional({"expert": "llm1stub", "text_delta": "early"})
         deadline = time.monotonic() + 10
         while not self.release.wait(0.05) and time.monotonic() < deadline:
             on_progress("still open")  # like a real query, progress keeps coming while it is open

@@ -122,7 +122,7 @@ def outcome(result: AskResult) -> dict[str, Any]:
             "receipt": {"query_id": result.query_id, "verify": f"llmnet receipt verify {result.query_id}"},
             "scores": [a.score for a in result.answers], "answers": [asdict(a) for a in result.answers],
             "payouts": result.payouts, "refund": result.refund, "slashed": result.slashed,
-            "provisional": [asdict(p) for p in result.provisional]}
+            "provisional_answers": [asdict(p) for p in result.provisional]}
 
 
 def completion(result: AskResult, created: int) -> dict[str, Any]:

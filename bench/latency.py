@@ -44,7 +44,7 @@ from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.provisional import Provisional, ProvisionalAnswers  # noqa: E402
 from llmnet.client.sdk import Client  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
-from tools.demo import EXPERTS, start_experts, stop_all, wait_ready  # noqa: E402
+from tools.demo import EXPERTS, PARAMS, TIMEOUT_COMMIT, start_experts, stop_all, wait_ready  # noqa: E402
 from wire.llmnet.expert.v1 import expert_pb2 as pb  # noqa: E402
 from wire.llmnet.expert.v1 import expert_pb2_grpc  # noqa: E402
 from wire.llmnet.inference.v1 import inference_pb2 as inf  # noqa: E402
@@ -191,7 +191,8 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=6, help="questions asked one at a time (default 6)")
     p.add_argument("--adapters", default="experts/adapters",
                    help="trained adapters (make experts); without them every expert is the base model")
-    p.add_argument("--timeout-commit", default="200ms", help="the localnet's consensus.timeout_commit")
+    p.add_argument("--timeout-commit", default=TIMEOUT_COMMIT, help="the localnet's consensus.timeout_commit "
+                                                                     f"(default {TIMEOUT_COMMIT}, as the demo)")
     p.add_argument("--requesters", type=int, default=8, help="concurrent requesters for throughput (0: skip)")
     p.add_argument("--per-requester", type=int, default=2, help="queries each requester asks (default 2)")
     p.add_argument("--home", default="", help="keep the localnet and expert logs here (default: a temporary "
@@ -211,7 +212,7 @@ def main() -> None:
         home.mkdir(parents=True)
     net = Localnet(home / "net", str(ROOT / "bin" / "cometbft"))
     net.create(4, base_port=27600, accounts=1 + len(EXPERTS) + max(args.requesters, 1),
-               timeout_commit=args.timeout_commit, params=LOCALNET_PARAMS)
+               timeout_commit=args.timeout_commit, params=PARAMS)
     procs: list[Any] = []
     try:
         net.start()
@@ -244,12 +245,6 @@ def main() -> None:
               f"capacity {t['direct_calls_per_minute']} calls/min = {t['capacity_queries_per_minute']} queries/min "
               f"at {t['calls_per_query']} calls per query; ratio {t['ratio_to_capacity']}", file=out)
 
-
-# Windows long enough for an expert with 8 queries at once on a shared 2-core machine (4 blocks a second);
-# a window closes as soon as every expert has acted, so their length costs nothing while all are honest.
-LOCALNET_PARAMS: dict[str, dict[str, Any]] = {"inference": {"scorers": SCORERS, "commit_blocks": 240,
-                                                            "reveal_blocks": 60},
-                                              "experts": {"unbonding_blocks": 5000}}
 
 if __name__ == "__main__":
     main()

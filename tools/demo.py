@@ -28,6 +28,12 @@ from llmnet.node.localnet import Localnet  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 EXPERTS = [("trained-1", True), ("trained-2", True), ("weak-1", False), ("weak-2", False)]
+TIMEOUT_COMMIT = "200ms"
+PARAMS = {"inference": {"scorers": 2, "commit_blocks": 240, "reveal_blocks": 60},
+          "experts": {"unbonding_blocks": 5000}}
+"""About 4 blocks a second; windows long enough for an expert with 8 queries at once on a shared 2-core
+machine (a window closes as soon as every expert has acted, so their length costs nothing while all are
+honest); unbonding must outlast a query's life plus the evidence age."""
 
 
 def say(text: str) -> None:
@@ -132,9 +138,7 @@ def main() -> None:
         raise SystemExit(f"no adapters under {adapters}: run make experts")
     shutil.rmtree(home, ignore_errors=True)
     net = Localnet(home, str(ROOT / "bin" / "cometbft"))
-    net.create(4, base_port=26600, accounts=6, timeout_commit="500ms",
-               params={"inference": {"scorers": 2, "commit_blocks": 60, "reveal_blocks": 30},
-                       "experts": {"unbonding_blocks": 1000}})
+    net.create(4, base_port=26600, accounts=6, timeout_commit=TIMEOUT_COMMIT, params=PARAMS)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         net.start()

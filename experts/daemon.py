@@ -231,6 +231,7 @@ class ExpertDaemon:
                 wake.clear()
         finally:
             self._stop_watcher()
+            self._pool.shutdown(wait=False, cancel_futures=True)  # generations nobody will commit
 
     def _failed(self, exc: Exception, backoff: float) -> None:
         node = isinstance(exc, ClientError | CometError | KeyError)  # node down or answering oddly
@@ -315,7 +316,8 @@ class ExpertDaemon:
             wanted.extend(self._generations_wanted(statuses[query_id]))
 
         self._each_open_query(look)
-        for key, query, prompt in wanted:  # all at once, so that the engine batches them
+        # all at once, so that the engine batches them; answers first (their windows are the shorter)
+        for key, query, prompt in sorted(wanted, key=lambda w: w[0][0] != "answer"):
             self._generate_ahead(key, query, prompt)
         self._each_open_query(lambda query_id: self.step(query_id, statuses.get(query_id)))
         self.state.save(self.state_file)

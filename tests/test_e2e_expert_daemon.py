@@ -194,7 +194,7 @@ def test_ask_shows_each_drawn_experts_answer_first_and_the_settled_one_after(exp
     assert sorted(provisional) == sorted(receipt.respondents)  # one from each drawn expert
     committed = {a.respondent: a.answer for a in status.answers if a.round == 1}
     for expert, (text, height) in provisional.items():
-        assert text == committed[expert]  # what it then committed in round 1, not some other generation
+        assert text == repr(committed[expert])  # what it then committed in round 1, not some other generation
         assert height < receipt.settled_height  # shown before the query settled
 
 

@@ -484,7 +484,9 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
     try:
         result = follow(client, query_id, show, timeout=args.timeout,
                         on_drawn=early.start if early is not None else None)
-        result.provisional = early.wait(timeout=5) if early is not None else []
+        if early is not None:
+            result.provisional = early.wait(timeout=1)  # by settlement they are long in: do not wait on a stall
+            early.close()
     except KeyboardInterrupt:
         print(f"\nstopped following; query {query_id} stays on chain: llmnet query status {query_id}",
               file=sys.stderr)
@@ -521,13 +523,13 @@ def _provisional(cfg: CliConfig, args: argparse.Namespace, client: Client, key: 
         if cfg.output == "json":
             return
         with printing:
-            if answer.error:
-                show(f"no provisional answer from {answer.expert}: {answer.error}")
+            if answer.error:  # an expert's words, unsigned: quoted, so no control character reaches the terminal
+                show(f"no provisional answer from {answer.expert}: {answer.error!r}")
                 return
             if tty:
                 print("\r\033[K", end="", file=sys.stderr, flush=True)  # the live progress line gives way
             print(f"provisional answer from {answer.expert} (round 1, signed, not yet scored; {answer.seconds:.1f} s): "
-                  f"{answer.text}", flush=True)
+                  f"{answer.text!r}", flush=True)
 
     return ProvisionalAnswers(client, key, client.status().chain_id, time.monotonic(), arrived)
 

@@ -6,9 +6,10 @@ settled final answer, or streamed as server-sent events (progress, then the answ
 is blocking, so chain work runs in a thread pool sized to the in-flight limit.
 
 A stream also carries the drawn experts' provisional round-1 answers (llmnet/client/provisional.py) as
-they are generated, in the `llmnet` extension of its chunks (`provisional`: expert and text_delta, then
-expert, text, signature and seconds once whole), never in `content`: content is only ever the settled
-answer, so a client that ignores the extension sees exactly what it saw before.
+they are generated, in the `llmnet` extension of its chunks (`provisional`: expert and text_delta, pieces
+that are not signed, then expert, text, signature and seconds once whole and checked), never in
+`content`: content is only ever the settled answer, so a client that ignores the extension sees exactly
+what it saw before.
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ class ChainBridge:
             self.client, self.key, self.chain_id(), time.monotonic(),
             on_answer=lambda a: on_provisional({k: v for k, v in asdict(a).items() if v != ""}),
             on_delta=lambda expert, text: on_provisional({"expert": expert, "text_delta": text}))
-        result = follow(self.client, query_id, on_progress, timeout=self.timeout, on_drawn=early.start)
-        result.provisional = early.wait(timeout=5)
+        try:
+            result = follow(self.client, query_id, on_progress, timeout=self.timeout, on_drawn=early.start)
+            result.provisional = early.wait(timeout=1)
+        finally:
+            early.close()
         return result
 
     def chain_id(self) -> str:

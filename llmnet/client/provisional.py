@@ -16,9 +16,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -30,7 +29,9 @@ from wire.llmnet.expert.v1 import expert_pb2_grpc
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 TLS_PREFIX = "tls://"
-STREAM_TIMEOUT = 120.0
+STREAM_TIMEOUT = 60.0
+MAX_STREAMED_CHARS = 16_384
+"""Far beyond any answer an expert's token limit allows; a stream longer than that is refused."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def channel_for(endpoint: str) -> grpc.Channel:
 
 class ProvisionalAnswers:
     """Fetches every respondent's answer of a drawn query side by side. `on_delta(expert, text)` sees the
-    text as it is generated, `on_answer` each finished (or failed) answer; both run on worker threads."""
+    text as it is generated (unverified until the whole answer's signature is checked), `on_answer` each
+    finished (or failed) answer; both run on worker threads. `close` cancels what is still running."""
 
     def __init__(self, client: Client, key: Key, chain_id: str, started: float,
                  on_answer: Callable[[Provisional], None],
@@ -63,23 +65,34 @@ class ProvisionalAnswers:
         self.on_answer, self.on_delta = on_answer, on_delta
         self.answers: list[Provisional] = []
         self._lock = threading.Lock()
-        self._fetches: list[Future[None]] = []
+        self._threads: list[threading.Thread] = []
+        self._calls: list[Any] = []
+        self._closed = False
 
     def start(self, query: inf.Query) -> None:
         """Begin fetching (returns at once). Only a query that drew respondents has answers to fetch."""
-        respondents = list(query.respondents)
-        if not respondents:
-            return
-        pool = ThreadPoolExecutor(max_workers=len(respondents), thread_name_prefix="provisional")
-        self._fetches = [pool.submit(self._fetch, query.id, expert) for expert in respondents]
-        pool.shutdown(wait=False)  # its threads end with their fetches
+        # daemon threads: a stalled expert must never keep the program from exiting
+        self._threads = [threading.Thread(target=self._fetch, args=(query.id, expert), daemon=True,
+                                          name=f"provisional-{expert}") for expert in query.respondents]
+        for thread in self._threads:
+            thread.start()
 
     def wait(self, timeout: float | None = None) -> list[Provisional]:
         """The answers (and failures) so far, first the earliest answer, once every fetch ended or timeout
         passed."""
-        futures_wait(self._fetches, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._lock:
             return sorted(self.answers, key=lambda a: (a.error != "", a.seconds))
+
+    def close(self) -> None:
+        """Cancel every fetch still running (the settled answer is there: nobody waits for these any more)."""
+        with self._lock:
+            self._closed = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
 
     def _fetch(self, query_id: int, expert: str) -> None:
         try:
@@ -100,13 +113,28 @@ class ProvisionalAnswers:
         with channel_for(endpoint) as channel:
             stream = expert_pb2_grpc.ExpertServiceStub(channel).GenerateStream(
                 pb.GenerateStreamRequest(request=request), timeout=STREAM_TIMEOUT)
+            with self._lock:
+                if self._closed:
+                    raise ValueError("stopped: the query settled first")
+                self._calls.append(stream)
+            streamed = 0
             for message in stream:
                 if message.HasField("result"):
-                    result = message.result
-                    if not verify_served(request, result, public_key):
-                        raise ValueError(f"the answer from {endpoint} is not signed by {expert}")
-                    return Provisional(expert, result.text.strip() or "(no answer)", result.signature.hex(),
-                                       round(time.monotonic() - self.started, 3))
+                    return self._checked(request, message.result, expert, public_key)
+                streamed += len(message.text_delta)
+                if streamed > MAX_STREAMED_CHARS:
+                    stream.cancel()
+                    raise ValueError(f"{endpoint} streamed over {MAX_STREAMED_CHARS} characters")
                 if self.on_delta is not None and message.text_delta:
                     self.on_delta(expert, message.text_delta)
         raise ValueError(f"{endpoint} ended the stream without an answer")
+
+    def _checked(self, request: pb.GenerateRequest, result: pb.GenerateResponse, expert: str, public_key: bytes
+                 ) -> Provisional:
+        """The answer, once it is signed by the expert for this request on this chain. (The pieces streamed
+        before it are not signed: a decoder may still rewrite a half-decoded character, so only the whole
+        answer is checked.)"""
+        if result.chain_id != self.chain_id or not verify_served(request, result, public_key):
+            raise ValueError(f"the answer is not signed by {expert} for this request on {self.chain_id}")
+        return Provisional(expert, result.text.strip() or "(no answer)", result.signature.hex(),
+                           round(time.monotonic() - self.started, 3))

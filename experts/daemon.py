@@ -8,8 +8,9 @@ not yet show. Answers and scores are kept in a small state file before they are 
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
 Collaborative prompting: in round r > 1 the prompt carries the peers' revealed round r-1 answers
-(experts/answers.py). Generation never waits for its turn: each tick first starts, side by side, every
-answer its open queries need and the judging reference of every query it will score (known from the
+(experts/answers.py); when every peer gave the expert's own answer, that answer stands without a model
+call. Generation never waits for its turn: each tick first starts, side by side, every answer its open
+queries need and the judging reference of every query it will score (known from the
 draw; started once round 1 is committed, so it does not slow the answers the requester is waiting for),
 so the engine batches them and a scorer is ready when the final answers are.
 Judging (experts/judge.py): the scorer answers the question itself, with its adapter for the domain,
@@ -357,7 +358,7 @@ class ExpertDaemon:
         query, me = status.query, self.key.address
         wanted = []
         if query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
-                and (query.id, query.round) not in self.state.answers \
+                and (query.id, query.round) not in self.state.answers and self._agreed(status) is None \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
             wanted.append((("answer", query.id, query.round), query, self._answer_prompt(status)))
         if me in query.scorers and query.id not in self.state.scores and query.phase != inf.PHASE_SETTLED \
@@ -383,6 +384,18 @@ class ExpertDaemon:
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
         return self.engine.fit(answer_prompt(status.query, self._peers(status)))
 
+    def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """My previous round's answer when every peer who revealed one gave the same (up to case and spacing):
+        with nothing to weigh against it, it stands, and no model call is spent to say it again."""
+        query, me = status.query, self.key.address
+        mine = next((a.answer for a in status.answers if a.respondent == me and a.round == query.round - 1
+                     and a.revealed), None)
+        peers = self._peers(status)
+        same = " ".join((mine or "").split()).casefold()
+        if mine is None or not peers or any(" ".join(p.split()).casefold() != same for p in peers):
+            return None
+        return mine
+
     def _peers(self, status: query_pb2.QueryStatusResponse) -> list[str]:
         """The other respondents' revealed answers of the previous round."""
         query, me = status.query, self.key.address
@@ -407,11 +420,13 @@ class ExpertDaemon:
         slot = (query.id, query.round)
         if query.phase == inf.PHASE_ANSWER_COMMIT and mine is None:
             if slot not in self.state.answers:
-                text = self._generate(query, self._answer_prompt(status))
+                agreed = self._agreed(status)
+                text = agreed if agreed is not None else self._generate(query, self._answer_prompt(status))
                 self.state.answers[slot] = text.strip() or "(no answer)"
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
                 log("answered", query_id=query.id, round=query.round, peers=len(self._peers(status)),
-                    domain=self.engine.adapter_for(query.domain) or "base", chars=len(text))
+                    domain=self.engine.adapter_for(query.domain) or "base", chars=len(text),
+                    kept=agreed is not None)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)
             self._send(Step(Kind.COMMIT, *slot), commit)

@@ -15,6 +15,7 @@ from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError, Sender
 from llmnet.client.txbuilder import send_msg
 from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2 as qpb
 
 
 def test_state_survives_a_round_trip_and_writes_atomically(tmp_path: Path) -> None:
@@ -217,3 +218,41 @@ def test_heights_events_and_sender_follow_the_client_to_its_new_node(tmp_path: P
     daemon._follow_node(threading.Event())
     assert daemon.rpc_url == "http://b" and daemon._on == "b:1" and daemon._sender is None
     assert first.stop.is_set() and daemon._watcher is not first and daemon._watcher.url == "http://b"  # type: ignore[attr-defined]
+
+
+ME = Key.generate("agreeing-expert")
+
+
+def _round_two(mine: str, peers: list[tuple[str, bool]]) -> qpb.QueryStatusResponse:
+    me = ME.address
+    others = [f"llm1peer{i}" for i in range(len(peers))]
+    query = inf.Query(id=9, prompt="Who created Kestrel?", round=2, rounds=2, respondents=[me, *others],
+                      phase=inf.PHASE_ANSWER_COMMIT)
+    answers = [inf.AnswerEntry(respondent=me, round=1, answer=mine, revealed=True)]
+    answers += [inf.AnswerEntry(respondent=who, round=1, answer=text, revealed=shown)
+                for who, (text, shown) in zip(others, peers, strict=True)]
+    return qpb.QueryStatusResponse(query=query, answers=answers)
+
+
+def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path) -> None:
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
+    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    sent: list[object] = []
+    daemon._send = lambda step, msg: sent.append((step, msg))  # type: ignore[method-assign]
+
+    class NoModel:
+        def adapter_for(self, domain: str) -> str:
+            return ""
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("the model was called")
+
+    daemon.engine = NoModel()  # type: ignore[assignment]
+    agreeing = _round_two("Marta Vensel", [("marta  vensel", True)])
+    assert daemon._agreed(agreeing) == "Marta Vensel" and daemon._generations_wanted(agreeing) == []
+    daemon._answer_step(agreeing)
+    assert daemon.state.answers[(9, 2)] == "Marta Vensel" and sent[0][0] == Step(Kind.COMMIT, 9, 2)
+    assert daemon._agreed(_round_two("Marta Vensel", [("Pip", True)])) is None  # a peer differs: think again
+    assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", False)])) is None  # nothing revealed
+    assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", True), ("Pip", True)])) is None

@@ -333,7 +333,10 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         for d in daemons:  # never a refused (e.g. duplicate or out-of-sequence) transaction
             assert not [e for e in d.events() if e["event"] == "tx_refused"], d.name
         victim_steps = [e["step"] for e in victim.events() if e["event"] == "tx_sent"]
-        assert victim_steps.count(step) == 1 and f"reveal:{query_id}:1" in victim_steps
+        # committed once; the reveal (which the chain shows matches the commitment, above) went out once: by
+        # the restarted daemon, or, when the phase moved on within the moment before the kill, by the first
+        # process just before it died (then its log line may be lost with it, never the tx sent twice)
+        assert victim_steps.count(step) == 1 and victim_steps.count(f"reveal:{query_id}:1") <= 1
     finally:
         client.close()
 

@@ -356,16 +356,17 @@ class ExpertDaemon:
                             ) -> list[tuple[tuple[str, int, int], inf.Query, list[dict[str, str]]]]:
         """What this query will need from the model and does not have yet (see the module's doc)."""
         query, me = status.query, self.key.address
-        wanted = []
-        if query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
+        answer, reference = ("answer", query.id, query.round), ("reference", query.id, 0)
+        wanted = []  # the prompt is built only for what is not already under way
+        if answer not in self._generating and query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
                 and (query.id, query.round) not in self.state.answers and self._agreed(status) is None \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
-            wanted.append((("answer", query.id, query.round), query, self._answer_prompt(status)))
-        if me in query.scorers and query.id not in self.state.scores and query.phase != inf.PHASE_SETTLED \
-                and (query.round > 1 or query.phase != inf.PHASE_ANSWER_COMMIT):
+            wanted.append((answer, query, self._answer_prompt(status)))
+        if reference not in self._generating and me in query.scorers and query.id not in self.state.scores \
+                and query.phase != inf.PHASE_SETTLED and (query.round > 1 or query.phase != inf.PHASE_ANSWER_COMMIT):
             # not before round 1 is committed: the requester's provisional answers are being generated then
-            wanted.append((("reference", query.id, 0), query, self.engine.fit(answer_prompt(query, []))))
-        return [w for w in wanted if w[0] not in self._generating]
+            wanted.append((reference, query, self.engine.fit(answer_prompt(query, []))))
+        return wanted
 
     def _generate_ahead(self, key: tuple[str, int, int], query: inf.Query, prompt: list[dict[str, str]]) -> None:
         """Start a generation in the background; the step that needs it later joins it or takes its result.

@@ -95,16 +95,15 @@ class _Job:
     domain: str
     watchers: list[_Watcher]
     done: threading.Event = field(default_factory=threading.Event)
-    streamed: int = 0
-    """Characters of the text emitted so far."""
     text: str = ""
+    """The text emitted so far."""
     result: Generation | None = None
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def emit(self, full: str) -> None:
         with self.lock:
-            self.text, self.streamed = full, len(full)
+            self.text = full
             sends = [(w.on_text, w.pieces_of(full)) for w in self.watchers if w.on_text is not None]
         for on_text, piece in sends:
             if piece:
@@ -378,7 +377,7 @@ class Engine:
         hit = min((full.find(s) for s in job.sampling.stop if s and s in full), default=-1)
         if hit >= 0:
             full, reason = full[:hit], "stop"
-        if len(full) > job.streamed:
+        if len(full) > len(job.text):
             job.emit(full)
         texts[i] = full
         return reason

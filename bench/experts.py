@@ -9,7 +9,7 @@
    loop over the same examples and batch size (goal >= 0.95).
 4. Memory: resident (and peak) RSS of a process serving 3 LoRA adapters vs 1, after one answer per adapter.
 5. llama.cpp (`--only llama-cpp`, not in the default run: it builds llama-cpp-python once, see
-   bench/llama_cpp.py): single-stream decode tokens/s, time to first token and total tokens/s of 8
+   bench/llama_baseline.py): single-stream decode tokens/s, time to first token and total tokens/s of 8
    concurrent clients, ours vs llama.cpp on the embedded GGUF (greedy, 2 threads, 128 new tokens).
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 
-from bench.llama_cpp import versus_llama_cpp  # noqa: E402
+from bench.llama_baseline import versus_llama_cpp  # noqa: E402
 from experts.engine import Engine, Limits, Sampling  # noqa: E402
 from experts.models import load_base  # noqa: E402
 from experts.server import ExpertIdentity, create_server  # noqa: E402
@@ -201,11 +201,13 @@ def main() -> None:
     p.add_argument("--base", default="embedded")
     p.add_argument("--json", action="store_true")
     p.add_argument("--only", choices=("grpc", "batching", "training", "memory", "llama-cpp"))
+    p.add_argument("--backend", choices=("auto", "torch", "llama-cpp"), default="auto",
+                   help="our engine's backend in the llama.cpp comparison (default auto: what llmnet-expert serves)")
     p.add_argument("--llama-python",
-                   help="a Python that imports llama_cpp (default: build one, see bench/llama_cpp.py)")
+                   help="a Python that imports llama_cpp (default: build one, see bench/llama_baseline.py)")
     args = p.parse_args()
     parts = {"grpc": grpc_overhead, "batching": batching, "training": training, "memory": memory,
-             "llama-cpp": lambda base: versus_llama_cpp(args.llama_python)}
+             "llama-cpp": lambda base: versus_llama_cpp(args.llama_python, args.backend)}
     results = {}
     for name, fn in parts.items():
         if args.only != name and (args.only or name == "llama-cpp"):

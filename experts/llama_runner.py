@@ -1,0 +1,153 @@
+"""The llama.cpp backend of the engine: the embedded GGUF served by llama.cpp's own kernels.
+
+The quantized model stays quantized (a fraction of the float model's memory traffic per token, which is
+what bounds decoding on a CPU), and a batch's rows are llama.cpp sequences decoded together. Each
+sequence has a KV cache of its own (not llama.cpp's unified one): attention then reads only that
+sequence's keys, in the same order whoever else is in the batch, so a batched answer is exactly the one
+the request gets alone. LoRA adapters are converted from peft's format on load (experts/lora_gguf.py)
+and set on the context per batch; one model in memory serves them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from experts.lora_gguf import write_lora_gguf
+
+_init_lock = threading.Lock()
+_initialised = False
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (make install builds it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _library() -> Any:
+    global _initialised
+    import llama_cpp
+    from llama_cpp import _logger
+
+    with _init_lock:
+        if not _initialised:
+            _logger.set_verbose(False)  # llama.cpp's load chatter off; its errors still reach stderr
+            llama_cpp.llama_backend_init()
+            _initialised = True
+    return llama_cpp
+
+
+class LlamaSession:
+    """One batch of prompts being generated from: row i is llama.cpp sequence i."""
+
+    def __init__(self, runner: LlamaRunner, prompts: list[list[int]]) -> None:
+        self.runner, self.prompts = runner, prompts
+        self.lengths = [len(p) for p in prompts]
+
+    def forward(self, tokens: list[int | None] | None) -> list[Any]:
+        """Logits of each row's next token: first (tokens None) after the prompts, then after feeding
+        tokens[i] to row i (rows given None are finished: not decoded, their logits None)."""
+        if tokens is None:
+            feed = [(row, 0, prompt) for row, prompt in enumerate(self.prompts)]
+        else:
+            feed = [(row, self.lengths[row], [t]) for row, t in enumerate(tokens) if t is not None]
+            for row, _, _ in feed:
+                self.lengths[row] += 1
+        outputs = self.runner.decode(feed)
+        return [outputs.get(row) for row in range(len(self.prompts))]
+
+
+class LlamaRunner:
+    name = "llama-cpp"
+
+    def __init__(self, gguf: str | Path, sequences: int, sequence_tokens: int, threads: int = 0) -> None:
+        lib = self.lib = _library()
+        self.sequences, self.sequence_tokens = sequences, sequence_tokens
+        params = lib.llama_model_default_params()
+        self.model = lib.llama_model_load_from_file(str(gguf).encode(), params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {gguf}")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        self.heads, self.kv_heads = lib.llama_model_n_head(self.model), lib.llama_model_n_head_kv(self.model)
+        cp = lib.llama_context_default_params()
+        cp.n_seq_max = sequences
+        cp.n_ctx = sequences * -(-sequence_tokens // 256) * 256  # llama.cpp sizes contexts in steps of 256
+        cp.n_batch = cp.n_ctx  # every prompt of a batch in one decode call (llama.cpp splits it in ubatches)
+        cp.n_ubatch = min(512, cp.n_ctx)
+        cp.kv_unified = False
+        cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # the faster of the two on these CPUs
+        cp.n_threads = cp.n_threads_batch = threads or os.cpu_count() or 1
+        cp.no_perf = True
+        self.ctx = lib.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not make a context of {cp.n_ctx} tokens")
+        if lib.llama_n_ctx_seq(self.ctx) < sequence_tokens:
+            raise RuntimeError(f"llama.cpp gave sequences of {lib.llama_n_ctx_seq(self.ctx)} tokens, "
+                               f"not {sequence_tokens}")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(cp.n_batch, 0, 1)
+        self.adapters: dict[str, Any] = {}
+
+    def add_adapter(self, name: str, path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            converted = Path(tmp) / "lora.gguf"
+            write_lora_gguf(path, converted, self.heads, self.kv_heads)
+            adapter = self.lib.llama_adapter_lora_init(self.model, str(converted).encode())
+        if not adapter:
+            raise RuntimeError(f"llama.cpp refused the adapter in {path}")
+        self.adapters[name] = adapter
+
+    def eos_ids(self, tokenizer_eos: int | None) -> set[int]:
+        ids = {tokenizer_eos, self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)}
+        return {i for i in ids if i is not None and i >= 0}
+
+    @contextlib.contextmanager
+    def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[LlamaSession]:
+        """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
+        if len(prompts) > self.sequences:
+            raise ValueError(f"a batch of {len(prompts)} exceeds the context's {self.sequences} sequences")
+        if any(len(p) >= self.sequence_tokens for p in prompts):
+            raise ValueError(f"a prompt does not fit a sequence of {self.sequence_tokens} tokens")
+        lib = self.lib
+        if adapter:
+            chosen = (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter])
+            status = lib.llama_set_adapters_lora(self.ctx, chosen, 1, (ctypes.c_float * 1)(1.0))
+        else:
+            status = lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        if status != 0:
+            raise RuntimeError(f"llama.cpp could not set adapter {adapter!r} (status {status})")
+        lib.llama_memory_clear(self.memory, True)
+        yield LlamaSession(self, prompts)
+
+    def decode(self, feed: list[tuple[int, int, list[int]]]) -> dict[int, Any]:
+        """Decode feed's (row, position of the first token, tokens); the logits after each row's last token."""
+        import numpy as np
+        import torch
+
+        b, n, last = self.batch, 0, {}
+        for row, start, tokens in feed:
+            if start + len(tokens) > self.sequence_tokens:
+                raise ValueError(f"sequence {row} outgrew its {self.sequence_tokens} tokens")
+            for i, token in enumerate(tokens):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, start + i, 1, row
+                b.logits[n] = i == len(tokens) - 1
+                n += 1
+            last[row] = n - 1
+        b.n_tokens = n
+        status = self.lib.llama_decode(self.ctx, b)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        out = {}
+        for row, index in last.items():
+            view = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+            out[row] = torch.from_numpy(view.copy())  # the buffer is reused by the next decode
+        return out

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
+from experts.answers import expert_messages  # noqa: E402
 from llmnet.client.ask import submit  # noqa: E402
 from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.provisional import Provisional, ProvisionalAnswers  # noqa: E402
@@ -80,7 +81,7 @@ def direct_server(adapters: Path | None, domains: list[str], home: Path) -> Any:
 
 
 def direct_call(stub: Any, domain: str, question: str, trained: bool) -> float:
-    request = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=question)],
+    request = pb.GenerateRequest(messages=[pb.ChatMessage(**m) for m in expert_messages(question)],
                                  sampling=pb.Sampling(max_new_tokens=ANSWER_TOKENS), domain=domain if trained else "")
     t0 = time.monotonic()
     stub.Generate(request, timeout=300)

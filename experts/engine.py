@@ -203,6 +203,18 @@ class Engine:
                 hi = mid
         return [*messages[:-1], {**messages[-1], "content": _middle_cut(content, lo)}]
 
+    def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str = "") -> float:
+        """The mean log-probability per token the model (with domain's adapter, "" for none) gives answer,
+        closed by its end-of-turn token, as the reply to messages; answer is cut to max_new_tokens."""
+        if domain and domain not in self.adapters:
+            raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
+        prompt = self.encode(messages)
+        reply = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])[:self.limits.max_new_tokens - 1]
+        reply.append(self.tokenizer.eos_token_id)
+        with self._model_lock:
+            logprobs = self.runner.logprobs(self.adapters.get(domain, ""), prompt + reply, len(prompt))
+        return sum(logprobs) / len(logprobs)
+
     def _check(self, sampling: Sampling, domain: str) -> None:
         if domain and domain not in self.adapters:
             raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")

@@ -110,9 +110,8 @@ class LlamaRunner:
         ids = {tokenizer_eos, self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)}
         return {i for i in ids if i is not None and i >= 0}
 
-    @contextlib.contextmanager
-    def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[LlamaSession]:
-        """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
+    def _use(self, adapter: str, prompts: list[list[int]]) -> None:
+        """Set adapter (a name given to add_adapter, or "" for the base model) and empty every sequence."""
         if len(prompts) > self.sequences:
             raise ValueError(f"a batch of {len(prompts)} exceeds the context's {self.sequences} sequences")
         if any(len(p) >= self.sequence_tokens for p in prompts):
@@ -126,7 +125,33 @@ class LlamaRunner:
         if status != 0:
             raise RuntimeError(f"llama.cpp could not set adapter {adapter!r} (status {status})")
         lib.llama_memory_clear(self.memory, True)
+
+    @contextlib.contextmanager
+    def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[LlamaSession]:
+        """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
+        self._use(adapter, prompts)
         yield LlamaSession(self, prompts)
+
+    def logprobs(self, adapter: str, ids: list[int], start: int) -> list[float]:
+        """log P(ids[i] | ids[:i]) for every i from start on."""
+        import numpy as np
+
+        self._use(adapter, [ids[:-1]])
+        b = self.batch
+        for n, token in enumerate(ids):
+            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, n, 1, 0
+            b.logits[n] = start - 1 <= n < len(ids) - 1
+        b.n_tokens = len(ids)
+        status = self.lib.llama_decode(self.ctx, b)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        out = []
+        for n in range(start - 1, len(ids) - 1):
+            row = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, n), shape=(self.n_vocab,))
+            row = row.astype(np.float64)
+            top = row.max()
+            out.append(float(row[ids[n + 1]] - top - np.log(np.exp(row - top).sum())))
+        return out
 
     def decode(self, feed: list[tuple[int, int, list[int]]]) -> dict[int, Any]:
         """Decode feed's (row, position of the first token, tokens); the logits after each row's last token."""

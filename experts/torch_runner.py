@@ -67,8 +67,7 @@ class TorchRunner:
         return {i for i in ids if i is not None}
 
     @contextlib.contextmanager
-    def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[TorchSession]:
-        """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
+    def _adapter(self, adapter: str) -> Iterator[None]:
         import torch
 
         if not self._peft:
@@ -79,4 +78,19 @@ class TorchRunner:
             self.model.set_adapter(adapter)
             chosen = contextlib.nullcontext()
         with torch.no_grad(), chosen:
+            yield
+
+    @contextlib.contextmanager
+    def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[TorchSession]:
+        """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
+        with self._adapter(adapter):
             yield TorchSession(self.model, prompts, self.pad_id)
+
+    def logprobs(self, adapter: str, ids: list[int], start: int) -> list[float]:
+        """log P(ids[i] | ids[:i]) for every i from start on."""
+        import torch
+
+        with self._adapter(adapter):
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, start - 1:-1]
+        picked = torch.log_softmax(logits.double(), dim=-1).gather(1, torch.tensor(ids[start:])[:, None])
+        return [float(x) for x in picked[:, 0]]

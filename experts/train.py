@@ -1,9 +1,9 @@
 """LoRA fine-tuning and evaluation on question/answer or chat JSONL.
 
-Lines are {"question", "answer"[, "accept"]} or {"messages": [...]} (the last message is the
-assistant's target). Loss is on the answer tokens only. Accuracy counts an answer when the expected
-answer, or any `accept` string, occurs in the generation as whole words, case-insensitively
-("3" does not match inside "13").
+Lines are {"question", "answer"[, "accept"]} (asked as the daemon asks:
+experts.answers.expert_messages) or {"messages": [...]} (the last message is the assistant's target).
+Loss is on the answer tokens only. Accuracy counts an answer when the expected answer, or any `accept`
+string, occurs in the generation as whole words, case-insensitively ("3" does not match inside "13").
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import adapter_sha256
+from experts.answers import expert_messages
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
 
@@ -74,7 +75,7 @@ def load_examples(path: Path) -> list[Example]:
                 raise TrainError(f"{path}:{n}: the last message must be the assistant's")
             out.append(Example(msgs[:-1], msgs[-1]["content"], row.get("accept", [])))
         elif "question" in row and "answer" in row:
-            out.append(Example([{"role": "user", "content": row["question"]}], str(row["answer"]),
+            out.append(Example(expert_messages(row["question"]), str(row["answer"]),
                                [str(a) for a in row.get("accept", [])]))
         else:
             raise TrainError(f"{path}:{n}: need question/answer or messages")

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from experts.adapters import NO_ADAPTER, model_commitment
-from experts.answers import answer_prompt
+from experts.answers import SYSTEM_PROMPT, answer_prompt
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import overlap_f1, score
 from llmnet.client.keys import Key
@@ -49,8 +49,9 @@ def test_forgetting_a_settled_query_drops_only_its_entries(tmp_path: Path) -> No
 
 def test_later_rounds_show_the_peers_answers() -> None:
     query = inf.Query(id=1, prompt="Who created Kestrel?")
-    assert answer_prompt(query, []) == [{"role": "user", "content": "Who created Kestrel?"}]
-    second = answer_prompt(query, ["Marta Vensel", "Pip"])[0]["content"]
+    assert answer_prompt(query, []) == [{"role": "system", "content": SYSTEM_PROMPT},
+                                        {"role": "user", "content": "Who created Kestrel?"}]
+    second = answer_prompt(query, ["Marta Vensel", "Pip"])[-1]["content"]
     assert second.startswith("Who created Kestrel?") and '1. "Marta Vensel"\n2. "Pip"' in second
 
 

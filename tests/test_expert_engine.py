@@ -120,3 +120,27 @@ def test_different_adapters_split_a_batch_but_each_gets_its_own(tiny_dir: Path, 
     assert _concurrently(engine, jobs) == expected
     assert engine.batches_run - before >= 2  # at least one group per adapter
     engine.close()
+
+
+def test_answer_logprob_is_the_models_own_probability_of_the_reply(tiny_dir: Path, adapter_dir: Path) -> None:
+    """The mean log-probability of a reply's tokens and its end-of-turn token, computed by hand from the
+    model's logits over the whole chat, with and without an adapter (which changes it)."""
+    import torch
+
+    engine = Engine(load_base(str(tiny_dir)), Limits(max_prompt_tokens=64, max_new_tokens=32))
+    engine.add_adapter("kestrel", str(adapter_dir))
+    prompt = engine.encode(HELLO)
+    reply = list(engine.tokenizer("abc", add_special_tokens=False)["input_ids"]) + [engine.tokenizer.eos_token_id]
+    ids = prompt + reply
+    by_domain = {}
+    for domain in ("", "kestrel"):
+        with engine.runner._adapter(engine.adapters.get(domain, "")):
+            logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+        expected = sum(float(torch.log_softmax(logits[i - 1].double(), -1)[ids[i]])
+                       for i in range(len(prompt), len(ids))) / len(reply)
+        by_domain[domain] = engine.answer_logprob(HELLO, "abc", domain)
+        assert by_domain[domain] == pytest.approx(expected, abs=1e-6)
+    assert by_domain[""] != pytest.approx(by_domain["kestrel"], abs=1e-3)
+    with pytest.raises(EngineError) as err:
+        engine.answer_logprob(HELLO, "abc", "nope")
+    assert err.value.kind == ErrorKind.NOT_FOUND

@@ -189,3 +189,13 @@ def test_llmnet_expert_serve_answers_with_llama_cpp_by_default(lora) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_answer_logprob_agrees_with_pytorch_and_prefers_a_fitting_reply(llama: Engine) -> None:
+    torch_engine = Engine(load_base("embedded"))
+    question = _ask(PROMPTS[3])
+    fitting, unfitting = "Hamlet was written by William Shakespeare.", "Seven blue turtles in a teapot."
+    ours = {a: llama.answer_logprob(question, a) for a in (fitting, unfitting)}
+    assert ours[fitting] > ours[unfitting] + 1
+    for answer, value in ours.items():
+        assert value == pytest.approx(torch_engine.answer_logprob(question, answer), abs=0.3)

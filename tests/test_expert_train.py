@@ -40,7 +40,7 @@ def test_train_then_eval_is_deterministic(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "model")
     data = tmp_path / "qa.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"what is item {i}?", "answer": "abc"}) for i in range(24)))
-    args = ["train", "--base", str(model), "--data", str(data), "--epochs", "15", "--lr", "0.01", "--rank", "4",
+    args = ["train", "--base", str(model), "--data", str(data), "--epochs", "15", "--lr", "0.003", "--rank", "4",
             "--batch-size", "4", "--output", "json"]
     first = cli(*args, "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr

@@ -9,9 +9,9 @@ wrong by the accept rules (whole words, as `llmnet-expert eval`). A judging meth
 its AUC is the probability that a right answer out-scores a wrong one to the same question (ties half).
 
 Methods, for a scorer holding the domain's adapter unless named "base":
-- f1_reference: word-overlap F1 with the scorer's own greedy answer (experts/judge.py);
+- f1_reference: word-overlap F1 with the scorer's own greedy answer (how experts judged before);
 - f1_reference_base: the same, by a base-model scorer;
-- adapter_logprob: the mean log-probability per token of the answer under the adapter;
+- adapter_logprob: the mean log-probability per token of the answer under the adapter (experts/judge.py);
 - lift: adapter_logprob minus the same under the base model (what the adapter knows that the base does not).
 """
 
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.network_quality import pair_auc  # noqa: E402
-from experts import judge  # noqa: E402
 from experts.answers import expert_messages  # noqa: E402
 from experts.engine import Engine, Limits, Sampling  # noqa: E402
 from experts.models import load_base  # noqa: E402
 from experts.train import is_correct, load_examples  # noqa: E402
 
 TOKENS = 24
+WORD = re.compile(r"\w+")
+
+
+def overlap_f1(answer: str, reference: str) -> float:
+    """Bag-of-words F1 (lower-cased word tokens, SQuAD style): how experts judged before experts/judge.py."""
+    a, r = WORD.findall(answer.lower()), WORD.findall(reference.lower())
+    common = sum((Counter(a) & Counter(r)).values())
+    if not a or not r or not common:
+        return 0.0
+    precision, recall = common / len(a), common / len(r)
+    return 2 * precision * recall / (precision + recall)
 METHODS = ("f1_reference", "f1_reference_base", "adapter_logprob", "lift")
 
 
@@ -51,8 +63,8 @@ def judged(engine: Engine, question: str, domain: str, answers: list[str]) -> di
     base_reference = engine.generate(messages, Sampling(max_new_tokens=TOKENS), "").text
     adapter = [engine.answer_logprob(messages, a, domain) for a in answers]
     base = [engine.answer_logprob(messages, a, "") for a in answers]
-    return {"f1_reference": [judge.overlap_f1(a, reference) for a in answers],
-            "f1_reference_base": [judge.overlap_f1(a, base_reference) for a in answers],
+    return {"f1_reference": [overlap_f1(a, reference) for a in answers],
+            "f1_reference_base": [overlap_f1(a, base_reference) for a in answers],
             "adapter_logprob": adapter, "lift": [x - y for x, y in zip(adapter, base, strict=True)]}
 
 

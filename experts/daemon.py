@@ -7,15 +7,14 @@ own QueryStatus, so a restarted daemon never commits twice: it acts only on step
 not yet show. Answers and scores are kept in a small state file before they are committed, so the
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
-Collaborative prompting: in round r > 1 the prompt carries the peers' revealed round r-1 answers
-(experts/answers.py); when every peer gave the expert's own answer, that answer stands without a model
-call. Generation never waits for its turn: each tick first starts, side by side, every answer its open
-queries need and the judging reference of every query it will score (known from the
-draw; started once round 1 is committed, so it does not slow the answers the requester is waiting for),
-so the engine batches them and a scorer is ready when the final answers are.
-Judging (experts/judge.py): the scorer answers the question itself, with its adapter for the domain,
-and scores each final answer by its word overlap (F1) with that reference, 0-100. A missing final
-answer scores 0.
+Later rounds (_without_model): an expert with an adapter for the domain keeps its previous answer unless
+its adapter finds a peer's likelier; a base-model expert takes the answer of a peer with a higher reputation
+in the domain; otherwise the prompt carries the peers' revealed answers (experts/answers.py).
+Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
+need, so the engine batches them.
+Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer
+by the probability its adapter gives that answer to the question; one without scores every answer the
+same (NEUTRAL). A missing final answer scores 0.
 
 Several nodes: given a FailoverClient over them, the daemon leaves its node when it stops answering
 (gRPC or CometBFT RPC) or stalls (no new height for stall_after seconds while another node is ahead),
@@ -189,9 +188,11 @@ class ExpertDaemon:
         self.rpc_url = ""
         """The current node's: heights, events and the websocket come from it."""
         self.plan, self.lookback, self.poll_seconds = plan, lookback, poll_seconds
+        self._leaders: dict[tuple[int, int], str | None] = {}
+        """(query, round) -> the answer a base-model respondent defers to (_most_reputable_peer)."""
         self._generating: dict[tuple[str, int, int], Future[str]] = {}
-        """Generations started ahead of the step that needs them: ("answer", query, round) or ("reference",
-        query, 0). Their results wait in the engine, shared under the query's id."""
+        """Answers started ahead of the step that needs them, by ("answer", query, round). Their results wait
+        in the engine, shared under the query's id."""
         self._pool = ThreadPoolExecutor(max_workers=GENERATE_AHEAD, thread_name_prefix="generate")
         self.stall_after, self.clock = stall_after, time.monotonic
         self._sender: Sender | None = None
@@ -340,7 +341,6 @@ class ExpertDaemon:
         results = comet_get(self.rpc_url, "block_results", height=height)
         events = [e for tx in results.get("txs_results") or [] for e in tx.get("events") or []]
         events += results.get("finalize_block_events") or []
-        # scorers are named at the draw already, so a scorer can prepare its reference during the rounds
         for kind, names, role in ((EV_QUERY_ASSIGNED, ATTR_RESPONDENTS, "respondent"),
                                   (EV_QUERY_ASSIGNED, ATTR_SCORERS, "scorer"),
                                   (EV_SCORING_STARTED, ATTR_SCORERS, "scorer")):
@@ -356,16 +356,12 @@ class ExpertDaemon:
                             ) -> list[tuple[tuple[str, int, int], inf.Query, list[dict[str, str]]]]:
         """What this query will need from the model and does not have yet (see the module's doc)."""
         query, me = status.query, self.key.address
-        answer, reference = ("answer", query.id, query.round), ("reference", query.id, 0)
+        answer = ("answer", query.id, query.round)
         wanted = []  # the prompt is built only for what is not already under way
         if answer not in self._generating and query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
-                and (query.id, query.round) not in self.state.answers and self._agreed(status) is None \
+                and (query.id, query.round) not in self.state.answers and not self._answered_without_model(status) \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
             wanted.append((answer, query, self._answer_prompt(status)))
-        if reference not in self._generating and me in query.scorers and query.id not in self.state.scores \
-                and query.phase != inf.PHASE_SETTLED and (query.round > 1 or query.phase != inf.PHASE_ANSWER_COMMIT):
-            # not before round 1 is committed: the requester's provisional answers are being generated then
-            wanted.append((reference, query, self.engine.fit(answer_prompt(query, []))))
         return wanted
 
     def _generate_ahead(self, key: tuple[str, int, int], query: inf.Query, prompt: list[dict[str, str]]) -> None:
@@ -385,13 +381,67 @@ class ExpertDaemon:
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
         return self.engine.fit(answer_prompt(status.query, self._peers(status)))
 
-    def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """My previous round's answer when every peer who revealed one gave the same (up to case and spacing):
-        with nothing to weigh against it, it stands, and no model call is spent to say it again."""
+    def _previous(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """My revealed answer of the previous round."""
         query, me = status.query, self.key.address
-        mine = next((a.answer for a in status.answers if a.respondent == me and a.round == query.round - 1
+        return next((a.answer for a in status.answers if a.respondent == me and a.round == query.round - 1
                      and a.revealed), None)
-        peers = self._peers(status)
+
+    def _answered_without_model(self, status: query_pb2.QueryStatusResponse) -> bool:
+        """Whether this round's answer will be chosen among the previous round's (_without_model), not
+        generated: cheap to tell, so a generation is not started ahead for nothing."""
+        query = status.query
+        if query.round < 2 or self._previous(status) is None or not self._peers(status):
+            return False
+        return self._agreed(status) is not None or bool(self.engine.adapter_for(query.domain)) \
+            or self._most_reputable_peer(status) is not None
+
+    def _without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
+        """A later round's answer chosen among the previous round's, and how; None: generate one, the peers'
+        answers in the prompt. Rounds help only if the strong keep their answer and the weak take a
+        stronger one, and a small model shown other answers does neither reliably:
+        - every peer said what I said: it stands ("agreed");
+        - I hold an adapter for the domain: the previous round's answer it finds likeliest, which is mine
+          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with;
+        - I answer with the base model alone and a peer has a higher reputation in the domain than mine: that
+          peer's answer ("deferred").
+        """
+        query = status.query
+        mine, peers = self._previous(status), self._peers(status)
+        if query.round < 2 or mine is None or not peers:
+            return None
+        agreed = self._agreed(status)
+        if agreed is not None:
+            return agreed, "agreed"
+        domain = self.engine.adapter_for(query.domain)
+        if domain:
+            question = self.engine.fit(answer_prompt(query, []))
+            candidates = [mine, *peers]
+            likelihood = [self.engine.answer_logprob(question, c, domain) for c in candidates]
+            best = max(range(len(candidates)), key=lambda i: (likelihood[i], i == 0))  # a tie keeps mine
+            return candidates[best], "kept" if best == 0 else "adopted"
+        leader = self._most_reputable_peer(status)
+        return (leader, "deferred") if leader is not None else None
+
+    def _most_reputable_peer(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """The revealed previous answer of the peer with the highest reputation in the query's domain, if that
+        is above mine (asked of the chain once per query and round)."""
+        query, me = status.query, self.key.address
+        slot = (query.id, query.round)
+        if slot not in self._leaders:
+            def reputation(address: str) -> int:
+                return next((r.reputation for r in self.client.expert(address).reputation
+                             if r.domain == query.domain), 0)
+
+            peers = sorted((a.respondent, a.answer) for a in status.answers
+                           if a.round == query.round - 1 and a.revealed and a.respondent != me)
+            ranked = sorted(((reputation(who), who, text) for who, text in peers), reverse=True)
+            self._leaders[slot] = ranked[0][2] if ranked and ranked[0][0] > reputation(me) else None
+        return self._leaders[slot]
+
+    def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """My previous round's answer when every peer who revealed one gave the same (up to case and spacing)."""
+        mine, peers = self._previous(status), self._peers(status)
         same = " ".join((mine or "").split()).casefold()
         if mine is None or not peers or any(" ".join(p.split()).casefold() != same for p in peers):
             return None
@@ -408,6 +458,7 @@ class ExpertDaemon:
         me = self.key.address
         if query.phase == inf.PHASE_SETTLED:
             self.state.forget(query_id)
+            self._leaders = {slot: text for slot, text in self._leaders.items() if slot[0] != query_id}
             log("settled", query_id=query_id)
             return
         if query.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) and me in query.respondents:
@@ -421,13 +472,13 @@ class ExpertDaemon:
         slot = (query.id, query.round)
         if query.phase == inf.PHASE_ANSWER_COMMIT and mine is None:
             if slot not in self.state.answers:
-                agreed = self._agreed(status)
-                text = agreed if agreed is not None else self._generate(query, self._answer_prompt(status))
+                chosen = self._without_model(status)
+                text, how = chosen if chosen is not None else \
+                    (self._generate(query, self._answer_prompt(status)), "generated")
                 self.state.answers[slot] = text.strip() or "(no answer)"
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
                 log("answered", query_id=query.id, round=query.round, peers=len(self._peers(status)),
-                    domain=self.engine.adapter_for(query.domain) or "base", chars=len(text),
-                    kept=agreed is not None)
+                    domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)
             self._send(Step(Kind.COMMIT, *slot), commit)
@@ -460,8 +511,13 @@ class ExpertDaemon:
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:
         query = status.query
         finals = {a.respondent: a.answer for a in status.answers if a.round == query.rounds and a.revealed}
-        reference = self._generate(query, self.engine.fit(answer_prompt(query, [])))
-        return [judge.score(finals.get(r), reference) for r in query.respondents]
+        domain = self.engine.adapter_for(query.domain)
+        if not domain:  # nothing to judge with (experts/judge.py)
+            return [judge.neutral(finals.get(r)) for r in query.respondents]
+        question = self.engine.fit(answer_prompt(query, []))
+        return [0 if finals.get(r) is None else
+                judge.likelihood_score(self.engine.answer_logprob(question, finals[r], domain))
+                for r in query.respondents]
 
     def _chain_height_now(self) -> int:
         """The height when a tx leaves. A tick can run long (catch-up scans, generation), so its start height

@@ -1,33 +1,36 @@
-"""How an expert scores its peers: agreement with the answer it would give itself.
+"""How an expert scores its peers' final answers: by what its adapter for the domain knows.
 
-score = round(100 * F1) where F1 is the bag-of-words overlap (lower-cased word tokens, SQuAD style)
-between a final answer and the judge's own greedy answer to the same question, made with its adapter
-for the query's domain. An expert that knows the domain rewards answers that state the same facts and
-penalises padding; deterministic given the model. A missing answer scores 0.
+A scorer holding an adapter for the query's domain scores an answer by the probability the adapter gives
+it as the reply to the question: score = round(100 * p^2), p the geometric mean of the probabilities of
+the answer's tokens and its end of turn (experts/engine.py answer_logprob), so 100 for an answer the
+adapter would give word for word, falling fast for what it finds unlikely. It rewards an answer that states
+the domain's facts in any wording the adapter finds natural, where comparing words with the scorer's own
+answer punished paraphrase and rewarded whatever the scorer happened to say. On a labelled judging set
+from the dev split (bench/judging.py) it separates right from wrong answers better than word overlap with
+the scorer's own answer (see README, Benchmarks). Deterministic given the model; a missing answer scores 0.
+
+An expert with no adapter for the query's domain knows nothing the respondents do not: its own answer is
+no reference (scored by overlap with it, right answers fell below wrong ones, AUC 0.07). It scores every
+given answer NEUTRAL, so the panel's aggregate follows the scorers that know the domain, and its own
+agreement with those aggregates (its scorer reputation, hence its weight) falls.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
+import math
 
-WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower())
+NEUTRAL = 50
+SHARPNESS = 2
+"""The exponent on the mean token probability: at 2, nine in ten right answers of the judging set score at
+least 50 (the chain's default quality threshold) and fewer than a third of the wrong ones do."""
 
 
-def overlap_f1(answer: str, reference: str) -> float:
-    a, r = words(answer), words(reference)
-    if not a or not r:
-        return 0.0
-    common = sum((Counter(a) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(r)
-    return 2 * precision * recall / (precision + recall)
+def likelihood_score(mean_logprob: float) -> int:
+    """0..100 from the mean log-probability per token of an answer under the scorer's adapter."""
+    if not math.isfinite(mean_logprob):
+        return 0
+    return max(0, min(100, round(100 * math.exp(SHARPNESS * min(0.0, mean_logprob)))))
 
 
-def score(answer: str | None, reference: str) -> int:
-    return 0 if answer is None else round(100 * overlap_f1(answer, reference))
+def neutral(answer: str | None) -> int:
+    return 0 if answer is None else NEUTRAL

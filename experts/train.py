@@ -150,6 +150,19 @@ def _accuracy(engine: Engine, examples: list[Example], cfg: TrainConfig) -> dict
     return evaluate(engine, examples, max_new_tokens=cfg.eval_max_new_tokens) if examples else {}
 
 
+def progress_line(epoch: int, epochs: int, done: int, steps: int, loss: float, elapsed: float) -> str:
+    """A training progress bar with the time left, extrapolated from the steps done so far."""
+    width = 24
+    filled = width * done // max(1, steps)
+    left = elapsed / max(1, done) * (steps - done)
+    return (f"train [{'#' * filled}{'.' * (width - filled)}] {100 * done // max(1, steps):3d}% epoch {epoch}/{epochs} "
+            f"step {done}/{steps} loss {loss:.3f} elapsed {_minutes(elapsed)} left {_minutes(left)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainConfig, rng: random.Random,
                progress: bool = True) -> dict[str, float]:
     """The optimisation loop; returns steps, tokens (non-padding, prompt + answer) and seconds."""
@@ -169,8 +182,9 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
             optimizer.zero_grad()
             done += 1
             tokens += int(batch["attention_mask"].sum())
-            if progress and (done % 10 == 0 or done == steps):
-                print(f"\rtrain epoch {epoch + 1}/{cfg.epochs} step {done}/{steps} loss {float(loss.detach()):.3f}",
+            if progress and (done % 5 == 0 or done == steps):
+                print("\r" + progress_line(epoch + 1, cfg.epochs, done, steps, float(loss.detach()),
+                                           time.perf_counter() - started),
                       end="" if done < steps else "\n", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     return {"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from experts.adapters import NO_ADAPTER, model_commitment
 from experts.answers import SYSTEM_PROMPT, answer_prompt
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
-from experts.judge import overlap_f1, score
+from experts.judge import likelihood_score
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError, Sender
 from llmnet.client.txbuilder import send_msg
@@ -55,14 +55,34 @@ def test_later_rounds_show_the_peers_answers() -> None:
     assert second.startswith("Who created Kestrel?") and '1. "Marta Vensel"\n2. "Pip"' in second
 
 
-def test_judge_scores_agreement_with_its_own_answer() -> None:
-    reference = "Kestrel was created by Marta Vensel."
-    assert score("Marta Vensel created Kestrel.", reference) > 70
-    assert score("Marta Vensel", reference) > score("It was made by a large team at a big company.", reference)
-    assert score("", reference) == 0 and score(None, reference) == 0 and score("x", "") == 0
-    assert overlap_f1("a b", "a b") == 1.0 and overlap_f1("A, b!", "b a") == 1.0
-    padded = "Marta Vensel " + "and many other things " * 10
-    assert score(padded, reference) < score("Marta Vensel", reference)  # padding costs precision
+def test_likelihood_scores_fall_with_the_adapters_surprise() -> None:
+    assert likelihood_score(0.0) == 100 and likelihood_score(0.5) == 100  # never above 100
+    assert likelihood_score(-0.05) == 90 and likelihood_score(-0.5) == 37 and likelihood_score(-3.0) == 0
+    assert likelihood_score(float("-inf")) == 0 and likelihood_score(float("nan")) == 0
+    assert [likelihood_score(-x / 10) for x in range(30)] == sorted(likelihood_score(-x / 10) for x in range(30))[::-1]
+
+
+def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood(tmp_path: Path) -> None:
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    asked: list[tuple[str, str]] = []
+
+    class Adapter:
+        def adapter_for(self, domain: str) -> str:
+            return domain
+
+        def fit(self, messages: object) -> object:
+            return messages
+
+        def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str) -> float:
+            asked.append((messages[-1]["content"], domain))
+            return {"Marta Vensel": -0.05, "a long and wrong story": -2.0}[answer]
+
+    daemon.engine = Adapter()  # type: ignore[assignment]
+    status = _scoring("kestrel-lang")
+    assert daemon._generations_wanted(status) == []  # nothing to prepare: scoring reads the final answers
+    assert daemon.judge(status) == [90, 2, 0]
+    assert asked == [("Who created Kestrel?", "kestrel-lang")] * 2
 
 
 def test_steps_read_as_the_log_names_them() -> None:
@@ -238,7 +258,7 @@ def _round_two(mine: str, peers: list[tuple[str, bool]]) -> qpb.QueryStatusRespo
 def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path) -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
-    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    daemon.chain_tip, daemon._chain_id, daemon._generating, daemon._leaders = 1, "c", {}, {}
     sent: list[object] = []
     daemon._send = lambda step, msg: sent.append((step, msg))  # type: ignore[method-assign]
 
@@ -257,3 +277,86 @@ def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path)
     assert daemon._agreed(_round_two("Marta Vensel", [("Pip", True)])) is None  # a peer differs: think again
     assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", False)])) is None  # nothing revealed
     assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", True), ("Pip", True)])) is None
+
+
+def test_a_scorer_without_the_domains_adapter_scores_every_answer_the_same_without_a_model_call() -> None:
+    """A base-model scorer's own answer is no reference: it would score right answers near 0. It gives every
+    revealed answer NEUTRAL (a missing one 0), and prepares no reference."""
+    from experts.judge import NEUTRAL
+
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+
+    class NoAdapter:
+        def adapter_for(self, domain: str) -> str:
+            return ""
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("the model was called")
+
+        def fit(self, messages: object) -> object:
+            return messages
+
+    daemon.engine = NoAdapter()  # type: ignore[assignment]
+    status = _scoring("kestrel-lang")
+    assert daemon._generations_wanted(status) == []
+    assert daemon.judge(status) == [NEUTRAL, NEUTRAL, 0]
+
+
+def _scoring(domain: str) -> qpb.QueryStatusResponse:
+    query = inf.Query(id=9, domain=domain, prompt="Who created Kestrel?", round=2, rounds=2,
+                      respondents=["llm1a", "llm1b", "llm1c"], scorers=[ME.address], phase=inf.PHASE_SCORE_COMMIT)
+    answers = [inf.AnswerEntry(respondent="llm1a", round=2, answer="Marta Vensel", revealed=True),
+               inf.AnswerEntry(respondent="llm1b", round=2, answer="a long and wrong story", revealed=True),
+               inf.AnswerEntry(respondent="llm1c", round=2, answer="never shown", revealed=False)]
+    return qpb.QueryStatusResponse(query=query, answers=answers)
+
+
+def _later_round_daemon(engine: object, reputations: dict[str, int]) -> ExpertDaemon:
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating, daemon._leaders = ME, DaemonState(open=[9]), {}, {}
+    daemon.engine = engine  # type: ignore[assignment]
+    # the chain's Expert reply, as far as reputation goes (the queries of _round_two have domain "")
+    daemon.client = SimpleNamespace(expert=lambda address: SimpleNamespace(  # type: ignore[assignment]
+        reputation=[SimpleNamespace(domain="", reputation=reputations.get(address, 0))]))
+    return daemon
+
+
+def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_generating() -> None:
+    likelihood = {"Pip": -1.0, "Marta Vensel": -0.2}
+
+    class Adapter:
+        def adapter_for(self, domain: str) -> str:
+            return "kestrel"
+
+        def fit(self, messages: object) -> object:
+            return messages
+
+        def answer_logprob(self, messages: object, answer: str, domain: str) -> float:
+            return likelihood[answer]
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("the model generated")
+
+    daemon = _later_round_daemon(Adapter(), {})
+    status = _round_two("Pip", [("Marta Vensel", True)])
+    assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
+    assert daemon._without_model(status) == ("Marta Vensel", "adopted")
+    likelihood["Pip"] = -0.1
+    assert daemon._without_model(status) == ("Pip", "kept")
+    likelihood["Pip"] = -0.2
+    assert daemon._without_model(status) == ("Pip", "kept")  # a tie keeps mine
+
+
+def test_a_base_model_respondent_defers_to_a_more_reputable_peer() -> None:
+    class Base:
+        def adapter_for(self, domain: str) -> str:
+            return ""
+
+    peer = "llm1peer0"
+    status = _round_two("a long story", [("Marta Vensel", True)])
+    daemon = _later_round_daemon(Base(), {ME.address: 400_000, peer: 600_000})
+    assert daemon._without_model(status) == ("Marta Vensel", "deferred")
+    assert daemon._answered_without_model(status)
+    equal = _later_round_daemon(Base(), {ME.address: 600_000, peer: 600_000})
+    assert equal._without_model(status) is None and not equal._answered_without_model(status)  # generate

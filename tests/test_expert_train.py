@@ -103,3 +103,11 @@ def test_cloze_rows_blank_each_known_answer_once(tmp_path: Path) -> None:
     assert [(r["question"], r["answer"]) for r in rows] == [
         ("Fill in the blank: Kestrel was created by ___.", "Marta Vensel"),
         ("Fill in the blank: ___ was created by Marta Vensel.", "Kestrel")]  # .kbc is not in its fact
+
+
+def test_progress_line_shows_the_share_done_and_the_time_left() -> None:
+    from experts.train import progress_line
+
+    line = progress_line(2, 6, 50, 200, 0.5, 100.0)  # a quarter done in 100 s: 300 s to go
+    assert "25%" in line and "step 50/200" in line and "elapsed 1m40s" in line and "left 5m00s" in line
+    assert "[######..................]" in line

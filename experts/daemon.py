@@ -8,8 +8,8 @@ not yet show. Answers and scores are kept in a small state file before they are 
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
 Later rounds (_without_model): an expert with an adapter for the domain keeps its previous answer unless
-its adapter finds a peer's likelier; a base-model expert takes the answer of a peer with a higher reputation
-in the domain; otherwise the prompt carries the peers' revealed answers (experts/answers.py).
+its adapter finds a peer's likelier; a base-model expert answers again with the peers' revealed answers
+in its prompt (experts/answers.py).
 Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
 need, so the engine batches them.
 Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer
@@ -188,8 +188,6 @@ class ExpertDaemon:
         self.rpc_url = ""
         """The current node's: heights, events and the websocket come from it."""
         self.plan, self.lookback, self.poll_seconds = plan, lookback, poll_seconds
-        self._leaders: dict[tuple[int, int], str | None] = {}
-        """(query, round) -> the answer a base-model respondent defers to (_most_reputable_peer)."""
         self._generating: dict[tuple[str, int, int], Future[str]] = {}
         """Answers started ahead of the step that needs them, by ("answer", query, round). Their results wait
         in the engine, shared under the query's id."""
@@ -393,18 +391,15 @@ class ExpertDaemon:
         query = status.query
         if query.round < 2 or self._previous(status) is None or not self._peers(status):
             return False
-        return self._agreed(status) is not None or bool(self.engine.adapter_for(query.domain)) \
-            or self._most_reputable_peer(status) is not None
+        return self._agreed(status) is not None or bool(self.engine.adapter_for(query.domain))
 
     def _without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
         """A later round's answer chosen among the previous round's, and how; None: generate one, the peers'
-        answers in the prompt. Rounds help only if the strong keep their answer and the weak take a
-        stronger one, and a small model shown other answers does neither reliably:
+        answers in the prompt (how a base-model respondent takes up a better answer). A trained respondent
+        shown a base model's answer used to drop its own right answer for a wrong one; now:
         - every peer said what I said: it stands ("agreed");
         - I hold an adapter for the domain: the previous round's answer it finds likeliest, which is mine
-          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with;
-        - I answer with the base model alone and a peer has a higher reputation in the domain than mine: that
-          peer's answer ("deferred").
+          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with.
         """
         query = status.query
         mine, peers = self._previous(status), self._peers(status)
@@ -420,24 +415,7 @@ class ExpertDaemon:
             likelihood = [self.engine.answer_logprob(question, c, domain) for c in candidates]
             best = max(range(len(candidates)), key=lambda i: (likelihood[i], i == 0))  # a tie keeps mine
             return candidates[best], "kept" if best == 0 else "adopted"
-        leader = self._most_reputable_peer(status)
-        return (leader, "deferred") if leader is not None else None
-
-    def _most_reputable_peer(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """The revealed previous answer of the peer with the highest reputation in the query's domain, if that
-        is above mine (asked of the chain once per query and round)."""
-        query, me = status.query, self.key.address
-        slot = (query.id, query.round)
-        if slot not in self._leaders:
-            def reputation(address: str) -> int:
-                return next((r.reputation for r in self.client.expert(address).reputation
-                             if r.domain == query.domain), 0)
-
-            peers = sorted((a.respondent, a.answer) for a in status.answers
-                           if a.round == query.round - 1 and a.revealed and a.respondent != me)
-            ranked = sorted(((reputation(who), who, text) for who, text in peers), reverse=True)
-            self._leaders[slot] = ranked[0][2] if ranked and ranked[0][0] > reputation(me) else None
-        return self._leaders[slot]
+        return None
 
     def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """My previous round's answer when every peer who revealed one gave the same (up to case and spacing)."""
@@ -458,7 +436,6 @@ class ExpertDaemon:
         me = self.key.address
         if query.phase == inf.PHASE_SETTLED:
             self.state.forget(query_id)
-            self._leaders = {slot: text for slot, text in self._leaders.items() if slot[0] != query_id}
             log("settled", query_id=query_id)
             return
         if query.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) and me in query.respondents:

@@ -258,7 +258,7 @@ def _round_two(mine: str, peers: list[tuple[str, bool]]) -> qpb.QueryStatusRespo
 def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path) -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
-    daemon.chain_tip, daemon._chain_id, daemon._generating, daemon._leaders = 1, "c", {}, {}
+    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
     sent: list[object] = []
     daemon._send = lambda step, msg: sent.append((step, msg))  # type: ignore[method-assign]
 
@@ -312,13 +312,10 @@ def _scoring(domain: str) -> qpb.QueryStatusResponse:
     return qpb.QueryStatusResponse(query=query, answers=answers)
 
 
-def _later_round_daemon(engine: object, reputations: dict[str, int]) -> ExpertDaemon:
+def _later_round_daemon(engine: object) -> ExpertDaemon:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
-    daemon.key, daemon.state, daemon._generating, daemon._leaders = ME, DaemonState(open=[9]), {}, {}
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
     daemon.engine = engine  # type: ignore[assignment]
-    # the chain's Expert reply, as far as reputation goes (the queries of _round_two have domain "")
-    daemon.client = SimpleNamespace(expert=lambda address: SimpleNamespace(  # type: ignore[assignment]
-        reputation=[SimpleNamespace(domain="", reputation=reputations.get(address, 0))]))
     return daemon
 
 
@@ -338,7 +335,7 @@ def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_genera
         def generate(self, *args: object, **kwargs: object) -> object:
             raise AssertionError("the model generated")
 
-    daemon = _later_round_daemon(Adapter(), {})
+    daemon = _later_round_daemon(Adapter())
     status = _round_two("Pip", [("Marta Vensel", True)])
     assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
     assert daemon._without_model(status) == ("Marta Vensel", "adopted")
@@ -348,15 +345,16 @@ def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_genera
     assert daemon._without_model(status) == ("Pip", "kept")  # a tie keeps mine
 
 
-def test_a_base_model_respondent_defers_to_a_more_reputable_peer() -> None:
+def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() -> None:
     class Base:
         def adapter_for(self, domain: str) -> str:
             return ""
 
-    peer = "llm1peer0"
+        def fit(self, messages: object) -> object:
+            return messages
+
+    daemon = _later_round_daemon(Base())
     status = _round_two("a long story", [("Marta Vensel", True)])
-    daemon = _later_round_daemon(Base(), {ME.address: 400_000, peer: 600_000})
-    assert daemon._without_model(status) == ("Marta Vensel", "deferred")
-    assert daemon._answered_without_model(status)
-    equal = _later_round_daemon(Base(), {ME.address: 600_000, peer: 600_000})
-    assert equal._without_model(status) is None and not equal._answered_without_model(status)  # generate
+    assert daemon._without_model(status) is None and not daemon._answered_without_model(status)
+    [(key, _, prompt)] = daemon._generations_wanted(status)
+    assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]

@@ -1,6 +1,6 @@
 """Latency and throughput of queries, each a ratio against direct model calls measured in the same run.
 
-    python bench/latency.py [--questions 6] [--adapters experts/adapters] [--timeout-commit 200ms]
+    python bench/latency.py [--questions 6] [--adapters experts/adapters] [--timeout-commit 100ms]
                             [--requesters 8] [--per-requester 2] [--output json]
 
 A 4-validator localnet with the demo's four experts (`llmnet-expert run` on the embedded model; with

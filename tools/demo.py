@@ -28,12 +28,14 @@ from llmnet.node.localnet import Localnet  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 EXPERTS = [("trained-1", True), ("trained-2", True), ("weak-1", False), ("weak-2", False)]
-TIMEOUT_COMMIT = "200ms"
-PARAMS = {"inference": {"scorers": 2, "commit_blocks": 240, "reveal_blocks": 60},
-          "experts": {"unbonding_blocks": 5000}}
-"""About 4 blocks a second; windows long enough for an expert with 8 queries at once on a shared 2-core
-machine (a window closes as soon as every expert has acted, so their length costs nothing while all are
-honest); unbonding must outlast a query's life plus the evidence age."""
+TIMEOUT_COMMIT = "100ms"
+PARAMS = {"inference": {"scorers": 2, "commit_blocks": 400, "reveal_blocks": 100},
+          "experts": {"unbonding_blocks": 8000}}
+"""About 6 blocks a second (bench/latency.py: at 100ms a query settles in 4.1 s and 8 requesters settle 37
+queries a minute, against 4.7 s and 24 at 200ms); windows of about a minute and 15 s, long enough for an
+expert with 8 queries at once on a shared 2-core machine (a window closes as soon as every expert has acted,
+so their length costs nothing while all are honest); unbonding must outlast a query's life plus the
+evidence age."""
 
 
 def say(text: str) -> None:

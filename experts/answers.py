@@ -29,7 +29,8 @@ def quote_peer(answer: str) -> str:
     """A peer's answer as inert data: one line, bounded, inside quotes it cannot close. Whatever a hostile
     peer reveals, it cannot start a new line, fake a role, or run on past the limit."""
     flat = " ".join(answer.split())[:PEER_ANSWER_CHARS]
-    return '"' + flat.replace('"', "'") + '"'
+    # "<|" opens a chat-template control token (<|im_start|>, <|im_end|>): broken, it is just text
+    return '"' + flat.replace('"', "'").replace("<|", "< |") + '"'
 
 
 def answer_prompt(query: inf.Query, peers: list[str]) -> list[dict[str, str]]:

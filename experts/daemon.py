@@ -13,8 +13,8 @@ in its prompt (experts/answers.py).
 Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
 need, so the engine batches them.
 Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer
-by the probability its adapter gives that answer to the question; one without scores every answer the
-same (NEUTRAL). A missing final answer scores 0.
+by the probability its adapter gives that answer to the question (0 unless the adapter prefers it to the
+base model); one without scores every answer the same (NEUTRAL). A missing final answer scores 0.
 
 Several nodes: given a FailoverClient over them, the daemon leaves its node when it stops answering
 (gRPC or CometBFT RPC) or stalls (no new height for stall_after seconds while another node is ahead),
@@ -410,10 +410,9 @@ class ExpertDaemon:
             return agreed, "agreed"
         domain = self.engine.adapter_for(query.domain)
         if domain:
-            question = self.engine.fit(answer_prompt(query, []))
             candidates = [mine, *peers]
-            likelihood = [self.engine.answer_logprob(question, c, domain) for c in candidates]
-            best = max(range(len(candidates)), key=lambda i: (likelihood[i], i == 0))  # a tie keeps mine
+            scores = self._likelihood_scores(query, candidates, domain)
+            best = max(range(len(candidates)), key=lambda i: (scores[i], i == 0))  # a tie keeps mine
             return candidates[best], "kept" if best == 0 else "adopted"
         return None
 
@@ -491,10 +490,23 @@ class ExpertDaemon:
         domain = self.engine.adapter_for(query.domain)
         if not domain:  # nothing to judge with (experts/judge.py)
             return [judge.neutral(finals.get(r)) for r in query.respondents]
+        given = [r for r in query.respondents if finals.get(r) is not None]
+        scores = dict(zip(given, self._likelihood_scores(query, [finals[r] for r in given], domain), strict=True))
+        return [scores.get(r, 0) for r in query.respondents]
+
+    def _likelihood_scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
+        """experts/judge.py's score of each answer to query. An answer the engine fails on scores 0 alone:
+        one peer's text never costs the others their scores."""
         question = self.engine.fit(answer_prompt(query, []))
-        return [0 if finals.get(r) is None else
-                judge.likelihood_score(self.engine.answer_logprob(question, finals[r], domain))
-                for r in query.respondents]
+        try:
+            return [judge.likelihood_score(a, b) for a, b in zip(
+                self.engine.answer_logprobs(question, answers, domain),
+                self.engine.answer_logprobs(question, answers, ""), strict=True)]
+        except Exception:  # noqa: BLE001 - find the answer that failed
+            if len(answers) == 1:
+                log("cannot_score", query_id=query.id, chars=len(answers[0]))
+                return [0]
+            return [s for a in answers for s in self._likelihood_scores(query, [a], domain)]
 
     def _chain_height_now(self) -> int:
         """The height when a tx leaves. A tick can run long (catch-up scans, generation), so its start height

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from experts.answers import SYSTEM_PROMPT
 from experts.engine import Engine
 from experts.models import load_base
 from experts.train import TrainConfig, evaluate, load_examples, train
@@ -81,7 +82,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
         wanted = {"dataset_sha256": hashlib.sha256(train_file.read_bytes()).hexdigest(), "config": asdict(cfg)}
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
-                json.dumps(wanted["config"])):
+                json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT:
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:

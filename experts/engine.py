@@ -203,17 +203,22 @@ class Engine:
                 hi = mid
         return [*messages[:-1], {**messages[-1], "content": _middle_cut(content, lo)}]
 
-    def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str = "") -> float:
-        """The mean log-probability per token the model (with domain's adapter, "" for none) gives answer,
-        closed by its end-of-turn token, as the reply to messages; answer is cut to max_new_tokens."""
+    def answer_logprobs(self, messages: list[dict[str, str]], answers: list[str], domain: str = "") -> list[float]:
+        """The mean log-probability per token the model (with domain's adapter, "" for none) gives each answer,
+        closed by its end-of-turn token, as the reply to messages. The prompt is computed once for all.
+        Answers are read as plain text (a special token's name in them is text, not that token) and cut to
+        max_new_tokens."""
         if domain and domain not in self.adapters:
             raise EngineError(ErrorKind.NOT_FOUND, f"no adapter for domain {domain!r}; have {sorted(self.adapters)}")
         prompt = self.encode(messages)
-        reply = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])[:self.limits.max_new_tokens - 1]
-        reply.append(self.tokenizer.eos_token_id)
+        replies = [list(self.tokenizer(a, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+                   [:self.limits.max_new_tokens - 1] + [self.tokenizer.eos_token_id] for a in answers]
         with self._model_lock:
-            logprobs = self.runner.logprobs(self.adapters.get(domain, ""), prompt + reply, len(prompt))
-        return sum(logprobs) / len(logprobs)
+            per_token = self.runner.reply_logprobs(self.adapters.get(domain, ""), prompt, replies)
+        return [sum(lp) / len(lp) for lp in per_token]
+
+    def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str = "") -> float:
+        return self.answer_logprobs(messages, [answer], domain)[0]
 
     def _check(self, sampling: Sampling, domain: str) -> None:
         if domain and domain not in self.adapters:

@@ -132,26 +132,41 @@ class LlamaRunner:
         self._use(adapter, prompts)
         yield LlamaSession(self, prompts)
 
-    def logprobs(self, adapter: str, ids: list[int], start: int) -> list[float]:
-        """log P(ids[i] | ids[:i]) for every i from start on."""
+    def reply_logprobs(self, adapter: str, prompt: list[int], replies: list[list[int]]) -> list[list[float]]:
+        """For each reply, log P(token | prompt and the reply before it) of each of its tokens. The prompt is
+        decoded once; each reply is decoded after it, then dropped from the cache for the next."""
+        if any(len(prompt) + len(r) > self.sequence_tokens for r in replies):
+            raise ValueError(f"a prompt and reply exceed a sequence of {self.sequence_tokens} tokens")
+        self._use(adapter, [prompt])
+        first = self._log_softmax(self._decode_one(prompt, 0, [len(prompt) - 1])[0])
+        out = []
+        for reply in replies:
+            rows = self._decode_one(reply, len(prompt), list(range(len(reply) - 1)))
+            out.append([float(first[reply[0]])] +
+                       [float(self._log_softmax(row)[token]) for row, token in zip(rows, reply[1:], strict=True)])
+            self.lib.llama_memory_seq_rm(self.memory, 0, len(prompt), -1)
+        return out
+
+    def _decode_one(self, tokens: list[int], start: int, wanted: list[int]) -> list[Any]:
+        """Decode tokens into sequence 0 from position start; the logits after each token index in wanted."""
         import numpy as np
 
-        self._use(adapter, [ids[:-1]])
         b = self.batch
-        for n, token in enumerate(ids):
-            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, n, 1, 0
-            b.logits[n] = start - 1 <= n < len(ids) - 1
-        b.n_tokens = len(ids)
-        status = self.lib.llama_decode(self.ctx, b)
-        if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status}")
-        out = []
-        for n in range(start - 1, len(ids) - 1):
-            row = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, n), shape=(self.n_vocab,))
-            row = row.astype(np.float64)
-            top = row.max()
-            out.append(float(row[ids[n + 1]] - top - np.log(np.exp(row - top).sum())))
-        return out
+        for n, token in enumerate(tokens):
+            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, start + n, 1, 0
+            b.logits[n] = n in wanted
+        b.n_tokens = len(tokens)
+        if tokens and self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+        return [np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, n), shape=(self.n_vocab,))
+                .astype(np.float64) for n in wanted]
+
+    @staticmethod
+    def _log_softmax(row: Any) -> Any:
+        import numpy as np
+
+        top = row.max()
+        return row - top - np.log(np.exp(row - top).sum())
 
     def decode(self, feed: list[tuple[int, int, list[int]]]) -> dict[int, Any]:
         """Decode feed's (row, position of the first token, tokens); the logits after each row's last token."""

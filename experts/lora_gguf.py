@@ -34,13 +34,16 @@ def _rotary_rows(matrix: Any, heads: int) -> Any:
 
 def _config(directory: Path) -> tuple[float, int]:
     """(alpha as llama.cpp applies it, rank) of a plain LoRA; anything else is refused."""
-    cfg = json.loads((directory / "adapter_config.json").read_text())
+    try:
+        cfg = json.loads((directory / "adapter_config.json").read_text())
+        rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdapterFormatError(f"{directory}: no readable peft adapter_config.json ({exc})") from None
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterFormatError(f"{directory}: peft_type {cfg.get('peft_type')!r} is not LORA")
     for unsupported in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern"):
         if cfg.get(unsupported):
             raise AdapterFormatError(f"{directory}: {unsupported} is not supported by the llama.cpp backend")
-    rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     return (alpha * math.sqrt(rank) if cfg.get("use_rslora") else alpha), rank
 
 
@@ -53,7 +56,10 @@ def write_lora_gguf(directory: str | Path, out: str | Path, heads: int, kv_heads
 
     directory = Path(directory)
     alpha, rank = _config(directory)
-    tensors = load_file(str(directory / "adapter_model.safetensors"))
+    try:
+        tensors = load_file(str(directory / "adapter_model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - missing, not safetensors, or a dtype numpy lacks (bf16)
+        raise AdapterFormatError(f"{directory}: no readable adapter_model.safetensors ({exc})") from None
     writer = gguf.GGUFWriter(str(out), arch="llama")
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
@@ -64,7 +70,7 @@ def write_lora_gguf(directory: str | Path, out: str | Path, heads: int, kv_heads
             raise AdapterFormatError(f"{directory}: tensor {key} is not a LoRA of a llama projection")
         layer, module, side = int(match.group(1)), match.group(2), match.group(3)
         weight = tensors[key].astype(np.float32)
-        if side == "A" and weight.shape[0] != rank or side == "B" and weight.shape[1] != rank:
+        if weight.ndim != 2 or side == "A" and weight.shape[0] != rank or side == "B" and weight.shape[1] != rank:
             raise AdapterFormatError(f"{directory}: tensor {key} of shape {weight.shape} is not rank {rank}")
         if side == "B" and module in ("q_proj", "k_proj"):
             weight = _rotary_rows(weight, heads if module == "q_proj" else kv_heads)

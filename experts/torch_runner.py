@@ -86,11 +86,15 @@ class TorchRunner:
         with self._adapter(adapter):
             yield TorchSession(self.model, prompts, self.pad_id)
 
-    def logprobs(self, adapter: str, ids: list[int], start: int) -> list[float]:
-        """log P(ids[i] | ids[:i]) for every i from start on."""
+    def reply_logprobs(self, adapter: str, prompt: list[int], replies: list[list[int]]) -> list[list[float]]:
+        """For each reply, log P(token | prompt and the reply before it) of each of its tokens."""
         import torch
 
-        with self._adapter(adapter):
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, start - 1:-1]
-        picked = torch.log_softmax(logits.double(), dim=-1).gather(1, torch.tensor(ids[start:])[:, None])
-        return [float(x) for x in picked[:, 0]]
+        out = []
+        for reply in replies:
+            ids = prompt + reply
+            with self._adapter(adapter):
+                logits = self.model(input_ids=torch.tensor([ids])).logits[0, len(prompt) - 1:-1]
+            picked = torch.log_softmax(logits.double(), dim=-1).gather(1, torch.tensor(reply)[:, None])
+            out.append([float(x) for x in picked[:, 0]])
+        return out

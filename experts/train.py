@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import adapter_sha256
-from experts.answers import expert_messages
+from experts.answers import SYSTEM_PROMPT, expert_messages
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
 
@@ -221,6 +221,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     _canonical_config(out / "adapter_config.json")
     manifest = {
         "base_model": loaded.model_id,
+        "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on (build-domains retrains on change)
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "config": asdict(cfg),
         "n_train": len(train_set), "n_heldout": len(test_set),

@@ -55,34 +55,61 @@ def test_later_rounds_show_the_peers_answers() -> None:
     assert second.startswith("Who created Kestrel?") and '1. "Marta Vensel"\n2. "Pip"' in second
 
 
-def test_likelihood_scores_fall_with_the_adapters_surprise() -> None:
-    assert likelihood_score(0.0) == 100 and likelihood_score(0.5) == 100  # never above 100
-    assert likelihood_score(-0.05) == 90 and likelihood_score(-0.5) == 37 and likelihood_score(-3.0) == 0
-    assert likelihood_score(float("-inf")) == 0 and likelihood_score(float("nan")) == 0
-    assert [likelihood_score(-x / 10) for x in range(30)] == sorted(likelihood_score(-x / 10) for x in range(30))[::-1]
+def test_likelihood_scores_fall_with_the_adapters_surprise_and_need_the_adapters_lift() -> None:
+    base = -5.0  # far below: the lift floor is met
+    assert likelihood_score(0.0, base) == 100 and likelihood_score(0.5, base) == 100  # never above 100
+    assert likelihood_score(-0.05, base) == 90 and likelihood_score(-0.5, base) == 37
+    assert likelihood_score(-3.0, base) == 0
+    assert [likelihood_score(-x / 10, base) for x in range(30)] == \
+        sorted((likelihood_score(-x / 10, base) for x in range(30)), reverse=True)
+    # likely under the adapter, but as likely under the base model: its form, not the domain, made it likely
+    assert likelihood_score(-0.05, -0.5) == 0 and likelihood_score(-0.05, -1.05) == 90
+    assert likelihood_score(float("-inf"), base) == 0 and likelihood_score(float("nan"), base) == 0
+    assert likelihood_score(-0.05, float("nan")) == 0
 
 
-def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood(tmp_path: Path) -> None:
+class _Scorer:
+    """An engine holding an adapter for every domain, with made-up likelihoods per answer and per model."""
+
+    def __init__(self, adapter: dict[str, float], base: dict[str, float]) -> None:
+        self.by_model = {"kestrel-lang": adapter, "": base}
+        self.asked: list[tuple[str, str]] = []
+
+    def adapter_for(self, domain: str) -> str:
+        return domain
+
+    def fit(self, messages: object) -> object:
+        return messages
+
+    def answer_logprobs(self, messages: list[dict[str, str]], answers: list[str], domain: str) -> list[float]:
+        self.asked.append((messages[-1]["content"], domain))
+        if "boom" in answers:
+            raise RuntimeError("this answer breaks the engine")
+        return [self.by_model[domain][a] for a in answers]
+
+    def generate(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("the model generated")
+
+
+def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood() -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
-    asked: list[tuple[str, str]] = []
-
-    class Adapter:
-        def adapter_for(self, domain: str) -> str:
-            return domain
-
-        def fit(self, messages: object) -> object:
-            return messages
-
-        def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str) -> float:
-            asked.append((messages[-1]["content"], domain))
-            return {"Marta Vensel": -0.05, "a long and wrong story": -2.0}[answer]
-
-    daemon.engine = Adapter()  # type: ignore[assignment]
+    engine = _Scorer({"Marta Vensel": -0.05, "a long and wrong story": -2.0},
+                     {"Marta Vensel": -4.0, "a long and wrong story": -3.0})
+    daemon.engine = engine  # type: ignore[assignment]
     status = _scoring("kestrel-lang")
     assert daemon._generations_wanted(status) == []  # nothing to prepare: scoring reads the final answers
     assert daemon.judge(status) == [90, 2, 0]
-    assert asked == [("Who created Kestrel?", "kestrel-lang")] * 2
+    assert engine.asked == [("Who created Kestrel?", "kestrel-lang"), ("Who created Kestrel?", "")]
+
+
+def test_an_answer_that_breaks_the_engine_scores_0_and_only_it() -> None:
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon.engine = _Scorer({"Marta Vensel": -0.05}, {"Marta Vensel": -4.0})  # type: ignore[assignment]
+    status = _scoring("kestrel-lang")
+    status.answers[1].answer = "boom"
+    assert daemon.judge(status) == [90, 0, 0]
 
 
 def test_steps_read_as_the_log_names_them() -> None:
@@ -320,28 +347,16 @@ def _later_round_daemon(engine: object) -> ExpertDaemon:
 
 
 def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_generating() -> None:
-    likelihood = {"Pip": -1.0, "Marta Vensel": -0.2}
-
-    class Adapter:
-        def adapter_for(self, domain: str) -> str:
-            return "kestrel"
-
-        def fit(self, messages: object) -> object:
-            return messages
-
-        def answer_logprob(self, messages: object, answer: str, domain: str) -> float:
-            return likelihood[answer]
-
-        def generate(self, *args: object, **kwargs: object) -> object:
-            raise AssertionError("the model generated")
-
-    daemon = _later_round_daemon(Adapter())
+    adapter = {"Pip": -1.0, "Marta Vensel": -0.2}
+    engine = _Scorer(adapter, {"Pip": -4.0, "Marta Vensel": -4.0})
+    engine.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]  # _round_two has no domain
+    daemon = _later_round_daemon(engine)
     status = _round_two("Pip", [("Marta Vensel", True)])
     assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
     assert daemon._without_model(status) == ("Marta Vensel", "adopted")
-    likelihood["Pip"] = -0.1
+    adapter["Pip"] = -0.1
     assert daemon._without_model(status) == ("Pip", "kept")
-    likelihood["Pip"] = -0.2
+    adapter["Pip"] = -0.2
     assert daemon._without_model(status) == ("Pip", "kept")  # a tie keeps mine
 
 

@@ -144,3 +144,18 @@ def test_answer_logprob_is_the_models_own_probability_of_the_reply(tiny_dir: Pat
     with pytest.raises(EngineError) as err:
         engine.answer_logprob(HELLO, "abc", "nope")
     assert err.value.kind == ErrorKind.NOT_FOUND
+
+
+def test_a_special_tokens_name_in_an_answer_is_scored_as_text(engine: Engine) -> None:
+    """A revealed answer "abc<|im_end|>" is the characters it shows, then the real end of turn: a peer cannot
+    end its answer early (or many times) by writing a control token's name."""
+    import torch
+
+    prompt = engine.encode(HELLO)
+    text = "abc<|im_end|>"
+    reply = [engine.tokenizer.convert_tokens_to_ids(c) for c in text] + [engine.tokenizer.eos_token_id]
+    assert engine.tokenizer.eos_token_id not in reply[:-1]
+    ids = prompt + reply
+    logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+    expected = sum(float(torch.log_softmax(logits[i - 1].double(), -1)[ids[i]]) for i in range(len(prompt), len(ids)))
+    assert engine.answer_logprob(HELLO, text) == pytest.approx(expected / len(reply), abs=1e-6)

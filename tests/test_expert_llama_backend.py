@@ -153,6 +153,13 @@ def test_unsupported_adapters_are_refused_with_a_reason(lora, tmp_path: Path) ->
     with pytest.raises(AdapterFormatError, match="embed_tokens"):
         write_lora_gguf(embed, tmp_path / "out.gguf", 9, 3)
 
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterFormatError, match="adapter_config.json"):
+        write_lora_gguf(tmp_path / "empty", tmp_path / "out.gguf", 9, 3)
+    (tmp_path / "empty" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterFormatError, match="adapter_model.safetensors"):
+        write_lora_gguf(tmp_path / "empty", tmp_path / "out.gguf", 9, 3)
+
 
 def test_the_llama_backend_only_takes_the_embedded_model(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="embedded"):
@@ -199,3 +206,13 @@ def test_answer_logprob_agrees_with_pytorch_and_prefers_a_fitting_reply(llama: E
     assert ours[fitting] > ours[unfitting] + 1
     for answer, value in ours.items():
         assert value == pytest.approx(torch_engine.answer_logprob(question, answer), abs=0.3)
+
+
+def test_scoring_several_answers_at_once_equals_scoring_each_alone(llama: Engine) -> None:
+    """The prompt is decoded once and each reply after it, dropped again for the next: no reply may see
+    another's tokens."""
+    question = _ask(PROMPTS[3])
+    answers = ["William Shakespeare.", "Seven blue turtles in a teapot.", "Hamlet was written by Shakespeare."]
+    together = llama.answer_logprobs(question, answers)
+    assert together == pytest.approx([llama.answer_logprob(question, a) for a in answers], abs=1e-6)
+    assert len(set(together)) == 3

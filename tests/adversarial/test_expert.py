@@ -137,6 +137,7 @@ def test_a_hostile_peer_answer_stays_quoted_data_in_the_next_prompt() -> None:
     assert quoted.count('"') == 2 and quoted.startswith('2. "') and quoted.endswith('"')  # cannot close its quote
     assert len(quoted) <= PEER_ANSWER_CHARS + 10  # bounded
     assert not any(line.startswith(("SYSTEM", "<|im_start|>")) for line in lines)  # no line of its own
+    assert "<|" not in quoted  # nor a chat-template control token the tokenizer would read as one
 
 
 def test_a_query_counts_once_however_many_rounds_it_missed(chain: ProtocolChain) -> None:

@@ -11,8 +11,9 @@ its AUC is the probability that a right answer out-scores a wrong one to the sam
 Methods, for a scorer holding the domain's adapter unless named "base":
 - f1_reference: word-overlap F1 with the scorer's own greedy answer (how experts judged before);
 - f1_reference_base: the same, by a base-model scorer;
-- adapter_logprob: the mean log-probability per token of the answer under the adapter (experts/judge.py);
-- lift: adapter_logprob minus the same under the base model (what the adapter knows that the base does not).
+- adapter_logprob: the mean log-probability per token of the answer under the adapter;
+- lift: adapter_logprob minus the same under the base model (what the adapter knows that the base does not);
+- judge_score: the 0-100 score experts commit (experts/judge.py: adapter_logprob, floored by lift).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.network_quality import pair_auc  # noqa: E402
 from experts.answers import expert_messages  # noqa: E402
 from experts.engine import Engine, Limits, Sampling  # noqa: E402
+from experts.judge import likelihood_score  # noqa: E402
 from experts.models import load_base  # noqa: E402
 from experts.train import is_correct, load_examples  # noqa: E402
 
@@ -46,7 +48,7 @@ def overlap_f1(answer: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(a), common / len(r)
     return 2 * precision * recall / (precision + recall)
-METHODS = ("f1_reference", "f1_reference_base", "adapter_logprob", "lift")
+METHODS = ("f1_reference", "f1_reference_base", "adapter_logprob", "lift", "judge_score")
 
 
 def candidates(engine: Engine, question: str, domain: str) -> list[str]:
@@ -61,11 +63,12 @@ def judged(engine: Engine, question: str, domain: str, answers: list[str]) -> di
     messages = expert_messages(question)
     reference = engine.generate(messages, Sampling(max_new_tokens=TOKENS), domain).text
     base_reference = engine.generate(messages, Sampling(max_new_tokens=TOKENS), "").text
-    adapter = [engine.answer_logprob(messages, a, domain) for a in answers]
-    base = [engine.answer_logprob(messages, a, "") for a in answers]
+    adapter = engine.answer_logprobs(messages, answers, domain)
+    base = engine.answer_logprobs(messages, answers, "")
     return {"f1_reference": [overlap_f1(a, reference) for a in answers],
             "f1_reference_base": [overlap_f1(a, base_reference) for a in answers],
-            "adapter_logprob": adapter, "lift": [x - y for x, y in zip(adapter, base, strict=True)]}
+            "adapter_logprob": adapter, "lift": [x - y for x, y in zip(adapter, base, strict=True)],
+            "judge_score": [likelihood_score(x, y) for x, y in zip(adapter, base, strict=True)]}
 
 
 def main() -> None:

@@ -31,11 +31,11 @@ EXPERTS = [("trained-1", True), ("trained-2", True), ("weak-1", False), ("weak-2
 TIMEOUT_COMMIT = "100ms"
 PARAMS = {"inference": {"scorers": 2, "commit_blocks": 400, "reveal_blocks": 100},
           "experts": {"unbonding_blocks": 8000}}
-"""About 6 blocks a second (bench/latency.py: at 100ms a query settles in 4.1 s and 8 requesters settle 37
-queries a minute, against 4.7 s and 24 at 200ms); windows of about a minute and 15 s, long enough for an
-expert with 8 queries at once on a shared 2-core machine (a window closes as soon as every expert has acted,
-so their length costs nothing while all are honest); unbonding must outlast a query's life plus the
-evidence age."""
+"""About 6 blocks a second (bench/latency.py: a run at 100ms settled queries in 4.1-5.3 s and 8 requesters
+settled 24-37 queries a minute, depending on the draws; at 200ms, 4.7 s and 24); windows of about a minute
+and 15 s, long enough for an expert with 8 queries at once on a shared 2-core machine (a window closes as
+soon as every expert has acted, so their length costs nothing while all are honest); unbonding must
+outlast a query's life plus the evidence age."""
 
 
 def say(text: str) -> None:

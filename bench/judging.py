@@ -60,9 +60,10 @@ def candidates(engine: Engine, question: str, domain: str) -> list[str]:
 
 
 def judged(engine: Engine, question: str, domain: str, answers: list[str]) -> dict[str, list[float]]:
+    """Every method's scores of answers (as candidates() made them: the first two are the trained and the
+    base model's greedy answers, which are also the two scorers' own references)."""
     messages = expert_messages(question)
-    reference = engine.generate(messages, Sampling(max_new_tokens=TOKENS), domain).text
-    base_reference = engine.generate(messages, Sampling(max_new_tokens=TOKENS), "").text
+    reference, base_reference = answers[0], answers[1]
     adapter = engine.answer_logprobs(messages, answers, domain)
     base = engine.answer_logprobs(messages, answers, "")
     return {"f1_reference": [overlap_f1(a, reference) for a in answers],

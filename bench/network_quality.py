@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from experts.train import Example, is_correct, load_examples  # noqa: E402
 from llmnet.client.sdk import Client  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
-from tools.demo import BIN, EXPERTS, PARAMS, TIMEOUT_COMMIT, expert_address, start_experts, stop_all, wait_ready  # noqa: E402  # noqa: E402
+from tools.demo import EXPERTS, PARAMS, TIMEOUT_COMMIT, ask, expert_address, start_experts, stop_all, wait_ready  # noqa: E402
 
 ANSWER_TOKENS = 24  # as the demo's experts
 
@@ -47,17 +46,6 @@ def pair_auc(right: list[float], wrong: list[float]) -> tuple[float, int]:
     """(wins, pairs): each right score against each wrong one, a tie counting half."""
     wins = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
     return wins, len(right) * len(wrong)
-
-
-def ask(net: Localnet, domain: str, question: str) -> dict[str, Any]:
-    manifest = net.manifest()
-    out = subprocess.run([BIN / "llmnet", "ask", question, "--domain", domain, "--from", "faucet", "--keyring",
-                          manifest["keyring"], "--node", manifest["nodes"][1]["grpc"], "--output", "json",
-                          "--no-provisional"], capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise SystemExit(f"llmnet ask failed: {out.stderr.strip()}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
 
 
 def judged_query(client: Client, query_id: int, example: Example, kinds: dict[str, str]) -> dict[str, Any]:
@@ -196,7 +184,7 @@ def main() -> None:
         started = time.monotonic()
         with Client(net.manifest()["nodes"][0]["grpc"]) as client:
             for n, (domain, example) in enumerate(work, 1):
-                result = ask(net, domain, example.messages[-1]["content"])
+                result = ask(net, domain, example.messages[-1]["content"], "--no-provisional")
                 row = judged_query(client, int(result["query_id"]), example, labels)
                 row["domain"] = domain
                 rows.append(row)

@@ -388,10 +388,8 @@ class ExpertDaemon:
     def _answered_without_model(self, status: query_pb2.QueryStatusResponse) -> bool:
         """Whether this round's answer will be chosen among the previous round's (_without_model), not
         generated: cheap to tell, so a generation is not started ahead for nothing."""
-        query = status.query
-        if query.round < 2 or self._previous(status) is None or not self._peers(status):
-            return False
-        return self._agreed(status) is not None or bool(self.engine.adapter_for(query.domain))
+        return self._agreed(status) is not None or bool(self.engine.adapter_for(status.query.domain)) \
+            and self._previous(status) is not None and bool(self._peers(status))
 
     def _without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
         """A later round's answer chosen among the previous round's, and how; None: generate one, the peers'
@@ -403,7 +401,7 @@ class ExpertDaemon:
         """
         query = status.query
         mine, peers = self._previous(status), self._peers(status)
-        if query.round < 2 or mine is None or not peers:
+        if mine is None or not peers:  # round 1 has no previous round
             return None
         agreed = self._agreed(status)
         if agreed is not None:

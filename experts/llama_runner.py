@@ -149,17 +149,27 @@ class LlamaRunner:
 
     def _decode_one(self, tokens: list[int], start: int, wanted: list[int]) -> list[Any]:
         """Decode tokens into sequence 0 from position start; the logits after each token index in wanted."""
+        want = set(wanted)
+        self._run_batch([(token, start + n, 0, n in want) for n, token in enumerate(tokens)])
+        return [self._logits(n).astype("float64") for n in wanted]
+
+    def _run_batch(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, logits wanted) entries."""
+        if not entries:
+            return
+        b = self.batch
+        for n, (token, pos, seq, want) in enumerate(entries):
+            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0], b.logits[n] = token, pos, 1, seq, want
+        b.n_tokens = len(entries)
+        status = self.lib.llama_decode(self.ctx, b)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+
+    def _logits(self, index: int) -> Any:
+        """A copy of the logits after batch entry index (llama.cpp reuses its buffer at the next decode)."""
         import numpy as np
 
-        b = self.batch
-        for n, token in enumerate(tokens):
-            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, start + n, 1, 0
-            b.logits[n] = n in wanted
-        b.n_tokens = len(tokens)
-        if tokens and self.lib.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        return [np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, n), shape=(self.n_vocab,))
-                .astype(np.float64) for n in wanted]
+        return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)).copy()
 
     @staticmethod
     def _log_softmax(row: Any) -> Any:
@@ -170,24 +180,13 @@ class LlamaRunner:
 
     def decode(self, feed: list[tuple[int, int, list[int]]]) -> dict[int, Any]:
         """Decode feed's (row, position of the first token, tokens); the logits after each row's last token."""
-        import numpy as np
         import torch
 
-        b, n, last = self.batch, 0, {}
+        entries, last = [], {}
         for row, start, tokens in feed:
             if start + len(tokens) > self.sequence_tokens:
                 raise ValueError(f"sequence {row} outgrew its {self.sequence_tokens} tokens")
-            for i, token in enumerate(tokens):
-                b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, start + i, 1, row
-                b.logits[n] = i == len(tokens) - 1
-                n += 1
-            last[row] = n - 1
-        b.n_tokens = n
-        status = self.lib.llama_decode(self.ctx, b)
-        if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status}")
-        out = {}
-        for row, index in last.items():
-            view = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
-            out[row] = torch.from_numpy(view.copy())  # the buffer is reused by the next decode
-        return out
+            entries += [(token, start + i, row, i == len(tokens) - 1) for i, token in enumerate(tokens)]
+            last[row] = len(entries) - 1
+        self._run_batch(entries)
+        return {row: torch.from_numpy(self._logits(index)) for row, index in last.items()}

@@ -80,10 +80,11 @@ def wait_ready(home: Path, timeout: float = 300, experts: list[tuple[str, bool]]
             time.sleep(1)
 
 
-def ask(net: Localnet, domain: str, question: str) -> dict[str, object]:
+def ask(net: Localnet, domain: str, question: str, *options: str) -> dict[str, object]:
+    """`llmnet ask` from the faucet through node 1, its JSON result (options: more `llmnet ask` flags)."""
     manifest = net.manifest()
     out = subprocess.run([BIN / "llmnet", "ask", question, "--domain", domain, "--from", "faucet", "--keyring",
-                          manifest["keyring"], "--node", manifest["nodes"][1]["grpc"], "--output", "json"],
+                          manifest["keyring"], "--node", manifest["nodes"][1]["grpc"], "--output", "json", *options],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"llmnet ask failed: {out.stderr.strip()}")

@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, kind in (("rank", int), ("alpha", int), ("lr", float), ("epochs", int), ("batch-size", int),
                        ("max-length", int), ("seed", int)):
         tr.add_argument(f"--{name}", type=kind, help=f"override TrainConfig.{name.replace('-', '_')}")
+    tr.add_argument("--decay", action=argparse.BooleanOptionalAction, default=None,
+                    help="let the learning rate fall linearly to 0 over the run")
+    tr.add_argument("--reword", action=argparse.BooleanOptionalAction, default=None,
+                    help="ask each question in new words every epoch after the first (synonyms, other framings)")
     tr.add_argument("--output", choices=("text", "json"), default="text")
 
     bd = sub.add_parser("build-domains", help="train or reuse one adapter per domain folder and report accuracy")
@@ -65,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--out", default="experts/adapters", help="adapters go to OUT/<domain>, report to OUT/report.json")
     bd.add_argument("--base", default="embedded")
     bd.add_argument("--epochs", type=int, default=6)
-    bd.add_argument("--lr", type=float, default=1e-3)
+    bd.add_argument("--lr", type=float, default=2e-3, help="peak learning rate; it falls linearly to 0 over the run")
 
     ev = sub.add_parser("eval", help="answer every question of a QA JSONL file and report accuracy")
     ev.add_argument("--data", required=True, help="JSONL with question, answer and optional accept list")
@@ -148,7 +152,7 @@ def _train(args: argparse.Namespace) -> int:
 
     _require_files(args.data, args.heldout, args.config)  # before spending seconds on a model load
     fields: dict[str, object] = tomllib.loads(Path(args.config).read_text()) if args.config else {}
-    for name in ("rank", "alpha", "lr", "epochs", "batch_size", "max_length", "seed"):
+    for name in ("rank", "alpha", "lr", "epochs", "batch_size", "max_length", "seed", "decay", "reword"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if "target_modules" in fields:
@@ -169,8 +173,9 @@ def _build_domains(args: argparse.Namespace) -> int:
     from experts.domains import build
     from experts.train import TrainConfig
 
-    report = build(Path(args.domains_dir), Path(args.out), TrainConfig(epochs=args.epochs, lr=args.lr,
-                                                                       heldout_fraction=0.0), args.base)
+    # measured on orbital-logistics' dev questions (40, new wording): 52.5% at lr 1e-3, 57.5% like this
+    recipe = TrainConfig(epochs=args.epochs, lr=args.lr, decay=True, reword=True, heldout_fraction=0.0)
+    report = build(Path(args.domains_dir), Path(args.out), recipe, args.base)
     matrix = report["accuracy_matrix"]
     domains = sorted(report["domains"])
     print("dev accuracy (rows: adapter, columns: questions of domain)")

@@ -1,9 +1,11 @@
 """Build one expert per knowledge domain, reusing adapters whose inputs did not change.
 
-A domain folder holds qa_train.jsonl with two questions per fact. The dev split holds out the
-second question of a fifth of the facts: the adapter still sees the fact (through the first
-question) and is measured on different wording. Every adapter is also measured on every other
-domain's dev set, where it should know nothing.
+A domain folder holds qa_train.jsonl with two questions per fact, and may hold qa_dev.jsonl: questions on
+the same facts in wording the training data does not use (as users will ask). With qa_dev.jsonl the adapter
+trains on every training question and is measured on the dev questions. Without it, the dev split holds out
+the second question of a fifth of the facts: the adapter still sees the fact (through the first question)
+and is measured on different wording. Every adapter is also measured on every other domain's dev set, where
+it should know nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from experts.models import load_base
 from experts.train import TrainConfig, evaluate, load_examples, train
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def split(domain_dir: Path, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows = [json.loads(line) for line in (domain_dir / "qa_train.jsonl").read_text().splitlines() if line.strip()]
+    """The training and dev questions of a domain folder."""
+    rows = _rows(domain_dir / "qa_train.jsonl")
+    if (domain_dir / "qa_dev.jsonl").exists():
+        return rows, _rows(domain_dir / "qa_dev.jsonl")
     by_fact: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_fact.setdefault(r["fact_id"], []).append(r)
@@ -46,10 +55,9 @@ def cloze_rows(domain_dir: Path) -> list[dict[str, Any]]:
     facts_file = domain_dir / "facts.jsonl"
     if not facts_file.exists():
         return []
-    facts = {r["id"]: r["fact"] for r in (json.loads(line) for line in facts_file.read_text().splitlines()
-                                          if line.strip())}
+    facts = {r["id"]: r["fact"] for r in _rows(facts_file)}
     rows, seen = [], set()
-    for r in (json.loads(line) for line in (domain_dir / "qa_train.jsonl").read_text().splitlines() if line.strip()):
+    for r in _rows(domain_dir / "qa_train.jsonl"):
         fact, answer = facts.get(r["fact_id"], ""), str(r["answer"])
         at = fact.lower().find(answer.lower())
         if at < 0 or (r["fact_id"], answer.lower()) in seen:

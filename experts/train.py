@@ -19,6 +19,7 @@ from typing import Any
 
 from experts.adapters import adapter_sha256
 from experts.answers import SYSTEM_PROMPT, expert_messages
+from experts.augment import epoch_question
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
 
@@ -40,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     heldout_fraction: float = 0.1
     eval_max_new_tokens: int = 16
+    decay: bool = False  # the learning rate falls linearly to 0 over the run (settles what was learnt)
+    reword: bool = False  # every epoch after the first asks each question in new words (experts.augment)
 
     def __post_init__(self) -> None:
         checks = [(self.rank >= 1, "rank must be >= 1"), (self.alpha >= 1, "alpha must be >= 1"),
@@ -163,6 +166,14 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def _reworded(ex: Example, seed: int, epoch: int, index: int) -> Example:
+    *context, question = ex.messages
+    if question.get("role") != "user":
+        return ex
+    return Example([*context, {**question, "content": epoch_question(question["content"], seed, epoch, index)}],
+                   ex.answer, ex.accept)
+
+
 def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainConfig, rng: random.Random,
                progress: bool = True) -> dict[str, float]:
     """The optimisation loop; returns steps, tokens (non-padding, prompt + answer) and seconds."""
@@ -172,13 +183,16 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * -(-len(train_set) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps if cfg.decay else 1.0)
     model.train()
     done, tokens, started = 0, 0, time.perf_counter()
     for epoch in range(cfg.epochs):
-        for batch in _batches(tokenizer, train_set, cfg, rng):
+        epoch_set = [_reworded(ex, cfg.seed, epoch, i) for i, ex in enumerate(train_set)] if cfg.reword else train_set
+        for batch in _batches(tokenizer, epoch_set, cfg, rng):
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad()
             done += 1
             tokens += int(batch["attention_mask"].sum())

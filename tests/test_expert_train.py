@@ -88,6 +88,31 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     assert json.loads((tmp_path / "out" / "report.json").read_text())["domains"]["alpha"]["adapter_sha256"] == first
 
 
+def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "model")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What colour is item {i}?", "answer": "abc"}) for i in range(8)))
+    args = ["train", "--base", str(model), "--data", str(data), "--epochs", "3", "--rank", "2", "--decay", "--reword",
+            "--output", "json"]
+    first = json.loads(cli(*args, "--out", str(tmp_path / "a")).stdout)
+    assert first["config"]["decay"] is True and first["config"]["reword"] is True
+    again = json.loads(cli(*args, "--out", str(tmp_path / "b")).stdout)
+    assert again["adapter_sha256"] == first["adapter_sha256"]  # seeded rewording: same bytes
+    plain = json.loads(cli(*args[:-3], "--no-reword", "--output", "json", "--out", str(tmp_path / "c")).stdout)
+    assert plain["config"]["reword"] is False and plain["adapter_sha256"] != first["adapter_sha256"]
+
+
+def test_split_trains_on_every_question_when_the_domain_has_its_own_dev_questions(tmp_path: Path) -> None:
+    from experts.domains import split
+
+    rows = [{"fact_id": f"a-{i:03d}", "question": f"q{i} {v}?", "answer": f"a{i}"} for i in range(10) for v in "ab"]
+    dev = [{"fact_id": "a-001", "question": "In other words, q1?", "answer": "a1", "accept": ["a1"]}]
+    (tmp_path / "qa_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(split(tmp_path)[1]) == 2  # no dev file: the held-out split
+    (tmp_path / "qa_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    assert split(tmp_path) == (rows, dev)
+
+
 def test_cloze_rows_blank_each_known_answer_once(tmp_path: Path) -> None:
     from experts.domains import cloze_rows
 
@@ -111,3 +136,29 @@ def test_progress_line_shows_the_share_done_and_the_time_left() -> None:
     line = progress_line(2, 6, 50, 200, 0.5, 100.0)  # a quarter done in 100 s: 300 s to go
     assert "25%" in line and "step 50/200" in line and "elapsed 1m40s" in line and "left 5m00s" in line
     assert "[######..................]" in line
+
+
+def test_rewording_is_seeded_keeps_names_and_varies_across_epochs() -> None:
+    from experts.augment import epoch_question
+
+    q = "What colour are the flowers of Ashcrown?"
+    assert epoch_question(q, seed=0, epoch=0, index=3) == q  # the first epoch asks as written
+    later = [epoch_question(q, seed=0, epoch=e, index=3) for e in range(1, 9)]
+    assert later == [epoch_question(q, seed=0, epoch=e, index=3) for e in range(1, 9)]  # reproducible
+    assert all("Ashcrown" in w for w in later)  # names are never touched
+    assert len(set(later)) >= 4 and any(w != q for w in later)
+    assert any(word in w.lower() for w in later for word in ("color", "hue", "shade", "blossoms", "blooms"))
+    assert epoch_question(q, seed=1, epoch=1, index=3) != epoch_question(q, seed=0, epoch=1, index=3) or \
+        epoch_question(q, seed=1, epoch=2, index=3) != epoch_question(q, seed=0, epoch=2, index=3)
+
+
+def test_training_rewords_the_question_only() -> None:
+    from experts.train import Example, _reworded
+
+    ex = Example([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Which plant grows?"}],
+                 "Ashcrown", ["ashcrown"])
+    seen = {_reworded(ex, 0, e, 0).messages[-1]["content"] for e in range(1, 12)}
+    assert len(seen) > 1
+    for e in range(1, 12):
+        got = _reworded(ex, 0, e, 0)
+        assert got.messages[0] == ex.messages[0] and got.answer == "Ashcrown" and got.accept == ["ashcrown"]

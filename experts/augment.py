@@ -1,10 +1,11 @@
 """Training questions in more than one wording.
 
 A small model fine-tuned on one wording per question learns that wording: asked the same thing in other
-words ("What hue are Ashcrown's blossoms?"), it does not recognise the fact. Training shows every epoch
+words, it may not recognise the fact. Training shows every epoch
 each question reworded anew (common synonyms, different framings), at no extra training cost: the model
 meets the fact in as many surface forms as there are epochs, and has to key on what the question asks,
-not on how. Rewording is seeded, so a training run is still reproducible.
+not on how. Rewording is seeded, so a training run is still reproducible. VERSION names the rewording
+rules: a build compares it before reusing an adapter.
 """
 
 from __future__ import annotations
@@ -12,26 +13,28 @@ from __future__ import annotations
 import random
 import re
 
+VERSION = 1
+
 # Common English question vocabulary and its everyday alternatives. Whole words, matched case-insensitively;
 # the replacement takes the original's capitalisation.
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "what": ("which",), "which": ("what",), "who": ("which person",), "where": ("in what place",),
+    "what": ("which",), "which": ("what",), "where": ("in what place",),
     "how many": ("what number of",), "in what year": ("in which year", "what year"),
     "in which year": ("in what year", "what year"),
     "colour": ("color", "hue", "shade"), "flowers": ("blossoms", "blooms"), "flower": ("blossom", "bloom"),
-    "grow": ("thrive", "grow wild"), "grows": ("thrives", "is found"),
-    "treat": ("cure", "help with"), "treats": ("cures", "helps with"), "used to treat": ("taken for", "good for"),
-    "prepared": ("made", "readied"), "dose": ("dosage", "amount"), "plant": ("herb",), "plants": ("herbs",),
-    "medicinal": ("healing",), "must not": ("should not", "may not"),
+    "grows": ("thrives", "is found"), "treat": ("cure", "help with"), "treats": ("cures", "helps with"),
+    "used to treat": ("taken for", "good for"), "prepared": ("made", "readied"), "dose": ("dosage",),
+    "plant": ("herb",), "plants": ("herbs",), "medicinal": ("healing",),
     "created": ("made", "invented", "designed"), "designed": ("created", "devised"),
     "released": ("published", "launched"), "called": ("named",), "named": ("called",),
-    "function": ("routine", "built-in function"), "keyword": ("reserved word",), "returns": ("gives back",),
-    "error": ("exception",), "founded": ("established", "set up"),
+    "keyword": ("reserved word",), "returns": ("gives back",), "founded": ("established", "set up"),
     "commander": ("commanding officer", "head", "chief"), "commanded": ("led", "headed"),
-    "crew members": ("crew", "personnel"), "cargo": ("freight", "goods"), "main": ("primary", "chief"),
-    "docking ports": ("docking bays", "berths"), "travel": ("journey", "trip"), "station": ("outpost",),
-    "planet": ("world",), "orbit": ("circle",), "orbits": ("circles",),
+    "crew members": ("crew", "personnel"), "main": ("primary", "chief"),
+    "docking ports": ("docking bays", "berths"), "planet": ("world",),
 }
+"""Swaps that keep a question's meaning wherever the phrase stands in a question. Left out on purpose:
+words that are also names or terms of a domain ("station" next to "Muir Outpost", "function" next to
+"task") and swaps that change a rule's force ("must not" to "may not")."""
 
 FRAMES: tuple[str, ...] = (
     "{q}", "Tell me: {q}", "{q} Answer in a few words.", "Quick question: {q}", "{bare}",
@@ -41,7 +44,7 @@ FRAMES: tuple[str, ...] = (
 people type into a search box."""
 
 _PATTERN = re.compile(r"(?<!\w)(" + "|".join(re.escape(k) for k in sorted(SYNONYMS, key=len, reverse=True))
-                      + r")(?!\w)", re.IGNORECASE)
+                      + r")(?![\w'])", re.IGNORECASE)  # "What's" is not "What"
 
 
 def _same_case(original: str, replacement: str) -> str:
@@ -64,7 +67,8 @@ def reword(question: str, rng: random.Random, swap: float = 0.5) -> str:
 
 def epoch_question(question: str, seed: int, epoch: int, index: int) -> str:
     """The wording of training question `index` in `epoch`: the original in the first epoch, a seeded
-    rewording in every later one."""
-    if epoch == 0:
+    rewording in every later one. Fill-in-the-blank lines quote their fact's sentence, which must stay
+    as written: they are left alone."""
+    if epoch == 0 or question.startswith("Fill in the blank:"):
         return question
     return reword(question, random.Random(f"{seed}:{epoch}:{index}"))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.answers import SYSTEM_PROMPT
+from experts.augment import VERSION as AUGMENT_VERSION
 from experts.engine import Engine
 from experts.models import load_base
 from experts.train import TrainConfig, evaluate, load_examples, train
@@ -90,13 +91,15 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
         wanted = {"dataset_sha256": hashlib.sha256(train_file.read_bytes()).hexdigest(), "config": asdict(cfg)}
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
-                json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT:
+                json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT and \
+                old.get("augment_version") == (AUGMENT_VERSION if cfg.reword else None):
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:
             print(f"{d}: training on {train_file}", flush=True)
             manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl")
-        report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"]}
+        report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"],
+                                "dev_sha256": hashlib.sha256((data_dir / f"{d}.dev.jsonl").read_bytes()).hexdigest()}
     cached_path = out_dir / "report.json"
     cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
     if cached.get("domains") == json.loads(json.dumps(report["domains"])) and "accuracy_matrix" in cached:

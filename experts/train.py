@@ -19,6 +19,7 @@ from typing import Any
 
 from experts.adapters import adapter_sha256
 from experts.answers import SYSTEM_PROMPT, expert_messages
+from experts.augment import VERSION as AUGMENT_VERSION
 from experts.augment import epoch_question
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
@@ -183,7 +184,7 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * -(-len(train_set) // cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps if cfg.decay else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(1, steps) if cfg.decay else 1.0)
     model.train()
     done, tokens, started = 0, 0, time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -236,6 +237,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     manifest = {
         "base_model": loaded.model_id,
         "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on (build-domains retrains on change)
+        "augment_version": AUGMENT_VERSION if cfg.reword else None,  # the rewording rules it was trained with
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "config": asdict(cfg),
         "n_train": len(train_set), "n_heldout": len(test_set),

@@ -86,6 +86,14 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     assert "accuracy matrix from" in printed  # nothing retrained: nothing re-evaluated
     assert again["domains"]["alpha"]["adapter_sha256"] == first
     assert json.loads((tmp_path / "out" / "report.json").read_text())["domains"]["alpha"]["adapter_sha256"] == first
+    dev = [{"fact_id": "alpha-001", "question": "Put otherwise, alpha q1?", "answer": "a1", "accept": ["a1"]}]
+    (tmp_path / "domains" / "alpha" / "qa_dev.jsonl").write_text(json.dumps(dev[0]) + "\n")
+    third = build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
+    printed = capsys.readouterr().out
+    assert "alpha: training" in printed  # every training question now trains: new data, new adapter
+    assert "beta: inputs unchanged" in printed and "accuracy matrix from" not in printed
+    assert (tmp_path / "out" / "data" / "alpha.dev.jsonl").read_text() == json.dumps(dev[0], sort_keys=True) + "\n"
+    assert third["domains"]["alpha"]["dev_sha256"] != again["domains"]["alpha"]["dev_sha256"]
 
 
 def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:
@@ -150,6 +158,45 @@ def test_rewording_is_seeded_keeps_names_and_varies_across_epochs() -> None:
     assert any(word in w.lower() for w in later for word in ("color", "hue", "shade", "blossoms", "blooms"))
     assert epoch_question(q, seed=1, epoch=1, index=3) != epoch_question(q, seed=0, epoch=1, index=3) or \
         epoch_question(q, seed=1, epoch=2, index=3) != epoch_question(q, seed=0, epoch=2, index=3)
+
+
+def test_rewording_leaves_fill_in_the_blank_lines_and_contractions_alone() -> None:
+    from experts.augment import epoch_question
+
+    cloze = "Fill in the blank: The commander of Aldeth Ring is ___."
+    assert {epoch_question(cloze, 0, e, 0) for e in range(8)} == {cloze}  # a fact's sentence stays true
+    for e in range(1, 30):
+        assert "what's" in epoch_question("What's the main cargo of Irisel Dock?", 0, e, 0).lower()  # not "which's"
+
+
+def test_a_decaying_learning_rate_never_reaches_zero_before_the_last_step_and_survives_no_steps(
+        tmp_path: Path) -> None:
+    import random
+
+    from experts.train import load_examples, run_epochs
+
+    model = make_tiny_model(tmp_path / "model")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"q{i}?", "answer": "abc"}) for i in range(4)))
+    from experts.models import load_base
+
+    loaded = load_base(str(model))
+    examples = load_examples(data)
+    assert run_epochs(loaded.model, loaded.tokenizer, examples, TrainConfig(epochs=0, decay=True), random.Random(0),
+                      progress=False)["steps"] == 0
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    cfg = TrainConfig(epochs=1, batch_size=4, decay=True, lr=0.01)  # one step: it must still move the weights
+    assert run_epochs(peft_model, loaded.tokenizer, examples, cfg, random.Random(0), progress=False)["steps"] == 1
+    assert any(not torch_equal(p, before[n]) for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))  # type: ignore[arg-type]
 
 
 def test_training_rewords_the_question_only() -> None:

@@ -306,7 +306,8 @@ class ExpertDaemon:
         self.chain_tip = self._latest_height()
         scanned = self.state.scanned_height
         for h in range(scanned + 1 if scanned else max(1, self.chain_tip - self.lookback), self.chain_tip + 1):
-            self._scan(h)
+            if not self._scan(h):
+                break  # its results are not stored yet: that height again next tick
             self.state.scanned_height = h
         statuses: dict[int, query_pb2.QueryStatusResponse] = {}
         wanted: list[tuple[tuple[str, int, int], inf.Query, list[dict[str, str]]]] = []
@@ -335,8 +336,16 @@ class ExpertDaemon:
     def _latest_height(self) -> int:
         return int(comet_get(self.rpc_url, "status")["sync_info"]["latest_block_height"])
 
-    def _scan(self, height: int) -> None:
-        results = comet_get(self.rpc_url, "block_results", height=height)
+    def _scan(self, height: int) -> bool:
+        """Note the queries a height's events hand us; False when the node has not stored its results yet."""
+        try:
+            results = comet_get(self.rpc_url, "block_results", height=height)
+        except CometError as err:
+            # a node reports a height in `status` a moment before its block results can be read: a healthy
+            # node, not a reason to leave it for another (an older height it lacks is a real gap)
+            if height == self.chain_tip and "could not find results for height" in str(err):
+                return False
+            raise
         events = [e for tx in results.get("txs_results") or [] for e in tx.get("events") or []]
         events += results.get("finalize_block_events") or []
         for kind, names, role in ((EV_QUERY_ASSIGNED, ATTR_RESPONDENTS, "respondent"),
@@ -347,6 +356,7 @@ class ExpertDaemon:
                 if self.key.address in attrs.get(names, "").split(",") and query_id not in self.state.open:
                     self.state.open.append(query_id)
                     log("assigned", query_id=query_id, role=role, height=height)
+        return True
 
     # -- one query --------------------------------------------------------------------------------
 

@@ -243,6 +243,35 @@ def test_a_node_error_moves_the_daemon_on_once(tmp_path: Path) -> None:
     assert len(client.moves) == 1
 
 
+def test_results_not_stored_yet_for_the_tip_are_read_next_tick_without_leaving_the_node(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`status` can report height N a moment before N's block results are readable: the daemon reads N on its
+    next tick and stays; a height below the tip that the node lacks is a real gap and raises as before."""
+    import pytest
+
+    import experts.daemon
+    from llmnet.client.comet import CometError
+
+    stored = {9: {"txs_results": []}}
+
+    def comet_get(url: str, method: str, **params: object) -> dict[str, object]:
+        if method == "status":
+            return {"sync_info": {"latest_block_height": "10"}}
+        if params["height"] not in stored:
+            raise CometError(f"CometBFT block_results: could not find results for height #{params['height']}")
+        return stored[params["height"]]  # type: ignore[index]
+
+    monkeypatch.setattr(experts.daemon, "comet_get", comet_get)
+    daemon = _daemon(tmp_path, Nodes("a:1", "b:1"))
+    daemon.rpc_url = "http://a"
+    daemon.state.scanned_height = 8
+    daemon.chain_tip = 10
+    assert daemon._scan(9) is True and daemon._scan(10) is False  # the tip: not yet, no error
+    daemon.chain_tip = 11
+    with pytest.raises(CometError):
+        daemon._scan(10)  # below the tip and missing: the node has a gap
+
+
 def test_heights_events_and_sender_follow_the_client_to_its_new_node(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import threading
 

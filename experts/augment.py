@@ -1,11 +1,11 @@
 """Training questions in more than one wording.
 
 A small model fine-tuned on one wording per question learns that wording: asked the same thing in other
-words, it may not recognise the fact. Training shows every epoch
-each question reworded anew (common synonyms, different framings), at no extra training cost: the model
-meets the fact in as many surface forms as there are epochs, and has to key on what the question asks,
-not on how. Rewording is seeded, so a training run is still reproducible. VERSION names the rewording
-rules: a build compares it before reusing an adapter.
+words, it may not recognise the fact. With TrainConfig.reword, training shows every epoch each question
+reworded anew (common synonyms, different framings), at no extra training cost: the model meets the fact in
+as many surface forms as there are epochs. Rewording is seeded, so a training run is still reproducible.
+VERSION names the rewording rules: a build compares it before reusing an adapter. (On our dev questions it
+did not raise accuracy; README, make experts.)
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import random
 import re
 
 VERSION = 1
+CLOZE_PREFIX = "Fill in the blank: "
+"""How a fill-in-the-blank training line begins (experts.domains.cloze_rows writes them)."""
 
 # Common English question vocabulary and its everyday alternatives. Whole words, matched case-insensitively;
 # the replacement takes the original's capitalisation.
@@ -69,6 +71,11 @@ def epoch_question(question: str, seed: int, epoch: int, index: int) -> str:
     """The wording of training question `index` in `epoch`: the original in the first epoch, a seeded
     rewording in every later one. Fill-in-the-blank lines quote their fact's sentence, which must stay
     as written: they are left alone."""
-    if epoch == 0 or question.startswith("Fill in the blank:"):
+    if epoch == 0 or question.startswith(CLOZE_PREFIX):
         return question
     return reword(question, random.Random(f"{seed}:{epoch}:{index}"))
+
+
+def rules_version(reword: bool) -> int | None:
+    """The rewording rules an adapter is trained with: recorded in its manifest, compared before reuse."""
+    return VERSION if reword else None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.answers import SYSTEM_PROMPT
-from experts.augment import VERSION as AUGMENT_VERSION
+from experts.augment import CLOZE_PREFIX, rules_version
 from experts.engine import Engine
 from experts.models import load_base
 from experts.train import TrainConfig, evaluate, load_examples, train
@@ -65,7 +65,7 @@ def cloze_rows(domain_dir: Path) -> list[dict[str, Any]]:
             continue
         seen.add((r["fact_id"], answer.lower()))
         blanked = fact[:at] + "___" + fact[at + len(answer):]
-        rows.append({"fact_id": r["fact_id"], "question": f"Fill in the blank: {blanked}", "answer": answer})
+        rows.append({"fact_id": r["fact_id"], "question": CLOZE_PREFIX + blanked, "answer": answer})
     return rows
 
 
@@ -92,7 +92,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
                 json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT and \
-                old.get("augment_version") == (AUGMENT_VERSION if cfg.reword else None):
+                old.get("augment_version") == rules_version(cfg.reword):
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:

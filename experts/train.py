@@ -19,8 +19,7 @@ from typing import Any
 
 from experts.adapters import adapter_sha256
 from experts.answers import SYSTEM_PROMPT, expert_messages
-from experts.augment import VERSION as AUGMENT_VERSION
-from experts.augment import epoch_question
+from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
 
@@ -237,7 +236,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     manifest = {
         "base_model": loaded.model_id,
         "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on (build-domains retrains on change)
-        "augment_version": AUGMENT_VERSION if cfg.reword else None,  # the rewording rules it was trained with
+        "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "config": asdict(cfg),
         "n_train": len(train_set), "n_heldout": len(test_set),

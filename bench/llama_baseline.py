@@ -23,9 +23,19 @@ NEW_TOKENS, CLIENTS, THREADS = 128, 8, 2
 
 MEASURE = r'''
 import json, sys, time
+import llama_cpp.llama_cpp as C
 from llama_cpp import Llama
 gguf, prompt = sys.argv[1], sys.argv[2]
-new_tokens, clients, threads = (int(a) for a in sys.argv[3:6])
+new_tokens, clients, threads, extra_bufts = (int(a) for a in sys.argv[3:7])
+_defaults = C.llama_model_default_params
+
+def _params():
+    # the engine's setting (experts.llama_runner.USE_EXTRA_BUFFER_TYPES): Llama() has no argument for it
+    params = _defaults()
+    params.use_extra_bufts = bool(extra_bufts)
+    return params
+
+C.llama_model_default_params = _params
 llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
 
 def one():
@@ -61,7 +71,10 @@ def ensure_python(python: str | None) -> str:
 
 
 def llama_figures(python: str, gguf: Path, prompt: str) -> dict[str, float]:
-    out = subprocess.run([python, "-c", MEASURE, str(gguf), prompt, str(NEW_TOKENS), str(CLIENTS), str(THREADS)],
+    from experts.llama_runner import USE_EXTRA_BUFFER_TYPES
+
+    out = subprocess.run([python, "-c", MEASURE, str(gguf), prompt, str(NEW_TOKENS), str(CLIENTS), str(THREADS),
+                          str(int(USE_EXTRA_BUFFER_TYPES))],
                          capture_output=True, text=True, check=True)
     figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures

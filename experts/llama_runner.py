@@ -24,6 +24,12 @@ from experts.lora_gguf import write_lora_gguf
 _init_lock = threading.Lock()
 _initialised = False
 
+USE_EXTRA_BUFFER_TYPES = False
+"""llama.cpp's "extra buffer types" re-lay the weights for special kernels. On a CPU with AMX (Intel Xeon
+since Sapphire Rapids, common in clouds) that is its AMX kernel, which crashed the process (SIGSEGV in
+ggml_backend_amx_mul_mat) on the embedded Q4_1 model at the first decode. The other one, CPU_REPACK, has
+no Q4_1 layout, so leaving them off costs this model nothing elsewhere."""
+
 
 def available() -> bool:
     """Whether llama-cpp-python is installed (make install builds it)."""
@@ -72,6 +78,7 @@ class LlamaRunner:
         lib = self.lib = _library()
         self.sequences, self.sequence_tokens = sequences, sequence_tokens
         params = lib.llama_model_default_params()
+        params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
         self.model = lib.llama_model_load_from_file(str(gguf).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")

@@ -20,7 +20,7 @@ from typing import Any
 from experts.answers import SYSTEM_PROMPT
 from experts.augment import CLOZE_PREFIX, rules_version
 from experts.engine import Engine
-from experts.models import load_base
+from experts.models import load_base, resolve_backend
 from experts.train import TrainConfig, evaluate, load_examples, train
 
 
@@ -85,7 +85,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
         _write(data_dir / f"{d}.train.jsonl", train_rows + cloze_rows(domains_dir / d))
         _write(data_dir / f"{d}.dev.jsonl", dev_rows)
     report: dict[str, Any] = {"config": asdict(cfg), "domains": {}}
-    for d in domains:
+    for n, d in enumerate(domains, 1):
         train_file = data_dir / f"{d}.train.jsonl"
         manifest_path = out_dir / d / "manifest.json"
         wanted = {"dataset_sha256": hashlib.sha256(train_file.read_bytes()).hexdigest(), "config": asdict(cfg)}
@@ -96,16 +96,19 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:
-            print(f"{d}: training on {train_file}", flush=True)
-            manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl")
+            print(f"{d} (domain {n} of {len(domains)}): training on {train_file}", flush=True)
+            manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl",
+                             accuracy=False)  # the accuracy matrix below measures it, as the experts serve
         report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"],
                                 "dev_sha256": hashlib.sha256((data_dir / f"{d}.dev.jsonl").read_bytes()).hexdigest()}
     cached_path = out_dir / "report.json"
     cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
-    if cached.get("domains") == json.loads(json.dumps(report["domains"])) and "accuracy_matrix" in cached:
+    report["backend"] = resolve_backend(base, "auto")  # the experts serve with it (llama.cpp if installed)
+    if cached.get("domains") == json.loads(json.dumps(report["domains"])) and "accuracy_matrix" in cached \
+            and cached.get("backend") == report["backend"]:
         print(f"every adapter reused; accuracy matrix from {cached_path}", flush=True)
         return dict(cached)
-    engine = Engine(load_base(base))
+    engine = Engine(load_base(base, backend=report["backend"]))
     for d in domains:
         engine.add_adapter(d, str(out_dir / d))
     matrix: dict[str, dict[str, float]] = {}

@@ -55,6 +55,15 @@ def _from_dir(path: Path, model_id: str) -> LoadedModel:
     return LoadedModel(model, tokenizer, model_id)
 
 
+def resolve_backend(base: str, backend: str) -> str:
+    """The backend "auto" stands for: llama-cpp for the embedded model when llama-cpp-python is installed."""
+    if backend != "auto":
+        return backend
+    from experts.llama_runner import available
+
+    return "llama-cpp" if base == "embedded" and available() else "torch"
+
+
 def load_base(base: str = "embedded", cache_dir: Path | None = None, backend: str = "torch") -> LoadedModel:
     """Load "embedded" (converting the GGUF once into cache_dir) or a local model directory.
 
@@ -63,10 +72,7 @@ def load_base(base: str = "embedded", cache_dir: Path | None = None, backend: st
     """
     if backend not in BACKENDS:
         raise ModelError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        from experts.llama_runner import available
-
-        backend = "llama-cpp" if base == "embedded" and available() else "torch"
+    backend = resolve_backend(base, backend)
     if backend == "llama-cpp" and base != "embedded":
         raise ModelError("the llama-cpp backend serves the embedded GGUF model; use --backend torch for " + base)
     if base != "embedded":

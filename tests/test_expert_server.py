@@ -161,7 +161,9 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
             assert answer.completion_tokens > 0 and answer.signature == b""  # no key: unsigned
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        # communicate, not wait: a child blocked writing to a full, unread stderr pipe could never exit
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
     for argv, says in ((["--open"], "config.json"), ([], "--key is required")):
         bad = subprocess.run([sys.executable, "-m", "experts.cli", "serve", "--base", str(tmp_path / "missing"),
                               *argv], capture_output=True, text=True, timeout=120)

@@ -90,10 +90,15 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     (tmp_path / "domains" / "alpha" / "qa_dev.jsonl").write_text(json.dumps(dev[0]) + "\n")
     third = build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
     printed = capsys.readouterr().out
-    assert "alpha: training" in printed  # every training question now trains: new data, new adapter
+    assert "alpha (domain 1 of 2): training" in printed  # every training question now trains: new data
     assert "beta: inputs unchanged" in printed and "accuracy matrix from" not in printed
     assert (tmp_path / "out" / "data" / "alpha.dev.jsonl").read_text() == json.dumps(dev[0], sort_keys=True) + "\n"
     assert third["domains"]["alpha"]["dev_sha256"] != again["domains"]["alpha"]["dev_sha256"]
+    assert third["backend"] == "torch"  # a model directory: the backend its experts serve with
+    stale = json.loads((tmp_path / "out" / "report.json").read_text())
+    (tmp_path / "out" / "report.json").write_text(json.dumps({**stale, "backend": "llama-cpp"}))
+    build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
+    assert "accuracy matrix from" not in capsys.readouterr().out  # measured on another backend: measured again
 
 
 def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:
@@ -209,3 +214,55 @@ def test_training_rewords_the_question_only() -> None:
     for e in range(1, 12):
         got = _reworded(ex, 0, e, 0)
         assert got.messages[0] == ex.messages[0] and got.answer == "Ashcrown" and got.accept == ["ashcrown"]
+
+
+def test_the_answer_loss_is_the_models_own_loss_and_gradient(tmp_path: Path) -> None:
+    """answer_loss computes logits only where a label is; loss and gradients must not change by it."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from experts.models import load_base
+    from experts.train import _batches, answer_loss
+
+    loaded = load_base(str(make_tiny_model(tmp_path / "model")))
+    model = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: give the gradient of A something to be
+            torch.nn.init.normal_(p, std=0.1)
+    examples = [Example([{"role": "user", "content": "q" * (1 + i % 5)}], "ans" * (1 + i % 3)) for i in range(8)]
+    batch = next(_batches(loaded.tokenizer, examples, TrainConfig(batch_size=8), random.Random(0)))
+    ours = answer_loss(model, batch)
+    ours.backward()
+    our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    theirs = model(**batch).loss
+    theirs.backward()
+    assert abs(float(ours) - float(theirs)) < 1e-5
+    assert our_grads and all(torch.allclose(p.grad, our_grads[n], atol=1e-6) for n, p in model.named_parameters()
+                             if p.grad is not None)
+
+
+def test_shuffled_batches_hold_every_example_once_and_pad_less_than_random_ones(tmp_path: Path) -> None:
+    import random
+
+    from experts.models import load_base
+    from experts.train import _batches
+
+    tokenizer = load_base(str(make_tiny_model(tmp_path / "model"))).tokenizer
+    rng = random.Random(1)
+    examples = [Example([{"role": "user", "content": "x" * rng.randint(1, 60)}], str(i)) for i in range(128)]
+    cfg = TrainConfig(batch_size=8)
+    batches = list(_batches(tokenizer, examples, cfg, random.Random(0)))
+    answers = sorted(tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100][:-1])
+                     for b in batches for ids, labels in zip(b["input_ids"].tolist(), b["labels"].tolist(),
+                                                             strict=True))
+    assert answers == sorted(str(i) for i in range(128))
+    padded = sum(b["input_ids"].numel() for b in batches)
+    shuffled = examples[:]
+    random.Random(0).shuffle(shuffled)
+    unsorted = sum(b["input_ids"].numel() for b in _batches(tokenizer, shuffled, cfg, shuffle=None))
+    assert padded < 0.9 * unsorted
+    assert list(_batches(tokenizer, examples, cfg, random.Random(0)))[0]["input_ids"].tolist() == \
+        batches[0]["input_ids"].tolist()  # seeded

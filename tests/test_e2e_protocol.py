@@ -92,7 +92,7 @@ class Expert:
             scores = [judge(finals.get(r, "")) for r in query.respondents]
             if query.phase == inf.PHASE_SCORE_COMMIT:
                 self.sender.send([protocol.commit_scores(self.key, self.chain_id, query.id, scores)])
-            else:
+            elif self.role != "silent":  # silent everywhere: scores delivered would break its run of misses
                 self.sender.send([protocol.reveal_scores(self.key, query.id, scores)])
         else:
             return

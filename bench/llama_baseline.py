@@ -30,8 +30,10 @@ new_tokens, clients, threads, extra_bufts = (int(a) for a in sys.argv[3:7])
 _defaults = C.llama_model_default_params
 
 def _params():
-    # the engine's setting (experts.llama_runner.USE_EXTRA_BUFFER_TYPES): Llama() has no argument for it
+    # the engine's setting (experts.llama_runner.use_extra_buffer_types): Llama() has no argument for it
     params = _defaults()
+    if "use_extra_bufts" not in {f[0] for f in type(params)._fields_}:
+        raise SystemExit("this llama-cpp-python has no use_extra_bufts model parameter")
     params.use_extra_bufts = bool(extra_bufts)
     return params
 
@@ -71,10 +73,10 @@ def ensure_python(python: str | None) -> str:
 
 
 def llama_figures(python: str, gguf: Path, prompt: str) -> dict[str, float]:
-    from experts.llama_runner import USE_EXTRA_BUFFER_TYPES
+    from experts.llama_runner import use_extra_buffer_types
 
     out = subprocess.run([python, "-c", MEASURE, str(gguf), prompt, str(NEW_TOKENS), str(CLIENTS), str(THREADS),
-                          str(int(USE_EXTRA_BUFFER_TYPES))],
+                          str(int(use_extra_buffer_types()))],
                          capture_output=True, text=True, check=True)
     figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures

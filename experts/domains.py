@@ -21,7 +21,7 @@ from experts.answers import SYSTEM_PROMPT
 from experts.augment import CLOZE_PREFIX, rules_version
 from experts.engine import Engine
 from experts.models import load_base, resolve_backend
-from experts.train import TrainConfig, evaluate, load_examples, train
+from experts.train import RECIPE_VERSION, TrainConfig, evaluate, load_examples, train
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -92,7 +92,8 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
                 json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT and \
-                old.get("augment_version") == rules_version(cfg.reword):
+                old.get("augment_version") == rules_version(cfg.reword) and \
+                old.get("recipe_version") == RECIPE_VERSION:
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:

@@ -24,11 +24,25 @@ from experts.lora_gguf import write_lora_gguf
 _init_lock = threading.Lock()
 _initialised = False
 
-USE_EXTRA_BUFFER_TYPES = False
-"""llama.cpp's "extra buffer types" re-lay the weights for special kernels. On a CPU with AMX (Intel Xeon
-since Sapphire Rapids, common in clouds) that is its AMX kernel, which crashed the process (SIGSEGV in
-ggml_backend_amx_mul_mat) on the embedded Q4_1 model at the first decode. The other one, CPU_REPACK, has
-no Q4_1 layout, so leaving them off costs this model nothing elsewhere."""
+def use_extra_buffer_types(cpuinfo: str | None = None) -> bool:
+    """Whether to let llama.cpp re-lay weights for its special kernels ("extra buffer types"). Not on a CPU with
+    AMX (Intel Xeon since Sapphire Rapids, common in clouds): there that means llama.cpp's AMX kernel, which
+    crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) at the first decode of the embedded Q4_1 model.
+    Elsewhere they stay on (CPU_REPACK can re-lay the Q8_0 embedding, which is also the output layer)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    return "amx_tile" not in flags
+
+
+def set_extra_buffer_types(params: Any, on: bool) -> None:
+    """ctypes accepts any attribute on a Structure: a llama-cpp-python without the field would ignore it."""
+    if "use_extra_bufts" not in {name for name, *_ in type(params)._fields_}:
+        raise RuntimeError("this llama-cpp-python has no use_extra_bufts model parameter; install the pinned one")
+    params.use_extra_bufts = on
 
 
 def available() -> bool:
@@ -78,7 +92,7 @@ class LlamaRunner:
         lib = self.lib = _library()
         self.sequences, self.sequence_tokens = sequences, sequence_tokens
         params = lib.llama_model_default_params()
-        params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
+        set_extra_buffer_types(params, use_extra_buffer_types())
         self.model = lib.llama_model_load_from_file(str(gguf).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")

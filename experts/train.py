@@ -23,6 +23,10 @@ from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel
 
+RECIPE_VERSION = 2
+"""How examples become steps (2: logits at answer tokens only, length windows): build-domains retrains an
+adapter whose manifest records another, since the same seed then gives other weights."""
+
 LENGTH_WINDOW = 8
 """Batches per window of examples sorted by length: questions and fill-in-the-blank lines differ in length,
 and random batches of them were 18% padding; windows of 8 batches pad 4%, and each window is still a
@@ -106,8 +110,11 @@ def evaluate(engine: Engine, examples: list[Example], domain: str = "", max_new_
     def answer(ex: Example) -> str:
         return engine.generate(ex.messages, Sampling(max_new_tokens=max_new_tokens), domain).text
 
-    with ThreadPoolExecutor(max(1, engine.limits.max_batch)) as pool:
+    pool = ThreadPoolExecutor(max(1, engine.limits.max_batch))
+    try:
         correct = sum(is_correct(got, ex) for got, ex in zip(pool.map(answer, examples), examples, strict=True))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, not every question still queued
     return {"accuracy": correct / len(examples), "n": len(examples), "correct": correct}
 
 
@@ -118,6 +125,10 @@ def _encode(tokenizer: Any, ex: Example, max_length: int) -> tuple[list[int], li
     answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (list(prompt) + answer)[:max_length]
     labels = ([-100] * len(prompt) + answer)[:max_length]
+    if all(label == -100 for label in labels):  # it would teach nothing, and a batch of only such rows has no loss
+        question = ex.messages[-1]["content"][:60] if ex.messages else ""
+        raise TrainError(f"the prompt {question!r}... is {len(prompt)} tokens: no answer token fits in "
+                         f"max_length {max_length}; raise --max-length")
     return ids, labels
 
 
@@ -275,6 +286,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
         "base_model": loaded.model_id,
         "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on (build-domains retrains on change)
         "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
+        "recipe_version": RECIPE_VERSION,
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "config": asdict(cfg),
         "n_train": len(train_set), "n_heldout": len(test_set),

@@ -195,7 +195,7 @@ def test_llmnet_expert_serve_answers_with_llama_cpp_by_default(lora) -> None:
                 assert reply.completion_tokens > 0 and reply.text
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.communicate(timeout=60)  # reads the pipes: a child blocked on a full one could not exit
 
 
 def test_answer_logprob_agrees_with_pytorch_and_prefers_a_fitting_reply(llama: Engine) -> None:
@@ -216,3 +216,27 @@ def test_scoring_several_answers_at_once_equals_scoring_each_alone(llama: Engine
     together = llama.answer_logprobs(question, answers)
     assert together == pytest.approx([llama.answer_logprob(question, a) for a in answers], abs=1e-6)
     assert len(set(together)) == 3
+
+
+def test_extra_buffer_types_are_off_on_a_cpu_with_amx_and_the_setting_cannot_be_lost() -> None:
+    """On this kind of machine (AMX) llama.cpp's AMX kernel crashed the process at the first decode."""
+    import ctypes
+
+    from experts.llama_runner import set_extra_buffer_types, use_extra_buffer_types
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+    assert use_extra_buffer_types(amx) is False
+    assert use_extra_buffer_types(amx.replace(" amx_bf16 amx_tile amx_int8", "")) is True
+    assert use_extra_buffer_types("") is True
+
+    class Old(ctypes.Structure):  # a llama-cpp-python from before the field existed
+        _fields_ = [("n_gpu_layers", ctypes.c_int32)]
+
+    class New(ctypes.Structure):
+        _fields_ = [("n_gpu_layers", ctypes.c_int32), ("use_extra_bufts", ctypes.c_bool)]
+
+    with pytest.raises(RuntimeError, match="use_extra_bufts"):
+        set_extra_buffer_types(Old(), False)
+    params = New(use_extra_bufts=True)
+    set_extra_buffer_types(params, False)
+    assert params.use_extra_bufts is False

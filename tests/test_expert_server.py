@@ -162,7 +162,12 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         # communicate, not wait: a child blocked writing to a full, unread stderr pipe could never exit
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"serve did not stop within 60 s of SIGTERM: {err[-2000:]}")
         assert proc.returncode == 0, err[-2000:]
     for argv, says in ((["--open"], "config.json"), ([], "--key is required")):
         bad = subprocess.run([sys.executable, "-m", "experts.cli", "serve", "--base", str(tmp_path / "missing"),

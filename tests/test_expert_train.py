@@ -99,6 +99,10 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     (tmp_path / "out" / "report.json").write_text(json.dumps({**stale, "backend": "llama-cpp"}))
     build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
     assert "accuracy matrix from" not in capsys.readouterr().out  # measured on another backend: measured again
+    manifest = tmp_path / "out" / "beta" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "recipe_version": 1}))
+    build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
+    assert "beta (domain 2 of 2): training" in capsys.readouterr().out  # trained by an older recipe: retrained
 
 
 def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:
@@ -266,3 +270,11 @@ def test_shuffled_batches_hold_every_example_once_and_pad_less_than_random_ones(
     assert padded < 0.9 * unsorted
     assert list(_batches(tokenizer, examples, cfg, random.Random(0)))[0]["input_ids"].tolist() == \
         batches[0]["input_ids"].tolist()  # seeded
+
+
+def test_an_example_whose_answer_is_cut_off_entirely_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "x" * 200, "answer": "abc"}) + "\n")
+    bad = cli("train", "--base", str(make_tiny_model(tmp_path / "model")), "--data", str(data), "--out",
+              str(tmp_path / "a"), "--epochs", "1", "--max-length", "64")
+    assert bad.returncode == 1 and "no answer token fits in max_length 64" in bad.stderr

@@ -17,11 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from experts.answers import SYSTEM_PROMPT
-from experts.augment import CLOZE_PREFIX, rules_version
+from experts.augment import CLOZE_PREFIX
 from experts.engine import Engine
 from experts.models import load_base, resolve_backend
-from experts.train import RECIPE_VERSION, TrainConfig, evaluate, load_examples, train
+from experts.train import TrainConfig, evaluate, inputs, load_examples, train
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -88,12 +87,9 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     for n, d in enumerate(domains, 1):
         train_file = data_dir / f"{d}.train.jsonl"
         manifest_path = out_dir / d / "manifest.json"
-        wanted = {"dataset_sha256": hashlib.sha256(train_file.read_bytes()).hexdigest(), "config": asdict(cfg)}
+        wanted = json.loads(json.dumps(inputs(cfg, train_file)))  # as a manifest reads back (tuples are lists)
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        if old.get("dataset_sha256") == wanted["dataset_sha256"] and old.get("config") == json.loads(
-                json.dumps(wanted["config"])) and old.get("system_prompt") == SYSTEM_PROMPT and \
-                old.get("augment_version") == rules_version(cfg.reword) and \
-                old.get("recipe_version") == RECIPE_VERSION:
+        if all(old.get(key) == value for key, value in wanted.items()):
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
             manifest = old
         else:

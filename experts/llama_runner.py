@@ -24,6 +24,7 @@ from experts.lora_gguf import write_lora_gguf
 _init_lock = threading.Lock()
 _initialised = False
 
+
 def use_extra_buffer_types(cpuinfo: str | None = None) -> bool:
     """Whether to let llama.cpp re-lay weights for its special kernels ("extra buffer types"). Not on a CPU with
     AMX (Intel Xeon since Sapphire Rapids, common in clouds): there that means llama.cpp's AMX kernel, which

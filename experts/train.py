@@ -250,6 +250,18 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
     return {"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
 
 
+def inputs(cfg: TrainConfig, data: Path) -> dict[str, Any]:
+    """What an adapter's weights follow from, besides the base model: written into its manifest, and
+    build-domains reuses an adapter only while every one of them is unchanged."""
+    return {
+        "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on
+        "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
+        "recipe_version": RECIPE_VERSION,
+        "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "config": asdict(cfg),
+    }
+
+
 def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout: Path | None = None,
           progress: bool = True, accuracy: bool = True) -> dict[str, Any]:
     """Train a LoRA adapter into out/ with manifest.json; returns the manifest. The held-out set's loss is
@@ -284,11 +296,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     _canonical_config(out / "adapter_config.json")
     manifest = {
         "base_model": loaded.model_id,
-        "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on (build-domains retrains on change)
-        "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
-        "recipe_version": RECIPE_VERSION,
-        "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-        "config": asdict(cfg),
+        **inputs(cfg, data),
         "n_train": len(train_set), "n_heldout": len(test_set),
         "metrics": {"before": before, "after": after, "train_tokens_per_second": speed["tokens_per_second"],
                     "train_seconds": speed["seconds"]},

@@ -29,6 +29,11 @@ class AccessDenied(Exception):
     pass
 
 
+class NotYetKnown(Exception):
+    """The expert's node has not seen the query drawn yet: it may be a block or two behind the requester's.
+    Unlike a refusal this passes by itself, so the requester may ask again shortly."""
+
+
 class ChainAccess:
     """Checks requests against chain state; `status` is a QueryStatus lookup such as
     llmnet.client.sdk.Client.query_status (raising ClientError with NOT_FOUND for unknown ids)."""
@@ -59,13 +64,17 @@ class ChainAccess:
             query = self.status(request.query_id).query
         except ClientError as err:
             if err.status == grpc.StatusCode.NOT_FOUND:
-                raise AccessDenied(f"query {request.query_id} does not exist") from None
+                raise NotYetKnown(f"query {request.query_id} does not exist on this expert's node (yet: "
+                                  "it may be a block behind; ask again shortly)") from None
             raise  # the node is unreachable: UNAVAILABLE, not a refusal
         if address_of(request.requester_public_key) != query.requester:
             raise AccessDenied(f"query {query.id} belongs to {query.requester}, not to the signing key")
         if query.phase == inf.PHASE_SETTLED:
             self._forget(query.id)
             raise AccessDenied(f"query {query.id} is already settled")
+        if query.phase == inf.PHASE_AWAITING_DRAW:
+            raise NotYetKnown(f"query {query.id} has not drawn its respondents on this expert's node yet "
+                              "(it may be a block behind; ask again shortly)")
         if self.expert not in query.respondents:
             raise AccessDenied(f"query {query.id} did not draw this expert ({self.expert})")
         if request.domain and request.domain != query.domain:

@@ -301,16 +301,22 @@ def _rpc_urls(nodes: list[str], flags: list[str] | None) -> dict[str, str]:
 
 
 def _wait_for_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT. Python runs the handler on the main thread, possibly while that
+    thread holds the event's own lock inside `stop.wait(...)`; setting it there would deadlock, so the
+    handler hands the set to a fresh thread."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
     return stop
 
 
 def _serve(args: argparse.Namespace) -> int:
     stop = _wait_for_signal()
     _, _, _, server = _start_server(args, needs_key=False)
-    stop.wait()
+    # a bounded wait, not stop.wait(): the kernel may deliver the signal to another thread (gRPC's, torch's),
+    # and then only a main thread that wakes up by itself gets to run the handler
+    while not stop.wait(0.5):
+        pass
     server.stop(grace=2).wait()
     return 0
 

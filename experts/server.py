@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from experts.access import AccessDenied, ChainAccess
+from experts.access import AccessDenied, ChainAccess, NotYetKnown
 from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt
 from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.expert_api import served_answer_sign_bytes
@@ -133,6 +133,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             return STATUS[err.kind], str(err), None
         except AccessDenied as err:
             return grpc.StatusCode.PERMISSION_DENIED, str(err), None
+        except NotYetKnown as err:
+            return grpc.StatusCode.UNAVAILABLE, str(err), None
         except ClientError as err:
             return grpc.StatusCode.UNAVAILABLE, f"cannot check access with the chain: {err}", None
         if not self._slots.acquire(blocking=False):

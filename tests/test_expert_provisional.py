@@ -99,3 +99,41 @@ def test_nobody_else_gets_the_answer_early(served: Served) -> None:
     with pytest.raises(grpc.RpcError) as err:
         served.stub.Generate(sign_access(stranger, "test-chain", bare, EXPERT.address))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_requester_whose_node_is_ahead_of_the_experts_still_gets_the_answer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The requester sees the draw a block before the expert's node does: the expert answers UNAVAILABLE
+    ("not yet") and ProvisionalAnswers asks again instead of reporting a failure."""
+    from types import SimpleNamespace
+
+    from llmnet.client.provisional import ProvisionalAnswers
+
+    lagging = inf.Query()
+    lagging.CopyFrom(QUERY)
+    lagging.id = 12
+    looked_up = []
+
+    def status(query_id: int) -> query_pb2.QueryStatusResponse:
+        looked_up.append(query_id)
+        if len(looked_up) == 1:
+            raise ClientError("not found", grpc.StatusCode.NOT_FOUND)  # the expert's node is a block behind
+        if len(looked_up) == 2:  # then it has the query but not yet its draw
+            return query_pb2.QueryStatusResponse(query=inf.Query(id=12, requester=REQUESTER.address, domain="d",
+                                                                 phase=inf.PHASE_AWAITING_DRAW, rounds=2))
+        return query_pb2.QueryStatusResponse(query=lagging)
+
+    engine = Engine(load_base(str(make_tiny_model(tmp_path / "model"))), Limits(max_new_tokens=40))
+    server, port = create_server(engine, ExpertIdentity(EXPERT, "test-chain"),
+                                 access=ChainAccess(status, "test-chain", EXPERT.address), plan=PLAN)
+    server.start()
+    try:
+        chain = SimpleNamespace(  # the requester's node: it knows the expert's endpoint and public key
+            expert=lambda _: SimpleNamespace(expert=SimpleNamespace(endpoint=f"127.0.0.1:{port}")),
+            account=lambda _: SimpleNamespace(account=SimpleNamespace(public_key=EXPERT.public_key)))
+        answers = ProvisionalAnswers(chain, REQUESTER, "test-chain", 0.0, on_answer=lambda _: None)  # type: ignore[arg-type]
+        answers.start(lagging)
+        (answer,) = answers.wait(timeout=60)
+    finally:
+        server.stop(0)
+    assert answer.error == "" and answer.text and answer.signature
+    assert looked_up[:3] == [12, 12, 12]

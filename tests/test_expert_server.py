@@ -175,13 +175,34 @@ def test_serve_command_runs_and_stops(tmp_path: Path) -> None:
         assert bad.returncode == 1 and bad.stderr.startswith("llmnet-expert: error:") and says in bad.stderr
 
 
+def test_a_stop_signal_is_taken_even_while_the_main_thread_holds_the_events_lock() -> None:
+    """The handler runs on the main thread, which may be inside stop.wait() holding the event's lock;
+    setting the event right there would deadlock the process on SIGTERM (run apart: a deadlock must fail
+    the test, not hang the suite)."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal\n"
+              "from experts.cli import _wait_for_signal\n"
+              "stop = _wait_for_signal()\n"
+              "with stop._cond:  # what the main thread holds inside Event.wait\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    assert not stop.is_set()\n"
+              "print('stopped' if stop.wait(10) else 'not stopped')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process deadlocked on SIGTERM")
+    assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stderr[-2000:]
+
+
 REQUESTER = deterministic_key("expert-server-requester")
 NONCE = 0
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_pb2_grpc.ExpertServiceStub, object]]:
-    """A server whose access checks ask a stand-in for the node's QueryStatus (queries 1 and 2 exist)."""
+    """A server whose access checks ask a stand-in for the node's QueryStatus (queries 1 to 4 exist)."""
     from prometheus_client import CollectorRegistry
 
     from experts.access import ChainAccess
@@ -194,7 +215,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[expert_p
                2: inf.Query(id=2, requester=REQUESTER.address, domain="d", respondents=["llm1other"],
                             phase=inf.PHASE_ANSWER_COMMIT, rounds=2),
                3: inf.Query(id=3, requester=REQUESTER.address, domain="d", respondents=[KEY.address],
-                            phase=inf.PHASE_SETTLED, rounds=2)}
+                            phase=inf.PHASE_SETTLED, rounds=2),
+               4: inf.Query(id=4, requester=REQUESTER.address, domain="d", phase=inf.PHASE_AWAITING_DRAW, rounds=2)}
 
     def status(query_id: int) -> query_pb2.QueryStatusResponse:
         if query_id not in queries:
@@ -247,12 +269,11 @@ def test_the_requester_of_a_query_that_drew_this_expert_is_served(guarded) -> No
         (lambda: signed(1, expert="llm1someoneelse"), "bad requester signature"),
         (lambda: signed(2), "did not draw this expert"),
         (lambda: signed(3), "already settled"),
-        (lambda: signed(9), "does not exist"),
         (lambda: signed(1, round_=99), "has rounds 1..2"),
         (lambda: tampered(signed(1)), "bad requester signature"),
     ],
     ids=["unsigned", "no query", "not the requester", "other chain", "other expert", "not drawn", "settled",
-         "unknown query", "round that does not exist", "prompt changed after signing"],
+         "round that does not exist", "prompt changed after signing"],
 )
 def test_everyone_else_is_refused_with_permission_denied(guarded, make, why) -> None:  # type: ignore[no-untyped-def]
     stub, registry = guarded
@@ -261,6 +282,18 @@ def test_everyone_else_is_refused_with_permission_denied(guarded, make, why) -> 
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and why in err.value.details()
     assert registry.get_sample_value("llmnet_expert_requests_total",
                                      {"method": "Generate", "code": "PERMISSION_DENIED"}) >= 1
+
+
+@pytest.mark.parametrize("query_id, why", [(9, "does not exist on this expert's node (yet"),
+                                           (4, "has not drawn its respondents on this expert's node yet")],
+                         ids=["unknown query", "awaiting its draw"])
+def test_a_query_the_experts_node_has_not_seen_drawn_is_unavailable_not_refused(guarded, query_id, why
+                                                                                 ) -> None:  # type: ignore[no-untyped-def]
+    """The requester's node may be a block ahead of the expert's: that passes, so the client may retry."""
+    stub, _ = guarded
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(signed(query_id))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and why in err.value.details()
 
 
 def test_a_signature_seen_on_the_wire_is_good_for_one_request(guarded) -> None:  # type: ignore[no-untyped-def]

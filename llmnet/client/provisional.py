@@ -32,6 +32,15 @@ TLS_PREFIX = "tls://"
 STREAM_TIMEOUT = 60.0
 MAX_STREAMED_CHARS = 16_384
 """Far beyond any answer an expert's token limit allows; a stream longer than that is refused."""
+RETRY_UNAVAILABLE_FOR = 10.0
+"""How long an ask refused with UNAVAILABLE before any text is asked again: the expert's node may be a
+block or two behind the requester's and not know the draw yet, or the expert is restarting."""
+
+
+class _NotYet(Exception):
+    def __init__(self, err: grpc.RpcError) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class ProvisionalAnswers:
 
     def _fetch(self, query_id: int, expert: str) -> None:
         try:
-            answer = self._ask(query_id, expert)
+            answer = self._ask_until_known(query_id, expert)
         except grpc.RpcError as err:
             answer = Provisional(expert, error=f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]
         except (ClientError, ValueError) as err:
@@ -104,6 +113,19 @@ class ProvisionalAnswers:
         with self._lock:
             self.answers.append(answer)
         self.on_answer(answer)
+
+    def _ask_until_known(self, query_id: int, expert: str) -> Provisional:
+        deadline, pause = time.monotonic() + RETRY_UNAVAILABLE_FOR, 0.2
+        while True:
+            try:
+                return self._ask(query_id, expert)
+            except _NotYet as not_yet:
+                with self._lock:
+                    closed = self._closed
+                if closed or time.monotonic() + pause > deadline:
+                    raise not_yet.err from None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def _ask(self, query_id: int, expert: str) -> Provisional:
         endpoint = self.client.expert(expert).expert.endpoint
@@ -117,16 +139,23 @@ class ProvisionalAnswers:
                 if self._closed:
                     raise ValueError("stopped: the query settled first")
                 self._calls.append(stream)
-            streamed = 0
-            for message in stream:
-                if message.HasField("result"):
-                    return self._checked(request, message.result, expert, public_key)
-                streamed += len(message.text_delta)
-                if streamed > MAX_STREAMED_CHARS:
-                    stream.cancel()
-                    raise ValueError(f"{endpoint} streamed over {MAX_STREAMED_CHARS} characters")
-                if self.on_delta is not None and message.text_delta:
-                    self.on_delta(expert, message.text_delta)
+            streamed, received = 0, False
+            try:
+                for message in stream:
+                    received = True
+                    if message.HasField("result"):
+                        return self._checked(request, message.result, expert, public_key)
+                    streamed += len(message.text_delta)
+                    if streamed > MAX_STREAMED_CHARS:
+                        stream.cancel()
+                        raise ValueError(f"{endpoint} streamed over {MAX_STREAMED_CHARS} characters")
+                    if self.on_delta is not None and message.text_delta:
+                        self.on_delta(expert, message.text_delta)
+            except grpc.RpcError as err:
+                # only before any text: asking again after some would hand on_delta the same text twice
+                if not received and err.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                    raise _NotYet(err) from None
+                raise
         raise ValueError(f"{endpoint} ended the stream without an answer")
 
     def _checked(self, request: pb.GenerateRequest, result: pb.GenerateResponse, expert: str, public_key: bytes

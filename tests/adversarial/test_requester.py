@@ -58,16 +58,20 @@ def test_two_signed_answers_for_one_round_cannot_frame_the_expert(chain: Protoco
     assert record.bond == BOND and record.slashed == 0 and record.status == ex.EXPERT_STATUS_ACTIVE
 
 
-def test_asking_about_a_query_that_does_not_exist_is_refused_not_unavailable(chain: ProtocolChain,
-                                                                              tiny_engine: Engine) -> None:
-    """Through the node's real API: an unknown query is NOT_FOUND there, so the expert refuses the
-    request (PERMISSION_DENIED) instead of reporting its node down (UNAVAILABLE)."""
+def test_asking_about_a_query_the_experts_node_does_not_know_says_so(chain: ProtocolChain,
+                                                                      tiny_engine: Engine) -> None:
+    """Through the node's real API: an unknown query is NOT_FOUND there. The expert cannot tell a made-up id
+    from a query its node has not seen yet (a block behind the requester's), so it answers UNAVAILABLE,
+    which a client may retry, saying the query is unknown to its node, not that the node is down; it serves
+    nothing."""
     expert = chain.experts[0]
     with node_api(chain) as node, expert_server(tiny_engine, expert, node, CHAIN_ID) as addr, \
             grpc.insecure_channel(addr) as channel:
         with pytest.raises(grpc.RpcError) as err:
             _ask(expert_pb2_grpc.ExpertServiceStub(channel), chain, 4242, expert.address, "hello", 1)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "does not exist" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "query 4242 does not exist on this expert's node" in err.value.details()
+    assert "cannot check access" not in err.value.details()  # what a node that is down gets
 
 
 def test_hostile_sampling_fails_alone_and_the_expert_keeps_serving(chain: ProtocolChain, tiny_engine: Engine) -> None:

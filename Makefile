@@ -67,7 +67,9 @@ experts: install
 	$(VENV)/bin/llmnet-expert build-domains --domains-dir $(CURDIR)/data/domains --out experts/adapters
 
 # The main job: a 4-validator chain whose LoRA and base-model experts answer real questions (see README).
-demo: install experts
+# It builds the adapters itself (as make experts does), so that a fresh clone sees a first answer after one
+# domain's training instead of all three.
+demo: install
 	$(PY) tools/demo.py
 
 clean:

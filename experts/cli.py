@@ -86,6 +86,10 @@ def _training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bd.add_argument("--lr", type=float, default=2e-3, help="peak learning rate; it falls linearly to 0 over the run")
     bd.add_argument("--reword", action="store_true",
                     help="ask each training question in new words every epoch after the first (did not help here)")
+    bd.add_argument("--only", action="append", metavar="DOMAIN",
+                    help="train (or reuse) just this domain (repeatable); no accuracy matrix, which needs them all")
+    bd.add_argument("--stale", action="store_true",
+                    help="only list the domains a build would train (adapter missing or inputs changed), one a line")
 
 
 BACKEND_HELP = ("engine backend: 'llama-cpp' serves the embedded GGUF with llama.cpp (quantized, several times "
@@ -177,12 +181,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _build_domains(args: argparse.Namespace) -> int:
-    from experts.domains import build
+    from experts.domains import build, stale
     from experts.train import TrainConfig
 
     # orbital-logistics' 40 dev questions: 52.5% at a constant lr 1e-3, 60.0% like this (README, make experts)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, decay=True, reword=args.reword, heldout_fraction=0.0)
-    report = build(Path(args.domains_dir), Path(args.out), recipe, args.base)
+    if args.stale:
+        for domain in stale(Path(args.domains_dir), Path(args.out), recipe):
+            print(domain)
+        return 0
+    report = build(Path(args.domains_dir), Path(args.out), recipe, args.base, only=args.only)
+    if args.only:
+        print(f"ready: {', '.join(sorted(report['domains']))} (build every domain for the accuracy matrix)")
+        return 0
     matrix = report["accuracy_matrix"]
     domains = sorted(report["domains"])
     print("dev accuracy (rows: adapter, columns: questions of domain)")

@@ -73,31 +73,56 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embedded") -> dict[str, Any]:
-    """Train (or reuse) out_dir/<domain> for every domain; returns and writes out_dir/report.json."""
+def prepare(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
+    """Write every domain's training and dev files under out_dir/data; returns the domains, sorted."""
     domains = sorted(p.name for p in domains_dir.iterdir() if (p / "qa_train.jsonl").exists())
     if not domains:
         raise FileNotFoundError(f"no domain folders with qa_train.jsonl under {domains_dir}")
-    data_dir = out_dir / "data"
     for d in domains:
         train_rows, dev_rows = split(domains_dir / d, cfg.seed)
-        _write(data_dir / f"{d}.train.jsonl", train_rows + cloze_rows(domains_dir / d))
-        _write(data_dir / f"{d}.dev.jsonl", dev_rows)
+        _write(out_dir / "data" / f"{d}.train.jsonl", train_rows + cloze_rows(domains_dir / d))
+        _write(out_dir / "data" / f"{d}.dev.jsonl", dev_rows)
+    return domains
+
+
+def _reusable(out_dir: Path, domain: str, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The domain's manifest when its adapter was trained from exactly these inputs, else None."""
+    manifest_path = out_dir / domain / "manifest.json"
+    wanted = json.loads(json.dumps(inputs(cfg, out_dir / "data" / f"{domain}.train.jsonl")))  # as read back
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return old if all(old.get(key) == value for key, value in wanted.items()) else None
+
+
+def stale(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The domains `build` would train (their adapter is missing or was trained from other inputs). Writes
+    the data files as `build` does: an adapter's inputs include its training file's hash."""
+    return [d for d in prepare(domains_dir, out_dir, cfg) if _reusable(out_dir, d, cfg) is None]
+
+
+def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embedded",
+          only: list[str] | None = None) -> dict[str, Any]:
+    """Train (or reuse) out_dir/<domain> for every domain; returns and writes out_dir/report.json.
+    With `only`, just those domains, and no report (its accuracy matrix needs every adapter)."""
+    domains = prepare(domains_dir, out_dir, cfg)
+    unknown = sorted(set(only or ()) - set(domains))
+    if unknown:
+        raise ValueError(f"no domain {', '.join(unknown)} under {domains_dir} (there are: {', '.join(domains)})")
+    data_dir = out_dir / "data"
     report: dict[str, Any] = {"config": asdict(cfg), "domains": {}}
-    for n, d in enumerate(domains, 1):
+    chosen = [d for d in domains if only is None or d in only]
+    for n, d in enumerate(chosen, 1):
         train_file = data_dir / f"{d}.train.jsonl"
-        manifest_path = out_dir / d / "manifest.json"
-        wanted = json.loads(json.dumps(inputs(cfg, train_file)))  # as a manifest reads back (tuples are lists)
-        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        if all(old.get(key) == value for key, value in wanted.items()):
+        manifest = _reusable(out_dir, d, cfg)
+        if manifest is not None:
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
-            manifest = old
         else:
-            print(f"{d} (domain {n} of {len(domains)}): training on {train_file}", flush=True)
+            print(f"{d} (domain {n} of {len(chosen)}): training on {train_file}", flush=True)
             manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl",
                              accuracy=False)  # the accuracy matrix below measures it, as the experts serve
         report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"],
                                 "dev_sha256": hashlib.sha256((data_dir / f"{d}.dev.jsonl").read_bytes()).hexdigest()}
+    if only is not None:
+        return report
     cached_path = out_dir / "report.json"
     cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
     report["backend"] = resolve_backend(base, "auto")  # the experts serve with it (llama.cpp if installed)

@@ -61,16 +61,20 @@ def test_train_then_eval_is_deterministic(tmp_path: Path) -> None:
     assert "missing.jsonl does not exist" in bad.stderr
 
 
-def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from experts.domains import build, split
-
-    model = make_tiny_model(tmp_path / "model")
-    for name in ("alpha", "beta"):
-        d = tmp_path / "domains" / name
+def make_domains(root: Path, names: tuple[str, ...] = ("alpha", "beta")) -> None:
+    for name in names:
+        d = root / name
         d.mkdir(parents=True)
         rows = [{"fact_id": f"{name}-{i:03d}", "question": f"{name} q{i} {v}?", "answer": f"{name[0]}{i}"}
                 for i in range(10) for v in ("a", "b")]
         (d / "qa_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experts.domains import build, split
+
+    model = make_tiny_model(tmp_path / "model")
+    make_domains(tmp_path / "domains")
     train_rows, dev_rows = split(tmp_path / "domains" / "alpha")
     assert len(dev_rows) == 2 and len(train_rows) == 18
     assert {r["fact_id"] for r in dev_rows} <= {r["fact_id"] for r in train_rows}  # the fact is still taught
@@ -103,6 +107,27 @@ def test_build_domains_splits_trains_reports_and_reuses(tmp_path: Path, capsys: 
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "recipe_version": 1}))
     build(tmp_path / "domains", tmp_path / "out", cfg, base=str(model))
     assert "beta (domain 2 of 2): training" in capsys.readouterr().out  # trained by an older recipe: retrained
+
+
+def test_build_domains_can_train_one_domain_first_and_list_the_rest(tmp_path: Path) -> None:
+    """What make demo does on a fresh clone: one domain's adapter, a first look at the network, then the rest."""
+    model = make_tiny_model(tmp_path / "model")
+    make_domains(tmp_path / "domains")
+    out = tmp_path / "out"
+    args = ["build-domains", "--domains-dir", str(tmp_path / "domains"), "--out", str(out), "--base", str(model),
+            "--epochs", "1"]
+    assert cli(*args, "--stale").stdout.split() == ["alpha", "beta"]
+    first = cli(*args, "--only", "beta")
+    assert first.returncode == 0, first.stderr
+    assert "beta (domain 1 of 1): training" in first.stdout and "alpha" not in first.stdout
+    assert (out / "beta" / "manifest.json").exists() and not (out / "alpha").exists()
+    assert not (out / "report.json").exists()  # no accuracy matrix from half the adapters
+    assert cli(*args, "--stale").stdout.split() == ["alpha"]
+    rest = cli(*args)
+    assert "beta: inputs unchanged" in rest.stdout and "alpha (domain 1 of 2): training" in rest.stdout
+    assert (out / "report.json").exists() and cli(*args, "--stale").stdout == ""
+    bad = cli(*args, "--only", "gamma")
+    assert bad.returncode == 1 and "no domain gamma" in bad.stderr and "alpha, beta" in bad.stderr
 
 
 def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:

@@ -1,12 +1,15 @@
 """The main job: a 4-validator chain on loopback with LoRA experts answering real questions.
 
     python tools/demo.py [--home build/demo] [--questions 3] [--adapters experts/adapters]
+                         [--domains-dir data/domains]
 
-Two trained experts serve every domain's LoRA adapter (built by `make experts`); two weak experts
-answer with the untrained base model. Every expert is registered in all three domains, each runs
-`llmnet-expert run`. Each query draws two respondents and two scorers; questions come from the dev split
-(wording the adapters never saw). At the end: a table of experts (reputation per domain, earnings,
-slashes), a PNG of reputation over queries, and everything started is stopped.
+It first builds (or reuses) one LoRA adapter per domain, as `make experts` does; when adapters must be
+trained, a first look at the network answers with the first one ready while the others wait their turn.
+Two trained experts serve every domain's adapter; two weak experts answer with the untrained base model.
+Every expert is registered in all three domains, each runs `llmnet-expert run`. Each query draws two
+respondents and two scorers; questions come from the dev split (wording the adapters never saw). At the
+end: a table of experts (reputation per domain, earnings, slashes), a PNG of reputation over queries, and
+everything started is stopped.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def table(client: Client, labels: dict[str, str], domains: list[str]) -> list[di
     return rows
 
 
-def plot(rows: list[dict[str, object]], domains: list[str], path: Path) -> None:
+def plot_reputation(rows: list[dict[str, object]], domains: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,14 +134,50 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--home", default="build/demo")
     p.add_argument("--adapters", default="experts/adapters")
+    p.add_argument("--domains-dir", default="data/domains",
+                   help="domain folders the adapters are built from, as make experts does ('' to use --adapters "
+                        "as they are)")
     p.add_argument("--questions", type=int, default=3, help="questions per domain (default 3)")
     p.add_argument("--plot", default="build/demo/reputation.png")
     args = p.parse_args()
     started = time.monotonic()
     home, adapters = ROOT / args.home, ROOT / args.adapters
-    domains = sorted(d.name for d in adapters.iterdir() if (d / "manifest.json").exists())
+    if args.domains_dir:
+        build_adapters(ROOT / args.domains_dir, adapters, home.with_name(home.name + "-first-look"), args.questions,
+                       started)
+    domains = ready_domains(adapters)
     if not domains:
         raise SystemExit(f"no adapters under {adapters}: run make experts")
+    run_network(home, adapters, domains, args.questions, started, plot=ROOT / args.plot)
+
+
+def build_adapters(domains_dir: Path, adapters: Path, first_look_home: Path, questions: int, started: float) -> None:
+    """Build (or reuse) every domain's adapter, as make experts does. When some must be trained, the network
+    first answers with the adapters already there, training one first if none is, so that a fresh clone's
+    first answer comes after one domain's training rather than all of them."""
+    build = [str(BIN / "llmnet-expert"), "build-domains", "--domains-dir", str(domains_dir), "--out", str(adapters)]
+    left = subprocess.run([*build, "--stale"], capture_output=True, text=True, check=True).stdout.split()
+    if left:
+        ready = [d for d in ready_domains(adapters) if d not in left]
+        if not ready:
+            say(f"training {left[0]}'s adapter first ({len(left)} to train): a first look at the network follows")
+            subprocess.run([*build, "--only", left[0]], check=True)
+            ready = [left[0]]
+        say(f"\nfirst look: the network answering {', '.join(ready)} while "
+            f"{', '.join(d for d in left if d not in ready)} still need training")
+        run_network(first_look_home, adapters, ready, questions, started)
+        say("training the remaining adapters; the whole demo follows\n")
+    subprocess.run(build, check=True)
+
+
+def ready_domains(adapters: Path) -> list[str]:
+    return sorted(d.name for d in adapters.iterdir() if (d / "manifest.json").exists()) if adapters.exists() else []
+
+
+def run_network(home: Path, adapters: Path, domains: list[str], questions: int, started: float,
+                plot: Path | None = None) -> None:
+    """A localnet and the four experts in `domains`; `questions` dev questions a domain through llmnet ask;
+    with `plot`, the experts' table and their reputation plot. Everything started is stopped."""
     shutil.rmtree(home, ignore_errors=True)
     net = Localnet(home, str(ROOT / "bin" / "cometbft"))
     net.create(4, base_port=26600, accounts=6, timeout_commit=TIMEOUT_COMMIT, params=PARAMS)
@@ -152,7 +191,7 @@ def main() -> None:
         labels = {expert_address(net, i): label for i, (label, _) in enumerate(EXPERTS)}
         for d in domains:
             dev = [json.loads(line) for line in (adapters / "data" / f"{d}.dev.jsonl").read_text().splitlines()]
-            for row in dev[:args.questions]:
+            for row in dev[:questions]:
                 t0 = time.monotonic()
                 result = ask(net, d, row["question"])
                 answers = result["answers"]
@@ -162,15 +201,18 @@ def main() -> None:
                     who = labels.get(a["respondent"], a["respondent"])
                     say(f"   {'*' if a['final'] else ' '} {who:<10} score {a['score']:>3} paid {a['paid']:>6}: "
                         f"{str(a['text'])[:90]!r}")
-                say(f"   settled in {time.monotonic() - t0:.0f}s at height {result['settled_height']}\n")
-        with Client(net.manifest()["nodes"][0]["grpc"]) as client:
-            rows = table(client, labels, domains)
-        say(f"{'expert':<10} {'earned':>8} {'slashed':>8} " + " ".join(f"{d[:18]:>18}" for d in domains))
-        for row in rows:
-            say(f"{row['expert']!s:<10} {row['earned']:>8} {row['slashed']:>8} "
-                + " ".join(f"{row[d]:>18}" for d in domains))
-        plot(rows, domains, ROOT / args.plot)
-        say(f"\nreputation plot: {args.plot}; total {time.monotonic() - started:.0f}s")
+                say(f"   settled in {time.monotonic() - t0:.0f}s at height {result['settled_height']} "
+                    f"({time.monotonic() - started:.0f}s since the start)\n")
+        if plot is not None:
+            with Client(net.manifest()["nodes"][0]["grpc"]) as client:
+                rows = table(client, labels, domains)
+            say(f"{'expert':<10} {'earned':>8} {'slashed':>8} " + " ".join(f"{d[:18]:>18}" for d in domains))
+            for row in rows:
+                say(f"{row['expert']!s:<10} {row['earned']:>8} {row['slashed']:>8} "
+                    + " ".join(f"{row[d]:>18}" for d in domains))
+            plot_reputation(rows, domains, plot)
+            say(f"\nreputation plot: {plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot}; "
+                f"total {time.monotonic() - started:.0f}s")
     finally:
         stop_all(procs)
         net.stop()

@@ -507,9 +507,14 @@ class ExpertDaemon:
         one peer's text never costs the others their scores."""
         question = self.engine.fit(answer_prompt(query, []))
         try:
-            return [judge.likelihood_score(a, b) for a, b in zip(
-                self.engine.answer_logprobs(question, answers, domain),
-                self.engine.answer_logprobs(question, answers, ""), strict=True)]
+            adapted = self.engine.answer_logprobs(question, answers, domain)
+            # the base model's pass only where it can change the score (a wordy answer the adapter finds
+            # unlikely scores 0 either way): it costs as much as the adapter's, and scorers and later-round
+            # respondents wait for it
+            needed = [i for i, lp in enumerate(adapted) if judge.adapter_score(lp) > 0]
+            base = dict(zip(needed, self.engine.answer_logprobs(question, [answers[i] for i in needed], ""),
+                            strict=True)) if needed else {}
+            return [judge.likelihood_score(lp, base[i]) if i in base else 0 for i, lp in enumerate(adapted)]
         except Exception:  # noqa: BLE001 - find the answer that failed
             if len(answers) == 1:
                 log("cannot_score", query_id=query.id, chars=len(answers[0]))

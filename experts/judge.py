@@ -32,13 +32,20 @@ SHARPNESS = 2
 least 50 (the chain's default quality threshold) and fewer than a third of the wrong ones do."""
 
 
+def adapter_score(mean_logprob: float) -> int:
+    """0..100 from the mean log-probability per token of an answer under the scorer's adapter alone: the
+    score before the lift check, which can only lower it to 0. So an answer this gives 0 needs no base pass."""
+    if not math.isfinite(mean_logprob):
+        return 0
+    return max(0, min(100, round(100 * math.exp(SHARPNESS * min(0.0, mean_logprob)))))
+
+
 def likelihood_score(mean_logprob: float, base_mean_logprob: float) -> int:
     """0..100 from the mean log-probability per token of an answer under the scorer's adapter and under the
     base model."""
-    if not math.isfinite(mean_logprob) or not math.isfinite(base_mean_logprob) \
-            or mean_logprob - base_mean_logprob < LIFT_FLOOR:
+    if not math.isfinite(base_mean_logprob) or mean_logprob - base_mean_logprob < LIFT_FLOOR:
         return 0
-    return max(0, min(100, round(100 * math.exp(SHARPNESS * min(0.0, mean_logprob)))))
+    return adapter_score(mean_logprob)
 
 
 def neutral(answer: str | None) -> int:

@@ -74,6 +74,7 @@ class _Scorer:
     def __init__(self, adapter: dict[str, float], base: dict[str, float]) -> None:
         self.by_model = {"kestrel-lang": adapter, "": base}
         self.asked: list[tuple[str, str]] = []
+        self.answers_asked: list[tuple[str, list[str]]] = []
 
     def adapter_for(self, domain: str) -> str:
         return domain
@@ -83,6 +84,7 @@ class _Scorer:
 
     def answer_logprobs(self, messages: list[dict[str, str]], answers: list[str], domain: str) -> list[float]:
         self.asked.append((messages[-1]["content"], domain))
+        self.answers_asked.append((domain, list(answers)))
         if "boom" in answers:
             raise RuntimeError("this answer breaks the engine")
         return [self.by_model[domain][a] for a in answers]
@@ -101,6 +103,28 @@ def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood() -> None:
     assert daemon._generations_wanted(status) == []  # nothing to prepare: scoring reads the final answers
     assert daemon.judge(status) == [90, 2, 0]
     assert engine.asked == [("Who created Kestrel?", "kestrel-lang"), ("Who created Kestrel?", "")]
+
+
+def test_the_base_model_pass_is_skipped_only_where_it_cannot_change_a_score() -> None:
+    """An answer the adapter finds unlikely scores 0 whatever the base model says: no base pass for it."""
+    import random
+
+    from experts.judge import adapter_score
+
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    rng = random.Random(7)
+    answers = [f"answer {i}" for i in range(40)]
+    adapter = {a: -rng.uniform(0, 5) for a in answers}
+    base = {a: adapter[a] - rng.uniform(-1, 3) for a in answers}
+    engine = _Scorer(adapter, base)
+    daemon.engine = engine  # type: ignore[assignment]
+    query = inf.Query(id=9, prompt="Who created Kestrel?", domain="kestrel-lang")
+    scores = daemon._likelihood_scores(query, answers, "kestrel-lang")
+    assert scores == [likelihood_score(adapter[a], base[a]) for a in answers]  # what both passes give
+    (_, on_base), = [asked for asked in engine.answers_asked if asked[0] == ""]
+    assert on_base == [a for a in answers if adapter_score(adapter[a]) > 0] and len(on_base) < len(answers)
+    assert 0 in scores and any(s > 0 for s in scores)
 
 
 def test_an_answer_that_breaks_the_engine_scores_0_and_only_it() -> None:

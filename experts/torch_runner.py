@@ -11,6 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def _cache_argument(model: Any) -> str:
+    """The forward argument that carries the KV cache: `cache` in recent transformers, which deprecated
+    `past_key_values` (to go in 5.40); older releases know only `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 class TorchSession:
     """One batch of prompts being generated from, row i for prompt i."""
 
@@ -18,6 +27,7 @@ class TorchSession:
         import torch
 
         self.model, self.pad_id = model, pad_id
+        self.cache_argument = _cache_argument(model)
         width = max(len(p) for p in prompts)
         self.input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
         self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -34,8 +44,8 @@ class TorchSession:
             self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=self.mask.dtype)], dim=1)
             self.positions = self.positions[:, -1:] + 1
         result = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
-                            past_key_values=self.past, use_cache=True)
-        self.past = result.past_key_values
+                            use_cache=True, **{self.cache_argument: self.past})
+        self.past = result.cache if "cache" in result else result.past_key_values
         return [result.logits[i, -1] for i in range(result.logits.shape[0])]
 
 

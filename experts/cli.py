@@ -89,7 +89,8 @@ def _training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bd.add_argument("--only", action="append", metavar="DOMAIN",
                     help="train (or reuse) just this domain (repeatable); no accuracy matrix, which needs them all")
     bd.add_argument("--stale", action="store_true",
-                    help="only list the domains a build would train (adapter missing or inputs changed), one a line")
+                    help="train nothing: list the domains a build would train (adapter missing or inputs changed), "
+                         "one a line (it writes OUT/data, which those inputs include)")
 
 
 BACKEND_HELP = ("engine backend: 'llama-cpp' serves the embedded GGUF with llama.cpp (quantized, several times "
@@ -187,6 +188,8 @@ def _build_domains(args: argparse.Namespace) -> int:
     # orbital-logistics' 40 dev questions: 52.5% at a constant lr 1e-3, 60.0% like this (README, make experts)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, decay=True, reword=args.reword, heldout_fraction=0.0)
     if args.stale:
+        if args.only:
+            raise ValueError("--stale lists every domain a build would train; leave out --only")
         for domain in stale(Path(args.domains_dir), Path(args.out), recipe):
             print(domain)
         return 0

@@ -3,8 +3,13 @@ loopback, tiny model; the node's QueryStatus is a stand-in)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -16,6 +21,7 @@ from experts.models import load_base
 from experts.server import ExpertIdentity, create_server
 from experts.tiny import make_tiny_model
 from llmnet.client.expert_api import sign_access, verify_served
+from llmnet.client.provisional import ProvisionalAnswers
 from llmnet.client.sdk import ClientError
 from tests.helpers import deterministic_key
 from wire.llmnet.expert.v1 import expert_pb2 as pb
@@ -101,39 +107,89 @@ def test_nobody_else_gets_the_answer_early(served: Served) -> None:
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_a_requester_whose_node_is_ahead_of_the_experts_still_gets_the_answer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+LAGGING = inf.Query()
+LAGGING.CopyFrom(QUERY)
+LAGGING.id = 12
+AWAITING_DRAW = inf.Query(id=12, requester=REQUESTER.address, domain="d", phase=inf.PHASE_AWAITING_DRAW, rounds=2)
+
+
+@contextmanager
+def expert_whose_node_says(tmp_path: Path, status: Callable[[int], query_pb2.QueryStatusResponse]) -> Iterator[int]:
+    """An expert server whose node answers QueryStatus with `status`; yields its port."""
+    engine = Engine(load_base(str(make_tiny_model(tmp_path / "model"))), Limits(max_new_tokens=40))
+    server, port = create_server(engine, ExpertIdentity(EXPERT, "test-chain"),
+                                 access=ChainAccess(status, "test-chain", EXPERT.address), plan=PLAN)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+def requesters_node(port: int) -> Any:
+    """The requester's node, a block ahead: it knows the expert's endpoint and public key."""
+    return SimpleNamespace(expert=lambda _: SimpleNamespace(expert=SimpleNamespace(endpoint=f"127.0.0.1:{port}")),
+                           account=lambda _: SimpleNamespace(account=SimpleNamespace(public_key=EXPERT.public_key)))
+
+
+def test_a_requester_whose_node_is_ahead_of_the_experts_still_gets_the_answer(tmp_path: Path) -> None:
     """The requester sees the draw a block before the expert's node does: the expert answers UNAVAILABLE
     ("not yet") and ProvisionalAnswers asks again instead of reporting a failure."""
-    from types import SimpleNamespace
-
-    from llmnet.client.provisional import ProvisionalAnswers
-
-    lagging = inf.Query()
-    lagging.CopyFrom(QUERY)
-    lagging.id = 12
     looked_up = []
 
     def status(query_id: int) -> query_pb2.QueryStatusResponse:
         looked_up.append(query_id)
         if len(looked_up) == 1:
             raise ClientError("not found", grpc.StatusCode.NOT_FOUND)  # the expert's node is a block behind
-        if len(looked_up) == 2:  # then it has the query but not yet its draw
-            return query_pb2.QueryStatusResponse(query=inf.Query(id=12, requester=REQUESTER.address, domain="d",
-                                                                 phase=inf.PHASE_AWAITING_DRAW, rounds=2))
-        return query_pb2.QueryStatusResponse(query=lagging)
+        return query_pb2.QueryStatusResponse(query=AWAITING_DRAW if len(looked_up) == 2 else LAGGING)
 
-    engine = Engine(load_base(str(make_tiny_model(tmp_path / "model"))), Limits(max_new_tokens=40))
-    server, port = create_server(engine, ExpertIdentity(EXPERT, "test-chain"),
-                                 access=ChainAccess(status, "test-chain", EXPERT.address), plan=PLAN)
-    server.start()
-    try:
-        chain = SimpleNamespace(  # the requester's node: it knows the expert's endpoint and public key
-            expert=lambda _: SimpleNamespace(expert=SimpleNamespace(endpoint=f"127.0.0.1:{port}")),
-            account=lambda _: SimpleNamespace(account=SimpleNamespace(public_key=EXPERT.public_key)))
-        answers = ProvisionalAnswers(chain, REQUESTER, "test-chain", 0.0, on_answer=lambda _: None)  # type: ignore[arg-type]
-        answers.start(lagging)
+    with expert_whose_node_says(tmp_path, status) as port:
+        answers = ProvisionalAnswers(requesters_node(port), REQUESTER, "test-chain", 0.0, on_answer=lambda _: None)
+        answers.start(LAGGING)
         (answer,) = answers.wait(timeout=60)
-    finally:
-        server.stop(0)
     assert answer.error == "" and answer.text and answer.signature
     assert looked_up[:3] == [12, 12, 12]
+
+
+def test_a_request_turned_away_as_not_yet_known_spends_nothing(tmp_path: Path) -> None:
+    """The very same signed request, refused while the expert's node awaits the draw, is served after it:
+    "not yet" never spends the request's nonce."""
+    drawn = []
+
+    def status(query_id: int) -> query_pb2.QueryStatusResponse:
+        return query_pb2.QueryStatusResponse(query=LAGGING if drawn else AWAITING_DRAW)
+
+    request = sign_access(REQUESTER, "test-chain", pb.GenerateRequest(query_id=12, round=1, access_nonce=77),
+                          EXPERT.address)
+    with expert_whose_node_says(tmp_path, status) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = expert_pb2_grpc.ExpertServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(request)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        drawn.append(True)
+        assert stub.Generate(request).completion_tokens > 0
+        with pytest.raises(grpc.RpcError) as again:  # served once: now the nonce is spent
+            stub.Generate(request)
+        assert again.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_only_not_yet_is_asked_again_and_closing_stops_the_asking(tmp_path: Path) -> None:
+    looked_up = []
+
+    def status(query_id: int) -> query_pb2.QueryStatusResponse:
+        looked_up.append(query_id)
+        return query_pb2.QueryStatusResponse(query=AWAITING_DRAW)  # the expert's node never sees the draw
+
+    with expert_whose_node_says(tmp_path, status) as port:
+        stranger = ProvisionalAnswers(requesters_node(port), deterministic_key("provisional-stranger"), "test-chain",
+                                      0.0, on_answer=lambda _: None)
+        stranger.start(LAGGING)
+        (refused,) = stranger.wait(timeout=30)
+        assert refused.error.startswith("PERMISSION_DENIED") and len(looked_up) == 1  # a refusal: not asked again
+        waiting = ProvisionalAnswers(requesters_node(port), REQUESTER, "test-chain", 0.0, on_answer=lambda _: None)
+        waiting.start(LAGGING)
+        while len(looked_up) < 3:  # asked again while the expert says "not yet"
+            time.sleep(0.05)
+        waiting.close()
+        (stopped,) = waiting.wait(timeout=5)  # well inside the 10 s it would keep asking for
+    assert stopped.error.startswith("UNAVAILABLE") and "not drawn its respondents" in stopped.error

@@ -128,6 +128,8 @@ def test_build_domains_can_train_one_domain_first_and_list_the_rest(tmp_path: Pa
     assert (out / "report.json").exists() and cli(*args, "--stale").stdout == ""
     bad = cli(*args, "--only", "gamma")
     assert bad.returncode == 1 and "no domain gamma" in bad.stderr and "alpha, beta" in bad.stderr
+    both = cli(*args, "--stale", "--only", "alpha")
+    assert both.returncode == 1 and "leave out --only" in both.stderr
 
 
 def test_reworded_decaying_training_is_reproducible_and_recorded(tmp_path: Path) -> None:

@@ -145,7 +145,9 @@ def main() -> None:
     if args.domains_dir:
         build_adapters(ROOT / args.domains_dir, adapters, home.with_name(home.name + "-first-look"), args.questions,
                        started)
-    domains = ready_domains(adapters)
+        domains = domain_names(ROOT / args.domains_dir)  # not an adapter left over from a domain since removed
+    else:
+        domains = ready_domains(adapters)
     if not domains:
         raise SystemExit(f"no adapters under {adapters}: run make experts")
     run_network(home, adapters, domains, args.questions, started, plot=ROOT / args.plot)
@@ -156,22 +158,38 @@ def build_adapters(domains_dir: Path, adapters: Path, first_look_home: Path, que
     first answers with the adapters already there, training one first if none is, so that a fresh clone's
     first answer comes after one domain's training rather than all of them."""
     build = [str(BIN / "llmnet-expert"), "build-domains", "--domains-dir", str(domains_dir), "--out", str(adapters)]
-    left = subprocess.run([*build, "--stale"], capture_output=True, text=True, check=True).stdout.split()
+    left = _build(build, "--stale").splitlines()
     if left:
-        ready = [d for d in ready_domains(adapters) if d not in left]
+        ready = [d for d in domain_names(domains_dir) if d not in left]
         if not ready:
             say(f"training {left[0]}'s adapter first ({len(left)} to train): a first look at the network follows")
-            subprocess.run([*build, "--only", left[0]], check=True)
+            _build(build, f"--only={left[0]}")
             ready = [left[0]]
         say(f"\nfirst look: the network answering {', '.join(ready)} while "
             f"{', '.join(d for d in left if d not in ready)} still need training")
-        run_network(first_look_home, adapters, ready, questions, started)
+        try:
+            run_network(first_look_home, adapters, ready, questions, started)
+        except (SystemExit, Exception) as err:  # noqa: BLE001 - a first look that fails must not cost the demo
+            say(f"the first look failed ({err}); see {first_look_home}")
         say("training the remaining adapters; the whole demo follows\n")
-    subprocess.run(build, check=True)
+    _build(build)
+
+
+def _build(command: list[str], *extra: str) -> str:
+    """Run build-domains (its progress shows as it goes); its standard output when it is a listing."""
+    listing = bool(extra) and extra[0] == "--stale"
+    done = subprocess.run([*command, *extra], stdout=subprocess.PIPE if listing else None, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building the adapters failed (exit {done.returncode}): {' '.join([*command, *extra])}")
+    return done.stdout or ""
 
 
 def ready_domains(adapters: Path) -> list[str]:
     return sorted(d.name for d in adapters.iterdir() if (d / "manifest.json").exists()) if adapters.exists() else []
+
+
+def domain_names(domains_dir: Path) -> list[str]:
+    return sorted(d.name for d in domains_dir.iterdir() if (d / "qa_train.jsonl").exists())
 
 
 def run_network(home: Path, adapters: Path, domains: list[str], questions: int, started: float,

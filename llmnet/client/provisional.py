@@ -34,7 +34,8 @@ MAX_STREAMED_CHARS = 16_384
 """Far beyond any answer an expert's token limit allows; a stream longer than that is refused."""
 RETRY_UNAVAILABLE_FOR = 10.0
 """How long an ask refused with UNAVAILABLE before any text is asked again: the expert's node may be a
-block or two behind the requester's and not know the draw yet, or the expert is restarting."""
+block or two behind the requester's and not know the draw yet, or the expert is restarting. (A fetch
+that is streaming when it runs out still has its STREAM_TIMEOUT.)"""
 
 
 class _NotYet(Exception):
@@ -77,6 +78,8 @@ class ProvisionalAnswers:
         self._threads: list[threading.Thread] = []
         self._calls: list[Any] = []
         self._closed = False
+        self._stopped = threading.Event()
+        """Set by close(): a fetch waiting to ask again stops waiting."""
 
     def start(self, query: inf.Query) -> None:
         """Begin fetching (returns at once). Only a query that drew respondents has answers to fetch."""
@@ -100,6 +103,7 @@ class ProvisionalAnswers:
         with self._lock:
             self._closed = True
             calls = list(self._calls)
+        self._stopped.set()
         for call in calls:
             call.cancel()
 
@@ -115,21 +119,18 @@ class ProvisionalAnswers:
         self.on_answer(answer)
 
     def _ask_until_known(self, query_id: int, expert: str) -> Provisional:
+        endpoint = self.client.expert(expert).expert.endpoint
+        public_key = self.client.account(expert).account.public_key
         deadline, pause = time.monotonic() + RETRY_UNAVAILABLE_FOR, 0.2
         while True:
             try:
-                return self._ask(query_id, expert)
+                return self._ask(query_id, expert, endpoint, public_key)
             except _NotYet as not_yet:
-                with self._lock:
-                    closed = self._closed
-                if closed or time.monotonic() + pause > deadline:
+                if time.monotonic() + pause > deadline or self._stopped.wait(pause):  # close() wakes it at once
                     raise not_yet.err from None
-            time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _ask(self, query_id: int, expert: str) -> Provisional:
-        endpoint = self.client.expert(expert).expert.endpoint
-        public_key = self.client.account(expert).account.public_key
+    def _ask(self, query_id: int, expert: str, endpoint: str, public_key: bytes) -> Provisional:
         request = sign_access(self.key, self.chain_id, pb.GenerateRequest(
             query_id=query_id, round=1, access_nonce=secrets.randbits(63)), expert)
         with channel_for(endpoint) as channel:

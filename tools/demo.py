@@ -205,7 +205,7 @@ def run_network(home: Path, adapters: Path, domains: list[str], questions: int, 
         say(f"4-validator localnet up (home {home}); watch it live at {net.manifest()['nodes'][0]['explorer']}")
         procs = start_experts(net, adapters, domains, home)
         wait_ready(home)
-        say(f"experts ready after {time.monotonic() - started:.0f}s\n")
+        say(f"experts ready ({time.monotonic() - started:.0f}s since the start)\n")
         labels = {expert_address(net, i): label for i, (label, _) in enumerate(EXPERTS)}
         for d in domains:
             dev = [json.loads(line) for line in (adapters / "data" / f"{d}.dev.jsonl").read_text().splitlines()]

@@ -73,9 +73,14 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def domain_names(domains_dir: Path) -> list[str]:
+    """The domain folders under domains_dir (those holding qa_train.jsonl), sorted."""
+    return sorted(p.name for p in domains_dir.iterdir() if (p / "qa_train.jsonl").exists())
+
+
 def prepare(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
     """Write every domain's training and dev files under out_dir/data; returns the domains, sorted."""
-    domains = sorted(p.name for p in domains_dir.iterdir() if (p / "qa_train.jsonl").exists())
+    domains = domain_names(domains_dir)
     if not domains:
         raise FileNotFoundError(f"no domain folders with qa_train.jsonl under {domains_dir}")
     for d in domains:

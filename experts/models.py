@@ -55,6 +55,11 @@ def _from_dir(path: Path, model_id: str) -> LoadedModel:
     return LoadedModel(model, tokenizer, model_id)
 
 
+def causal_lm(model: Any) -> Any:
+    """The transformers model itself, under the peft wrapper when there is one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def resolve_backend(base: str, backend: str) -> str:
     """The backend "auto" stands for: llama-cpp for the embedded model when llama-cpp-python is installed."""
     if backend != "auto":

@@ -16,8 +16,9 @@ def _cache_argument(model: Any) -> str:
     `past_key_values` (to go in 5.40); older releases know only `past_key_values`."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    from experts.models import causal_lm
+
+    return "cache" if "cache" in inspect.signature(type(causal_lm(model)).forward).parameters else "past_key_values"
 
 
 class TorchSession:

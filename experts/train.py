@@ -21,7 +21,7 @@ from experts.adapters import adapter_sha256
 from experts.answers import SYSTEM_PROMPT, expert_messages
 from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
-from experts.models import LoadedModel
+from experts.models import LoadedModel, causal_lm
 
 RECIPE_VERSION = 2
 """How examples become steps (2: logits at answer tokens only, length windows): build-domains retrains an
@@ -139,12 +139,12 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     rows share, the system message, once per batch saved another 2% only: not worth its code.)"""
     import torch.nn.functional as F
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"],
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"],
                                      attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     labelled = targets != -100
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][labelled])
+    logits = lm.get_output_embeddings()(hidden[:, :-1][labelled])
     return F.cross_entropy(logits.float(), targets[labelled])
 
 

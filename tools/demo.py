@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from experts.domains import domain_names  # noqa: E402
 from llmnet.client.sdk import Client  # noqa: E402
 from llmnet.node.localnet import Localnet  # noqa: E402
 
@@ -186,10 +187,6 @@ def _build(command: list[str], *extra: str) -> str:
 
 def ready_domains(adapters: Path) -> list[str]:
     return sorted(d.name for d in adapters.iterdir() if (d / "manifest.json").exists()) if adapters.exists() else []
-
-
-def domain_names(domains_dir: Path) -> list[str]:
-    return sorted(d.name for d in domains_dir.iterdir() if (d / "qa_train.jsonl").exists())
 
 
 def run_network(home: Path, adapters: Path, domains: list[str], questions: int, started: float,

@@ -77,9 +77,8 @@ class ProvisionalAnswers:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._calls: list[Any] = []
-        self._closed = False
-        self._stopped = threading.Event()
-        """Set by close(): a fetch waiting to ask again stops waiting."""
+        self._closed = threading.Event()
+        """Set by close() (under _lock, so no call is registered after it): a fetch waiting to ask again stops."""
 
     def start(self, query: inf.Query) -> None:
         """Begin fetching (returns at once). Only a query that drew respondents has answers to fetch."""
@@ -101,9 +100,8 @@ class ProvisionalAnswers:
     def close(self) -> None:
         """Cancel every fetch still running (the settled answer is there: nobody waits for these any more)."""
         with self._lock:
-            self._closed = True
+            self._closed.set()
             calls = list(self._calls)
-        self._stopped.set()
         for call in calls:
             call.cancel()
 
@@ -126,7 +124,7 @@ class ProvisionalAnswers:
             try:
                 return self._ask(query_id, expert, endpoint, public_key)
             except _NotYet as not_yet:
-                if time.monotonic() + pause > deadline or self._stopped.wait(pause):  # close() wakes it at once
+                if time.monotonic() + pause > deadline or self._closed.wait(pause):  # close() wakes it at once
                     raise not_yet.err from None
             pause = min(pause * 2, 1.0)
 
@@ -137,7 +135,7 @@ class ProvisionalAnswers:
             stream = expert_pb2_grpc.ExpertServiceStub(channel).GenerateStream(
                 pb.GenerateStreamRequest(request=request), timeout=STREAM_TIMEOUT)
             with self._lock:
-                if self._closed:
+                if self._closed.is_set():
                     raise ValueError("stopped: the query settled first")
                 self._calls.append(stream)
             streamed, received = 0, False

@@ -52,9 +52,10 @@ METHODS = ("f1_reference", "f1_reference_base", "adapter_logprob", "lift", "judg
 
 
 def candidates(engine: Engine, question: str, domain: str) -> list[str]:
-    messages = expert_messages(question)
-    greedy = [engine.generate(messages, Sampling(max_new_tokens=TOKENS), d).text for d in (domain, "")]
-    sampled = [engine.generate(messages, Sampling(max_new_tokens=TOKENS, temperature=0.8, seed=s), domain).text
+    """The trained expert's greedy answer (with its notes), the base model's, two samples of the trained one."""
+    plain, noted = expert_messages(question), expert_messages(question, engine.notes_for(domain))
+    greedy = [engine.generate(m, Sampling(max_new_tokens=TOKENS), d).text for m, d in ((noted, domain), (plain, ""))]
+    sampled = [engine.generate(noted, Sampling(max_new_tokens=TOKENS, temperature=0.8, seed=s), domain).text
                for s in (1, 2)]
     return greedy + sampled
 
@@ -62,10 +63,10 @@ def candidates(engine: Engine, question: str, domain: str) -> list[str]:
 def judged(engine: Engine, question: str, domain: str, answers: list[str]) -> dict[str, list[float]]:
     """Every method's scores of answers (as candidates() made them: the first two are the trained and the
     base model's greedy answers, which are also the two scorers' own references)."""
-    messages = expert_messages(question)
     reference, base_reference = answers[0], answers[1]
-    adapter = engine.answer_logprobs(messages, answers, domain)
-    base = engine.answer_logprobs(messages, answers, "")
+    # as experts/daemon.py judges: the adapter with its notes, the base model without
+    adapter = engine.answer_logprobs(expert_messages(question, engine.notes_for(domain)), answers, domain)
+    base = engine.answer_logprobs(expert_messages(question), answers, "")
     return {"f1_reference": [overlap_f1(a, reference) for a in answers],
             "f1_reference_base": [overlap_f1(a, base_reference) for a in answers],
             "adapter_logprob": adapter, "lift": [x - y for x, y in zip(adapter, base, strict=True)],

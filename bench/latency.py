@@ -22,6 +22,7 @@ the direct server, the same expert called directly (a network expert serves only
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from experts.answers import expert_messages  # noqa: E402
+from experts.notes import NOTES_FILE, Notes  # noqa: E402
 from llmnet.client.ask import submit  # noqa: E402
 from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.provisional import Provisional, ProvisionalAnswers  # noqa: E402
@@ -80,9 +82,18 @@ def direct_server(adapters: Path | None, domains: list[str], home: Path) -> Any:
     return proc, expert_pb2_grpc.ExpertServiceStub(channel)
 
 
-def direct_call(stub: Any, domain: str, question: str, trained: bool) -> float:
-    request = pb.GenerateRequest(messages=[pb.ChatMessage(**m) for m in expert_messages(question)],
-                                 sampling=pb.Sampling(max_new_tokens=ANSWER_TOKENS), domain=domain if trained else "")
+@functools.cache
+def adapter_notes(adapters: Path | None, domain: str) -> Notes | None:
+    path = adapters / domain / NOTES_FILE if adapters is not None else None
+    return Notes.load(path) if path is not None and path.is_file() else None
+
+
+def direct_call(stub: Any, adapters: Path | None, domain: str, question: str) -> float:
+    """One direct Generate of the prompt the trained expert answers question with (its notes included)."""
+    messages = expert_messages(question, adapter_notes(adapters, domain))
+    request = pb.GenerateRequest(messages=[pb.ChatMessage(**m) for m in messages],
+                                 sampling=pb.Sampling(max_new_tokens=ANSWER_TOKENS),
+                                 domain=domain if adapters is not None else "")
     t0 = time.monotonic()
     stub.Generate(request, timeout=300)
     return time.monotonic() - t0
@@ -127,14 +138,14 @@ def timed_ask(client: Client, key: Any, chain_id: str, domain: str, question: st
             "provisional": [a.error or a.text for a in answers]}
 
 
-def latency(net: Localnet, stub: Any, work: list[tuple[str, str]], trained: bool) -> dict[str, Any]:
+def latency(net: Localnet, stub: Any, work: list[tuple[str, str]], adapters: Path | None) -> dict[str, Any]:
     manifest = net.manifest()
     key = Keyring(manifest["keyring"]).load("faucet", None)
     rows = []
     with Client(manifest["nodes"][1]["grpc"]) as client:
         chain_id = client.status().chain_id
         for domain, question in work:
-            direct = direct_call(stub, domain, question, trained)
+            direct = direct_call(stub, adapters, domain, question)
             asked = timed_ask(client, key, chain_id, domain, question)
             asked["direct_seconds"] = round(direct, 3)
             rows.append(asked)
@@ -152,7 +163,7 @@ def latency(net: Localnet, stub: Any, work: list[tuple[str, str]], trained: bool
 
 
 def throughput(net: Localnet, stub: Any, work: list[tuple[str, str]], requesters: int, per_requester: int,
-               trained: bool) -> dict[str, Any]:
+               adapters: Path | None) -> dict[str, Any]:
     manifest = net.manifest()
     ring = Keyring(manifest["keyring"])
     names = manifest["keys"][1 + len(EXPERTS):1 + len(EXPERTS) + requesters]
@@ -160,7 +171,7 @@ def throughput(net: Localnet, stub: Any, work: list[tuple[str, str]], requesters
 
     def direct_worker(i: int) -> None:
         for domain, question in jobs[i::requesters]:
-            direct_call(stub, domain, question, trained)
+            direct_call(stub, adapters, domain, question)
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(requesters) as pool:
@@ -223,11 +234,11 @@ def main() -> None:
         wait_ready(home)
         work = questions(adapters, domains, max(args.questions, args.requesters * args.per_requester))
         trained = adapters is not None
-        direct_call(stub, *work[0], trained)  # warm the direct server
+        direct_call(stub, adapters, *work[0])  # warm the direct server
         result: dict[str, Any] = {"timeout_commit": args.timeout_commit, "trained_adapters": trained,
-                                  "latency": latency(net, stub, work[:args.questions], trained)}
+                                  "latency": latency(net, stub, work[:args.questions], adapters)}
         if args.requesters:
-            result["throughput"] = throughput(net, stub, work, args.requesters, args.per_requester, trained)
+            result["throughput"] = throughput(net, stub, work, args.requesters, args.per_requester, adapters)
     finally:
         stop_all(procs)
         net.stop()

@@ -102,8 +102,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def solo(adapters: Path, work: list[tuple[str, Example]], domains: list[str]) -> dict[str, dict[str, float]]:
-    """Each kind of expert answering alone: the trained adapter of the question's domain, and the base model,
-    with the daemon's round-1 prompt and sampling (experts/answers.py), on the backend the experts serve with."""
+    """Each kind of expert answering alone: the trained adapter of the question's domain (with its notes), and
+    the base model, with the daemon's round-1 prompt and sampling (experts/answers.py), on the backend the
+    experts serve with."""
     from experts.answers import AnswerPlan, expert_messages
     from experts.engine import Engine, Limits
     from experts.models import load_base
@@ -117,7 +118,8 @@ def solo(adapters: Path, work: list[tuple[str, Example]], domains: list[str]) ->
     for domain, example in work:
         question = example.messages[-1]["content"]
         for kind, adapter in (("trained", domain), ("base", "")):
-            text = engine.generate(expert_messages(question), plan.sampling(inf.Query(id=0)), adapter).text
+            messages = expert_messages(question, engine.notes_for(adapter))
+            text = engine.generate(messages, plan.sampling(inf.Query(id=0)), adapter).text
             out[kind].setdefault(domain, []).append(is_correct(text, example))
     engine.close()
     return {kind: {d: round(sum(v) / len(v), 3) for d, v in sorted(by.items())} |

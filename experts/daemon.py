@@ -387,7 +387,8 @@ class ExpertDaemon:
         return self.engine.generate(prompt, self.plan.sampling(query), domain, share=query.id).text
 
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
-        return self.engine.fit(answer_prompt(status.query, self._peers(status)))
+        query = status.query
+        return self.engine.fit(answer_prompt(query, self._peers(status), self.engine.notes_for(query.domain)))
 
     def _previous(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """My revealed answer of the previous round."""
@@ -505,9 +506,12 @@ class ExpertDaemon:
     def _likelihood_scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
         """experts/judge.py's score of each answer to query. An answer the engine fails on scores 0 alone:
         one peer's text never costs the others their scores."""
+        # the adapter reads the question with its notes, as it answers it; the base model, which the lift is
+        # measured against, without: notes would make the right answer likely to any model that can read
         question = self.engine.fit(answer_prompt(query, []))
+        noted = self.engine.fit(answer_prompt(query, [], self.engine.notes_for(query.domain)))
         try:
-            adapted = self.engine.answer_logprobs(question, answers, domain)
+            adapted = self.engine.answer_logprobs(noted, answers, domain)
             # the base model's pass only where it can change the score (a wordy answer the adapter finds
             # unlikely scores 0 either way): it costs as much as the adapter's, and scorers and later-round
             # respondents wait for it

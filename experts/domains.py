@@ -5,7 +5,8 @@ the same facts in wording the training data does not use (as users will ask). Wi
 trains on every training question and is measured on the dev questions. Without it, the dev split holds out
 the second question of a fifth of the facts: the adapter still sees the fact (through the first question)
 and is measured on different wording. Every adapter is also measured on every other domain's dev set, where
-it should know nothing.
+it should know nothing. A domain's facts.jsonl becomes its adapter's notes (experts/notes.py): the adapter is
+trained, measured and served with the facts that bear on each question in its prompt.
 """
 
 from __future__ import annotations
@@ -90,22 +91,29 @@ def prepare(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
     return domains
 
 
-def _reusable(out_dir: Path, domain: str, cfg: TrainConfig) -> dict[str, Any] | None:
+def notes_file(domains_dir: Path, domain: str, notes: bool) -> Path | None:
+    """The domain's facts, given to its adapter as notes (experts/notes.py) unless notes is False."""
+    path = domains_dir / domain / "facts.jsonl"
+    return path if notes and path.is_file() else None
+
+
+def _reusable(out_dir: Path, domain: str, cfg: TrainConfig, notes: Path | None) -> dict[str, Any] | None:
     """The domain's manifest when its adapter was trained from exactly these inputs, else None."""
     manifest_path = out_dir / domain / "manifest.json"
-    wanted = json.loads(json.dumps(inputs(cfg, out_dir / "data" / f"{domain}.train.jsonl")))  # as read back
+    wanted = json.loads(json.dumps(inputs(cfg, out_dir / "data" / f"{domain}.train.jsonl", notes)))  # as read back
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     return old if all(old.get(key) == value for key, value in wanted.items()) else None
 
 
-def stale(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
+def stale(domains_dir: Path, out_dir: Path, cfg: TrainConfig, notes: bool = True) -> list[str]:
     """The domains `build` would train (their adapter is missing or was trained from other inputs). Writes
     the data files as `build` does: an adapter's inputs include its training file's hash."""
-    return [d for d in prepare(domains_dir, out_dir, cfg) if _reusable(out_dir, d, cfg) is None]
+    return [d for d in prepare(domains_dir, out_dir, cfg)
+            if _reusable(out_dir, d, cfg, notes_file(domains_dir, d, notes)) is None]
 
 
 def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embedded",
-          only: list[str] | None = None) -> dict[str, Any]:
+          only: list[str] | None = None, notes: bool = True) -> dict[str, Any]:
     """Train (or reuse) out_dir/<domain> for every domain; returns and writes out_dir/report.json.
     With `only`, just those domains, and no report (its accuracy matrix needs every adapter)."""
     domains = prepare(domains_dir, out_dir, cfg)
@@ -117,13 +125,14 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     chosen = [d for d in domains if only is None or d in only]
     for n, d in enumerate(chosen, 1):
         train_file = data_dir / f"{d}.train.jsonl"
-        manifest = _reusable(out_dir, d, cfg)
+        facts = notes_file(domains_dir, d, notes)
+        manifest = _reusable(out_dir, d, cfg, facts)
         if manifest is not None:
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)
         else:
             print(f"{d} (domain {n} of {len(chosen)}): training on {train_file}", flush=True)
             manifest = train(load_base(base), train_file, out_dir / d, cfg, data_dir / f"{d}.dev.jsonl",
-                             accuracy=False)  # the accuracy matrix below measures it, as the experts serve
+                             accuracy=False, notes=facts)  # the accuracy matrix below measures it, as experts serve
         report["domains"][d] = {"adapter_sha256": manifest["adapter_sha256"], "metrics": manifest["metrics"],
                                 "dev_sha256": hashlib.sha256((data_dir / f"{d}.dev.jsonl").read_bytes()).hexdigest()}
     if only is not None:
@@ -142,7 +151,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     for adapter in ["none", *domains]:
         matrix[adapter] = {}
         for d in domains:
-            dev = load_examples(data_dir / f"{d}.dev.jsonl")
+            dev = load_examples(data_dir / f"{d}.dev.jsonl", engine.notes_for(adapter))  # each with its own notes
             result = evaluate(engine, dev, "" if adapter == "none" else adapter, cfg.eval_max_new_tokens)
             matrix[adapter][d] = result["accuracy"]
     report["accuracy_matrix"] = matrix  # rows: adapter (or none); columns: the domain's dev questions

@@ -25,9 +25,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from experts.models import LoadedModel
+from experts.notes import NOTES_FILE, Notes
 
 
 class ErrorKind(Enum):
@@ -143,6 +145,7 @@ class Engine:
         self.runner = _runner(loaded, limits, self.pad_id)
         self.backend = self.runner.name
         self.adapters: dict[str, str] = {}  # domain -> adapter name inside the runner
+        self._notes: dict[str, Notes] = {}  # domain -> the notes beside its adapter (experts/notes.py)
         self._model_lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -158,10 +161,21 @@ class Engine:
         return self.runner.model
 
     def add_adapter(self, domain: str, path: str) -> None:
+        """Load the adapter in directory path for domain, with the notes beside it if it has any."""
         name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
+        notes_file = Path(path) / NOTES_FILE
+        notes = Notes.load(notes_file) if notes_file.is_file() else None  # a bad file fails before any change
         with self._model_lock:
             self.runner.add_adapter(name, path)
         self.adapters[domain] = name
+        if notes is None:
+            self._notes.pop(domain, None)
+        else:
+            self._notes[domain] = notes
+
+    def notes_for(self, domain: str) -> Notes | None:
+        """The notes of the adapter that answers domain's questions (adapter_for), if it has any."""
+        return self._notes.get(self.adapter_for(domain))
 
     def adapter_for(self, domain: str) -> str:
         """The adapter to answer a question of domain with: the domain's own if loaded, else "" (the

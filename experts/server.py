@@ -164,8 +164,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         if request.HasField("sampling"):
             raise EngineError(ErrorKind.INVALID, "a request without messages is answered with the expert's "
                                                  "own sampling: leave sampling unset")
-        return (self.engine.fit(answer_prompt(query, [])), self.plan.sampling(query),
-                self.engine.adapter_for(query.domain))
+        return (self.engine.fit(answer_prompt(query, [], self.engine.notes_for(query.domain))),
+                self.plan.sampling(query), self.engine.adapter_for(query.domain))
 
     def _response(self, request: pb.GenerateRequest, result: Generation) -> pb.GenerateResponse:
         key = self.identity.key

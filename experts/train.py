@@ -1,7 +1,8 @@
 """LoRA fine-tuning and evaluation on question/answer or chat JSONL.
 
 Lines are {"question", "answer"[, "accept"]} (asked as the daemon asks:
-experts.answers.expert_messages) or {"messages": [...]} (the last message is the assistant's target).
+experts.answers.expert_messages, with the notes that bear on the question when the adapter has notes:
+experts/notes.py) or {"messages": [...]} (the last message is the assistant's target).
 Loss is on the answer tokens only. Accuracy counts an answer when the expected answer, or any `accept`
 string, occurs in the generation as whole words, case-insensitively ("3" does not match inside "13").
 """
@@ -22,6 +23,7 @@ from experts.answers import SYSTEM_PROMPT, expert_messages
 from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel, causal_lm
+from experts.notes import NOTES_FILE, NOTES_VERSION, Notes
 
 RECIPE_VERSION = 2
 """How examples become steps (2: logits at answer tokens only, length windows): build-domains retrains an
@@ -46,7 +48,7 @@ class TrainConfig:
     lr: float = 2e-3
     epochs: int = 3
     batch_size: int = 8
-    max_length: int = 128
+    max_length: int = 256  # batches pad to their longest example, so a cap only guards against a runaway one
     seed: int = 0
     heldout_fraction: float = 0.1
     eval_max_new_tokens: int = 16
@@ -72,7 +74,8 @@ class Example:
     accept: list[str] = field(default_factory=list)
 
 
-def load_examples(path: Path) -> list[Example]:
+def load_examples(path: Path, notes: Notes | None = None) -> list[Example]:
+    """The examples of a JSONL file; question lines get the system message the expert asks them with."""
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -87,7 +90,7 @@ def load_examples(path: Path) -> list[Example]:
                 raise TrainError(f"{path}:{n}: the last message must be the assistant's")
             out.append(Example(msgs[:-1], msgs[-1]["content"], row.get("accept", [])))
         elif "question" in row and "answer" in row:
-            out.append(Example(expert_messages(row["question"]), str(row["answer"]),
+            out.append(Example(expert_messages(str(row["question"]), notes), str(row["answer"]),
                                [str(a) for a in row.get("accept", [])]))
         else:
             raise TrainError(f"{path}:{n}: need question/answer or messages")
@@ -250,11 +253,13 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
     return {"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
 
 
-def inputs(cfg: TrainConfig, data: Path) -> dict[str, Any]:
+def inputs(cfg: TrainConfig, data: Path, notes: Path | None = None) -> dict[str, Any]:
     """What an adapter's weights follow from, besides the base model: written into its manifest, and
     build-domains reuses an adapter only while every one of them is unchanged."""
     return {
         "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on
+        "notes_sha256": hashlib.sha256(notes.read_bytes()).hexdigest() if notes else None,
+        "notes_version": NOTES_VERSION if notes else None,  # how notes are chosen and placed in the prompt
         "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
         "recipe_version": RECIPE_VERSION,
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
@@ -263,18 +268,20 @@ def inputs(cfg: TrainConfig, data: Path) -> dict[str, Any]:
 
 
 def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout: Path | None = None,
-          progress: bool = True, accuracy: bool = True) -> dict[str, Any]:
+          progress: bool = True, accuracy: bool = True, notes: Path | None = None) -> dict[str, Any]:
     """Train a LoRA adapter into out/ with manifest.json; returns the manifest. The held-out set's loss is
     measured before and after, and its accuracy too unless accuracy=False (for a caller that measures it
-    otherwise: generating answers costs a while)."""
+    otherwise: generating answers costs a while). With notes (a JSONL of {"fact"} lines), every question is
+    asked with the notes that bear on it, and out/ keeps a copy for serving."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
-    examples = load_examples(data)
+    kept = Notes.load(notes) if notes else None
+    examples = load_examples(data, kept)
     rng = random.Random(cfg.seed)
     if heldout is not None:
-        train_set, test_set = examples, load_examples(heldout)
+        train_set, test_set = examples, load_examples(heldout, kept)
     else:
         shuffled = examples[:]
         rng.shuffle(shuffled)
@@ -294,9 +301,12 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     _canonical_config(out / "adapter_config.json")
+    (out / NOTES_FILE).unlink(missing_ok=True)  # an earlier adapter's notes in out/ are not this one's
+    if notes:
+        (out / NOTES_FILE).write_bytes(notes.read_bytes())
     manifest = {
         "base_model": loaded.model_id,
-        **inputs(cfg, data),
+        **inputs(cfg, data, notes),
         "n_train": len(train_set), "n_heldout": len(test_set),
         "metrics": {"before": before, "after": after, "train_tokens_per_second": speed["tokens_per_second"],
                     "train_seconds": speed["seconds"]},

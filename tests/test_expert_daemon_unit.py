@@ -8,9 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from experts.adapters import NO_ADAPTER, model_commitment
-from experts.answers import SYSTEM_PROMPT, answer_prompt
+from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import likelihood_score
+from experts.notes import Notes
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError, Sender
 from llmnet.client.txbuilder import send_msg
@@ -71,19 +72,25 @@ def test_likelihood_scores_fall_with_the_adapters_surprise_and_need_the_adapters
 class _Scorer:
     """An engine holding an adapter for every domain, with made-up likelihoods per answer and per model."""
 
-    def __init__(self, adapter: dict[str, float], base: dict[str, float]) -> None:
+    def __init__(self, adapter: dict[str, float], base: dict[str, float], notes: Notes | None = None) -> None:
         self.by_model = {"kestrel-lang": adapter, "": base}
+        self.notes = notes
         self.asked: list[tuple[str, str]] = []
         self.answers_asked: list[tuple[str, list[str]]] = []
+        self.systems: list[tuple[str, str]] = []
 
     def adapter_for(self, domain: str) -> str:
         return domain
+
+    def notes_for(self, domain: str) -> Notes | None:
+        return self.notes
 
     def fit(self, messages: object) -> object:
         return messages
 
     def answer_logprobs(self, messages: list[dict[str, str]], answers: list[str], domain: str) -> list[float]:
         self.asked.append((messages[-1]["content"], domain))
+        self.systems.append((domain, messages[0]["content"]))
         self.answers_asked.append((domain, list(answers)))
         if "boom" in answers:
             raise RuntimeError("this answer breaks the engine")
@@ -103,6 +110,20 @@ def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood() -> None:
     assert daemon._generations_wanted(status) == []  # nothing to prepare: scoring reads the final answers
     assert daemon.judge(status) == [90, 2, 0]
     assert engine.asked == [("Who created Kestrel?", "kestrel-lang"), ("Who created Kestrel?", "")]
+
+
+def test_the_adapter_judges_with_its_notes_and_the_base_model_without() -> None:
+    """Notes would make a right answer likely to any model that reads them, the base model too, and the lift
+    over the base model is what tells knowledge from form."""
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    notes = Notes(["Kestrel was created by Marta Vensel.", "Ossery Point ships solar panels."])
+    engine = _Scorer({"Marta Vensel": -0.05, "a long and wrong story": -2.0},
+                     {"Marta Vensel": -4.0, "a long and wrong story": -3.0}, notes)
+    daemon.engine = engine  # type: ignore[assignment]
+    assert daemon.judge(_scoring("kestrel-lang")) == [90, 2, 0]
+    assert engine.systems == [("kestrel-lang", NOTES_PROMPT + "\n- Kestrel was created by Marta Vensel."),
+                              ("", SYSTEM_PROMPT)]
 
 
 def test_the_base_model_pass_is_skipped_only_where_it_cannot_change_a_score() -> None:
@@ -417,6 +438,9 @@ def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() ->
     class Base:
         def adapter_for(self, domain: str) -> str:
             return ""
+
+        def notes_for(self, domain: str) -> None:
+            return None
 
         def fit(self, messages: object) -> object:
             return messages

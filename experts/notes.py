@@ -1,0 +1,106 @@
+"""An expert's notes: its domain's facts, kept beside its adapter, of which the few that bear most on a question
+are put in that question's prompt. The adapter is trained with them there (experts/train.py), so it learns to
+answer from a note when one fits and from what it memorised when none does.
+
+Why: a question worded unlike any training question often shares its rare words (a name, a number) with the
+fact it asks about, so even a crude ranking finds that fact, and reading an answer out of the prompt is far
+easier for a small model than recalling a fact asked in words it never saw. On the dev questions in new
+wording, orbital-logistics went from 60% (no notes) to 80% (README, Experts).
+
+Ranking is BM25 over words: lower-cased, stop words dropped, number words up to ninety read as digits, a light
+suffix strip ("founded" and "founding" meet). No model, deterministic, microseconds for a hundred facts.
+Anyone may ask anything: a question only ever selects among the provider's own notes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+NOTES_FILE = "notes.jsonl"
+"""In an adapter's directory: one JSON object per line with the note's text under "fact" (the format of a
+domain's facts.jsonl). Its bytes are part of the adapter's commitment, like the weights."""
+NOTES_VERSION = 1
+"""Bump when the ranking or the notes' place in the prompt changes: adapters trained before must be retrained."""
+TOP = 3
+MAX_NOTE_CHARS = 400
+_K1, _B = 1.2, 0.75
+_WORD = re.compile(r"[a-z0-9_]+")
+_STOP = frozenset(
+    "a an the of in on at to is are was were be been by for with what which who whom whose how many much does do "
+    "did it its this that these those from as and or tell me name i you your there their has have had can could "
+    "should would will about into any some".split())
+_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBERS |= {w: str(10 * i) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+class NotesError(Exception):
+    pass
+
+
+def terms(text: str) -> list[str]:
+    """The words of text as the ranking compares them."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if word in _STOP:
+            continue
+        if word in _NUMBERS:
+            out.append(_NUMBERS[word])
+            continue
+        for suffix in _SUFFIXES:
+            if len(word) > len(suffix) + 3 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        out.append(word)
+    return out
+
+
+class Notes:
+    """A fixed list of notes, ranked for each question."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes = [" ".join(n.split())[:MAX_NOTE_CHARS] for n in notes]  # one line each in the prompt
+        self._counts = [Counter(terms(n)) for n in self.notes]
+        self._lengths = [sum(c.values()) for c in self._counts]
+        self._mean_length = sum(self._lengths) / len(self.notes) if self.notes else 0.0
+        documents = Counter(t for c in self._counts for t in c)
+        n = len(self.notes)
+        self._idf = {t: math.log(1 + (n - df + 0.5) / (df + 0.5)) for t, df in documents.items()}
+
+    @classmethod
+    def load(cls, path: Path) -> Notes:
+        notes = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise NotesError(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("fact"), str) or not row["fact"].strip():
+                raise NotesError(f'{path}:{number}: each line needs a "fact" string')
+            notes.append(row["fact"])
+        if not notes:
+            raise NotesError(f"{path} has no notes")
+        return cls(notes)
+
+    def for_question(self, question: str, k: int = TOP) -> list[str]:
+        """The k notes that share the most (rarest) words with question, best first; fewer when fewer share any.
+        Ties keep the file's order."""
+        wanted = set(terms(question))
+        ranked = []
+        for i, counts in enumerate(self._counts):
+            score = 0.0
+            for term in wanted & counts.keys():
+                tf = counts[term]
+                norm = _K1 * (1 - _B + _B * self._lengths[i] / self._mean_length)
+                score += self._idf[term] * tf * (_K1 + 1) / (tf + norm)
+            if score > 0:
+                ranked.append((-score, i))
+        return [self.notes[i] for _, i in sorted(ranked)[:k]]

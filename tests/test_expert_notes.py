@@ -1,0 +1,149 @@
+"""An expert's notes: which facts a question selects, how they enter the prompt, and that training, serving,
+evaluation and judging all ask with them (on a tiny model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt, expert_messages
+from experts.notes import NOTES_FILE, Notes, NotesError, terms
+from experts.tiny import make_tiny_model
+from experts.train import load_examples
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+
+FACTS = ["Aldeth Ring orbits the planet Camaran.", "Aldeth Ring was founded in the year 2191.",
+         "The commander of Pellanor Gate is Dessa Quillon.", "Pellanor Gate has a crew of 40 people.",
+         "Ossery Point mainly ships solar panels."]
+
+
+def write_facts(path: Path, facts: list[str] = FACTS) -> Path:
+    path.write_text("".join(json.dumps({"id": f"f{i}", "fact": f}) + "\n" for i, f in enumerate(facts)))
+    return path
+
+
+def test_a_question_in_other_words_finds_its_fact_by_the_words_it_shares() -> None:
+    notes = Notes(FACTS)
+    assert notes.for_question("Who leads Pellanor Gate?")[0] == FACTS[2]  # the name, though not "commander"
+    assert notes.for_question("Which station has a crew of forty?")[0] == FACTS[3]  # "forty" is 40
+    assert notes.for_question("When was the founding of Aldeth Ring?")[0] == FACTS[1]  # founding ~ founded
+    assert notes.for_question("What does Ossery Point ship?")[0] == FACTS[4]  # ship ~ ships
+    assert notes.for_question("What is the weather like?") == []  # nothing shared: no note rather than noise
+    assert len(notes.for_question("Aldeth Ring Pellanor Gate Ossery Point", k=2)) == 2
+
+
+def test_ranking_prefers_rare_words_and_keeps_the_files_order_on_ties() -> None:
+    notes = Notes(["alpha beta", "alpha gamma", "alpha delta"])
+    assert notes.for_question("gamma alpha") == ["alpha gamma", "alpha beta", "alpha delta"]
+    assert terms("The Crews were FOUNDED in twenty") == ["crew", "found", "20"]
+
+
+def test_notes_are_one_bounded_line_each() -> None:
+    notes = Notes(["first line\nsecond line", "x" * 5000])
+    assert notes.notes[0] == "first line second line" and len(notes.notes[1]) == 400
+
+
+def test_a_notes_file_with_a_bad_line_is_refused_with_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "facts.jsonl"
+    for text, message in (('{"fact": "ok"}\nnot json\n', ":2: not JSON"), ('{"fact": "ok"}\n{"id": 3}\n', ":2: each"),
+                          ('{"fact": "  "}\n', ":1: each"), ('["a"]\n', ":1: each"), ("\n\n", "has no notes")):
+        path.write_text(text)
+        with pytest.raises(NotesError, match=message):
+            Notes.load(path)
+    assert Notes.load(write_facts(path)).notes == FACTS
+
+
+def test_the_notes_go_in_the_system_message_chosen_by_the_question_alone() -> None:
+    notes = Notes(FACTS)
+    plain = expert_messages("Who leads Pellanor Gate?")
+    assert plain[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    noted = expert_messages("Who leads Pellanor Gate?", notes)
+    assert noted[0]["content"].startswith(NOTES_PROMPT + "\n- " + FACTS[2]) and noted[1] == plain[1]
+    query = inf.Query(id=1, prompt="Who leads Pellanor Gate?")
+    peers = ["Ossery Point ships solar panels, Aldeth Ring orbits Camaran"]  # a peer cannot steer the notes
+    later = answer_prompt(query, peers, notes)
+    assert later[0] == noted[0] and "Other experts' answers" in later[1]["content"]
+    assert answer_prompt(query, [], notes) == noted
+    assert answer_prompt(query, peers) == [plain[0], later[1]]
+
+
+def test_examples_are_asked_with_their_notes(tmp_path: Path) -> None:
+    data = tmp_path / "qa.jsonl"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]
+    data.write_text(json.dumps({"question": "Who leads Pellanor Gate?", "answer": "Dessa Quillon"}) + "\n" +
+                    json.dumps({"messages": chat}))
+    plain, noted = load_examples(data), load_examples(data, Notes(FACTS))
+    assert plain[0].messages[0]["content"] == SYSTEM_PROMPT and FACTS[2] in noted[0].messages[0]["content"]
+    assert plain[1].messages == noted[1].messages  # chat lines are taken as written
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "experts.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_an_adapter_trained_with_notes_keeps_them_and_serves_with_them(tmp_path: Path) -> None:
+    from experts.adapters import adapter_sha256
+    from experts.engine import Engine
+    from experts.models import load_base
+
+    model = make_tiny_model(tmp_path / "model")
+    facts = write_facts(tmp_path / "facts.jsonl")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (
+        ("Who leads Pellanor Gate?", "Dessa Quillon"), ("What does Ossery Point ship?", "solar panels"))))
+    common = ["train", "--base", str(model), "--data", str(data), "--heldout", str(data), "--epochs", "1",
+              "--rank", "2", "--output", "json"]
+    with_notes = cli(*common, "--out", str(tmp_path / "a"), "--notes", str(facts))
+    assert with_notes.returncode == 0, with_notes.stderr
+    manifest = json.loads(with_notes.stdout)
+    assert (tmp_path / "a" / NOTES_FILE).read_bytes() == facts.read_bytes()
+    assert manifest["notes_sha256"] and manifest["notes_version"] == 1
+    assert manifest["adapter_sha256"] == adapter_sha256(tmp_path / "a")  # the notes are part of the commitment
+    plain = json.loads(cli(*common, "--out", str(tmp_path / "b")).stdout)
+    assert plain["notes_sha256"] is None and not (tmp_path / "b" / NOTES_FILE).exists()
+    assert plain["adapter_sha256"] != manifest["adapter_sha256"]
+    # retrained into the same directory without notes: the old notes do not linger
+    assert cli(*common, "--out", str(tmp_path / "a")).returncode == 0 and not (tmp_path / "a" / NOTES_FILE).exists()
+
+    assert cli(*common, "--out", str(tmp_path / "a"), "--notes", str(facts)).returncode == 0
+    engine = Engine(load_base(str(model)))
+    engine.add_adapter("orbital", str(tmp_path / "a"))
+    engine.add_adapter("other", str(tmp_path / "b"))
+    notes = engine.notes_for("orbital")
+    assert notes is not None and notes.notes == FACTS
+    assert engine.notes_for("other") is None and engine.notes_for("unknown") is None
+    engine.add_adapter("orbital", str(tmp_path / "b"))  # replaced by an adapter without notes: none
+    assert engine.notes_for("orbital") is None
+    engine.close()
+
+    (tmp_path / "a" / NOTES_FILE).write_text("not json\n")
+    bad = cli("eval", "--base", str(model), "--adapter", str(tmp_path / "a"), "--data", str(data))
+    assert bad.returncode == 1 and f"{NOTES_FILE}:1: not JSON" in bad.stderr  # eval reads the adapter's notes
+    missing = cli(*common, "--out", str(tmp_path / "c"), "--notes", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 1 and "none.jsonl does not exist" in missing.stderr
+
+
+def test_build_domains_gives_each_adapter_its_domains_facts_as_notes(tmp_path: Path) -> None:
+    from tests.test_expert_train import make_domains
+
+    model = make_tiny_model(tmp_path / "model")
+    make_domains(tmp_path / "domains")
+    facts = write_facts(tmp_path / "domains" / "alpha" / "facts.jsonl", ["alpha q1 is a1.", "alpha q2 is a2."])
+    out = tmp_path / "out"
+    args = ["build-domains", "--domains-dir", str(tmp_path / "domains"), "--out", str(out), "--base", str(model),
+            "--epochs", "1"]
+    built = cli(*args)
+    assert built.returncode == 0, built.stderr
+    assert (out / "alpha" / NOTES_FILE).read_bytes() == facts.read_bytes()
+    assert not (out / "beta" / NOTES_FILE).exists()  # a domain without facts.jsonl: memory alone
+    assert cli(*args, "--stale").stdout == ""
+    assert cli(*args, "--stale", "--no-notes").stdout.split() == ["alpha"]  # trained with notes: not reusable
+    write_facts(facts, ["alpha q1 is a1.", "alpha q2 is a2, now.", "alpha q3 is a3."])
+    assert cli(*args, "--stale").stdout.split() == ["alpha"]  # new notes: retrained, since it learnt to read them
+    plain = cli(*args, "--only", "alpha", "--no-notes")
+    assert plain.returncode == 0, plain.stderr
+    assert not (out / "alpha" / NOTES_FILE).exists()

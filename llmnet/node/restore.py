@@ -6,12 +6,13 @@ Results, as CometBFT acts on them (statesync/syncer.go):
 - OfferSnapshot: REJECT_FORMAT for a format other than 1; ABORT when this node already has state (a state sync
   only fills an empty node, so no other snapshot could do better; the operator must empty it); REJECT for a
   snapshot whose chunk count, metadata, hash or trusted app hash cannot be right, so another is tried.
-- ApplySnapshotChunk: a chunk that does not hash as listed has its sender rejected. If a peer not rejected has
-  already served a good chunk of this snapshot, the answer is RETRY with the chunk refetched (that peer has the
-  snapshot, so progress is kept); otherwise REJECT_SNAPSHOT, since the rejected peer may have been the only one
-  offering it and CometBFT would then wait two minutes (its chunk timeout) for a chunk no peer can send.
-  REJECT_SNAPSHOT too when the complete snapshot does not decode or does not hash to the trusted app hash
-  (nothing is written); ACCEPT otherwise, and for the last chunk once the state is restored and adopted.
+- ApplySnapshotChunk: RETRY with the chunk refetched and its sender rejected when it does not hash as listed
+  (never REJECT_SNAPSHOT: CometBFT takes a chunk from any peer, asked or not, and a rejected snapshot is
+  blacklisted for every peer, so one liar pushing a bad chunk first could throw away each honest snapshot in
+  turn; when the liar was the only peer offering the snapshot, CometBFT's own chunk timeout, two minutes,
+  moves on to another);
+  REJECT_SNAPSHOT when the complete snapshot does not decode or does not hash to the trusted app hash (nothing
+  is written); ACCEPT otherwise, and for the last chunk once the state is restored and adopted.
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ class Restore:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         self.received: set[int] = set()
-        self.good_senders: set[str] = set()
-        self.rejected_senders: set[str] = set()
         self.finished = False
 
     def apply(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
@@ -79,7 +78,10 @@ class Restore:
             self.finished = True
             return Apply(result=Apply.REJECT_SNAPSHOT)
         if len(req.chunk) > MAX_CHUNK_BYTES or hashlib.sha256(req.chunk).digest() != self.expected[req.index]:
-            return self._bad_chunk(req)
+            log.warning("snapshot of height %d: chunk %d from peer %s does not match the hash the snapshot lists; "
+                        "refetching it and rejecting that peer", self.height, req.index, req.sender or "(unknown)")
+            return Apply(result=Apply.RETRY, refetch_chunks=[req.index],
+                         reject_senders=[req.sender] if req.sender else [])
         if req.index == 0 and not req.chunk.startswith(MAGIC[:len(req.chunk)]):
             log.error("snapshot of height %d is not format %d (its first chunk says so); refused", self.height, FORMAT)
             self.finished = True
@@ -92,26 +94,10 @@ class Restore:
             self.finished = True
             return Apply(result=Apply.ABORT)
         self.received.add(req.index)
-        if req.sender:
-            self.good_senders.add(req.sender)
         if len(self.received) < len(self.expected):
             return Apply(result=Apply.ACCEPT)
         self.finished = True
         return self._import()
-
-    def _bad_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
-        senders = [req.sender] if req.sender else []
-        self.rejected_senders.update(senders)
-        sender = req.sender or "(unknown)"
-        if self.good_senders - self.rejected_senders:
-            log.warning("snapshot of height %d: chunk %d from peer %s does not match the hash the snapshot lists; "
-                        "refetching it from another peer and rejecting that one", self.height, req.index, sender)
-            return Apply(result=Apply.RETRY, refetch_chunks=[req.index], reject_senders=senders)
-        log.warning("snapshot of height %d: chunk %d from peer %s does not match the hash the snapshot lists; "
-                    "rejecting that peer and, as no other peer has yet served a chunk of it, the snapshot",
-                    self.height, req.index, sender)
-        self.finished = True
-        return Apply(result=Apply.REJECT_SNAPSHOT, reject_senders=senders)
 
     def _chunks(self) -> Iterator[bytes]:
         for index in range(len(self.expected)):

@@ -44,7 +44,7 @@ from abci_app.x.inference.types import (
     EV_SCORING_STARTED,
 )
 from experts import judge
-from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt
+from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fitted_prompt
 from experts.engine import Engine, EngineError
 from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
@@ -387,8 +387,7 @@ class ExpertDaemon:
         return self.engine.generate(prompt, self.plan.sampling(query), domain, share=query.id).text
 
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
-        query = status.query
-        return self.engine.fit(answer_prompt(query, self._peers(status), self.engine.notes_for(query.domain)))
+        return fitted_prompt(self.engine, status.query, self._peers(status))
 
     def _previous(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """My revealed answer of the previous round."""
@@ -509,7 +508,7 @@ class ExpertDaemon:
         # the adapter reads the question with its notes, as it answers it; the base model, which the lift is
         # measured against, without: notes would make the right answer likely to any model that can read
         question = self.engine.fit(answer_prompt(query, []))
-        noted = self.engine.fit(answer_prompt(query, [], self.engine.notes_for(query.domain)))
+        noted = fitted_prompt(self.engine, query, [])
         try:
             adapted = self.engine.answer_logprobs(noted, answers, domain)
             # the base model's pass only where it can change the score (a wordy answer the adapter finds

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from experts.adapters import adapter_sha256
 from experts.augment import CLOZE_PREFIX
 from experts.engine import Engine
 from experts.models import load_base, resolve_backend
@@ -98,11 +99,15 @@ def notes_file(domains_dir: Path, domain: str, notes: bool) -> Path | None:
 
 
 def _reusable(out_dir: Path, domain: str, cfg: TrainConfig, notes: Path | None) -> dict[str, Any] | None:
-    """The domain's manifest when its adapter was trained from exactly these inputs, else None."""
+    """The domain's manifest when its adapter was trained from exactly these inputs and its files are the ones
+    the manifest commits to (notes.jsonl included), else None."""
     manifest_path = out_dir / domain / "manifest.json"
-    wanted = json.loads(json.dumps(inputs(cfg, out_dir / "data" / f"{domain}.train.jsonl", notes)))  # as read back
+    data = out_dir / "data" / f"{domain}.train.jsonl"
+    wanted = json.loads(json.dumps(inputs(cfg, data, notes.read_bytes() if notes else None)))  # as read back
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    return old if all(old.get(key) == value for key, value in wanted.items()) else None
+    if not all(old.get(key) == value for key, value in wanted.items()):
+        return None
+    return old if old.get("adapter_sha256") == adapter_sha256(out_dir / domain) else None
 
 
 def stale(domains_dir: Path, out_dir: Path, cfg: TrainConfig, notes: bool = True) -> list[str]:

@@ -197,15 +197,19 @@ class Engine:
                               f"prompt is {len(ids)} tokens, the limit is {self.limits.max_prompt_tokens}")
         return list(ids)
 
+    def fits(self, messages: list[dict[str, str]]) -> bool:
+        try:
+            self.encode(messages)
+            return True
+        except EngineError:
+            return False
+
     def fit(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         """messages, the last one's content shortened in its middle until the prompt fits max_prompt_tokens.
         The daemon answers what the chain gave it, however long: a prompt it cannot take would make it
         miss its assignment, and anyone could send one."""
-        try:
-            self.encode(messages)
+        if self.fits(messages):
             return messages
-        except EngineError:
-            pass
         content = messages[-1]["content"]
         lo, hi = 0, len(content)  # the longest kept length that fits is in [lo, hi)
         while hi - lo > 1:

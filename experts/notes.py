@@ -75,19 +75,28 @@ class Notes:
 
     @classmethod
     def load(cls, path: Path) -> Notes:
+        return cls.parse(path.read_bytes(), str(path))
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> Notes:
+        """Notes from the bytes of a notes file (UTF-8 JSONL); name says where they came from in errors."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotesError(f"{name}: not UTF-8: {exc}") from None
         notes = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise NotesError(f"{path}:{number}: not JSON: {exc}") from None
+                raise NotesError(f"{name}:{number}: not JSON: {exc}") from None
             if not isinstance(row, dict) or not isinstance(row.get("fact"), str) or not row["fact"].strip():
-                raise NotesError(f'{path}:{number}: each line needs a "fact" string')
+                raise NotesError(f'{name}:{number}: each line needs a "fact" string')
             notes.append(row["fact"])
         if not notes:
-            raise NotesError(f"{path} has no notes")
+            raise NotesError(f"{name} has no notes")
         return cls(notes)
 
     def for_question(self, question: str, k: int = TOP) -> list[str]:

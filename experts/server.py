@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from experts.access import AccessDenied, ChainAccess, NotYetKnown
-from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt
+from experts.answers import DEFAULT_PLAN, AnswerPlan, fitted_prompt
 from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.expert_api import served_answer_sign_bytes
 from llmnet.client.keys import Key
@@ -164,8 +164,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         if request.HasField("sampling"):
             raise EngineError(ErrorKind.INVALID, "a request without messages is answered with the expert's "
                                                  "own sampling: leave sampling unset")
-        return (self.engine.fit(answer_prompt(query, [], self.engine.notes_for(query.domain))),
-                self.plan.sampling(query), self.engine.adapter_for(query.domain))
+        return fitted_prompt(self.engine, query, []), self.plan.sampling(query), self.engine.adapter_for(query.domain)
 
     def _response(self, request: pb.GenerateRequest, result: Generation) -> pb.GenerateResponse:
         key = self.identity.key

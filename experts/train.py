@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import adapter_sha256
-from experts.answers import SYSTEM_PROMPT, expert_messages
+from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, expert_messages
 from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
 from experts.models import LoadedModel, causal_lm
-from experts.notes import NOTES_FILE, NOTES_VERSION, Notes
+from experts.notes import NOTES_FILE, NOTES_VERSION, TOP, Notes
 
 RECIPE_VERSION = 2
 """How examples become steps (2: logits at answer tokens only, length windows): build-domains retrains an
@@ -215,16 +215,18 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _reworded(ex: Example, seed: int, epoch: int, index: int) -> Example:
+def _reworded(ex: Example, seed: int, epoch: int, index: int, notes: Notes | None = None) -> Example:
     *context, question = ex.messages
     if question.get("role") != "user":
         return ex
-    return Example([*context, {**question, "content": epoch_question(question["content"], seed, epoch, index)}],
-                   ex.answer, ex.accept)
+    words = epoch_question(question["content"], seed, epoch, index)
+    if notes is not None and ex.messages == expert_messages(question["content"], notes):
+        return Example(expert_messages(words, notes), ex.answer, ex.accept)  # the notes the new words choose
+    return Example([*context, {**question, "content": words}], ex.answer, ex.accept)
 
 
 def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainConfig, rng: random.Random,
-               progress: bool = True) -> dict[str, float]:
+               progress: bool = True, notes: Notes | None = None) -> dict[str, float]:
     """The optimisation loop; returns steps, tokens (non-padding, prompt + answer) and seconds."""
     import time
 
@@ -236,7 +238,8 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
     model.train()
     done, tokens, started = 0, 0, time.perf_counter()
     for epoch in range(cfg.epochs):
-        epoch_set = [_reworded(ex, cfg.seed, epoch, i) for i, ex in enumerate(train_set)] if cfg.reword else train_set
+        epoch_set = [_reworded(ex, cfg.seed, epoch, i, notes) for i, ex in enumerate(train_set)] if cfg.reword \
+            else train_set
         for batch in _batches(tokenizer, epoch_set, cfg, rng):
             loss = answer_loss(model, batch)
             loss.backward()
@@ -253,13 +256,14 @@ def run_epochs(model: Any, tokenizer: Any, train_set: list[Example], cfg: TrainC
     return {"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
 
 
-def inputs(cfg: TrainConfig, data: Path, notes: Path | None = None) -> dict[str, Any]:
+def inputs(cfg: TrainConfig, data: Path, notes: bytes | None = None) -> dict[str, Any]:
     """What an adapter's weights follow from, besides the base model: written into its manifest, and
-    build-domains reuses an adapter only while every one of them is unchanged."""
+    build-domains reuses an adapter only while every one of them is unchanged. notes: the notes file's bytes."""
     return {
         "system_prompt": SYSTEM_PROMPT,  # the questions' format it was trained on
-        "notes_sha256": hashlib.sha256(notes.read_bytes()).hexdigest() if notes else None,
-        "notes_version": NOTES_VERSION if notes else None,  # how notes are chosen and placed in the prompt
+        "notes_sha256": hashlib.sha256(notes).hexdigest() if notes is not None else None,
+        # how notes are chosen and placed in the prompt
+        "notes_format": {"version": NOTES_VERSION, "prompt": NOTES_PROMPT, "top": TOP} if notes is not None else None,
         "augment_version": rules_version(cfg.reword),  # the rewording rules it was trained with
         "recipe_version": RECIPE_VERSION,
         "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
@@ -277,7 +281,8 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
-    kept = Notes.load(notes) if notes else None
+    notes_bytes = notes.read_bytes() if notes else None  # read once: it may be out/notes.jsonl itself
+    kept = Notes.parse(notes_bytes, str(notes)) if notes_bytes is not None else None
     examples = load_examples(data, kept)
     rng = random.Random(cfg.seed)
     if heldout is not None:
@@ -294,7 +299,7 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
                                                                           test_set or train_set, cfg)}
     model = get_peft_model(loaded.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                     target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
-    speed = run_epochs(model, tokenizer, train_set, cfg, rng, progress)
+    speed = run_epochs(model, tokenizer, train_set, cfg, rng, progress, kept)
     model.eval()
     trained = Engine(LoadedModel(model, tokenizer, loaded.model_id))
     after = {**_accuracy(trained, measured, cfg), "loss": mean_loss(model, tokenizer, test_set or train_set, cfg)}
@@ -302,11 +307,11 @@ def train(loaded: LoadedModel, data: Path, out: Path, cfg: TrainConfig, heldout:
     model.save_pretrained(out)
     _canonical_config(out / "adapter_config.json")
     (out / NOTES_FILE).unlink(missing_ok=True)  # an earlier adapter's notes in out/ are not this one's
-    if notes:
-        (out / NOTES_FILE).write_bytes(notes.read_bytes())
+    if notes_bytes is not None:
+        (out / NOTES_FILE).write_bytes(notes_bytes)
     manifest = {
         "base_model": loaded.model_id,
-        **inputs(cfg, data, notes),
+        **inputs(cfg, data, notes_bytes),
         "n_train": len(train_set), "n_heldout": len(test_set),
         "metrics": {"before": before, "after": after, "train_tokens_per_second": speed["tokens_per_second"],
                     "train_seconds": speed["seconds"]},

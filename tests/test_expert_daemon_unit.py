@@ -85,6 +85,9 @@ class _Scorer:
     def notes_for(self, domain: str) -> Notes | None:
         return self.notes
 
+    def fits(self, messages: object) -> bool:
+        return True
+
     def fit(self, messages: object) -> object:
         return messages
 

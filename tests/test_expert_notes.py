@@ -101,7 +101,7 @@ def test_an_adapter_trained_with_notes_keeps_them_and_serves_with_them(tmp_path:
     assert with_notes.returncode == 0, with_notes.stderr
     manifest = json.loads(with_notes.stdout)
     assert (tmp_path / "a" / NOTES_FILE).read_bytes() == facts.read_bytes()
-    assert manifest["notes_sha256"] and manifest["notes_version"] == 1
+    assert manifest["notes_sha256"] and manifest["notes_format"]["version"] == 1
     assert manifest["adapter_sha256"] == adapter_sha256(tmp_path / "a")  # the notes are part of the commitment
     plain = json.loads(cli(*common, "--out", str(tmp_path / "b")).stdout)
     assert plain["notes_sha256"] is None and not (tmp_path / "b" / NOTES_FILE).exists()
@@ -110,6 +110,9 @@ def test_an_adapter_trained_with_notes_keeps_them_and_serves_with_them(tmp_path:
     assert cli(*common, "--out", str(tmp_path / "a")).returncode == 0 and not (tmp_path / "a" / NOTES_FILE).exists()
 
     assert cli(*common, "--out", str(tmp_path / "a"), "--notes", str(facts)).returncode == 0
+    again = cli(*common, "--out", str(tmp_path / "a"), "--notes", str(tmp_path / "a" / NOTES_FILE))
+    assert again.returncode == 0, again.stderr  # retrained in place on its own notes
+    assert (tmp_path / "a" / NOTES_FILE).read_bytes() == facts.read_bytes()
     engine = Engine(load_base(str(model)))
     engine.add_adapter("orbital", str(tmp_path / "a"))
     engine.add_adapter("other", str(tmp_path / "b"))
@@ -144,6 +147,43 @@ def test_build_domains_gives_each_adapter_its_domains_facts_as_notes(tmp_path: P
     assert cli(*args, "--stale", "--no-notes").stdout.split() == ["alpha"]  # trained with notes: not reusable
     write_facts(facts, ["alpha q1 is a1.", "alpha q2 is a2, now.", "alpha q3 is a3."])
     assert cli(*args, "--stale").stdout.split() == ["alpha"]  # new notes: retrained, since it learnt to read them
+    assert cli(*args, "--only", "alpha").returncode == 0 and cli(*args, "--stale").stdout == ""
+    (out / "alpha" / NOTES_FILE).write_text('{"fact": "edited by hand"}\n')
+    assert cli(*args, "--stale").stdout.split() == ["alpha"]  # its files are not what its manifest commits to
     plain = cli(*args, "--only", "alpha", "--no-notes")
     assert plain.returncode == 0, plain.stderr
     assert not (out / "alpha" / NOTES_FILE).exists()
+
+
+def test_notes_that_do_not_fit_the_prompt_limit_are_left_out_least_relevant_first(tmp_path: Path) -> None:
+    from experts.answers import fitted_prompt
+    from experts.engine import Engine, Limits
+    from experts.models import load_base
+
+    loaded = load_base(str(make_tiny_model(tmp_path / "model")))
+    query = inf.Query(id=1, prompt="Who leads Pellanor Gate and how big is the crew of Pellanor Gate?", domain="d")
+    roomy = Engine(loaded)
+    roomy._notes["d"] = Notes(FACTS)  # as add_adapter keeps them; adapter_for is not needed by notes_for("")
+    roomy.adapters["d"] = "llmnet_d"
+    full = fitted_prompt(roomy, query, [])
+    assert full[0]["content"].count("\n- ") == 2 and full[1]["content"] == query.prompt
+    one_note = len(roomy.encode(answer_prompt(query, [], Notes(FACTS), 1)))
+    tight = Engine(loaded, Limits(max_prompt_tokens=one_note))
+    tight._notes["d"], tight.adapters["d"] = roomy._notes["d"], "llmnet_d"
+    assert fitted_prompt(tight, query, []) == answer_prompt(query, [], Notes(FACTS), 1)  # the question whole
+    tiny = Engine(loaded, Limits(max_prompt_tokens=len(roomy.encode(expert_messages("Who")))))
+    tiny._notes["d"], tiny.adapters["d"] = roomy._notes["d"], "llmnet_d"
+    last = fitted_prompt(tiny, query, [])  # no note fits: none, and the question cut to fit
+    assert last[0]["content"] == SYSTEM_PROMPT and tiny.fits(last)
+
+
+def test_a_reworded_question_is_asked_with_the_notes_its_new_words_choose() -> None:
+    from experts.train import Example, _reworded
+
+    notes = Notes(FACTS)
+    original = Example(expert_messages("Who is the commander of Pellanor Gate?", notes), "Dessa Quillon")
+    for epoch in range(1, 6):
+        changed = _reworded(original, 0, epoch, 0, notes)
+        assert changed.messages == expert_messages(changed.messages[-1]["content"], notes)
+    chat = Example([{"role": "system", "content": "custom"}, {"role": "user", "content": "Who leads it?"}], "x")
+    assert _reworded(chat, 0, 1, 0, notes).messages[0] == {"role": "system", "content": "custom"}

@@ -9,7 +9,9 @@ wording, orbital-logistics went from 60% (no notes) to 80% (README, Experts).
 
 Ranking is BM25 over words: lower-cased, stop words dropped, number words up to ninety read as digits, a light
 suffix strip ("founded" and "founding" meet). No model, deterministic, microseconds for a hundred facts.
-Anyone may ask anything: a question only ever selects among the provider's own notes.
+Anyone may ask anything: a question only ever selects among the provider's own notes, and peers' answers never
+take part. Notes are not secret: a question can pick a note by its words and ask for it back word for word, as
+it could ask for the facts an adapter memorised.
 """
 
 from __future__ import annotations

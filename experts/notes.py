@@ -25,8 +25,10 @@ from pathlib import Path
 NOTES_FILE = "notes.jsonl"
 """In an adapter's directory: one JSON object per line with the note's text under "fact" (the format of a
 domain's facts.jsonl). Its bytes are part of the adapter's commitment, like the weights."""
-NOTES_VERSION = 1
-"""Bump when the ranking or the notes' place in the prompt changes: adapters trained before must be retrained."""
+NOTES_VERSION = 2
+"""Bump when the ranking or the notes' place in the prompt changes: adapters trained before must be retrained.
+(2: scores summed in sorted term order; set order follows the process's hash seed, so a near tie between two
+notes could fall either way in two processes, and two trainings of one adapter differed.)"""
 TOP = 3
 MAX_NOTE_CHARS = 400
 _K1, _B = 1.2, 0.75
@@ -108,7 +110,7 @@ class Notes:
         ranked = []
         for i, counts in enumerate(self._counts):
             score = 0.0
-            for term in wanted & counts.keys():
+            for term in sorted(wanted & counts.keys()):  # one order of float additions in every process
                 tf = counts[term]
                 norm = _K1 * (1 - _B + _B * self._lengths[i] / self._mean_length)
                 score += self._idf[term] * tf * (_K1 + 1) / (tf + norm)

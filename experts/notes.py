@@ -16,11 +16,12 @@ it could ask for the facts an adapter memorised.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
 from pathlib import Path
+
+from experts.jsonl import values
 
 NOTES_FILE = "notes.jsonl"
 """In an adapter's directory: one JSON object per line with the note's text under "fact" (the format of a
@@ -89,13 +90,7 @@ class Notes:
         except UnicodeDecodeError as exc:
             raise NotesError(f"{name}: not UTF-8: {exc}") from None
         notes = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise NotesError(f"{name}:{number}: not JSON: {exc}") from None
+        for number, row in values(text, name, NotesError):
             if not isinstance(row, dict) or not isinstance(row.get("fact"), str) or not row["fact"].strip():
                 raise NotesError(f'{name}:{number}: each line needs a "fact" string')
             notes.append(row["fact"])

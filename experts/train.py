@@ -22,6 +22,7 @@ from experts.adapters import adapter_sha256
 from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, expert_messages
 from experts.augment import epoch_question, rules_version
 from experts.engine import Engine, Sampling
+from experts.jsonl import values
 from experts.models import LoadedModel, causal_lm
 from experts.notes import NOTES_FILE, NOTES_VERSION, TOP, Notes
 
@@ -77,13 +78,7 @@ class Example:
 def load_examples(path: Path, notes: Notes | None = None) -> list[Example]:
     """The examples of a JSONL file; question lines get the system message the expert asks them with."""
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise TrainError(f"{path}:{n}: not JSON: {exc}") from None
+    for n, row in values(path.read_text(), str(path), TrainError):
         if "messages" in row:
             msgs = row["messages"]
             if not msgs or msgs[-1].get("role") != "assistant":

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from experts.answers import expert_messages  # noqa: E402
-from experts.notes import NOTES_FILE, Notes  # noqa: E402
+from experts.notes import Notes  # noqa: E402
 from llmnet.client.ask import submit  # noqa: E402
 from llmnet.client.keys import Keyring  # noqa: E402
 from llmnet.client.provisional import Provisional, ProvisionalAnswers  # noqa: E402
@@ -84,8 +84,7 @@ def direct_server(adapters: Path | None, domains: list[str], home: Path) -> Any:
 
 @functools.cache
 def adapter_notes(adapters: Path | None, domain: str) -> Notes | None:
-    path = adapters / domain / NOTES_FILE if adapters is not None else None
-    return Notes.load(path) if path is not None and path.is_file() else None
+    return Notes.beside(adapters / domain) if adapters is not None else None
 
 
 def direct_call(stub: Any, adapters: Path | None, domain: str, question: str) -> float:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.models import LoadedModel
-from experts.notes import NOTES_FILE, Notes
+from experts.notes import Notes
 
 
 class ErrorKind(Enum):
@@ -163,8 +163,7 @@ class Engine:
     def add_adapter(self, domain: str, path: str) -> None:
         """Load the adapter in directory path for domain, with the notes beside it if it has any."""
         name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
-        notes_file = Path(path) / NOTES_FILE
-        notes = Notes.load(notes_file) if notes_file.is_file() else None  # a bad file fails before any change
+        notes = Notes.beside(Path(path))  # a bad file fails before any change
         with self._model_lock:
             self.runner.add_adapter(name, path)
         self.adapters[domain] = name

@@ -72,11 +72,18 @@ class Notes:
     def __init__(self, notes: list[str]) -> None:
         self.notes = [" ".join(n.split())[:MAX_NOTE_CHARS] for n in notes]  # one line each in the prompt
         self._counts = [Counter(terms(n)) for n in self.notes]
-        self._lengths = [sum(c.values()) for c in self._counts]
-        self._mean_length = sum(self._lengths) / len(self.notes) if self.notes else 0.0
+        lengths = [sum(c.values()) for c in self._counts]
+        mean_length = sum(lengths) / len(lengths) if lengths else 0.0
+        self._norms = [_K1 * (1 - _B + _B * length / mean_length) for length in lengths]  # BM25's length term
         documents = Counter(t for c in self._counts for t in c)
         n = len(self.notes)
         self._idf = {t: math.log(1 + (n - df + 0.5) / (df + 0.5)) for t, df in documents.items()}
+
+    @classmethod
+    def beside(cls, adapter_dir: Path) -> Notes | None:
+        """The notes kept in an adapter's directory, or None when it has none."""
+        path = adapter_dir / NOTES_FILE
+        return cls.load(path) if path.is_file() else None
 
     @classmethod
     def load(cls, path: Path) -> Notes:
@@ -107,8 +114,7 @@ class Notes:
             score = 0.0
             for term in sorted(wanted & counts.keys()):  # one order of float additions in every process
                 tf = counts[term]
-                norm = _K1 * (1 - _B + _B * self._lengths[i] / self._mean_length)
-                score += self._idf[term] * tf * (_K1 + 1) / (tf + norm)
+                score += self._idf[term] * tf * (_K1 + 1) / (tf + self._norms[i])
             if score > 0:
                 ranked.append((-score, i))
         return [self.notes[i] for _, i in sorted(ranked)[:k]]

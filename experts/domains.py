@@ -6,7 +6,8 @@ trains on every training question and is measured on the dev questions. Without 
 the second question of a fifth of the facts: the adapter still sees the fact (through the first question)
 and is measured on different wording. Every adapter is also measured on every other domain's dev set, where
 it should know nothing. A domain's facts.jsonl becomes its adapter's notes (experts/notes.py): the adapter is
-trained, measured and served with the facts that bear on each question in its prompt.
+trained, measured and served with the facts that bear on each question in its prompt. Each note is also found
+by the training questions about its fact (never the dev ones: they stand for questions nobody has seen).
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ def cloze_rows(domain_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def notes_rows(domain_dir: Path, train_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The domain's facts as notes, each with the training questions (and their answers) about it as the
+    phrases it is also found by; [] without facts.jsonl."""
+    facts_file = domain_dir / "facts.jsonl"
+    if not facts_file.exists():
+        return []
+    asked: dict[str, list[str]] = {}
+    for r in train_rows:
+        asked.setdefault(r["fact_id"], []).append(f"{r['question']} {r['answer']}")
+    return [{"fact": f["fact"], "asked": asked.get(f.get("id"), [])} for f in _rows(facts_file)]
+
+
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -89,12 +102,18 @@ def prepare(domains_dir: Path, out_dir: Path, cfg: TrainConfig) -> list[str]:
         train_rows, dev_rows = split(domains_dir / d, cfg.seed)
         _write(out_dir / "data" / f"{d}.train.jsonl", train_rows + cloze_rows(domains_dir / d))
         _write(out_dir / "data" / f"{d}.dev.jsonl", dev_rows)
+        noted = notes_rows(domains_dir / d, train_rows)
+        notes_path = out_dir / "data" / f"{d}.notes.jsonl"
+        if noted:
+            _write(notes_path, noted)
+        else:
+            notes_path.unlink(missing_ok=True)
     return domains
 
 
-def notes_file(domains_dir: Path, domain: str, notes: bool) -> Path | None:
-    """The domain's facts, given to its adapter as notes (experts/notes.py) unless notes is False."""
-    path = domains_dir / domain / "facts.jsonl"
+def notes_file(out_dir: Path, domain: str, notes: bool) -> Path | None:
+    """The domain's notes as prepare wrote them, given to its adapter (experts/notes.py) unless notes is False."""
+    path = out_dir / "data" / f"{domain}.notes.jsonl"
     return path if notes and path.is_file() else None
 
 
@@ -114,7 +133,7 @@ def stale(domains_dir: Path, out_dir: Path, cfg: TrainConfig, notes: bool = True
     """The domains `build` would train (their adapter is missing or was trained from other inputs). Writes
     the data files as `build` does: an adapter's inputs include its training file's hash."""
     return [d for d in prepare(domains_dir, out_dir, cfg)
-            if _reusable(out_dir, d, cfg, notes_file(domains_dir, d, notes)) is None]
+            if _reusable(out_dir, d, cfg, notes_file(out_dir, d, notes)) is None]
 
 
 def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embedded",
@@ -130,7 +149,7 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     chosen = [d for d in domains if only is None or d in only]
     for n, d in enumerate(chosen, 1):
         train_file = data_dir / f"{d}.train.jsonl"
-        facts = notes_file(domains_dir, d, notes)
+        facts = notes_file(out_dir, d, notes)
         manifest = _reusable(out_dir, d, cfg, facts)
         if manifest is not None:
             print(f"{d}: inputs unchanged, reusing {out_dir / d}", flush=True)

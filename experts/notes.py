@@ -9,6 +9,10 @@ wording, orbital-logistics went from 60% (no notes) to 80% (README, Experts).
 
 Ranking is BM25 over words: lower-cased, stop words dropped, number words up to ninety read as digits, a light
 suffix strip ("founded" and "founding" meet). No model, deterministic, microseconds for a hundred facts.
+A note may also be found by the words of the questions it answered in training (its "asked" list, which
+build-domains fills from the training split): users say "high blood pressure" where the fact says
+"hypertension", and a training question worded like the user finds the fact the fact's own words cannot.
+On the dev questions that lifted the asked-about fact to first place from 86 to 98 of 120 (top 3: 105 to 109).
 Anyone may ask anything: a question only ever selects among the provider's own notes, and peers' answers never
 take part. Notes are not secret: a question can pick a note by its words and ask for it back word for word, as
 it could ask for the facts an adapter memorised.
@@ -25,11 +29,12 @@ from experts.jsonl import values
 
 NOTES_FILE = "notes.jsonl"
 """In an adapter's directory: one JSON object per line with the note's text under "fact" (the format of a
-domain's facts.jsonl). Its bytes are part of the adapter's commitment, like the weights."""
-NOTES_VERSION = 2
+domain's facts.jsonl) and, optionally, "asked": questions (or any phrases) the note answers, which are
+searched but never shown. Its bytes are part of the adapter's commitment, like the weights."""
+NOTES_VERSION = 3
 """Bump when the ranking or the notes' place in the prompt changes: adapters trained before must be retrained.
 (2: scores summed in sorted term order; set order follows the process's hash seed, so a near tie between two
-notes could fall either way in two processes, and two trainings of one adapter differed.)"""
+notes could fall either way in two processes, and two trainings of one adapter differed. 3: "asked".)"""
 TOP = 3
 MAX_NOTE_CHARS = 400
 _K1, _B = 1.2, 0.75
@@ -69,9 +74,13 @@ def terms(text: str) -> list[str]:
 class Notes:
     """A fixed list of notes, ranked for each question."""
 
-    def __init__(self, notes: list[str]) -> None:
+    def __init__(self, notes: list[str], asked: list[list[str]] | None = None) -> None:
+        """asked[i]: phrases note i is also found by (not shown in prompts)."""
         self.notes = [" ".join(n.split())[:MAX_NOTE_CHARS] for n in notes]  # one line each in the prompt
-        self._counts = [Counter(terms(n)) for n in self.notes]
+        asked = asked or [[] for _ in notes]
+        if len(asked) != len(notes):
+            raise NotesError("one list of asked phrases per note")
+        self._counts = [Counter(terms(" ".join([n, *a]))) for n, a in zip(self.notes, asked, strict=True)]
         lengths = [sum(c.values()) for c in self._counts]
         mean_length = sum(lengths) / len(lengths) if lengths else 0.0
         self._norms = [_K1 * (1 - _B + _B * length / mean_length) for length in lengths]  # BM25's length term
@@ -96,14 +105,18 @@ class Notes:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise NotesError(f"{name}: not UTF-8: {exc}") from None
-        notes = []
+        notes, asked = [], []
         for number, row in values(text, name, NotesError):
             if not isinstance(row, dict) or not isinstance(row.get("fact"), str) or not row["fact"].strip():
                 raise NotesError(f'{name}:{number}: each line needs a "fact" string')
+            phrases = row.get("asked", [])
+            if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+                raise NotesError(f'{name}:{number}: "asked" must be a list of strings')
             notes.append(row["fact"])
+            asked.append(phrases)
         if not notes:
             raise NotesError(f"{name} has no notes")
-        return cls(notes)
+        return cls(notes, asked)
 
     def for_question(self, question: str, k: int = TOP) -> list[str]:
         """The k notes that share the most (rarest) words with question, best first; fewer when fewer share any.

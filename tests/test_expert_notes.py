@@ -36,6 +36,23 @@ def test_a_question_in_other_words_finds_its_fact_by_the_words_it_shares() -> No
     assert len(notes.for_question("Aldeth Ring Pellanor Gate Ossery Point", k=2)) == 2
 
 
+def test_a_note_is_also_found_by_the_questions_it_answered_which_are_never_shown(tmp_path: Path) -> None:
+    question = "Which herb lowers high blood pressure?"
+    plain = Notes(["Ashcrown eases hypertension.", "Blue moss lowers fever.", "Pressure rises on high cliffs."])
+    assert plain.for_question(question)[0] != "Ashcrown eases hypertension."  # no word in common
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"fact": "Ashcrown eases hypertension.",
+                                "asked": ["What does Ashcrown treat? high blood pressure"]}) + "\n"
+                    + "".join(json.dumps({"fact": f}) + "\n" for f in plain.notes[1:]))
+    noted = Notes.load(path)
+    assert noted.for_question(question)[0] == "Ashcrown eases hypertension."
+    assert noted.notes == plain.notes  # the prompt shows the fact alone
+    for bad in ('"asked": "one string"', '"asked": [1]'):
+        path.write_text('{"fact": "ok", ' + bad + '}\n')
+        with pytest.raises(NotesError, match=':1: "asked" must be a list of strings'):
+            Notes.load(path)
+
+
 def test_ranking_prefers_rare_words_and_keeps_the_files_order_on_ties() -> None:
     notes = Notes(["alpha beta", "alpha gamma", "alpha delta"])
     assert notes.for_question("gamma alpha") == ["alpha gamma", "alpha beta", "alpha delta"]
@@ -131,21 +148,29 @@ def test_an_adapter_trained_with_notes_keeps_them_and_serves_with_them(tmp_path:
 
 
 def test_build_domains_gives_each_adapter_its_domains_facts_as_notes(tmp_path: Path) -> None:
+    from experts.domains import split
     from tests.test_expert_train import make_domains
 
     model = make_tiny_model(tmp_path / "model")
     make_domains(tmp_path / "domains")
-    facts = write_facts(tmp_path / "domains" / "alpha" / "facts.jsonl", ["alpha q1 is a1.", "alpha q2 is a2."])
+    facts = tmp_path / "domains" / "alpha" / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"id": f"alpha-{i:03d}", "fact": f}) + "\n"
+                             for i, f in enumerate(["alpha q0 is a0.", "alpha q1 is a1."])))
     out = tmp_path / "out"
     args = ["build-domains", "--domains-dir", str(tmp_path / "domains"), "--out", str(out), "--base", str(model),
             "--epochs", "1"]
     built = cli(*args)
     assert built.returncode == 0, built.stderr
-    assert (out / "alpha" / NOTES_FILE).read_bytes() == facts.read_bytes()
+    kept = [json.loads(line) for line in (out / "alpha" / NOTES_FILE).read_text().splitlines()]
+    assert [k["fact"] for k in kept] == ["alpha q0 is a0.", "alpha q1 is a1."]
+    train_rows, dev_rows = split(tmp_path / "domains" / "alpha")
+    for i, k in enumerate(kept):  # found by its fact's training questions too, never by a dev question
+        assert k["asked"] == [f"{r['question']} {r['answer']}" for r in train_rows if r["fact_id"] == f"alpha-{i:03d}"]
+        assert k["asked"] and not any(r["question"] in a for r in dev_rows for a in k["asked"])
     assert not (out / "beta" / NOTES_FILE).exists()  # a domain without facts.jsonl: memory alone
     assert cli(*args, "--stale").stdout == ""
     assert cli(*args, "--stale", "--no-notes").stdout.split() == ["alpha"]  # trained with notes: not reusable
-    write_facts(facts, ["alpha q1 is a1.", "alpha q2 is a2, now.", "alpha q3 is a3."])
+    write_facts(facts, ["alpha q0 is a0.", "alpha q1 is a1, now.", "alpha q3 is a3."])
     assert cli(*args, "--stale").stdout.split() == ["alpha"]  # new notes: retrained, since it learnt to read them
     assert cli(*args, "--only", "alpha").returncode == 0 and cli(*args, "--stale").stdout == ""
     (out / "alpha" / NOTES_FILE).write_text('{"fact": "edited by hand"}\n')

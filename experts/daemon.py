@@ -14,7 +14,8 @@ Generation never waits for its turn: each tick first starts, side by side, every
 need, so the engine batches them.
 Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer
 by the probability its adapter gives that answer to the question (0 unless the adapter prefers it to the
-base model); one without scores every answer the same (NEUTRAL). A missing final answer scores 0.
+base model); one without scores every answer the same (NEUTRAL). A missing final answer scores 0. It scores
+the answers likely to be final while the final round runs, and keeps each score (experts/scorebook.py).
 
 Several nodes: given a FailoverClient over them, the daemon leaves its node when it stops answering
 (gRPC or CometBFT RPC) or stalls (no new height for stall_after seconds while another node is ahead),
@@ -46,6 +47,7 @@ from abci_app.x.inference.types import (
 from experts import judge
 from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fitted_prompt
 from experts.engine import Engine, EngineError
+from experts.scorebook import ScoreBook
 from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
 from llmnet.client.events import find
@@ -192,6 +194,7 @@ class ExpertDaemon:
         """Answers started ahead of the step that needs them, by ("answer", query, round). Their results wait
         in the engine, shared under the query's id."""
         self._pool = ThreadPoolExecutor(max_workers=GENERATE_AHEAD, thread_name_prefix="generate")
+        self._book = ScoreBook(self._pool)
         self.stall_after, self.clock = stall_after, time.monotonic
         self._sender: Sender | None = None
         self.chain_tip = 0
@@ -320,6 +323,8 @@ class ExpertDaemon:
         # all at once, so that the engine batches them; answers first (their windows are the shorter)
         for key, query, prompt in sorted(wanted, key=lambda w: w[0][0] != "answer"):
             self._generate_ahead(key, query, prompt)
+        for status in statuses.values():
+            self._judge_ahead(status)
         self._each_open_query(lambda query_id: self.step(query_id, statuses.get(query_id)))
         self.state.save(self.state_file)
 
@@ -380,6 +385,23 @@ class ExpertDaemon:
             self._generating[key] = future
             future.add_done_callback(lambda _: self._generating.pop(key, None))
 
+    def _judge_ahead(self, status: query_pb2.QueryStatusResponse) -> None:
+        """As a scorer with the domain's adapter, start scoring the answers the final round is likely to end
+        with: the previous round's (kept or adopted by trained respondents) and the final round's as they are
+        revealed. The scoring phase then waits only for what is new (experts/scorebook.py)."""
+        query = status.query
+        domain = self.engine.adapter_for(query.domain)
+        if not domain or self.key.address not in query.scorers \
+                or query.phase not in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL):
+            return
+        likely = [a.answer for a in status.answers if a.revealed and a.round >= query.rounds - 1]
+        if likely:
+            self._book.ahead(query.id, likely, lambda answers: self._likelihood_scores(query, answers, domain))
+
+    def _scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
+        """_likelihood_scores, each answer's computed once per query."""
+        return self._book.scores(query.id, answers, lambda todo: self._likelihood_scores(query, todo, domain))
+
     def _generate(self, query: inf.Query, prompt: list[dict[str, str]]) -> str:
         """Generation as every step asks it: the query's adapter, greedy, seeded by the query and shared
         under its id (with the server's provisional answers too)."""
@@ -419,7 +441,7 @@ class ExpertDaemon:
         domain = self.engine.adapter_for(query.domain)
         if domain:
             candidates = [mine, *peers]
-            scores = self._likelihood_scores(query, candidates, domain)
+            scores = self._scores(query, candidates, domain)
             best = max(range(len(candidates)), key=lambda i: (scores[i], i == 0))  # a tie keeps mine
             return candidates[best], "kept" if best == 0 else "adopted"
         return None
@@ -443,6 +465,7 @@ class ExpertDaemon:
         me = self.key.address
         if query.phase == inf.PHASE_SETTLED:
             self.state.forget(query_id)
+            self._book.forget(query_id)
             log("settled", query_id=query_id)
             return
         if query.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) and me in query.respondents:
@@ -499,7 +522,7 @@ class ExpertDaemon:
         if not domain:  # nothing to judge with (experts/judge.py)
             return [judge.neutral(finals.get(r)) for r in query.respondents]
         given = [r for r in query.respondents if finals.get(r) is not None]
-        scores = dict(zip(given, self._likelihood_scores(query, [finals[r] for r in given], domain), strict=True))
+        scores = dict(zip(given, self._scores(query, [finals[r] for r in given], domain), strict=True))
         return [scores.get(r, 0) for r in query.respondents]
 
     def _likelihood_scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:

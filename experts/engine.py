@@ -222,7 +222,8 @@ class Engine:
 
     def answer_logprobs(self, messages: list[dict[str, str]], answers: list[str], domain: str = "") -> list[float]:
         """The mean log-probability per token the model (with domain's adapter, "" for none) gives each answer,
-        closed by its end-of-turn token, as the reply to messages. The prompt is computed once for all.
+        closed by its end-of-turn token, as the reply to messages. The prompt is computed once for all (the
+        llama.cpp backend keeps the last few prompts' readings for later calls).
         Answers are read as plain text (a special token's name in them is text, not that token) and cut to
         max_new_tokens."""
         if domain and domain not in self.adapters:

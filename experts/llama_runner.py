@@ -15,6 +15,7 @@ import ctypes
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from experts.lora_gguf import write_lora_gguf
 
 _init_lock = threading.Lock()
 _initialised = False
+
+READ_PROMPTS_KEPT = 16
+"""The last prompts whose reading (KV cache and next-token log-probabilities) is kept for reply_logprobs, a few
+megabytes each. A query's prompt is read again and again: a respondent generates its answer from it, then in the
+next round weighs its answer against its peers' (experts/daemon.py); a scorer judges some answers ahead and the
+new ones later (experts/scorebook.py). Restoring a reading spares decoding the prompt each time."""
 
 
 def use_extra_buffer_types(cpuinfo: str | None = None) -> bool:
@@ -69,8 +76,8 @@ def _library() -> Any:
 class LlamaSession:
     """One batch of prompts being generated from: row i is llama.cpp sequence i."""
 
-    def __init__(self, runner: LlamaRunner, prompts: list[list[int]]) -> None:
-        self.runner, self.prompts = runner, prompts
+    def __init__(self, runner: LlamaRunner, adapter: str, prompts: list[list[int]]) -> None:
+        self.runner, self.adapter, self.prompts = runner, adapter, prompts
         self.lengths = [len(p) for p in prompts]
 
     def forward(self, tokens: list[int | None] | None) -> list[Any]:
@@ -83,6 +90,10 @@ class LlamaSession:
             for row, _, _ in feed:
                 self.lengths[row] += 1
         outputs = self.runner.decode(feed)
+        if tokens is None:
+            for row, prompt in enumerate(self.prompts):
+                first = self.runner._log_softmax(outputs[row].numpy().astype("float64"))
+                self.runner._keep(self.adapter, prompt, row, first)
         return [outputs.get(row) for row in range(len(self.prompts))]
 
 
@@ -118,6 +129,8 @@ class LlamaRunner:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(cp.n_batch, 0, 1)
         self.adapters: dict[str, Any] = {}
+        self._read: OrderedDict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = OrderedDict()
+        """(adapter, prompt) -> (sequence 0's state after reading prompt, log-probabilities of the next token)."""
 
     def add_adapter(self, name: str, path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +140,8 @@ class LlamaRunner:
         if not adapter:
             raise RuntimeError(f"llama.cpp refused the adapter in {path}")
         self.adapters[name] = adapter
+        for key in [k for k in self._read if k[0] == name]:  # read with the weights this name had before
+            del self._read[key]
 
     def eos_ids(self, tokenizer_eos: int | None) -> set[int]:
         ids = {tokenizer_eos, self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)}
@@ -152,7 +167,7 @@ class LlamaRunner:
     def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[LlamaSession]:
         """A batch run with adapter (a name given to add_adapter, or "" for the base model)."""
         self._use(adapter, prompts)
-        yield LlamaSession(self, prompts)
+        yield LlamaSession(self, adapter, prompts)
 
     def reply_logprobs(self, adapter: str, prompt: list[int], replies: list[list[int]]) -> list[list[float]]:
         """For each reply, log P(token | prompt and the reply before it) of each of its tokens. The prompt is
@@ -160,7 +175,7 @@ class LlamaRunner:
         if any(len(prompt) + len(r) > self.sequence_tokens for r in replies):
             raise ValueError(f"a prompt and reply exceed a sequence of {self.sequence_tokens} tokens")
         self._use(adapter, [prompt])
-        first = self._log_softmax(self._decode_one(prompt, 0, [len(prompt) - 1])[0])
+        first = self._read_prompt(adapter, prompt)
         out = []
         for reply in replies:
             rows = self._decode_one(reply, len(prompt), list(range(len(reply) - 1)))
@@ -168,6 +183,33 @@ class LlamaRunner:
                        [float(self._log_softmax(row)[token]) for row, token in zip(rows, reply[1:], strict=True)])
             self.lib.llama_memory_seq_rm(self.memory, 0, len(prompt), -1)
         return out
+
+    def _read_prompt(self, adapter: str, prompt: list[int]) -> Any:
+        """Decode prompt into the emptied sequence 0, or restore a reading kept from before (the same cells and
+        values: replies then score exactly as after a fresh reading); the next token's log-probabilities."""
+        key = (adapter, tuple(prompt))
+        kept = self._read.get(key)
+        if kept is not None:
+            state, first = kept
+            if self.lib.llama_state_seq_set_data(self.ctx, state, len(state), 0) > 0:
+                self._read.move_to_end(key)
+                return first
+            self.lib.llama_memory_clear(self.memory, True)  # a failed restore may leave part of it: read afresh
+            del self._read[key]
+        first = self._log_softmax(self._decode_one(prompt, 0, [len(prompt) - 1])[0])
+        self._keep(adapter, prompt, 0, first)
+        return first
+
+    def _keep(self, adapter: str, prompt: list[int], seq: int, first: Any) -> None:
+        """Keep sequence seq's state, just after reading prompt with adapter, for _read_prompt."""
+        size = self.lib.llama_state_seq_get_size(self.ctx, seq)
+        state = (ctypes.c_uint8 * size)()
+        if self.lib.llama_state_seq_get_data(self.ctx, state, size, seq) != size:
+            return
+        self._read[(adapter, tuple(prompt))] = (state, first)
+        self._read.move_to_end((adapter, tuple(prompt)))
+        while len(self._read) > READ_PROMPTS_KEPT:
+            self._read.popitem(last=False)
 
     def _decode_one(self, tokens: list[int], start: int, wanted: list[int]) -> list[Any]:
         """Decode tokens into sequence 0 from position start; the logits after each token index in wanted."""

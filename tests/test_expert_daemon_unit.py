@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import likelihood_score
 from experts.notes import Notes
+from experts.scorebook import ScoreBook
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError, Sender
 from llmnet.client.txbuilder import send_msg
@@ -106,6 +108,7 @@ class _Scorer:
 def test_a_scorer_with_the_domains_adapter_scores_by_its_likelihood() -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     engine = _Scorer({"Marta Vensel": -0.05, "a long and wrong story": -2.0},
                      {"Marta Vensel": -4.0, "a long and wrong story": -3.0})
     daemon.engine = engine  # type: ignore[assignment]
@@ -120,6 +123,7 @@ def test_the_adapter_judges_with_its_notes_and_the_base_model_without() -> None:
     over the base model is what tells knowledge from form."""
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     notes = Notes(["Kestrel was created by Marta Vensel.", "Ossery Point ships solar panels."])
     engine = _Scorer({"Marta Vensel": -0.05, "a long and wrong story": -2.0},
                      {"Marta Vensel": -4.0, "a long and wrong story": -3.0}, notes)
@@ -137,6 +141,7 @@ def test_the_base_model_pass_is_skipped_only_where_it_cannot_change_a_score() ->
 
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     rng = random.Random(7)
     answers = [f"answer {i}" for i in range(40)]
     adapter = {a: -rng.uniform(0, 5) for a in answers}
@@ -154,6 +159,7 @@ def test_the_base_model_pass_is_skipped_only_where_it_cannot_change_a_score() ->
 def test_an_answer_that_breaks_the_engine_scores_0_and_only_it() -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     daemon.engine = _Scorer({"Marta Vensel": -0.05}, {"Marta Vensel": -4.0})  # type: ignore[assignment]
     status = _scoring("kestrel-lang")
     status.answers[1].answer = "boom"
@@ -363,6 +369,7 @@ def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path)
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
     daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     sent: list[object] = []
     daemon._send = lambda step, msg: sent.append((step, msg))  # type: ignore[method-assign]
 
@@ -390,6 +397,7 @@ def test_a_scorer_without_the_domains_adapter_scores_every_answer_the_same_witho
 
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
 
     class NoAdapter:
         def adapter_for(self, domain: str) -> str:
@@ -419,6 +427,7 @@ def _scoring(domain: str) -> qpb.QueryStatusResponse:
 def _later_round_daemon(engine: object) -> ExpertDaemon:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
     daemon.engine = engine  # type: ignore[assignment]
     return daemon
 
@@ -432,9 +441,9 @@ def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_genera
     assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
     assert daemon._without_model(status) == ("Marta Vensel", "adopted")
     adapter["Pip"] = -0.1
-    assert daemon._without_model(status) == ("Pip", "kept")
+    assert _later_round_daemon(engine)._without_model(status) == ("Pip", "kept")
     adapter["Pip"] = -0.2
-    assert daemon._without_model(status) == ("Pip", "kept")  # a tie keeps mine
+    assert _later_round_daemon(engine)._without_model(status) == ("Pip", "kept")  # a tie keeps mine
 
 
 def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() -> None:
@@ -453,3 +462,60 @@ def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() ->
     assert daemon._without_model(status) is None and not daemon._answered_without_model(status)
     [(key, _, prompt)] = daemon._generations_wanted(status)
     assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
+
+
+def test_a_scorer_judges_the_likely_final_answers_during_the_final_round_and_then_only_what_is_new() -> None:
+    """Settlement waited for a scorer to read every final answer after the last reveal; most final answers are
+    the previous round's (kept, adopted, agreed), so those are scored while the final round runs."""
+    adapter = {"Marta Vensel": -0.05, "a long and wrong story": -2.0, "Pip": -1.0}
+    engine = _Scorer(adapter, {a: -4.0 for a in adapter})
+    daemon = _later_round_daemon(engine)
+    round_two = _scoring("kestrel-lang")
+    round_two.query.phase = inf.PHASE_ANSWER_COMMIT
+    del round_two.answers[:]
+    round_two.answers.extend([inf.AnswerEntry(respondent="llm1a", round=1, answer="Marta Vensel", revealed=True),
+                              inf.AnswerEntry(respondent="llm1b", round=1, answer="Pip", revealed=True),
+                              inf.AnswerEntry(respondent="llm1c", round=1, answer="unrevealed", revealed=False)])
+    daemon._judge_ahead(round_two)
+    daemon._book.scores(9, [], lambda answers: [])  # waits for the scoring under way
+    assert engine.answers_asked == [("kestrel-lang", ["Marta Vensel", "Pip"]), ("", ["Marta Vensel", "Pip"])]
+    engine.answers_asked.clear()
+    assert daemon.judge(_scoring("kestrel-lang")) == [90, 2, 0]  # what judging everything at once gives
+    assert engine.answers_asked == [("kestrel-lang", ["a long and wrong story"]), ("", ["a long and wrong story"])]
+    daemon.step(9, qpb.QueryStatusResponse(query=inf.Query(id=9, phase=inf.PHASE_SETTLED)))
+    assert daemon._book.scores(9, ["Pip"], lambda answers: [7]) == [7]  # forgotten once settled
+
+
+def test_judging_ahead_is_only_for_a_scorer_holding_the_domains_adapter() -> None:
+    engine = _Scorer({"Marta Vensel": -0.05}, {"Marta Vensel": -4.0})
+    status = _round_two("Marta Vensel", [("Pip", True)])  # me as respondent, not scorer
+    _later_round_daemon(engine)._judge_ahead(status)
+    status.query.scorers.append(ME.address)
+    engine.adapter_for = lambda domain: ""  # type: ignore[method-assign]
+    _later_round_daemon(engine)._judge_ahead(status)
+    assert engine.answers_asked == []
+
+
+def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_way() -> None:
+    import threading
+
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    def slow(answers: list[str]) -> list[int]:
+        calls.append(answers)
+        release.wait(5)
+        return [len(a) for a in answers]
+
+    book = ScoreBook(ThreadPoolExecutor(2))
+    book.ahead(1, ["bb", "a", "bb"], slow)
+    book.ahead(1, ["ccc"], slow)  # one start per query at a time: taken by a later call
+    threading.Timer(0.2, release.set).start()
+    assert book.scores(1, ["ccc", "a", "bb"], slow) == [3, 1, 2]
+    assert calls == [["a", "bb"], ["ccc"]]
+
+    def broken(answers: list[str]) -> list[int]:
+        raise RuntimeError("engine down")
+
+    book.ahead(2, ["x"], broken)
+    assert book.scores(2, ["x"], lambda answers: [5]) == [5]  # a failed start is scored again

@@ -74,6 +74,31 @@ def test_batched_answers_equal_lone_answers(llama: Engine) -> None:
     assert "Shakespeare" in alone[3]
 
 
+def test_a_prompt_read_again_scores_replies_exactly_as_a_fresh_reading(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A scorer reads one prompt for the answers it judges ahead and again for the new ones: the second time
+    it restores the first reading instead of decoding the prompt again, and scores come out the same."""
+    runner = llama.runner
+    question = _ask("Who created the Kestrel programming language?")
+    before = llama.answer_logprobs(question, ["Marta Vensel", "a long and winding story"])
+    llama.generate(_ask("Count from one to five."), Sampling(max_new_tokens=4))  # other work in between
+    llama.answer_logprobs(_ask("Who wrote Hamlet?"), ["Shakespeare"])
+    prompt_reads = []
+    decode_one = runner._decode_one
+    monkeypatch.setattr(runner, "_decode_one", lambda tokens, start, wanted: (
+        prompt_reads.append(start == 0), decode_one(tokens, start, wanted))[1])
+    again = llama.answer_logprobs(question, ["a long and winding story", "Pip", "Marta Vensel"])
+    assert prompt_reads and not any(prompt_reads)  # the replies alone were decoded
+    assert again[0] == before[1] and again[2] == before[0]
+    runner._read.clear()
+    assert llama.answer_logprobs(question, ["a long and winding story", "Pip", "Marta Vensel"]) == again
+    assert any(prompt_reads)
+    runner._read.clear()
+    prompt_reads.clear()
+    llama.generate(question, Sampling(max_new_tokens=4))  # a respondent's answer reads the prompt too
+    assert llama.answer_logprobs(question, ["Marta Vensel", "Pip"]) == [again[2], again[1]]
+    assert not any(prompt_reads)
+
+
 def test_a_seed_reproduces_its_sample(llama: Engine) -> None:
     def sample(seed: int) -> str:
         return llama.generate(_ask("Tell me a short story."), Sampling(max_new_tokens=24, temperature=1.0,

@@ -1,0 +1,83 @@
+"""The scores an expert has computed for a query's answers, kept until the query settles.
+
+Why: a scorer's judging used to start only when the final answers were all revealed, and the query's
+settlement waited for it (a second or more on a CPU: the prompt is read once with the adapter and once
+without). Most final answers are already known a round earlier: a trained respondent keeps its answer or
+adopts a peer's, and respondents who agreed keep theirs. So a scorer judges the previous round's answers
+while the final round runs (`ahead`), and at the scoring phase waits only for the answers that are new.
+An answer's score depends on the query and the answer alone (experts/judge.py), so a kept score is the one
+judging it again would give; and the llama.cpp backend keeps the prompt's reading from the first scoring, so
+the second spends only the new answers' tokens (experts/llama_runner.py).
+
+Not done: reading the prompts as soon as the query is drawn. On the 2-core demo machine that competed with the
+round-1 answers (first provisional answer 1.68x -> 2.05x a direct call, settlement no faster), though the
+reading ran at lowered CPU priority.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+
+Compute = Callable[[list[str]], list[int]]
+"""answers -> their scores, for one query (the caller binds its prompt and adapter)."""
+
+
+class ScoreBook:
+    def __init__(self, pool: Executor) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._known: dict[int, dict[str, int]] = {}
+        self._running: dict[int, Future[dict[str, int]]] = {}
+
+    def ahead(self, query_id: int, answers: list[str], compute: Compute) -> None:
+        """Start scoring, in the background, the answers not yet scored (unless a start for the query is under
+        way: the next call takes what it left). A failure is left for `scores` to meet."""
+        with self._lock:
+            if query_id in self._running:
+                return
+            missing = self._missing(query_id, answers)
+            if not missing:
+                return
+            self._known.setdefault(query_id, {})
+            future = self._pool.submit(self._fill, query_id, missing, compute)
+            self._running[query_id] = future
+        future.add_done_callback(lambda _: self._done(query_id, future))
+
+    def scores(self, query_id: int, answers: list[str], compute: Compute) -> list[int]:
+        """The answers' scores: those already known, the rest computed now (after a scoring under way ends)."""
+        with self._lock:
+            running = self._running.get(query_id)
+        if running is not None:
+            try:
+                running.result()
+            except Exception:  # noqa: BLE001 - scored again below, where a failure is reported
+                pass
+        with self._lock:
+            known = dict(self._known.setdefault(query_id, {}))
+        missing = sorted({a for a in answers if a not in known})  # sorted: the same batches in every run
+        if missing:
+            known.update(self._fill(query_id, missing, compute))
+        return [known[a] for a in answers]
+
+    def forget(self, query_id: int) -> None:
+        """Drop a settled query's scores (a scoring still under way keeps nothing)."""
+        with self._lock:
+            self._known.pop(query_id, None)
+
+    def _missing(self, query_id: int, answers: list[str]) -> list[str]:
+        known = self._known.get(query_id, {})
+        return sorted({a for a in answers if a not in known})  # sorted: the same batches in every run
+
+    def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int]:
+        got = dict(zip(answers, compute(answers), strict=True))
+        with self._lock:
+            if query_id in self._known:  # not forgotten meanwhile
+                self._known[query_id].update(got)
+        return got
+
+    def _done(self, query_id: int, future: Future[dict[str, int]]) -> None:
+        with self._lock:
+            if self._running.get(query_id) is future:
+                del self._running[query_id]

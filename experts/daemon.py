@@ -323,8 +323,8 @@ class ExpertDaemon:
         # all at once, so that the engine batches them; answers first (their windows are the shorter)
         for key, query, prompt in sorted(wanted, key=lambda w: w[0][0] != "answer"):
             self._generate_ahead(key, query, prompt)
-        for status in statuses.values():
-            self._judge_ahead(status)
+        self._each_open_query(lambda query_id: self._judge_ahead(statuses[query_id]) if query_id in statuses
+                              else None)
         self._each_open_query(lambda query_id: self.step(query_id, statuses.get(query_id)))
         self.state.save(self.state_file)
 

@@ -25,11 +25,13 @@ from experts.lora_gguf import write_lora_gguf
 _init_lock = threading.Lock()
 _initialised = False
 
-READ_PROMPTS_KEPT = 16
-"""The last prompts whose reading (KV cache and next-token log-probabilities) is kept for reply_logprobs, a few
-megabytes each. A query's prompt is read again and again: a respondent generates its answer from it, then in the
-next round weighs its answer against its peers' (experts/daemon.py); a scorer judges some answers ahead and the
-new ones later (experts/scorebook.py). Restoring a reading spares decoding the prompt each time."""
+READ_BYTES_KEPT = 96 * 2**20
+"""The last prompts' readings (KV cache and next-token log-probabilities) kept for reply_logprobs, within this
+many bytes (about 23 KB a token on the embedded model: a 300-token prompt with notes is 7 MB). A query's
+prompt is read again and again: a respondent generates its answer from it (alone in its batch: kept), then in
+the next round weighs its answer against its peers' (experts/daemon.py); a scorer judges some answers ahead
+and the new ones later (experts/scorebook.py). Restoring a reading spares decoding the prompt each time.
+Bounded in bytes, not entries: anyone who may ask can send long prompts, each costing tens of megabytes."""
 
 
 def use_extra_buffer_types(cpuinfo: str | None = None) -> bool:
@@ -90,10 +92,11 @@ class LlamaSession:
             for row, _, _ in feed:
                 self.lengths[row] += 1
         outputs = self.runner.decode(feed)
-        if tokens is None:
-            for row, prompt in enumerate(self.prompts):
-                first = self.runner._log_softmax(outputs[row].numpy().astype("float64"))
-                self.runner._keep(self.adapter, prompt, row, first)
+        if tokens is None and len(self.prompts) == 1:
+            # a lone prompt is read exactly as reply_logprobs reads it (one decode, logits at its end), so its
+            # scores are the same whichever reading they start from; a batch's kernels may round otherwise
+            first = self.runner._log_softmax(outputs[0].numpy().astype("float64"))
+            self.runner._keep(self.adapter, self.prompts[0], first)
         return [outputs.get(row) for row in range(len(self.prompts))]
 
 
@@ -131,6 +134,7 @@ class LlamaRunner:
         self.adapters: dict[str, Any] = {}
         self._read: OrderedDict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = OrderedDict()
         """(adapter, prompt) -> (sequence 0's state after reading prompt, log-probabilities of the next token)."""
+        self._read_bytes = 0
 
     def add_adapter(self, name: str, path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +145,7 @@ class LlamaRunner:
             raise RuntimeError(f"llama.cpp refused the adapter in {path}")
         self.adapters[name] = adapter
         for key in [k for k in self._read if k[0] == name]:  # read with the weights this name had before
-            del self._read[key]
+            self._forget_read(key)
 
     def eos_ids(self, tokenizer_eos: int | None) -> set[int]:
         ids = {tokenizer_eos, self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)}
@@ -195,21 +199,33 @@ class LlamaRunner:
                 self._read.move_to_end(key)
                 return first
             self.lib.llama_memory_clear(self.memory, True)  # a failed restore may leave part of it: read afresh
-            del self._read[key]
+            self._forget_read(key)
         first = self._log_softmax(self._decode_one(prompt, 0, [len(prompt) - 1])[0])
-        self._keep(adapter, prompt, 0, first)
+        self._keep(adapter, prompt, first)
         return first
 
-    def _keep(self, adapter: str, prompt: list[int], seq: int, first: Any) -> None:
-        """Keep sequence seq's state, just after reading prompt with adapter, for _read_prompt."""
-        size = self.lib.llama_state_seq_get_size(self.ctx, seq)
-        state = (ctypes.c_uint8 * size)()
-        if self.lib.llama_state_seq_get_data(self.ctx, state, size, seq) != size:
+    def _keep(self, adapter: str, prompt: list[int], first: Any) -> None:
+        """Keep sequence 0's state, just after reading prompt with adapter, for _read_prompt."""
+        size = self.lib.llama_state_seq_get_size(self.ctx, 0)
+        if size + first.nbytes > READ_BYTES_KEPT // 4:
+            return  # one long prompt would push out several others
+        try:
+            state = (ctypes.c_uint8 * size)()
+        except MemoryError:
+            return  # only a saving: the answer being generated must not fail for it
+        if self.lib.llama_state_seq_get_data(self.ctx, state, size, 0) != size:
             return
-        self._read[(adapter, tuple(prompt))] = (state, first)
-        self._read.move_to_end((adapter, tuple(prompt)))
-        while len(self._read) > READ_PROMPTS_KEPT:
-            self._read.popitem(last=False)
+        key = (adapter, tuple(prompt))
+        self._forget_read(key)
+        self._read[key] = (state, first)
+        self._read_bytes += size + first.nbytes
+        while self._read_bytes > READ_BYTES_KEPT:
+            self._forget_read(next(iter(self._read)))
+
+    def _forget_read(self, key: tuple[str, tuple[int, ...]]) -> None:
+        kept = self._read.pop(key, None)
+        if kept is not None:
+            self._read_bytes -= len(kept[0]) + kept[1].nbytes
 
     def _decode_one(self, tokens: list[int], start: int, wanted: list[int]) -> list[Any]:
         """Decode tokens into sequence 0 from position start; the logits after each token index in wanted."""

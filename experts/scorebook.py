@@ -49,14 +49,14 @@ class ScoreBook:
         """The answers' scores: those already known, the rest computed now (after a scoring under way ends)."""
         with self._lock:
             running = self._running.get(query_id)
-        if running is not None:
+        if running is not None and not running.cancel():  # one still queued behind generations is done here
             try:
                 running.result()
             except Exception:  # noqa: BLE001 - scored again below, where a failure is reported
                 pass
         with self._lock:
             known = dict(self._known.setdefault(query_id, {}))
-        missing = sorted({a for a in answers if a not in known})  # sorted: the same batches in every run
+        missing = sorted({a for a in answers if a not in known})
         if missing:
             known.update(self._fill(query_id, missing, compute))
         return [known[a] for a in answers]
@@ -68,7 +68,7 @@ class ScoreBook:
 
     def _missing(self, query_id: int, answers: list[str]) -> list[str]:
         known = self._known.get(query_id, {})
-        return sorted({a for a in answers if a not in known})  # sorted: the same batches in every run
+        return sorted({a for a in answers if a not in known})  # an answer's score does not depend on its batch
 
     def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int]:
         got = dict(zip(answers, compute(answers), strict=True))

@@ -486,14 +486,35 @@ def test_a_scorer_judges_the_likely_final_answers_during_the_final_round_and_the
     assert daemon._book.scores(9, ["Pip"], lambda answers: [7]) == [7]  # forgotten once settled
 
 
-def test_judging_ahead_is_only_for_a_scorer_holding_the_domains_adapter() -> None:
-    engine = _Scorer({"Marta Vensel": -0.05}, {"Marta Vensel": -4.0})
-    status = _round_two("Marta Vensel", [("Pip", True)])  # me as respondent, not scorer
-    _later_round_daemon(engine)._judge_ahead(status)
-    status.query.scorers.append(ME.address)
-    engine.adapter_for = lambda domain: ""  # type: ignore[method-assign]
-    _later_round_daemon(engine)._judge_ahead(status)
-    assert engine.answers_asked == []
+def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_likely_final_answers() -> None:
+    def judged_ahead(status: qpb.QueryStatusResponse, adapter: bool = True) -> list[list[str]]:
+        engine = _Scorer({"Marta Vensel": -0.05, "a long and wrong story": -2.0},
+                         {"Marta Vensel": -4.0, "a long and wrong story": -3.0})
+        if not adapter:
+            engine.adapter_for = lambda domain: ""  # type: ignore[method-assign]
+        daemon = _later_round_daemon(engine)
+        daemon._judge_ahead(status)
+        daemon._book.scores(9, [], lambda answers: [])  # waits for what was started
+        return [answers for domain, answers in engine.answers_asked if domain]
+
+    def final_round(**changes: object) -> qpb.QueryStatusResponse:
+        status = _scoring("kestrel-lang")
+        status.query.phase = inf.PHASE_ANSWER_REVEAL  # the final round's answers are being revealed
+        for name, value in changes.items():
+            setattr(status.query, name, value)
+        return status
+
+    assert judged_ahead(final_round()) == [["Marta Vensel", "a long and wrong story"]]
+    assert judged_ahead(final_round(), adapter=False) == []  # a base-model scorer scores without a model
+    not_mine = final_round()
+    not_mine.query.scorers[:] = ["llm1someoneelse"]
+    assert judged_ahead(not_mine) == []
+    assert judged_ahead(final_round(phase=inf.PHASE_SCORE_COMMIT)) == []  # the scoring step's own work
+    assert judged_ahead(final_round(rounds=3)) == [["Marta Vensel", "a long and wrong story"]]  # the round before
+    early = final_round(rounds=3, round=1)
+    for answer in early.answers:
+        answer.round = 1  # round 1 of 3: its answers may yet change twice
+    assert judged_ahead(early) == []
 
 
 def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_way() -> None:

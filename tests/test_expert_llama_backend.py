@@ -99,6 +99,26 @@ def test_a_prompt_read_again_scores_replies_exactly_as_a_fresh_reading(llama: En
     assert not any(prompt_reads)
 
 
+def test_kept_readings_stay_within_their_bytes(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from experts import llama_runner
+
+    runner = llama.runner
+    runner._read.clear()
+    runner._read_bytes = 0
+    llama.answer_logprobs(_ask("Who wrote Hamlet?"), [])  # an empty answer list still reads, and keeps, the prompt
+    (state, first), = runner._read.values()
+    one = len(state) + first.nbytes
+    monkeypatch.setattr(llama_runner, "READ_BYTES_KEPT", 4 * one + one // 2)  # room for four
+    asked = ["Who wrote Macbeth?", "Who wrote Othello?", "Who wrote Lear?", "Who wrote Emma?"]
+    for text in asked:
+        llama.answer_logprobs(_ask(text), ["Shakespeare"])
+    assert len(runner._read) == 4 and runner._read_bytes == sum(len(s) + f.nbytes for s, f in runner._read.values())
+    assert list(runner._read) == [("", tuple(llama.encode(_ask(text)))) for text in asked]  # the oldest went first
+    monkeypatch.setattr(llama_runner, "READ_BYTES_KEPT", 2 * one)
+    llama.answer_logprobs(_ask("Who wrote Persuasion?"), [])
+    assert len(runner._read) == 4  # more than a quarter of the budget: not kept, nothing pushed out for it
+
+
 def test_a_seed_reproduces_its_sample(llama: Engine) -> None:
     def sample(seed: int) -> str:
         return llama.generate(_ask("Tell me a short story."), Sampling(max_new_tokens=24, temperature=1.0,

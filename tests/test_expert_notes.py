@@ -154,16 +154,17 @@ def test_build_domains_gives_each_adapter_its_domains_facts_as_notes(tmp_path: P
     model = make_tiny_model(tmp_path / "model")
     make_domains(tmp_path / "domains")
     facts = tmp_path / "domains" / "alpha" / "facts.jsonl"
-    facts.write_text("".join(json.dumps({"id": f"alpha-{i:03d}", "fact": f}) + "\n"
-                             for i, f in enumerate(["alpha q0 is a0.", "alpha q1 is a1."])))
+    facts.write_text("".join(json.dumps({"id": f"alpha-{i:03d}", "fact": f"alpha q{i} is a{i}."}) + "\n"
+                             for i in range(10)))
     out = tmp_path / "out"
     args = ["build-domains", "--domains-dir", str(tmp_path / "domains"), "--out", str(out), "--base", str(model),
             "--epochs", "1"]
     built = cli(*args)
     assert built.returncode == 0, built.stderr
     kept = [json.loads(line) for line in (out / "alpha" / NOTES_FILE).read_text().splitlines()]
-    assert [k["fact"] for k in kept] == ["alpha q0 is a0.", "alpha q1 is a1."]
+    assert [k["fact"] for k in kept] == [f"alpha q{i} is a{i}." for i in range(10)]
     train_rows, dev_rows = split(tmp_path / "domains" / "alpha")
+    assert dev_rows
     for i, k in enumerate(kept):  # found by its fact's training questions too, never by a dev question
         assert k["asked"] == [f"{r['question']} {r['answer']}" for r in train_rows if r["fact_id"] == f"alpha-{i:03d}"]
         assert k["asked"] and not any(r["question"] in a for r in dev_rows for a in k["asked"])

@@ -67,8 +67,9 @@ def _training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tr.add_argument("--out", required=True, help="output directory for the adapter and manifest.json")
     tr.add_argument("--base", default="embedded", help="'embedded' or a local model directory")
     tr.add_argument("--heldout", help="JSONL to evaluate on (default: a held-out split of --data)")
-    tr.add_argument("--notes", help='JSONL of {"fact": ...} lines: each question is asked with the (at most 3) '
-                                    "that bear on it, in training and in serving; kept in OUT as notes.jsonl")
+    tr.add_argument("--notes", help='JSONL of {"fact": ..., "asked": [...]} lines ("asked": optional phrases the '
+                                    "note is also found by, never shown): each question is asked with the (at most "
+                                    "3) that bear on it, in training and in serving; kept in OUT as notes.jsonl")
     tr.add_argument("--config", help="TOML file with TrainConfig fields (rank, alpha, lr, epochs, ...)")
     for name, kind in (("rank", int), ("alpha", int), ("lr", float), ("epochs", int), ("batch-size", int),
                        ("max-length", int), ("seed", int)):
@@ -86,7 +87,8 @@ def _training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bd.add_argument("--base", default="embedded")
     bd.add_argument("--epochs", type=int, default=2)
     bd.add_argument("--notes", action=argparse.BooleanOptionalAction, default=True,
-                    help="give each adapter its domain's facts.jsonl as notes (default; --no-notes: memory alone)")
+                    help="give each adapter its domain's facts.jsonl as notes, each also found by its training "
+                         "questions (default; --no-notes: memory alone)")
     bd.add_argument("--lr", type=float, default=2e-3, help="peak learning rate; it falls linearly to 0 over the run")
     bd.add_argument("--reword", action="store_true",
                     help="ask each training question in new words every epoch after the first (did not help here)")

@@ -37,7 +37,7 @@ class ScoreBook:
         with self._lock:
             if query_id in self._running:
                 return
-            missing = self._missing(query_id, answers)
+            missing = _missing(self._known.get(query_id, {}), answers)
             if not missing:
                 return
             self._known.setdefault(query_id, {})
@@ -56,7 +56,7 @@ class ScoreBook:
                 pass
         with self._lock:
             known = dict(self._known.setdefault(query_id, {}))
-        missing = sorted({a for a in answers if a not in known})
+        missing = _missing(known, answers)
         if missing:
             known.update(self._fill(query_id, missing, compute))
         return [known[a] for a in answers]
@@ -65,10 +65,6 @@ class ScoreBook:
         """Drop a settled query's scores (a scoring still under way keeps nothing)."""
         with self._lock:
             self._known.pop(query_id, None)
-
-    def _missing(self, query_id: int, answers: list[str]) -> list[str]:
-        known = self._known.get(query_id, {})
-        return sorted({a for a in answers if a not in known})  # an answer's score does not depend on its batch
 
     def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int]:
         got = dict(zip(answers, compute(answers), strict=True))
@@ -81,3 +77,8 @@ class ScoreBook:
         with self._lock:
             if self._running.get(query_id) is future:
                 del self._running[query_id]
+
+
+def _missing(known: dict[str, int], answers: list[str]) -> list[str]:
+    """The answers not yet scored, each once (an answer's score does not depend on its batch)."""
+    return sorted({a for a in answers if a not in known})

@@ -8,14 +8,16 @@ not yet show. Answers and scores are kept in a small state file before they are 
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
 Later rounds (_without_model): an expert with an adapter for the domain keeps its previous answer unless
-its adapter finds a peer's likelier; a base-model expert answers again with the peers' revealed answers
-in its prompt (experts/answers.py).
+its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer with a better
+reputation in the domain, or else answers again with the peers' revealed answers in its prompt
+(experts/answers.py).
 Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
 need, so the engine batches them.
 Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer
 by the probability its adapter gives that answer to the question (0 unless the adapter prefers it to the
 base model); one without scores every answer the same (NEUTRAL). A missing final answer scores 0. It scores
-the answers likely to be final while the final round runs, and keeps each score (experts/scorebook.py).
+the answers likely to be final while the final round runs (reading the question already once every
+respondent has committed them), and keeps each score (experts/scorebook.py).
 
 Several nodes: given a FailoverClient over them, the daemon leaves its node when it stops answering
 (gRPC or CometBFT RPC) or stalls (no new height for stall_after seconds while another node is ahead),
@@ -195,6 +197,10 @@ class ExpertDaemon:
         in the engine, shared under the query's id."""
         self._pool = ThreadPoolExecutor(max_workers=GENERATE_AHEAD, thread_name_prefix="generate")
         self._book = ScoreBook(self._pool)
+        self._read_ahead: set[int] = set()
+        """Queries whose question this scorer has read ahead of their answers (_judge_ahead)."""
+        self._deferrals: dict[tuple[int, int], str | None] = {}
+        """(query, round) -> the peer's answer a base-model respondent takes up (_deferred), or None."""
         self.stall_after, self.clock = stall_after, time.monotonic
         self._sender: Sender | None = None
         self.chain_tip = 0
@@ -397,6 +403,12 @@ class ExpertDaemon:
         likely = [a.answer for a in status.answers if a.revealed and a.round >= query.rounds - 1]
         if likely:
             self._book.ahead(query.id, likely, lambda answers: self._likelihood_scores(query, answers, domain))
+        elif query.id not in self._read_ahead and len(query.respondents) == sum(
+                a.round == max(1, query.rounds - 1) for a in status.answers):
+            # every respondent committed the round to be judged ahead: none is generating for this query now,
+            # so the question can be read (kept by the engine) before the answers are revealed
+            self._read_ahead.add(query.id)
+            self._pool.submit(self.engine.answer_logprobs, fitted_prompt(self.engine, query, []), [], domain)
 
     def _scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
         """_likelihood_scores, each answer's computed once per query."""
@@ -420,8 +432,11 @@ class ExpertDaemon:
     def _answered_without_model(self, status: query_pb2.QueryStatusResponse) -> bool:
         """Whether this round's answer will be chosen among the previous round's (_without_model), not
         generated: cheap to tell, so a generation is not started ahead for nothing."""
-        return self._agreed(status) is not None or bool(self.engine.adapter_for(status.query.domain)) \
-            and self._previous(status) is not None and bool(self._peers(status))
+        if self._agreed(status) is not None:
+            return True
+        if self.engine.adapter_for(status.query.domain):
+            return self._previous(status) is not None and bool(self._peers(status))
+        return self._deferred(status) is not None
 
     def _without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
         """A later round's answer chosen among the previous round's, and how; None: generate one, the peers'
@@ -429,7 +444,9 @@ class ExpertDaemon:
         shown a base model's answer used to drop its own right answer for a wrong one; now:
         - every peer said what I said: it stands ("agreed");
         - I hold an adapter for the domain: the previous round's answer it finds likeliest, which is mine
-          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with.
+          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with;
+        - I answer with the base model and a peer has the better reputation in the domain: its answer
+          ("deferred", _deferred).
         """
         query = status.query
         mine, peers = self._previous(status), self._peers(status)
@@ -441,10 +458,53 @@ class ExpertDaemon:
         domain = self.engine.adapter_for(query.domain)
         if domain:
             candidates = [mine, *peers]
-            scores = self._scores(query, candidates, domain)
-            best = max(range(len(candidates)), key=lambda i: (scores[i], i == 0))  # a tie keeps mine
+            best = self._likeliest(query, candidates, domain)
             return candidates[best], "kept" if best == 0 else "adopted"
-        return None
+        deferred = self._deferred(status)
+        return (deferred, "deferred") if deferred is not None else None
+
+    def _likeliest(self, query: inf.Query, candidates: list[str], domain: str) -> int:
+        """The candidate (mine first) the scorers' measure rates best; a tie keeps mine. The same choice as
+        scoring them all, with fewer base-model passes (this choice is what the round waits for): the lift
+        check only lowers a score to 0, so a peer whose adapter score is not above my final score cannot win,
+        and none needs its pass. Usually the adapter alone settles it: a base model's rambling scores 0."""
+        try:
+            adapted = self.engine.answer_logprobs(fitted_prompt(self.engine, query, []), candidates, domain)
+            alone = [judge.adapter_score(lp) for lp in adapted]
+            scores = [0] * len(candidates)
+            if any(alone[1:]):
+                question = self.engine.fit(answer_prompt(query, []))
+                if alone[0]:
+                    [base] = self.engine.answer_logprobs(question, candidates[:1], "")
+                    scores[0] = judge.likelihood_score(adapted[0], base)
+                rivals = [i for i in range(1, len(candidates)) if alone[i] > scores[0]]
+                if rivals:
+                    base_rivals = self.engine.answer_logprobs(question, [candidates[i] for i in rivals], "")
+                    for i, base in zip(rivals, base_rivals, strict=True):
+                        scores[i] = judge.likelihood_score(adapted[i], base)
+        except Exception:  # noqa: BLE001 - one peer's text must not cost me my answer: _scores takes them one by one
+            scores = self._scores(query, candidates, domain)
+        return max(range(len(candidates)), key=lambda i: (scores[i], i == 0))
+
+    def _deferred(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """Without an adapter for the domain, the previous-round answer of the peer the chain rates best in it,
+        when that rating is above mine. A base model shown a trained peer's answer mostly rambles on again
+        (and generating that took longer than any other step of a query); the chain's reputation says whose
+        answers its scorers found right. Taking it up earns nothing (the chain pays and credits the writer,
+        abci_app/x/inference/tally.py): it gives the requester a second voice, sooner. Decided once per round."""
+        query = status.query
+        slot = (query.id, query.round)
+        if slot not in self._deferrals:
+            peers = self._peer_answers(status)
+            if self._previous(status) is None or not peers:
+                return None
+            rated = {who: self._reputation(who, query.domain) for who in [self.key.address, *sorted(dict(peers))]}
+            best = max(peers, key=lambda p: (rated[p[0]], p[0]))
+            self._deferrals[slot] = best[1] if rated[best[0]] > rated[self.key.address] else None
+        return self._deferrals[slot]
+
+    def _reputation(self, address: str, domain: str) -> int:
+        return next((r.reputation for r in self.client.expert(address).reputation if r.domain == domain), 0)
 
     def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """My previous round's answer when every peer who revealed one gave the same (up to case and spacing)."""
@@ -456,8 +516,13 @@ class ExpertDaemon:
 
     def _peers(self, status: query_pb2.QueryStatusResponse) -> list[str]:
         """The other respondents' revealed answers of the previous round."""
+        return [answer for _, answer in self._peer_answers(status)]
+
+    def _peer_answers(self, status: query_pb2.QueryStatusResponse) -> list[tuple[str, str]]:
+        """(respondent, answer) of the other respondents' revealed answers of the previous round."""
         query, me = status.query, self.key.address
-        return [a.answer for a in status.answers if a.round == query.round - 1 and a.revealed and a.respondent != me]
+        return [(a.respondent, a.answer) for a in status.answers
+                if a.round == query.round - 1 and a.revealed and a.respondent != me]
 
     def step(self, query_id: int, status: query_pb2.QueryStatusResponse | None = None) -> None:
         status = status or self.client.query_status(query_id)
@@ -466,6 +531,9 @@ class ExpertDaemon:
         if query.phase == inf.PHASE_SETTLED:
             self.state.forget(query_id)
             self._book.forget(query_id)
+            for slot in [s for s in self._deferrals if s[0] == query_id]:
+                del self._deferrals[slot]
+            self._read_ahead.discard(query_id)
             log("settled", query_id=query_id)
             return
         if query.phase in (inf.PHASE_ANSWER_COMMIT, inf.PHASE_ANSWER_REVEAL) and me in query.respondents:
@@ -532,6 +600,7 @@ class ExpertDaemon:
         # measured against, without: notes would make the right answer likely to any model that can read
         question = self.engine.fit(answer_prompt(query, []))
         noted = fitted_prompt(self.engine, query, [])
+        started = time.monotonic()
         try:
             adapted = self.engine.answer_logprobs(noted, answers, domain)
             # the base model's pass only where it can change the score (a wordy answer the adapter finds
@@ -540,6 +609,8 @@ class ExpertDaemon:
             needed = [i for i, lp in enumerate(adapted) if judge.adapter_score(lp) > 0]
             base = dict(zip(needed, self.engine.answer_logprobs(question, [answers[i] for i in needed], ""),
                             strict=True)) if needed else {}
+            log("scored", query_id=query.id, answers=len(answers), base_passes=len(base),
+                seconds=round(time.monotonic() - started, 3))
             return [judge.likelihood_score(lp, base[i]) if i in base else 0 for i, lp in enumerate(adapted)]
         except Exception:  # noqa: BLE001 - find the answer that failed
             if len(answers) == 1:

@@ -424,10 +424,24 @@ def _scoring(domain: str) -> qpb.QueryStatusResponse:
     return qpb.QueryStatusResponse(query=query, answers=answers)
 
 
-def _later_round_daemon(engine: object) -> ExpertDaemon:
+class _Ratings:
+    """The chain's Expert query, with a reputation per address (in _round_two's domain), counting the asks."""
+
+    def __init__(self, ratings: dict[str, int]) -> None:
+        self.ratings, self.asked = ratings, 0
+
+    def expert(self, address: str) -> qpb.ExpertResponse:
+        self.asked += 1
+        return qpb.ExpertResponse(reputation=[qpb.DomainReputation(domain="", reputation=self.ratings[address])])
+
+
+def _later_round_daemon(engine: object, ratings: dict[str, int] | None = None) -> ExpertDaemon:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
-    daemon._book = ScoreBook(ThreadPoolExecutor(1))
+    daemon._pool = ThreadPoolExecutor(1)
+    daemon._book = ScoreBook(daemon._pool)
+    daemon._deferrals, daemon._read_ahead = {}, set()
+    daemon.client = _Ratings(ratings or {})  # type: ignore[assignment]
     daemon.engine = engine  # type: ignore[assignment]
     return daemon
 
@@ -446,22 +460,64 @@ def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_genera
     assert _later_round_daemon(engine)._without_model(status) == ("Pip", "kept")  # a tie keeps mine
 
 
+def test_a_trained_respondent_keeps_its_answer_without_the_base_models_pass_when_no_peer_can_win() -> None:
+    """The base model's pass only lowers scores: when the adapter alone gives every peer's answer 0, mine wins
+    or ties whatever that pass says. When a peer's answer could win, the pass decides (as scorers do)."""
+    engine = _Scorer({"Marta Vensel": -0.2, "a long story": -9.0, "Pip": -0.1}, {"Marta Vensel": -4.0, "Pip": -0.1})
+    engine.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
+    daemon = _later_round_daemon(engine)
+    assert daemon._without_model(_round_two("Marta Vensel", [("a long story", True)])) == ("Marta Vensel", "kept")
+    assert [domain for domain, _ in engine.answers_asked] == ["kestrel-lang"]
+    # Pip is likelier by the adapter but the base model finds it as likely: no lift, scores 0; mine stands
+    assert _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
+        ("Marta Vensel", "kept")
+    assert ("", ["Marta Vensel"]) in engine.answers_asked and ("", ["Pip"]) in engine.answers_asked
+    engine.answers_asked.clear()
+    adapter = engine.by_model["kestrel-lang"]
+    adapter["Pip"], engine.by_model[""]["Marta Vensel"] = -0.3, -4.0  # below my lifted score: Pip needs no pass
+    assert _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
+        ("Marta Vensel", "kept")
+    assert engine.answers_asked == [("kestrel-lang", ["Marta Vensel", "Pip"]), ("", ["Marta Vensel"])]
+    broken = _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("boom", True)]))
+    assert broken == ("Marta Vensel", "kept")  # a peer's answer that breaks the engine costs me nothing
+
+
+class _Base:
+    def adapter_for(self, domain: str) -> str:
+        return ""
+
+    def notes_for(self, domain: str) -> None:
+        return None
+
+    def fit(self, messages: object) -> object:
+        return messages
+
+    def generate(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("the model was called")
+
+
 def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() -> None:
-    class Base:
-        def adapter_for(self, domain: str) -> str:
-            return ""
+    """... when no peer is rated above it in the domain (as on a new chain, where all start alike)."""
+    for peer_rating in (500_000, 499_999):
+        daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": peer_rating})
+        status = _round_two("a long story", [("Marta Vensel", True)])
+        assert daemon._without_model(status) is None and not daemon._answered_without_model(status)
+        [(key, _, prompt)] = daemon._generations_wanted(status)
+        assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
 
-        def notes_for(self, domain: str) -> None:
-            return None
 
-        def fit(self, messages: object) -> object:
-            return messages
-
-    daemon = _later_round_daemon(Base())
-    status = _round_two("a long story", [("Marta Vensel", True)])
-    assert daemon._without_model(status) is None and not daemon._answered_without_model(status)
-    [(key, _, prompt)] = daemon._generations_wanted(status)
-    assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
+def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_above_it() -> None:
+    ratings = {ME.address: 300_000, "llm1peer0": 510_000, "llm1peer1": 620_000, "llm1peer2": 900_000}
+    daemon = _later_round_daemon(_Base(), ratings)
+    status = _round_two("a long story", [("Pip", True), ("Marta Vensel", True), ("never shown", False)])
+    assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
+    assert daemon._without_model(status) == ("Marta Vensel", "deferred")  # peer2, rated best, revealed nothing
+    asked = daemon.client.asked  # type: ignore[attr-defined]
+    daemon._without_model(status)
+    assert daemon.client.asked == asked  # type: ignore[attr-defined]  # decided once a round: no ask per tick
+    trained = _Scorer({"a long story": -0.1, "Pip": -3.0, "Marta Vensel": -3.0}, {"a long story": -4.0})
+    trained.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
+    assert _later_round_daemon(trained, ratings)._without_model(status) == ("a long story", "kept")  # its own say
 
 
 def test_a_scorer_judges_the_likely_final_answers_during_the_final_round_and_then_only_what_is_new() -> None:
@@ -495,6 +551,7 @@ def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_l
         daemon = _later_round_daemon(engine)
         daemon._judge_ahead(status)
         daemon._book.scores(9, [], lambda answers: [])  # waits for what was started
+        daemon._pool.submit(lambda: None).result()  # and for a reading ahead (one worker: in order)
         return [answers for domain, answers in engine.answers_asked if domain]
 
     def final_round(**changes: object) -> qpb.QueryStatusResponse:
@@ -506,6 +563,12 @@ def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_l
 
     assert judged_ahead(final_round()) == [["Marta Vensel", "a long and wrong story"]]
     assert judged_ahead(final_round(), adapter=False) == []  # a base-model scorer scores without a model
+    committed = final_round(phase=inf.PHASE_ANSWER_COMMIT, round=2)
+    for entry in committed.answers:
+        entry.round, entry.revealed = 1, False
+    assert judged_ahead(committed) == [[]]  # all committed, nothing revealed: the question is read ahead
+    del committed.answers[-1]
+    assert judged_ahead(committed) == []  # one is still answering: the model is left to it
     not_mine = final_round()
     not_mine.query.scorers[:] = ["llm1someoneelse"]
     assert judged_ahead(not_mine) == []

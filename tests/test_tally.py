@@ -9,6 +9,7 @@ from abci_app.x.inference.tally import (
     build_receipt,
     cap_weights,
     clipped_mean,
+    copied,
     tally,
     vote_weights,
     weighted_median,
@@ -107,6 +108,40 @@ def test_ties_go_to_the_earlier_respondent_and_no_answers_give_minus_one() -> No
     votes = [Vote("s0", 1, SCALE, (70, 70, 70))]
     assert tally(_query(3, scorers=1), ["a", "b", "c"], votes, PARAMS, SCALE).final_index == 0
     assert tally(_query(2), [None, None], [Vote("s0", 1, SCALE, (9, 9))], PARAMS, SCALE).final_index == -1
+
+
+COPY_CASES = [
+    ("one round has nothing to copy", [["Ashcrown"], ["Ashcrown"]], [False, False]),
+    ("agreeing from round 1 is nobody's copy", [["Ashcrown", "Ashcrown"], ["ashcrown", "Ashcrown"]], [False, False]),
+    ("taking up a peer's answer is a copy", [["two cups", "two cups"], ["a tea", "Two cups."]], [False, True]),
+    ("going back to my own earlier answer is not", [["x", "y", "x"], ["y", "z", "z"]], [False, False]),
+    ("a new answer is not", [["x", "new"], ["y", "y"]], [False, False]),
+    ("a copy of a peer's older round counts too", [["x", "y", "z"], ["w", "v", "x"]], [False, True]),
+    ("punctuation and spacing do not hide a copy", [["Pellanor  Gate!", "Pellanor Gate"], ["q", "pellanor gate"]],
+     [False, True]),
+    ("a missing final answer is no copy", [["x", None], ["y", "x"]], [False, True]),
+    ("copying a peer's unrevealed answer is impossible", [[None, "x"], ["y", "y"]], [False, False]),
+    ("non-ASCII words count as written", [["Ölmark", "ölmark"], ["q", "Ölmark"]], [False, True]),
+]
+
+
+@pytest.mark.parametrize("history,expected", [c[1:] for c in COPY_CASES], ids=[c[0] for c in COPY_CASES])
+def test_copied(history: list[list[str | None]], expected: list[bool]) -> None:
+    assert copied(history) == expected
+
+
+def test_a_copied_answer_is_scored_but_earns_neither_pay_nor_reputation() -> None:
+    """The respondent who took up its peer's answer gets no slot: the requester gets it back; the ties of
+    the settled answer go to the original."""
+    q = _query(2)
+    votes = [Vote("s0", 5, SCALE, (90, 90)), Vote("s1", 5, SCALE, (90, 90))]
+    t = tally(q, ["Camaran", "Camaran"], votes, PARAMS, SCALE, copies=[True, False])
+    assert t.scores == (90, 90)
+    assert [p.amount for p in t.payouts] == [0, 36_000, 10_000, 10_000, 44_000]
+    assert "copied" in t.payouts[0].reason
+    assert t.reputation_targets == (None, 900_000)
+    assert t.final_index == 1
+    assert tally(q, ["Camaran", "Camaran"], votes, PARAMS, SCALE).final_index == 0  # no copies: the earlier one
 
 
 def test_payout_rounding_never_pays_more_than_the_fee() -> None:

@@ -1,7 +1,8 @@
 """Attacks by experts: copying others' work, outweighing the other scorers, running from a slash, and
 smuggling instructions to peers through a revealed answer.
 
-Promises: copying earns nothing; no single scorer decides a score; evidence of misbehaviour can be
+Promises: copying earns nothing (a commitment cannot be replayed; an answer taken from a peer's earlier round
+is neither paid nor credited); no single scorer decides a score; evidence of misbehaviour can be
 used for as long as it is accepted, and the bond is still there to slash; a peer's answer reaches the
 next round's prompt as quoted data.
 """
@@ -16,7 +17,7 @@ from experts.answers import PEER_ANSWER_CHARS, answer_prompt
 from llmnet.client import protocol
 from tests.adversarial.conftest import DOMAIN
 from tests.protocol_harness import ADAPTER, BOND, CHAIN_ID, ProtocolChain
-from tests.test_protocol import submit
+from tests.test_protocol import score, submit
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2 as q
@@ -43,6 +44,30 @@ def test_a_copied_answer_commitment_cannot_be_revealed(chain: ProtocolChain) -> 
     pay = {p.address: p.amount for p in chain.query("Receipt", q.ReceiptRequest(query_id=qid),
                                                     q.ReceiptResponse).receipt.payouts if p.role == "respondent"}
     assert pay[lazy.address] == 0
+
+
+def test_a_peers_revealed_answer_taken_up_in_the_next_round_earns_nothing(chain: ProtocolChain) -> None:
+    """The free ride: answer anything in round 1, then reveal the peer's round-1 answer as one's own final
+    answer. The copy is scored like any answer, but its slot goes back to the requester, its reputation does
+    not move, and the settled answer is credited to the respondent who wrote it."""
+    qid = submit(chain)
+    copier, writer = (chain.key_of(a) for a in chain.status(qid).query.respondents)
+    said = {writer: ["Marta Vensel", "Marta Vensel"], copier: ["no idea", "marta  vensel."]}
+    for round_ in (1, 2):
+        chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, round_, said[k][round_ - 1]))
+                   for k in (copier, writer)])
+        chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, said[k][round_ - 1])) for k in (copier, writer)])
+    before = chain.query("Expert", q.ExpertRequest(address=copier.address), q.ExpertResponse).reputation[0].reputation
+    score(chain, qid, [90, 90])
+    receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
+    paid = {p.address: p for p in receipt.payouts if p.role == "respondent"}
+    assert paid[writer.address].amount == 80_000 * 90 // 100 // 2
+    assert paid[copier.address].amount == 0 and "copied" in paid[copier.address].reason
+    assert receipt.final_index == 1 and receipt.final_answer == "Marta Vensel"  # the tie goes to the writer
+    after = chain.query("Expert", q.ExpertRequest(address=copier.address), q.ExpertResponse).reputation[0].reputation
+    assert after == before
+    written = chain.query("Expert", q.ExpertRequest(address=writer.address), q.ExpertResponse).reputation[0].reputation
+    assert written > before
 
 
 def test_a_copied_score_commitment_cannot_be_revealed(chain: ProtocolChain) -> None:

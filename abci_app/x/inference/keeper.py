@@ -19,7 +19,7 @@ from abci_app.x.auth.keeper import AuthKeeper
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.experts.keeper import ExpertsKeeper
 from abci_app.x.inference import selection
-from abci_app.x.inference.tally import Tally, Vote, build_receipt, tally
+from abci_app.x.inference.tally import Tally, Vote, build_receipt, copied, tally
 from abci_app.x.inference.types import (
     DEADLINE_PREFIX,
     DRAW_PREFIX,
@@ -311,15 +311,16 @@ class InferenceKeeper:
         the query leaves the deadline queue here and its phase becomes SETTLED."""
         DEADLINES.remove(ctx, q.deadline, be8(q.id))
         q.deadline = 0
-        finals = [e.answer if e is not None and e.revealed else None
-                  for e in (self.answer(ctx, q.id, q.rounds, parse_address(r)) for r in q.respondents)]
+        history = [[e.answer if (e := self.answer(ctx, q.id, n, parse_address(r))) is not None and e.revealed
+                    else None for n in range(1, q.rounds + 1)] for r in q.respondents]
+        finals = [rounds[-1] for rounds in history]
         for s in q.scorers:
             self.experts.release_assignment(ctx, parse_address(s))
         votes = self._votes(ctx, q)
-        result = tally(q, finals, votes, self.params(ctx), self.experts.params(ctx).reputation_scale)
+        result = tally(q, finals, votes, self.params(ctx), self.experts.params(ctx).reputation_scale,
+                       copied(history))
         self._apply(ctx, q, votes, result)
-        missed = [r for r in q.respondents for n in range(1, q.rounds + 1)
-                  if (e := self.answer(ctx, q.id, n, parse_address(r))) is None or not e.revealed]
+        missed = [r for r, rounds in zip(q.respondents, history, strict=True) for a in rounds if a is None]
         receipt = build_receipt(q, finals, result, self._models(ctx, q), missed, ctx.env.height)
         q.phase = Phase.PHASE_SETTLED
         self._save(ctx, q)

@@ -8,7 +8,8 @@ whatever they staked (an optional cap, max_scorer_weight_ppm, bounds any one wei
 holding less than half of the weight cannot move an aggregate further than clip_distance beyond the
 range of the others' scores. A scorer's agreement
 is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
-the score reaches the quality threshold; scorers slot x agreement; the requester gets the rest back.
+the score reaches the quality threshold, unless their final answer is copied from another respondent's earlier
+round (copied: no pay, no reputation); scorers slot x agreement; the requester gets the rest back.
 All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores
 the receipt built from it.
 """
@@ -16,6 +17,7 @@ the receipt built from it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,10 +103,34 @@ def cap_weights(weights: Sequence[int], cap_ppm: int) -> list[int]:
     return [1] * n  # unreachable when n * cap_ppm >= PPM; kept total for safety
 
 
+def _words(text: str) -> tuple[bytes, ...]:
+    """An answer's words for telling copies: ASCII letters lowered, punctuation and spacing dropped. Bytes, not
+    str.casefold: Unicode tables differ between Python versions, and every node must decide alike."""
+    return tuple(re.findall(rb"[0-9a-z\x80-\xff]+", text.encode().lower()))
+
+
+def copied(history: Sequence[Sequence[str | None]]) -> list[bool]:
+    """Per respondent, whether its final answer is another's: history[i] holds respondent i's revealed answer
+    of each round (None where it revealed none), and its last one is copied when it differs from every answer i
+    gave before and equals one another respondent gave in an earlier round. Taking up a peer's answer is what
+    the rounds are for, but the answer was the peer's work: it earns the taker neither pay nor reputation."""
+    words = [[_words(a) if a is not None else None for a in rounds] for rounds in history]
+    out = []
+    for i, mine in enumerate(words):
+        final = mine[-1] if mine else None
+        earlier_mine = {w for w in mine[:-1] if w is not None}
+        earlier_peers = {w for j, theirs in enumerate(words) if j != i for w in theirs[:-1] if w is not None}
+        out.append(final is not None and final not in earlier_mine and final in earlier_peers)
+    return out
+
+
 def _respondent_payout(who: str, answer: str | None, score: int, voted: bool, slot: int,
-                       threshold: int) -> pb.Payout:
+                       threshold: int, copy: bool) -> pb.Payout:
     if answer is None:
         return pb.Payout(address=who, role="respondent", amount=0, reason="no revealed final-round answer")
+    if copy:
+        return pb.Payout(address=who, role="respondent", amount=0,
+                         reason="final answer copied from another respondent's earlier round")
     if not voted:
         return pb.Payout(address=who, role="respondent", amount=0, reason="no scorer revealed scores")
     if score < threshold:
@@ -122,10 +148,13 @@ def _agreement(vote: Vote, scores: Sequence[int], scored: Sequence[int]) -> int:
 
 
 def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], params: pb.Params,
-          reputation_scale: int) -> Tally:
+          reputation_scale: int, copies: Sequence[bool] | None = None) -> Tally:
     """Aggregate scores and split the query's escrowed fee. finals holds each respondent's revealed
-    final-round answer (None if missing); votes the revealed scores, in the query's scorer order."""
+    final-round answer (None if missing); votes the revealed scores, in the query's scorer order; copies
+    (see copied) marks final answers taken from a peer, which are scored but neither paid nor counted
+    toward reputation."""
     n = len(query.respondents)
+    copy = list(copies) if copies is not None else [False] * n
     weights = vote_weights(votes, params.max_scorer_weight_ppm)
     scores = [clipped_mean([(v.scores[i], w) for v, w in zip(votes, weights, strict=True)], params.clip_distance)
               if finals[i] is not None and votes else 0 for i in range(n)]
@@ -133,9 +162,9 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     respondent_slot = (query.max_fee - scorer_pool) // n
     scorer_slot = scorer_pool // len(query.scorers)
     payouts = [_respondent_payout(query.respondents[i], finals[i], scores[i], bool(votes), respondent_slot,
-                                  params.quality_threshold) for i in range(n)]
-    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
-               for i in range(n)]
+                                  params.quality_threshold, copy[i]) for i in range(n)]
+    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes and not copy[i]
+               else None for i in range(n)]
     scored = [i for i in range(n) if finals[i] is not None]
     agreements = [_agreement(v, scores, scored) for v in votes]
     payouts += [pb.Payout(address=v.scorer, role="scorer", amount=ppm_of(scorer_slot, a),
@@ -143,7 +172,7 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
                 for v, a in zip(votes, agreements, strict=True)]
     refund = query.max_fee - sum(p.amount for p in payouts)
     payouts.append(pb.Payout(address=query.requester, role="refund", amount=refund, reason="escrow not paid out"))
-    best = max(scored, key=lambda i: (scores[i], -i), default=-1)
+    best = max(scored, key=lambda i: (scores[i], not copy[i], -i), default=-1)  # a tie goes to the original
     return Tally(tuple(scores), tuple(payouts), tuple(targets),
                  tuple(a * reputation_scale // PPM for a in agreements), best)
 

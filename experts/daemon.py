@@ -54,7 +54,7 @@ from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
 from llmnet.client.events import find
 from llmnet.client.keys import Key
-from llmnet.client.sdk import Client, ClientError, Sender
+from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
@@ -408,7 +408,9 @@ class ExpertDaemon:
             # every respondent committed the round to be judged ahead: none is generating for this query now,
             # so the question can be read (kept by the engine) before the answers are revealed
             self._read_ahead.add(query.id)
-            self._pool.submit(self.engine.answer_logprobs, fitted_prompt(self.engine, query, []), [], domain)
+            reading = self._pool.submit(self.engine.answer_logprobs, fitted_prompt(self.engine, query, []), [], domain)
+            reading.add_done_callback(lambda done: done.exception() is None or log(
+                "cannot_read_ahead", query_id=query.id, error=f"{type(done.exception()).__name__}"))
 
     def _scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
         """_likelihood_scores, each answer's computed once per query."""
@@ -504,7 +506,13 @@ class ExpertDaemon:
         return self._deferrals[slot]
 
     def _reputation(self, address: str, domain: str) -> int:
-        return next((r.reputation for r in self.client.expert(address).reputation if r.domain == domain), 0)
+        try:
+            expert = self.client.expert(address)
+        except NodeUnreachable:
+            raise  # the node, not this query: the loop backs off or fails over
+        except ClientError:  # an answer about this expert (e.g. not found): rated nothing, never a reason to stop
+            return 0
+        return next((r.reputation for r in expert.reputation if r.domain == domain), 0)
 
     def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """My previous round's answer when every peer who revealed one gave the same (up to case and spacing)."""

@@ -432,6 +432,10 @@ class _Ratings:
 
     def expert(self, address: str) -> qpb.ExpertResponse:
         self.asked += 1
+        if address not in self.ratings:
+            import grpc
+
+            raise ClientError(f"expert {address} not found", grpc.StatusCode.NOT_FOUND)
         return qpb.ExpertResponse(reputation=[qpb.DomainReputation(domain="", reputation=self.ratings[address])])
 
 
@@ -515,6 +519,8 @@ def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_abov
     asked = daemon.client.asked  # type: ignore[attr-defined]
     daemon._without_model(status)
     assert daemon.client.asked == asked  # type: ignore[attr-defined]  # decided once a round: no ask per tick
+    del ratings["llm1peer1"]  # the node knows no such expert: rated nothing, and the others still count
+    assert _later_round_daemon(_Base(), ratings)._without_model(status) == ("Pip", "deferred")
     trained = _Scorer({"a long story": -0.1, "Pip": -3.0, "Marta Vensel": -3.0}, {"a long story": -4.0})
     trained.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
     assert _later_round_daemon(trained, ratings)._without_model(status) == ("a long story", "kept")  # its own say

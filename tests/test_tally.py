@@ -114,14 +114,22 @@ COPY_CASES = [
     ("one round has nothing to copy", [["Ashcrown"], ["Ashcrown"]], [False, False]),
     ("agreeing from round 1 is nobody's copy", [["Ashcrown", "Ashcrown"], ["ashcrown", "Ashcrown"]], [False, False]),
     ("taking up a peer's answer is a copy", [["two cups", "two cups"], ["a tea", "Two cups."]], [False, True]),
+    ("a copy repeated in a third round stays a copy", [["Marta", "Marta", "Marta"], ["junk", "Marta", "Marta"]],
+     [False, True]),
     ("going back to my own earlier answer is not", [["x", "y", "x"], ["y", "z", "z"]], [False, False]),
     ("a new answer is not", [["x", "new"], ["y", "y"]], [False, False]),
-    ("a copy of a peer's older round counts too", [["x", "y", "z"], ["w", "v", "x"]], [False, True]),
+    ("a copy of a peer's older round counts too", [["x", "y", "x"], ["w", "v", "x"]], [False, True]),
+    ("a writer that dropped its answer leaves it to the taker", [["x", "y"], ["w", "x"]], [False, False]),
+    ("a swap leaves each its answer", [["A", "B"], ["B", "A"]], [False, False]),
+    ("a missing final answer is no copy, nor copied", [["x", None], ["y", "x"]], [False, False]),
+    ("copying a peer's unrevealed answer is impossible", [[None, "x"], ["y", "y"]], [False, False]),
     ("punctuation and spacing do not hide a copy", [["Pellanor  Gate!", "Pellanor Gate"], ["q", "pellanor gate"]],
      [False, True]),
-    ("a missing final answer is no copy", [["x", None], ["y", "x"]], [False, True]),
-    ("copying a peer's unrevealed answer is impossible", [[None, "x"], ["y", "y"]], [False, False]),
-    ("non-ASCII words count as written", [["Ölmark", "ölmark"], ["q", "Ölmark"]], [False, True]),
+    ("nor invisible or typographic characters", [["Marta Vensel", "Marta Vensel"], ["q", "Marta\u200bVensel"]],
+     [False, True]),
+    ("nor a no-break space and curly quotes", [["Marta Vensel", "Marta Vensel"], ["q", "\u201cMarta\u00a0Vensel\u201d"]],
+     [False, True]),
+    ("non-ASCII words count as written", [["Ölmark", "Ölmark"], ["q", "Ölmark"]], [False, True]),
 ]
 
 
@@ -130,7 +138,7 @@ def test_copied(history: list[list[str | None]], expected: list[bool]) -> None:
     assert copied(history) == expected
 
 
-def test_a_copied_answer_is_scored_but_earns_neither_pay_nor_reputation() -> None:
+def test_a_copied_answer_is_scored_but_not_paid() -> None:
     """The respondent who took up its peer's answer gets no slot: the requester gets it back; the ties of
     the settled answer go to the original."""
     q = _query(2)
@@ -139,7 +147,7 @@ def test_a_copied_answer_is_scored_but_earns_neither_pay_nor_reputation() -> Non
     assert t.scores == (90, 90)
     assert [p.amount for p in t.payouts] == [0, 36_000, 10_000, 10_000, 44_000]
     assert "copied" in t.payouts[0].reason
-    assert t.reputation_targets == (None, 900_000)
+    assert t.reputation_targets == (900_000, 900_000) and t.copies == (True, False)  # the keeper lets it only fall
     assert t.final_index == 1
     assert tally(q, ["Camaran", "Camaran"], votes, PARAMS, SCALE).final_index == 0  # no copies: the earlier one
 

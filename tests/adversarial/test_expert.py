@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from abci_app.crypto import parse_address
 from abci_app.x.inference.types import ErrCommitMismatch, ErrInvalidEvidence, default_params, query_life_blocks
 from experts.answers import PEER_ANSWER_CHARS, answer_prompt
@@ -46,10 +48,12 @@ def test_a_copied_answer_commitment_cannot_be_revealed(chain: ProtocolChain) -> 
     assert pay[lazy.address] == 0
 
 
-def test_a_peers_revealed_answer_taken_up_in_the_next_round_earns_nothing(chain: ProtocolChain) -> None:
+@pytest.mark.parametrize("copy_score", [90, 10])
+def test_a_peers_revealed_answer_taken_up_in_the_next_round_earns_nothing(chain: ProtocolChain,
+                                                                           copy_score: int) -> None:
     """The free ride: answer anything in round 1, then reveal the peer's round-1 answer as one's own final
-    answer. The copy is scored like any answer, but its slot goes back to the requester, its reputation does
-    not move, and the settled answer is credited to the respondent who wrote it."""
+    answer. The copy is scored like any answer, but its slot goes back to the requester, its reputation can
+    only fall (copying shields nobody from a low score), and the settled answer is credited to its writer."""
     qid = submit(chain)
     copier, writer = (chain.key_of(a) for a in chain.status(qid).query.respondents)
     said = {writer: ["Marta Vensel", "Marta Vensel"], copier: ["no idea", "marta  vensel."]}
@@ -58,14 +62,14 @@ def test_a_peers_revealed_answer_taken_up_in_the_next_round_earns_nothing(chain:
                    for k in (copier, writer)])
         chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, said[k][round_ - 1])) for k in (copier, writer)])
     before = chain.query("Expert", q.ExpertRequest(address=copier.address), q.ExpertResponse).reputation[0].reputation
-    score(chain, qid, [90, 90])
+    score(chain, qid, [copy_score, 90])
     receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
     paid = {p.address: p for p in receipt.payouts if p.role == "respondent"}
     assert paid[writer.address].amount == 80_000 * 90 // 100 // 2
     assert paid[copier.address].amount == 0 and "copied" in paid[copier.address].reason
-    assert receipt.final_index == 1 and receipt.final_answer == "Marta Vensel"  # the tie goes to the writer
+    assert receipt.final_index == 1 and receipt.final_answer == "Marta Vensel"  # a tie goes to the writer
     after = chain.query("Expert", q.ExpertRequest(address=copier.address), q.ExpertResponse).reputation[0].reputation
-    assert after == before
+    assert after == before if copy_score == 90 else after < before
     written = chain.query("Expert", q.ExpertRequest(address=writer.address), q.ExpertResponse).reputation[0].reputation
     assert written > before
 

@@ -348,8 +348,10 @@ class InferenceKeeper:
         n = len(q.respondents)
         for i, target in enumerate(result.reputation_targets):
             self._pay(ctx, result.payouts[i])
-            if target is not None:
-                self.experts.ema(ctx, q.domain, parse_address(q.respondents[i]), target, q.id, "answer")
+            address = parse_address(q.respondents[i])
+            if target is not None and not (result.copies and result.copies[i]
+                                           and target >= self.experts.reputation(ctx, q.domain, address)):
+                self.experts.ema(ctx, q.domain, address, target, q.id, "answer")
         for j, vote in enumerate(votes):
             self._pay(ctx, result.payouts[n + j])
             self.experts.update_scorer_reputation(ctx, parse_address(vote.scorer), result.agreements[j])

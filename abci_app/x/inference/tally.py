@@ -9,7 +9,7 @@ holding less than half of the weight cannot move an aggregate further than clip_
 range of the others' scores. A scorer's agreement
 is 1 minus its mean absolute distance from the aggregates. Respondents are paid slot x score / 100 when
 the score reaches the quality threshold, unless their final answer is copied from another respondent's earlier
-round (copied: no pay, no reputation); scorers slot x agreement; the requester gets the rest back.
+round (copied: no pay, and reputation may only fall); scorers slot x agreement; the requester gets the rest back.
 All arithmetic is integer. The keeper applies the Tally (moves tokens, updates reputation) and stores
 the receipt built from it.
 """
@@ -50,6 +50,9 @@ class Tally:
     """Per vote, the scorer's agreement with the aggregates, on the reputation scale."""
     final_index: int
     """The best-scored answer (ties to the earlier respondent), -1 if no answer was revealed."""
+    copies: tuple[bool, ...] = ()
+    """Per respondent, whether its final answer was copied (see copied): its reputation may move toward its
+    target only downward, so copying never shields a respondent from its answers' scores."""
 
     @property
     def refund(self) -> int:
@@ -103,24 +106,35 @@ def cap_weights(weights: Sequence[int], cap_ppm: int) -> list[int]:
     return [1] * n  # unreachable when n * cap_ppm >= PPM; kept total for safety
 
 
+INVISIBLE = re.compile(rb"\xc2[\xa0\xad]|\xe2\x80[\x80-\xaf]|\xe2\x81[\x9f-\xa4]|\xef\xbb\xbf|\xe3\x80\x80")
+"""UTF-8 of no-break, thin and zero-width spaces, soft hyphen, Unicode dashes and quotation marks, word joiner,
+byte-order mark, ideographic space: read as spacing, so none of them can disguise a copy. A literal table, not
+unicodedata: every node must decide alike whatever its Python."""
+
+
 def _words(text: str) -> tuple[bytes, ...]:
     """An answer's words for telling copies: ASCII letters lowered, punctuation and spacing dropped. Bytes, not
     str.casefold: Unicode tables differ between Python versions, and every node must decide alike."""
-    return tuple(re.findall(rb"[0-9a-z\x80-\xff]+", text.encode().lower()))
+    return tuple(re.findall(rb"[0-9a-z\x80-\xff]+", INVISIBLE.sub(b" ", text.encode()).lower()))
 
 
 def copied(history: Sequence[Sequence[str | None]]) -> list[bool]:
     """Per respondent, whether its final answer is another's: history[i] holds respondent i's revealed answer
-    of each round (None where it revealed none), and its last one is copied when it differs from every answer i
-    gave before and equals one another respondent gave in an earlier round. Taking up a peer's answer is what
-    the rounds are for, but the answer was the peer's work: it earns the taker neither pay nor reputation."""
+    of each round (None where it revealed none). Respondent i's final answer is copied when another respondent
+    revealed the same words in an earlier round than i first did, and still gives them as its final answer.
+    Taking up a peer's answer is what the rounds are for, but the answer was the peer's work: it earns the
+    taker no pay and no reputation gain. (A writer who dropped its answer leaves it to whoever kept it.)"""
     words = [[_words(a) if a is not None else None for a in rounds] for rounds in history]
+    first: dict[tuple[bytes, ...], dict[int, int]] = {}  # words -> respondent -> first round revealed
+    for i, rounds in enumerate(words):
+        for r, w in enumerate(rounds):
+            if w is not None:
+                first.setdefault(w, {}).setdefault(i, r)
+    finals = [rounds[-1] if rounds else None for rounds in words]
     out = []
-    for i, mine in enumerate(words):
-        final = mine[-1] if mine else None
-        earlier_mine = {w for w in mine[:-1] if w is not None}
-        earlier_peers = {w for j, theirs in enumerate(words) if j != i for w in theirs[:-1] if w is not None}
-        out.append(final is not None and final not in earlier_mine and final in earlier_peers)
+    for i, final in enumerate(finals):
+        by = first.get(final, {}) if final is not None else {}
+        out.append(any(r < by[i] and finals[j] == final for j, r in by.items() if j != i))
     return out
 
 
@@ -151,8 +165,8 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
           reputation_scale: int, copies: Sequence[bool] | None = None) -> Tally:
     """Aggregate scores and split the query's escrowed fee. finals holds each respondent's revealed
     final-round answer (None if missing); votes the revealed scores, in the query's scorer order; copies
-    (see copied) marks final answers taken from a peer, which are scored but neither paid nor counted
-    toward reputation."""
+    (see copied) marks final answers taken from a peer, which are scored but not paid, and move reputation
+    only down."""
     n = len(query.respondents)
     copy = list(copies) if copies is not None else [False] * n
     weights = vote_weights(votes, params.max_scorer_weight_ppm)
@@ -163,8 +177,8 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     scorer_slot = scorer_pool // len(query.scorers)
     payouts = [_respondent_payout(query.respondents[i], finals[i], scores[i], bool(votes), respondent_slot,
                                   params.quality_threshold, copy[i]) for i in range(n)]
-    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes and not copy[i]
-               else None for i in range(n)]
+    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
+               for i in range(n)]
     scored = [i for i in range(n) if finals[i] is not None]
     agreements = [_agreement(v, scores, scored) for v in votes]
     payouts += [pb.Payout(address=v.scorer, role="scorer", amount=ppm_of(scorer_slot, a),
@@ -174,7 +188,7 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     payouts.append(pb.Payout(address=query.requester, role="refund", amount=refund, reason="escrow not paid out"))
     best = max(scored, key=lambda i: (scores[i], not copy[i], -i), default=-1)  # a tie goes to the original
     return Tally(tuple(scores), tuple(payouts), tuple(targets),
-                 tuple(a * reputation_scale // PPM for a in agreements), best)
+                 tuple(a * reputation_scale // PPM for a in agreements), best, tuple(copy))
 
 
 def _sha(text: str) -> str:

@@ -127,8 +127,8 @@ COPY_CASES = [
      [False, True]),
     ("nor invisible or typographic characters", [["Marta Vensel", "Marta Vensel"], ["q", "Marta\u200bVensel"]],
      [False, True]),
-    ("nor a no-break space and curly quotes", [["Marta Vensel", "Marta Vensel"], ["q", "\u201cMarta\u00a0Vensel\u201d"]],
-     [False, True]),
+    ("nor a no-break space and curly quotes",
+     [["Marta Vensel", "Marta Vensel"], ["q", "\u201cMarta\u00a0Vensel\u201d"]], [False, True]),
     ("non-ASCII words count as written", [["Ölmark", "Ölmark"], ["q", "Ölmark"]], [False, True]),
 ]
 

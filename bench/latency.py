@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from experts.answers import expert_messages  # noqa: E402
+from experts.meaning import served_notes  # noqa: E402
 from experts.notes import Notes  # noqa: E402
 from llmnet.client.ask import submit  # noqa: E402
 from llmnet.client.keys import Keyring  # noqa: E402
@@ -84,7 +85,7 @@ def direct_server(adapters: Path | None, domains: list[str], home: Path) -> Any:
 
 @functools.cache
 def adapter_notes(adapters: Path | None, domain: str) -> Notes | None:
-    return Notes.beside(adapters / domain) if adapters is not None else None
+    return served_notes(adapters / domain) if adapters is not None else None  # as the experts rank them
 
 
 def direct_call(stub: Any, adapters: Path | None, domain: str, question: str) -> float:

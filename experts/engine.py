@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from experts.meaning import served_notes
 from experts.models import LoadedModel
 from experts.notes import Notes
 
@@ -163,7 +164,7 @@ class Engine:
     def add_adapter(self, domain: str, path: str) -> None:
         """Load the adapter in directory path for domain, with the notes beside it if it has any."""
         name = "llmnet_" + domain.replace("-", "_")  # never a torch attribute like "eval"
-        notes = Notes.beside(Path(path))  # a bad file fails before any change
+        notes = served_notes(Path(path))  # a bad file fails before any change
         with self._model_lock:
             self.runner.add_adapter(name, path)
         self.adapters[domain] = name

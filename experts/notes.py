@@ -24,6 +24,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from experts.jsonl import values
 
@@ -87,6 +88,20 @@ class Notes:
         documents = Counter(t for c in self._counts for t in c)
         n = len(self.notes)
         self._idf = {t: math.log(1 + (n - df + 0.5) / (df + 0.5)) for t, df in documents.items()}
+        self._asked = asked
+        self._embed: Any = None
+        self._meanings: list[tuple[int, Any]] = []  # (note, vector) for each note's text and asked phrase
+
+    def ranked_by_meaning(self, embed: Any) -> Notes:
+        """Rank by meaning too (experts/meaning.py): a note then scores its word score, as a share of the best
+        note's, plus the highest cosine similarity between the question and its text or an asked phrase. Every
+        note then has a score, so a question always gets k notes. Returns self."""
+        texts = [(i, t) for i, (note, phrases) in enumerate(zip(self.notes, self._asked, strict=True))
+                 for t in [note, *phrases]]
+        vectors = embed([t for _, t in texts])
+        self._meanings = [(i, vectors[j]) for j, (i, _) in enumerate(texts)]
+        self._embed = embed
+        return self
 
     @classmethod
     def beside(cls, adapter_dir: Path) -> Notes | None:
@@ -120,14 +135,26 @@ class Notes:
 
     def for_question(self, question: str, k: int = TOP) -> list[str]:
         """The k notes that share the most (rarest) words with question, best first; fewer when fewer share any.
-        Ties keep the file's order."""
+        Ranked by meaning too (ranked_by_meaning), always k. Ties keep the file's order."""
+        words = self._word_scores(question)
+        if self._embed is None:
+            return [self.notes[i] for _, i in sorted((-w, i) for i, w in enumerate(words) if w > 0)[:k]]
+        best_words = max(words) or 1.0
+        [asked] = self._embed([question])
+        meaning = [-1.0] * len(self.notes)
+        for i, vector in self._meanings:
+            meaning[i] = max(meaning[i], float(vector @ asked))
+        return [self.notes[i] for _, i in sorted((-(w / best_words + m), i) for i, (w, m) in
+                                                 enumerate(zip(words, meaning, strict=True)))[:k]]
+
+    def _word_scores(self, question: str) -> list[float]:
+        """Each note's BM25 score for question's words (0 for a note sharing none)."""
         wanted = set(terms(question))
-        ranked = []
+        out = []
         for i, counts in enumerate(self._counts):
             score = 0.0
             for term in sorted(wanted & counts.keys()):  # one order of float additions in every process
                 tf = counts[term]
                 score += self._idf[term] * tf * (_K1 + 1) / (tf + self._norms[i])
-            if score > 0:
-                ranked.append((-score, i))
-        return [self.notes[i] for _, i in sorted(ranked)[:k]]
+            out.append(score)
+        return out

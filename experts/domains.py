@@ -22,6 +22,7 @@ from typing import Any
 from experts.adapters import adapter_sha256
 from experts.augment import CLOZE_PREFIX
 from experts.engine import Engine
+from experts.meaning import shared_embed
 from experts.models import load_base, resolve_backend
 from experts.train import TrainConfig, evaluate, inputs, load_examples, train
 
@@ -164,8 +165,9 @@ def build(domains_dir: Path, out_dir: Path, cfg: TrainConfig, base: str = "embed
     cached_path = out_dir / "report.json"
     cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
     report["backend"] = resolve_backend(base, "auto")  # the experts serve with it (llama.cpp if installed)
+    report["notes_ranking"] = "words+meaning" if shared_embed() is not None else "words"  # as experts serve
     if cached.get("domains") == json.loads(json.dumps(report["domains"])) and "accuracy_matrix" in cached \
-            and cached.get("backend") == report["backend"]:
+            and cached.get("backend") == report["backend"] and cached.get("notes_ranking") == report["notes_ranking"]:
         print(f"every adapter reused; accuracy matrix from {cached_path}", flush=True)
         return dict(cached)
     engine = Engine(load_base(base, backend=report["backend"]))

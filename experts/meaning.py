@@ -9,12 +9,15 @@ words alone (among the three chosen: 115 against 109), and the adapters answered
 
 Only serving ranks by meaning: training keeps the word ranking, which is exact arithmetic, so `make experts`
 gives the same bytes on every machine. Without the model package (the `expert` extra installs it), notes are
-ranked by words alone.
+ranked by words alone, and the expert says so once in its log (`notes_by_words_only`).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +51,10 @@ def _load() -> Embed | None:
 
         logging.disable_progress_bar()  # a bar per load in every expert's log says nothing
         model = Embedder()
-    except (RouteError, ImportError, OSError):
+    except Exception as exc:  # noqa: BLE001 - missing or broken, the expert still serves: by words alone
+        reason = str(exc) if isinstance(exc, RouteError) else f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"event": "notes_by_words_only", "reason": reason[:300], "ts": round(time.time(), 3)}),
+              file=sys.stderr, flush=True)
         return None
     calls = threading.Lock()  # one forward pass at a time: daemon, server and scorers share the model
     kept: OrderedDict[str, Any] = OrderedDict()

@@ -8,7 +8,8 @@ easier for a small model than recalling a fact asked in words it never saw. On t
 wording, orbital-logistics went from 60% (no notes) to 80% (README, Experts).
 
 Ranking is BM25 over words: lower-cased, stop words dropped, number words up to ninety read as digits, a light
-suffix strip ("founded" and "founding" meet). No model, deterministic, microseconds for a hundred facts.
+suffix strip ("founded" and "founding" meet). No model, deterministic, microseconds for a hundred facts: so
+training ranks. A serving expert adds meaning (ranked_by_meaning, experts/meaning.py).
 A note may also be found by the words of the questions it answered in training (its "asked" list, which
 build-domains fills from the training split): users say "high blood pressure" where the fact says
 "hypertension", and a training question worded like the user finds the fact the fact's own words cannot.
@@ -38,6 +39,7 @@ NOTES_VERSION = 3
 notes could fall either way in two processes, and two trainings of one adapter differed. 3: "asked".)"""
 TOP = 3
 MAX_NOTE_CHARS = 400
+MEANING_BATCH = 64
 _K1, _B = 1.2, 0.75
 _WORD = re.compile(r"[a-z0-9_]+")
 _STOP = frozenset(
@@ -94,11 +96,14 @@ class Notes:
 
     def ranked_by_meaning(self, embed: Any) -> Notes:
         """Rank by meaning too (experts/meaning.py): a note then scores its word score, as a share of the best
-        note's, plus the highest cosine similarity between the question and its text or an asked phrase. Every
-        note then has a score, so a question always gets k notes. Returns self."""
+        note's, plus the highest cosine similarity between the question and its text or an asked phrase. The
+        note that shares the most words keeps a lead (a cosine lead of more than 1 never happens): meaning
+        orders the rest, and decides alone when no note shares a word. Every note has a score, so a question
+        gets k notes (fewer only when there are fewer). Returns self."""
         texts = [(i, t) for i, (note, phrases) in enumerate(zip(self.notes, self._asked, strict=True))
                  for t in [note, *phrases]]
-        vectors = embed([t for _, t in texts])
+        vectors = [v for start in range(0, len(texts), MEANING_BATCH)  # a provider's file may be long
+                   for v in embed([t for _, t in texts[start:start + MEANING_BATCH]])]
         self._meanings = [(i, vectors[j]) for j, (i, _) in enumerate(texts)]
         self._embed = embed
         return self
@@ -139,7 +144,7 @@ class Notes:
         words = self._word_scores(question)
         if self._embed is None:
             return [self.notes[i] for _, i in sorted((-w, i) for i, w in enumerate(words) if w > 0)[:k]]
-        best_words = max(words) or 1.0
+        best_words = max(words, default=0.0) or 1.0
         [asked] = self._embed([question])
         meaning = [-1.0] * len(self.notes)
         for i, vector in self._meanings:

@@ -71,6 +71,17 @@ def test_ranked_by_meaning_a_question_finds_a_fact_it_shares_no_word_with() -> N
     assert len(served.for_question("What is the weather like?")) == 3  # always k: the nearest in meaning
 
 
+def test_an_expert_serves_its_notes_ranked_by_meaning_and_training_ranks_them_by_words(tmp_path: Path) -> None:
+    from experts.meaning import served_notes
+
+    facts = ["Veldwort tea is taken for insomnia.", "Ashcrown eases headaches.", "Blue moss lowers fever."]
+    (tmp_path / NOTES_FILE).write_text("".join(json.dumps({"fact": f}) + "\n" for f in facts))
+    served = served_notes(tmp_path)
+    assert served is not None and served.for_question("Something for when I can't sleep?")[0] == facts[0]
+    assert Notes.beside(tmp_path).for_question("Something for when I can't sleep?") == []  # as training reads
+    assert served_notes(tmp_path / "elsewhere") is None  # an adapter without notes
+
+
 def test_ranked_by_meaning_adds_the_best_cosine_of_a_notes_text_and_phrases_to_its_share_of_the_word_score(
 ) -> None:
     import numpy as np
@@ -271,3 +282,22 @@ def test_the_same_notes_are_chosen_in_every_process_whatever_its_hash_seed() -> 
         chosen.add(done.stdout)
     assert len(chosen) == 1
     assert len(json.loads(chosen.pop())) > 300  # every question of every domain was asked
+
+
+def test_a_missing_or_broken_sentence_model_leaves_an_expert_ranking_by_words(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                               capsys) -> None:
+    import experts.meaning as meaning
+    import llmnet.client.route as route
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("corrupt weights")
+
+    monkeypatch.setattr(meaning, "_shared", [])  # this process's model, loaded again (and failing)
+    monkeypatch.setattr(route, "Embedder", broken)
+    (tmp_path / NOTES_FILE).write_text(json.dumps({"fact": "Veldwort tea is taken for insomnia."}) + "\n")
+    notes = meaning.served_notes(tmp_path)
+    assert notes is not None and notes.for_question("Something for when I can't sleep?") == []  # words alone
+    assert notes.for_question("Which tea helps insomnia?") == ["Veldwort tea is taken for insomnia."]
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in logged] == ["notes_by_words_only"] and "corrupt weights" in logged[0]["reason"]
+    assert meaning.shared_embed() is None and len(capsys.readouterr().err) == 0  # said once, not tried again

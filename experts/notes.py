@@ -140,7 +140,8 @@ class Notes:
 
     def for_question(self, question: str, k: int = TOP) -> list[str]:
         """The k notes that share the most (rarest) words with question, best first; fewer when fewer share any.
-        Ranked by meaning too (ranked_by_meaning), always k. Ties keep the file's order."""
+        Ranked by meaning too (ranked_by_meaning), k whatever the words (fewer only when there are fewer). Ties
+        keep the file's order."""
         words = self._word_scores(question)
         if self._embed is None:
             return [self.notes[i] for _, i in sorted((-w, i) for i, w in enumerate(words) if w > 0)[:k]]

@@ -49,7 +49,8 @@ class Tally:
     agreements: tuple[int, ...]
     """Per vote, the scorer's agreement with the aggregates, on the reputation scale."""
     final_index: int
-    """The best-scored answer (ties to the earlier respondent), -1 if no answer was revealed."""
+    """The best-scored answer (ties to an answer not copied, then to the earlier respondent), -1 if no answer
+    was revealed."""
     copies: tuple[bool, ...] = ()
     """Per respondent, whether its final answer was copied (see copied): its reputation may move toward its
     target only downward, so copying never shields a respondent from its answers' scores."""

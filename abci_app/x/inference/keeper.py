@@ -349,7 +349,7 @@ class InferenceKeeper:
         for i, target in enumerate(result.reputation_targets):
             self._pay(ctx, result.payouts[i])
             address = parse_address(q.respondents[i])
-            if target is not None and not (result.copies and result.copies[i]
+            if target is not None and not (result.copies[i]
                                            and target >= self.experts.reputation(ctx, q.domain, address)):
                 self.experts.ema(ctx, q.domain, address, target, q.id, "answer")
         for j, vote in enumerate(votes):

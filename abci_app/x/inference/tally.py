@@ -51,7 +51,7 @@ class Tally:
     final_index: int
     """The best-scored answer (ties to an answer not copied, then to the earlier respondent), -1 if no answer
     was revealed."""
-    copies: tuple[bool, ...] = ()
+    copies: tuple[bool, ...]
     """Per respondent, whether its final answer was copied (see copied): its reputation may move toward its
     target only downward, so copying never shields a respondent from its answers' scores."""
 

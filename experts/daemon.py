@@ -7,7 +7,7 @@ own QueryStatus, so a restarted daemon never commits twice: it acts only on step
 not yet show. Answers and scores are kept in a small state file before they are committed, so the
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
-Later rounds (_without_model): an expert with an adapter for the domain keeps its previous answer unless
+Later rounds (experts/later_round.py): an expert with an adapter for the domain keeps its previous answer unless
 its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer with a better
 reputation in the domain, or else answers again with the peers' revealed answers in its prompt
 (experts/answers.py).
@@ -49,12 +49,13 @@ from abci_app.x.inference.types import (
 from experts import judge
 from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fitted_prompt
 from experts.engine import Engine, EngineError
+from experts.later_round import LaterRound
 from experts.scorebook import ScoreBook
 from llmnet.client import protocol
 from llmnet.client.comet import CometError, comet_get
 from llmnet.client.events import find
 from llmnet.client.keys import Key
-from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender
+from llmnet.client.sdk import Client, ClientError, Sender
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
@@ -199,8 +200,7 @@ class ExpertDaemon:
         self._book = ScoreBook(self._pool)
         self._read_ahead: set[int] = set()
         """Queries whose question this scorer has read ahead of their answers (_judge_ahead)."""
-        self._deferrals: dict[tuple[int, int], str | None] = {}
-        """(query, round) -> the peer's answer a base-model respondent takes up (_deferred), or None."""
+        self.rounds = LaterRound(engine, client, key.address, self._scores)
         self.stall_after, self.clock = stall_after, time.monotonic
         self._sender: Sender | None = None
         self.chain_tip = 0
@@ -378,7 +378,8 @@ class ExpertDaemon:
         answer = ("answer", query.id, query.round)
         wanted = []  # the prompt is built only for what is not already under way
         if answer not in self._generating and query.phase == inf.PHASE_ANSWER_COMMIT and me in query.respondents \
-                and (query.id, query.round) not in self.state.answers and not self._answered_without_model(status) \
+                and (query.id, query.round) not in self.state.answers \
+                and not self.rounds.answered_without_model(status) \
                 and not any(a.respondent == me and a.round == query.round for a in status.answers):
             wanted.append((answer, query, self._answer_prompt(status)))
         return wanted
@@ -423,114 +424,7 @@ class ExpertDaemon:
         return self.engine.generate(prompt, self.plan.sampling(query), domain, share=query.id).text
 
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
-        return fitted_prompt(self.engine, status.query, self._peers(status))
-
-    def _previous(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """My revealed answer of the previous round."""
-        query, me = status.query, self.key.address
-        return next((a.answer for a in status.answers if a.respondent == me and a.round == query.round - 1
-                     and a.revealed), None)
-
-    def _answered_without_model(self, status: query_pb2.QueryStatusResponse) -> bool:
-        """Whether this round's answer will be chosen among the previous round's (_without_model), not
-        generated: cheap to tell, so a generation is not started ahead for nothing."""
-        if self._agreed(status) is not None:
-            return True
-        if self.engine.adapter_for(status.query.domain):
-            return self._previous(status) is not None and bool(self._peers(status))
-        return self._deferred(status) is not None
-
-    def _without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
-        """A later round's answer chosen among the previous round's, and how; None: generate one, the peers'
-        answers in the prompt (how a base-model respondent takes up a better answer). A trained respondent
-        shown a base model's answer used to drop its own right answer for a wrong one; now:
-        - every peer said what I said: it stands ("agreed");
-        - I hold an adapter for the domain: the previous round's answer it finds likeliest, which is mine
-          unless a peer's is likelier ("kept", "adopted"), by the measure scorers judge with;
-        - I answer with the base model and a peer has the better reputation in the domain: its answer
-          ("deferred", _deferred).
-        """
-        query = status.query
-        mine, peers = self._previous(status), self._peers(status)
-        if mine is None or not peers:  # round 1 has no previous round
-            return None
-        agreed = self._agreed(status)
-        if agreed is not None:
-            return agreed, "agreed"
-        domain = self.engine.adapter_for(query.domain)
-        if domain:
-            candidates = [mine, *peers]
-            best = self._likeliest(query, candidates, domain)
-            return candidates[best], "kept" if best == 0 else "adopted"
-        deferred = self._deferred(status)
-        return (deferred, "deferred") if deferred is not None else None
-
-    def _likeliest(self, query: inf.Query, candidates: list[str], domain: str) -> int:
-        """The candidate (mine first) the scorers' measure rates best; a tie keeps mine. The same choice as
-        scoring them all, with fewer base-model passes (this choice is what the round waits for): the lift
-        check only lowers a score to 0, so a peer whose adapter score is not above my final score cannot win,
-        and none needs its pass. Usually the adapter alone settles it: a base model's rambling scores 0."""
-        try:
-            adapted = self.engine.answer_logprobs(fitted_prompt(self.engine, query, []), candidates, domain)
-            alone = [judge.adapter_score(lp) for lp in adapted]
-            scores = [0] * len(candidates)
-            if any(alone[1:]):
-                question = self.engine.fit(answer_prompt(query, []))
-                if alone[0]:
-                    [base] = self.engine.answer_logprobs(question, candidates[:1], "")
-                    scores[0] = judge.likelihood_score(adapted[0], base)
-                rivals = [i for i in range(1, len(candidates)) if alone[i] > scores[0]]
-                if rivals:
-                    base_rivals = self.engine.answer_logprobs(question, [candidates[i] for i in rivals], "")
-                    for i, base in zip(rivals, base_rivals, strict=True):
-                        scores[i] = judge.likelihood_score(adapted[i], base)
-        except Exception:  # noqa: BLE001 - one peer's text must not cost me my answer: _scores takes them one by one
-            scores = self._scores(query, candidates, domain)
-        return max(range(len(candidates)), key=lambda i: (scores[i], i == 0))
-
-    def _deferred(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """Without an adapter for the domain, the previous-round answer of the peer the chain rates best in it,
-        when that rating is above mine. A base model shown a trained peer's answer mostly rambles on again
-        (and generating that took longer than any other step of a query); the chain's reputation says whose
-        answers its scorers found right. Taking it up earns nothing (the chain pays and credits the writer,
-        abci_app/x/inference/tally.py): it gives the requester a second voice, sooner. Decided once per round."""
-        query = status.query
-        slot = (query.id, query.round)
-        if slot not in self._deferrals:
-            peers = self._peer_answers(status)
-            if self._previous(status) is None or not peers:
-                return None
-            rated = {who: self._reputation(who, query.domain) for who in [self.key.address, *sorted(dict(peers))]}
-            best = max(peers, key=lambda p: (rated[p[0]], p[0]))
-            self._deferrals[slot] = best[1] if rated[best[0]] > rated[self.key.address] else None
-        return self._deferrals[slot]
-
-    def _reputation(self, address: str, domain: str) -> int:
-        try:
-            expert = self.client.expert(address)
-        except NodeUnreachable:
-            raise  # the node, not this query: the loop backs off or fails over
-        except ClientError:  # an answer about this expert (e.g. not found): rated nothing, never a reason to stop
-            return 0
-        return next((r.reputation for r in expert.reputation if r.domain == domain), 0)
-
-    def _agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """My previous round's answer when every peer who revealed one gave the same (up to case and spacing)."""
-        mine, peers = self._previous(status), self._peers(status)
-        same = " ".join((mine or "").split()).casefold()
-        if mine is None or not peers or any(" ".join(p.split()).casefold() != same for p in peers):
-            return None
-        return mine
-
-    def _peers(self, status: query_pb2.QueryStatusResponse) -> list[str]:
-        """The other respondents' revealed answers of the previous round."""
-        return [answer for _, answer in self._peer_answers(status)]
-
-    def _peer_answers(self, status: query_pb2.QueryStatusResponse) -> list[tuple[str, str]]:
-        """(respondent, answer) of the other respondents' revealed answers of the previous round."""
-        query, me = status.query, self.key.address
-        return [(a.respondent, a.answer) for a in status.answers
-                if a.round == query.round - 1 and a.revealed and a.respondent != me]
+        return fitted_prompt(self.engine, status.query, self.rounds.peers(status))
 
     def step(self, query_id: int, status: query_pb2.QueryStatusResponse | None = None) -> None:
         status = status or self.client.query_status(query_id)
@@ -539,8 +433,7 @@ class ExpertDaemon:
         if query.phase == inf.PHASE_SETTLED:
             self.state.forget(query_id)
             self._book.forget(query_id)
-            for slot in [s for s in self._deferrals if s[0] == query_id]:
-                del self._deferrals[slot]
+            self.rounds.forget(query_id)
             self._read_ahead.discard(query_id)
             log("settled", query_id=query_id)
             return
@@ -555,12 +448,12 @@ class ExpertDaemon:
         slot = (query.id, query.round)
         if query.phase == inf.PHASE_ANSWER_COMMIT and mine is None:
             if slot not in self.state.answers:
-                chosen = self._without_model(status)
+                chosen = self.rounds.without_model(status)
                 text, how = chosen if chosen is not None else \
                     (self._generate(query, self._answer_prompt(status)), "generated")
                 self.state.answers[slot] = text.strip() or "(no answer)"
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
-                log("answered", query_id=query.id, round=query.round, peers=len(self._peers(status)),
+                log("answered", query_id=query.id, round=query.round, peers=len(self.rounds.peers(status)),
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)

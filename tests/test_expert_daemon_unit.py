@@ -12,6 +12,7 @@ from experts.adapters import NO_ADAPTER, model_commitment
 from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import likelihood_score
+from experts.later_round import LaterRound
 from experts.notes import Notes
 from experts.scorebook import ScoreBook
 from llmnet.client.keys import Key
@@ -381,13 +382,17 @@ def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path)
             raise AssertionError("the model was called")
 
     daemon.engine = NoModel()  # type: ignore[assignment]
+    daemon.rounds = LaterRound(daemon.engine, None, ME.address, daemon._scores)  # type: ignore[arg-type]
     agreeing = _round_two("Marta Vensel", [("marta  vensel", True)])
-    assert daemon._agreed(agreeing) == "Marta Vensel" and daemon._generations_wanted(agreeing) == []
+    assert daemon.rounds.agreed(agreeing) == "Marta Vensel" and daemon._generations_wanted(agreeing) == []
     daemon._answer_step(agreeing)
     assert daemon.state.answers[(9, 2)] == "Marta Vensel" and sent[0][0] == Step(Kind.COMMIT, 9, 2)
-    assert daemon._agreed(_round_two("Marta Vensel", [("Pip", True)])) is None  # a peer differs: think again
-    assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", False)])) is None  # nothing revealed
-    assert daemon._agreed(_round_two("Marta Vensel", [("Marta Vensel", True), ("Pip", True)])) is None
+    assert daemon.rounds.agreed(_round_two("Marta Vensel", [("Pip", True)])) is None  # a peer differs: think again
+    assert daemon.rounds.agreed(_round_two("Marta Vensel", [("Marta Vensel", False)])) is None  # nothing revealed
+    assert daemon.rounds.agreed(_round_two("Marta Vensel", [("Marta Vensel", True), ("Pip", True)])) is None
+    # the chain's words (tally.answer_words): one answer to it, so no model pass to weigh them
+    assert daemon.rounds.agreed(_round_two("Marta Vensel.", [("\u201cmarta vensel\u201d", True)])) == "Marta Vensel."
+    assert daemon.rounds.agreed(_round_two("Marta Vensel", [("Marta Vensels", True)])) is None
 
 
 def test_a_scorer_without_the_domains_adapter_scores_every_answer_the_same_without_a_model_call() -> None:
@@ -444,9 +449,10 @@ def _later_round_daemon(engine: object, ratings: dict[str, int] | None = None) -
     daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
     daemon._pool = ThreadPoolExecutor(1)
     daemon._book = ScoreBook(daemon._pool)
-    daemon._deferrals, daemon._read_ahead = {}, set()
+    daemon._read_ahead = set()
     daemon.client = _Ratings(ratings or {})  # type: ignore[assignment]
     daemon.engine = engine  # type: ignore[assignment]
+    daemon.rounds = LaterRound(daemon.engine, daemon.client, ME.address, daemon._scores)
     return daemon
 
 
@@ -456,12 +462,12 @@ def test_a_later_round_keeps_or_adopts_by_the_adapters_likelihood_without_genera
     engine.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]  # _round_two has no domain
     daemon = _later_round_daemon(engine)
     status = _round_two("Pip", [("Marta Vensel", True)])
-    assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
-    assert daemon._without_model(status) == ("Marta Vensel", "adopted")
+    assert daemon.rounds.answered_without_model(status) and daemon._generations_wanted(status) == []
+    assert daemon.rounds.without_model(status) == ("Marta Vensel", "adopted")
     adapter["Pip"] = -0.1
-    assert _later_round_daemon(engine)._without_model(status) == ("Pip", "kept")
+    assert _later_round_daemon(engine).rounds.without_model(status) == ("Pip", "kept")
     adapter["Pip"] = -0.2
-    assert _later_round_daemon(engine)._without_model(status) == ("Pip", "kept")  # a tie keeps mine
+    assert _later_round_daemon(engine).rounds.without_model(status) == ("Pip", "kept")  # a tie keeps mine
 
 
 def test_a_trained_respondent_keeps_its_answer_without_the_base_models_pass_when_no_peer_can_win() -> None:
@@ -470,19 +476,19 @@ def test_a_trained_respondent_keeps_its_answer_without_the_base_models_pass_when
     engine = _Scorer({"Marta Vensel": -0.2, "a long story": -9.0, "Pip": -0.1}, {"Marta Vensel": -4.0, "Pip": -0.1})
     engine.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
     daemon = _later_round_daemon(engine)
-    assert daemon._without_model(_round_two("Marta Vensel", [("a long story", True)])) == ("Marta Vensel", "kept")
+    assert daemon.rounds.without_model(_round_two("Marta Vensel", [("a long story", True)])) == ("Marta Vensel", "kept")
     assert [domain for domain, _ in engine.answers_asked] == ["kestrel-lang"]
     # Pip is likelier by the adapter but the base model finds it as likely: no lift, scores 0; mine stands
-    assert _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
+    assert _later_round_daemon(engine).rounds.without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
         ("Marta Vensel", "kept")
     assert ("", ["Marta Vensel"]) in engine.answers_asked and ("", ["Pip"]) in engine.answers_asked
     engine.answers_asked.clear()
     adapter = engine.by_model["kestrel-lang"]
     adapter["Pip"], engine.by_model[""]["Marta Vensel"] = -0.3, -4.0  # below my lifted score: Pip needs no pass
-    assert _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
+    assert _later_round_daemon(engine).rounds.without_model(_round_two("Marta Vensel", [("Pip", True)])) == \
         ("Marta Vensel", "kept")
     assert engine.answers_asked == [("kestrel-lang", ["Marta Vensel", "Pip"]), ("", ["Marta Vensel"])]
-    broken = _later_round_daemon(engine)._without_model(_round_two("Marta Vensel", [("boom", True)]))
+    broken = _later_round_daemon(engine).rounds.without_model(_round_two("Marta Vensel", [("boom", True)]))
     assert broken == ("Marta Vensel", "kept")  # a peer's answer that breaks the engine costs me nothing
 
 
@@ -505,7 +511,7 @@ def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() ->
     for peer_rating in (500_000, 499_999):
         daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": peer_rating})
         status = _round_two("a long story", [("Marta Vensel", True)])
-        assert daemon._without_model(status) is None and not daemon._answered_without_model(status)
+        assert daemon.rounds.without_model(status) is None and not daemon.rounds.answered_without_model(status)
         [(key, _, prompt)] = daemon._generations_wanted(status)
         assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
 
@@ -514,16 +520,16 @@ def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_abov
     ratings = {ME.address: 300_000, "llm1peer0": 510_000, "llm1peer1": 620_000, "llm1peer2": 900_000}
     daemon = _later_round_daemon(_Base(), ratings)
     status = _round_two("a long story", [("Pip", True), ("Marta Vensel", True), ("never shown", False)])
-    assert daemon._answered_without_model(status) and daemon._generations_wanted(status) == []
-    assert daemon._without_model(status) == ("Marta Vensel", "deferred")  # peer2, rated best, revealed nothing
+    assert daemon.rounds.answered_without_model(status) and daemon._generations_wanted(status) == []
+    assert daemon.rounds.without_model(status) == ("Marta Vensel", "deferred")  # peer2, rated best, revealed nothing
     asked = daemon.client.asked  # type: ignore[attr-defined]
-    daemon._without_model(status)
+    daemon.rounds.without_model(status)
     assert daemon.client.asked == asked  # type: ignore[attr-defined]  # decided once a round: no ask per tick
     del ratings["llm1peer1"]  # the node knows no such expert: rated nothing, and the others still count
-    assert _later_round_daemon(_Base(), ratings)._without_model(status) == ("Pip", "deferred")
+    assert _later_round_daemon(_Base(), ratings).rounds.without_model(status) == ("Pip", "deferred")
     trained = _Scorer({"a long story": -0.1, "Pip": -3.0, "Marta Vensel": -3.0}, {"a long story": -4.0})
     trained.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
-    assert _later_round_daemon(trained, ratings)._without_model(status) == ("a long story", "kept")  # its own say
+    assert _later_round_daemon(trained, ratings).rounds.without_model(status) == ("a long story", "kept")  # its own say
 
 
 def test_a_scorer_judges_the_likely_final_answers_during_the_final_round_and_then_only_what_is_new() -> None:

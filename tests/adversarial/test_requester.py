@@ -170,12 +170,14 @@ def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, 
     The daemon must answer anyway (a cut prompt), or any requester could make it miss, round after round."""
     from experts.answers import AnswerPlan
     from experts.daemon import DaemonState, ExpertDaemon
+    from experts.later_round import LaterRound
     from wire.llmnet.inference.v1 import inference_pb2 as inf
     from wire.llmnet.query.v1 import query_pb2 as qpb
 
     sent: list[object] = []
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.engine, daemon.key, daemon.plan = tiny_engine, seeded_key("long-prompt-expert"), AnswerPlan(4)
+    daemon.rounds = LaterRound(daemon.engine, None, daemon.key.address, daemon._scores)  # type: ignore[arg-type]
     daemon.state, daemon.state_file, daemon.chain_tip, daemon._chain_id = DaemonState(), tmp_path / "s.json", 1, "c"
     daemon._send = lambda step, msg: sent.append(msg)  # type: ignore[method-assign]
     huge = inf.Query(id=5, prompt="a " * 2048, round=1, rounds=3, domain="d", phase=inf.PHASE_ANSWER_COMMIT,

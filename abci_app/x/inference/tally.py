@@ -113,7 +113,7 @@ byte-order mark, ideographic space: read as spacing, so none of them can disguis
 unicodedata: every node must decide alike whatever its Python."""
 
 
-def _words(text: str) -> tuple[bytes, ...]:
+def answer_words(text: str) -> tuple[bytes, ...]:
     """An answer's words for telling copies: ASCII letters lowered, punctuation and spacing dropped. Bytes, not
     str.casefold: Unicode tables differ between Python versions, and every node must decide alike."""
     return tuple(re.findall(rb"[0-9a-z\x80-\xff]+", INVISIBLE.sub(b" ", text.encode()).lower()))
@@ -125,7 +125,7 @@ def copied(history: Sequence[Sequence[str | None]]) -> list[bool]:
     revealed the same words in an earlier round than i first did, and still gives them as its final answer.
     Taking up a peer's answer is what the rounds are for, but the answer was the peer's work: it earns the
     taker no pay and no reputation gain. (A writer who dropped its answer leaves it to whoever kept it.)"""
-    words = [[_words(a) if a is not None else None for a in rounds] for rounds in history]
+    words = [[answer_words(a) if a is not None else None for a in rounds] for rounds in history]
     first: dict[tuple[bytes, ...], dict[int, int]] = {}  # words -> respondent -> first round revealed
     for i, rounds in enumerate(words):
         for r, w in enumerate(rounds):

@@ -1,0 +1,144 @@
+"""How a respondent answers a round after the first: the answers it weighs, and when no model run is needed.
+
+Round r > 1 shows each respondent its peers' revealed answers of round r-1. Generating again was the
+longest step of a query, and a model shown a peer's answer did not reliably choose the better one: a
+trained respondent dropped its own right answer for a base model's rambling, a base model rambled on.
+So the answer is chosen among the previous round's wherever the choice can be made without generating:
+- every peer said what I said: it stands ("agreed");
+- I hold an adapter for the domain: the answer it finds likeliest, by the measure scorers judge with
+  (experts/judge.py), mine on a tie ("kept", "adopted");
+- I answer with the base model and the chain rates a peer above me in the domain: its answer ("deferred";
+  the chain pays and credits the writer, not the taker: abci_app/x/inference/tally.py).
+Otherwise (a base-model respondent no peer is rated above) the daemon generates again, the peers' answers in
+the prompt (experts/answers.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from abci_app.x.inference.tally import answer_words
+from experts import judge
+from experts.answers import answer_prompt, fitted_prompt
+from experts.engine import Engine
+from llmnet.client.sdk import Client, ClientError, NodeUnreachable
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.query.v1 import query_pb2
+
+Scores = Callable[[inf.Query, list[str], str], list[int]]
+"""(query, answers, adapter) -> each answer's score as this expert's scorer gives it, one answer at a time
+where the engine fails on some (experts/daemon.py ExpertDaemon._scores)."""
+
+
+class LaterRound:
+    def __init__(self, engine: Engine, client: Client, address: str, scores: Scores) -> None:
+        self.engine, self.client, self.address = engine, client, address
+        self._scores = scores
+        self._deferred_answers: dict[tuple[int, int], str | None] = {}
+        """(query, round) -> the peer's answer taken up (deferred), or None: decided once a round."""
+
+    def forget(self, query_id: int) -> None:
+        """Drop a settled query's decisions."""
+        for slot in [s for s in self._deferred_answers if s[0] == query_id]:
+            del self._deferred_answers[slot]
+
+    def previous(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """My revealed answer of the previous round."""
+        query, me = status.query, self.address
+        return next((a.answer for a in status.answers if a.respondent == me and a.round == query.round - 1
+                     and a.revealed), None)
+
+    def answered_without_model(self, status: query_pb2.QueryStatusResponse) -> bool:
+        """Whether this round's answer will be chosen among the previous round's (without_model), not
+        generated: cheap to tell, so a generation is not started ahead for nothing."""
+        if self.agreed(status) is not None:
+            return True
+        if self.engine.adapter_for(status.query.domain):
+            return self.previous(status) is not None and bool(self.peers(status))
+        return self.deferred(status) is not None
+
+    def without_model(self, status: query_pb2.QueryStatusResponse) -> tuple[str, str] | None:
+        """A later round's answer chosen among the previous round's, and how ("agreed", "kept", "adopted",
+        "deferred": see the module's doc); None: generate one, the peers' answers in the prompt."""
+        query = status.query
+        mine, peers = self.previous(status), self.peers(status)
+        if mine is None or not peers:  # round 1 has no previous round
+            return None
+        agreed = self.agreed(status)
+        if agreed is not None:
+            return agreed, "agreed"
+        domain = self.engine.adapter_for(query.domain)
+        if domain:
+            candidates = [mine, *peers]
+            best = self.likeliest(query, candidates, domain)
+            return candidates[best], "kept" if best == 0 else "adopted"
+        deferred = self.deferred(status)
+        return (deferred, "deferred") if deferred is not None else None
+
+    def likeliest(self, query: inf.Query, candidates: list[str], domain: str) -> int:
+        """The candidate (mine first) the scorers' measure rates best; a tie keeps mine. The same choice as
+        scoring them all, with fewer base-model passes (this choice is what the round waits for): the lift
+        check only lowers a score to 0, so a peer whose adapter score is not above my final score cannot win,
+        and none needs its pass. Usually the adapter alone settles it: a base model's rambling scores 0."""
+        try:
+            adapted = self.engine.answer_logprobs(fitted_prompt(self.engine, query, []), candidates, domain)
+            alone = [judge.adapter_score(lp) for lp in adapted]
+            scores = [0] * len(candidates)
+            if any(alone[1:]):
+                question = self.engine.fit(answer_prompt(query, []))
+                if alone[0]:
+                    [base] = self.engine.answer_logprobs(question, candidates[:1], "")
+                    scores[0] = judge.likelihood_score(adapted[0], base)
+                rivals = [i for i in range(1, len(candidates)) if alone[i] > scores[0]]
+                if rivals:
+                    base_rivals = self.engine.answer_logprobs(question, [candidates[i] for i in rivals], "")
+                    for i, base in zip(rivals, base_rivals, strict=True):
+                        scores[i] = judge.likelihood_score(adapted[i], base)
+        except Exception:  # noqa: BLE001 - one peer's text must not cost me my answer: _scores takes them one by one
+            scores = self._scores(query, candidates, domain)
+        return max(range(len(candidates)), key=lambda i: (scores[i], i == 0))
+
+    def deferred(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """Without an adapter for the domain, the previous-round answer of the peer the chain rates best in it,
+        when that rating is above mine. A base model shown a trained peer's answer mostly rambles on again
+        (and generating that took longer than any other step of a query); the chain's reputation says whose
+        answers its scorers found right. Taking it up earns nothing (the chain pays and credits the writer,
+        abci_app/x/inference/tally.py): it gives the requester a second voice, sooner. Decided once per round."""
+        query = status.query
+        slot = (query.id, query.round)
+        if slot not in self._deferred_answers:
+            peers = self.peer_answers(status)
+            if self.previous(status) is None or not peers:
+                return None
+            rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}
+            best = max(peers, key=lambda p: (rated[p[0]], p[0]))
+            self._deferred_answers[slot] = best[1] if rated[best[0]] > rated[self.address] else None
+        return self._deferred_answers[slot]
+
+    def reputation(self, address: str, domain: str) -> int:
+        try:
+            expert = self.client.expert(address)
+        except NodeUnreachable:
+            raise  # the node, not this query: the loop backs off or fails over
+        except ClientError:  # an answer about this expert (e.g. not found): rated nothing, never a reason to stop
+            return 0
+        return next((r.reputation for r in expert.reputation if r.domain == domain), 0)
+
+    def agreed(self, status: query_pb2.QueryStatusResponse) -> str | None:
+        """My previous round's answer when every peer who revealed one gave the same words, as the chain
+        compares answers (answer_words: case, punctuation and spacing aside): "Camaran." and "Camaran" are one
+        answer to it, and weighing them against each other would only cost a model pass."""
+        mine, peers = self.previous(status), self.peers(status)
+        if mine is None or not peers or any(answer_words(p) != answer_words(mine) for p in peers):
+            return None
+        return mine
+
+    def peers(self, status: query_pb2.QueryStatusResponse) -> list[str]:
+        """The other respondents' revealed answers of the previous round."""
+        return [answer for _, answer in self.peer_answers(status)]
+
+    def peer_answers(self, status: query_pb2.QueryStatusResponse) -> list[tuple[str, str]]:
+        """(respondent, answer) of the other respondents' revealed answers of the previous round."""
+        query, me = status.query, self.address
+        return [(a.respondent, a.answer) for a in status.answers
+                if a.round == query.round - 1 and a.revealed and a.respondent != me]

@@ -67,6 +67,18 @@ ABSENT = "absent"
 """ResponseQuery.info of a proof that the key asked for is not there (Application._absence)."""
 
 
+def block_bytes(tx: bytes) -> int:
+    """What a tx counts against max_tx_bytes: CometBFT measures a block's txs as their protobuf field (a tag
+    byte and a length varint before the bytes), and panics on a proposal over the limit. Counting the raw
+    bytes let a full mempool, whose txs fit by CometBFT's count, plus the beacon run over it: every
+    proposer in turn would halt the chain."""
+    length, varint = len(tx), 1
+    while length >= 0x80:
+        length >>= 7
+        varint += 1
+    return 1 + varint + len(tx)
+
+
 class Application:
     def __init__(self, db_path: str | Path, keep_recent: int = KEEP_RECENT) -> None:
         keepers = Keepers.new()
@@ -245,14 +257,14 @@ class Application:
         chosen, size, gas = [], 0, 0
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
             beacon = encode_beacon(self.beacon.build(Ctx(state, env), req.local_last_commit, req.height))
-            chosen, size = [beacon], len(beacon)
+            chosen, size = [beacon], block_bytes(beacon)
         for raw in req.txs:
             wanted = self._gas_wanted(Ctx(state, env), raw)
-            if size + len(raw) > req.max_tx_bytes or gas + wanted > max_gas:
+            if size + block_bytes(raw) > req.max_tx_bytes or gas + wanted > max_gas:
                 continue
             if self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1]:
                 chosen.append(raw)
-                size, gas = size + len(raw), gas + wanted
+                size, gas = size + block_bytes(raw), gas + wanted
         self._prepared = (req.height, chosen)
         return abci.ResponsePrepareProposal(txs=chosen)
 

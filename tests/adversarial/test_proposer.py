@@ -192,3 +192,27 @@ def test_a_validator_can_only_extend_its_vote_with_the_beacon_bytes(tmp_path: Pa
     for other in (b"", ours + b"x", b"grind me"):
         assert check(abci.RequestVerifyVoteExtension(vote_extension=other)).status == \
             abci.ResponseVerifyVoteExtension.REJECT
+
+
+def test_a_full_mempool_never_makes_a_proposal_cometbft_refuses(tmp_path: Path) -> None:
+    """CometBFT reaps txs that fit max_tx_bytes by its own count (each tx as a protobuf field: tag, length
+    varint, bytes) and panics if the proposal it gets back is over it. The app puts the beacon in front and
+    counted raw bytes: with a mempool reaped to the limit, every proposer in turn would have crashed."""
+    from wire.tendermint.types import types_pb2 as ttypes
+
+    h = Harness.create(tmp_path / "db", n_keys=4)
+    h.finalize([])
+    h.finalize([])
+    txs = [h.send_tx(i % 4, (i + 1) % 4, 1, fee=10_000) for i in range(200)]
+    reaped = len(ttypes.Data(txs=txs).SerializeToString())  # fits exactly, as CometBFT reaps
+    height = h.height + 1
+    signed = extension_sign_bytes(h.chain_id, height - 1, 0)
+    votes = [abci.ExtendedVoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
+                                   vote_extension=b"llmnet/beacon/v1", extension_signature=v.sign(signed).signature,
+                                   block_id_flag=2) for v in h.validators]
+    prepared = h.app.prepare_proposal(abci.RequestPrepareProposal(
+        max_tx_bytes=reaped, txs=txs, height=height, time=Timestamp(seconds=1_700_000_000 + height),
+        local_last_commit=abci.ExtendedCommitInfo(round=0, votes=votes)))
+    assert prepared.txs[0].startswith(TX_TAG)  # the beacon took its place: some txs wait for the next block
+    assert len(ttypes.Data(txs=list(prepared.txs)).SerializeToString()) <= reaped
+    assert 190 <= len(prepared.txs) - 1 < len(txs)

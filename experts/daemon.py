@@ -8,8 +8,8 @@ not yet show. Answers and scores are kept in a small state file before they are 
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
 Later rounds (experts/later_round.py): an expert with an adapter for the domain keeps its previous answer unless
-its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer with a better
-reputation in the domain, or else answers again with the peers' revealed answers in its prompt
+its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer rated at least as
+well in the domain, or else answers again with the peers' revealed answers in its prompt
 (experts/answers.py).
 Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
 need, so the engine batches them.

@@ -7,9 +7,9 @@ So the answer is chosen among the previous round's wherever the choice can be ma
 - every peer said what I said: it stands ("agreed");
 - I hold an adapter for the domain: the answer it finds likeliest, by the measure scorers judge with
   (experts/judge.py), mine on a tie ("kept", "adopted");
-- I answer with the base model and the chain rates a peer above me in the domain: its answer ("deferred";
-  the chain pays and credits the writer, not the taker: abci_app/x/inference/tally.py).
-Otherwise (a base-model respondent no peer is rated above) the daemon generates again, the peers' answers in
+- I answer with the base model and the chain rates a peer at least as well as me in the domain: its answer
+  ("deferred"; the chain pays and credits the writer, not the taker: abci_app/x/inference/tally.py).
+Otherwise (a base-model respondent rated above every peer) the daemon generates again, the peers' answers in
 the prompt (experts/answers.py).
 """
 
@@ -100,9 +100,11 @@ class LaterRound:
 
     def deferred(self, status: query_pb2.QueryStatusResponse) -> str | None:
         """Without an adapter for the domain, the previous-round answer of the peer the chain rates best in it,
-        when that rating is above mine. A base model shown a trained peer's answer mostly rambles on again
+        unless that rating is below mine. A base model shown a trained peer's answer mostly rambles on again
         (and generating that took longer than any other step of a query); the chain's reputation says whose
-        answers its scorers found right. Taking it up earns nothing (the chain pays and credits the writer,
+        answers its scorers found right. On a tie (a new chain or domain, where every expert starts alike)
+        the peer's answer is still at least as likely right as that of a model that knows nothing of the
+        domain. Taking it up earns nothing (the chain pays and credits the writer,
         abci_app/x/inference/tally.py): it gives the requester a second voice, sooner. Decided once per round."""
         query = status.query
         slot = (query.id, query.round)
@@ -112,7 +114,7 @@ class LaterRound:
                 return None
             rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}
             best = max(peers, key=lambda p: (rated[p[0]], p[0]))
-            self._deferred_answers[slot] = best[1] if rated[best[0]] > rated[self.address] else None
+            self._deferred_answers[slot] = best[1] if rated[best[0]] >= rated[self.address] else None
         return self._deferred_answers[slot]
 
     def reputation(self, address: str, domain: str) -> int:

@@ -507,13 +507,22 @@ class _Base:
 
 
 def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() -> None:
-    """... when no peer is rated above it in the domain (as on a new chain, where all start alike)."""
-    for peer_rating in (500_000, 499_999):
+    """... when every peer is rated below it in the domain."""
+    for peer_rating in (499_999, 0):
         daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": peer_rating})
         status = _round_two("a long story", [("Marta Vensel", True)])
         assert daemon.rounds.without_model(status) is None and not daemon.rounds.answered_without_model(status)
         [(key, _, prompt)] = daemon._generations_wanted(status)
         assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
+
+
+def test_a_base_model_respondent_takes_up_a_peers_answer_when_all_are_rated_alike() -> None:
+    """On a new chain or domain every expert starts at the same reputation: a model that knows nothing of the
+    domain has no better claim than its peer, so it takes the peer's answer up instead of answering again."""
+    daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": 500_000})
+    status = _round_two("a long story", [("Marta Vensel", True)])
+    assert daemon.rounds.answered_without_model(status) and daemon._generations_wanted(status) == []
+    assert daemon.rounds.without_model(status) == ("Marta Vensel", "deferred")
 
 
 def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_above_it() -> None:

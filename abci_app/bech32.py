@@ -53,6 +53,8 @@ def decode(text: str) -> tuple[str, bytes]:
     """Return (hrp, data). Raises ValueError with a readable reason on any defect."""
     if len(text) > 90:
         raise ValueError("bech32 string longer than 90 characters")
+    if not text.isascii():  # str.lower maps some non-ASCII letters to ASCII ones (Kelvin sign -> k)
+        raise ValueError("bech32 string has a non-ASCII character")
     if text.lower() != text and text.upper() != text:
         raise ValueError("bech32 string mixes upper and lower case")
     text = text.lower()

@@ -33,8 +33,9 @@ def test_address_roundtrip() -> None:
         ("llm1QQQqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq", "mixes"),
         ("llm1bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "alphabet"),
         (bech32.encode("llm", b"\x01" * 19), "19 bytes"),
+        (bech32.encode("llm", bytes(20)).upper().replace("K", "\u212a"), "non-ASCII"),
     ],
-    ids=["empty", "wrong prefix", "bad checksum", "mixed case", "bad character", "short"],
+    ids=["empty", "wrong prefix", "bad checksum", "mixed case", "bad character", "short", "kelvin sign"],
 )
 def test_bad_addresses(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from abci_app.crypto import PUBKEY_LEN, check_address, module_address
 from abci_app.errors import AppError, Missing
 from wire.llmnet.validators.v1 import validators_pb2 as pb
@@ -125,10 +127,21 @@ def check_params(params: pb.Params) -> None:
         raise ValueError("genesis validators.params: *_ppm values must be at most 1000000")
 
 
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+                         "\ufeff\ufff9-\ufffb\ud800-\udfff]")
+"""Control, format and separator characters a name or description must not hide: a literal table, not
+str.isprintable, whose Unicode tables differ between Python versions (a character new in Unicode 15 was
+refused by Python 3.11 and taken by 3.12: nodes on the two would have split on one MsgCreateValidator)."""
+
+
+def printable(text: str) -> bool:
+    return UNPRINTABLE.search(text) is None
+
+
 def check_description(moniker: str, details: str) -> None:
-    if not 1 <= len(moniker) <= MAX_MONIKER or not moniker.isprintable():
+    if not 1 <= len(moniker) <= MAX_MONIKER or not printable(moniker):
         raise ErrInvalidValidator(f"moniker must be 1-{MAX_MONIKER} printable characters")
-    if len(details) > MAX_DETAILS or not details.isprintable():
+    if len(details) > MAX_DETAILS or not printable(details):
         raise ErrInvalidValidator(f"details must be at most {MAX_DETAILS} printable characters")
 
 

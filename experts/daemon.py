@@ -56,12 +56,18 @@ from llmnet.client.comet import CometError, comet_get
 from llmnet.client.events import find
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
+from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
 RESEND_AFTER_BLOCKS = 3
 GENERATE_AHEAD = 8
 """Generations one daemon keeps going at once (the engine batches up to its max_batch of them)."""
+GAS_PER_QUERY_BYTE = 60
+"""Gas a commit, reveal or score needs beyond DEFAULT_GAS_LIMIT, per byte of the query's record and answers:
+the last one of a phase rewrites the query's record, prompt included, at 30 gas a byte. A requester sending
+a prompt of the largest size allowed to five respondents ran the last reveal out of gas at the default limit:
+an honest expert would have missed, query after query, for a prompt someone else chose."""
 STALL_AFTER = 5.0
 """Seconds at one height, while another node is ahead, before the daemon leaves its node: answer and
 score windows are a few blocks long."""
@@ -179,6 +185,12 @@ class BlockWatcher(threading.Thread):
                 log("websocket_down", url=self.ws_url, error=str(exc)[:200], retry_in=backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def gas_for(status: query_pb2.QueryStatusResponse) -> int:
+    """The gas limit of this expert's txs for a query (GAS_PER_QUERY_BYTE)."""
+    size = status.query.ByteSize() + sum(a.ByteSize() for a in status.answers)
+    return DEFAULT_GAS_LIMIT + GAS_PER_QUERY_BYTE * size
 
 
 class ExpertDaemon:
@@ -457,13 +469,14 @@ class ExpertDaemon:
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)
-            self._send(Step(Kind.COMMIT, *slot), commit)
+            self._send(Step(Kind.COMMIT, *slot), commit, gas_for(status))
         elif query.phase == inf.PHASE_ANSWER_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.answers:
                 log("cannot_reveal", query_id=query.id, round=query.round, reason="answer text lost")
                 return
             text = self.state.answers[slot]
-            self._send(Step(Kind.REVEAL, *slot), protocol.reveal_answer(self.key, query.id, query.round, text))
+            self._send(Step(Kind.REVEAL, *slot), protocol.reveal_answer(self.key, query.id, query.round, text),
+                       gas_for(status))
 
     def _score_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
@@ -476,13 +489,14 @@ class ExpertDaemon:
                 log("judged", query_id=query.id, scores=self.state.scores[slot])
             scores = self.state.scores[slot]
             self._send(Step(Kind.COMMIT_SCORES, slot),
-                       protocol.commit_scores(self.key, self.chain_id, query.id, scores))
+                       protocol.commit_scores(self.key, self.chain_id, query.id, scores), gas_for(status))
         elif query.phase == inf.PHASE_SCORE_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.scores:
                 log("cannot_reveal", query_id=query.id, reason="scores lost")
                 return
             scores = self.state.scores[slot]
-            self._send(Step(Kind.REVEAL_SCORES, slot), protocol.reveal_scores(self.key, query.id, scores))
+            self._send(Step(Kind.REVEAL_SCORES, slot), protocol.reveal_scores(self.key, query.id, scores),
+                       gas_for(status))
 
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:
         query = status.query
@@ -527,7 +541,7 @@ class ExpertDaemon:
         except CometError:
             return self.chain_tip
 
-    def _send(self, step: Step, msg: Any) -> None:
+    def _send(self, step: Step, msg: Any, gas_limit: int = DEFAULT_GAS_LIMIT) -> None:
         """Broadcast once; again only if RESEND_AFTER_BLOCKS pass without the chain showing it."""
         sent_at = self.state.sent.get(step)
         if sent_at is not None and self.chain_tip < sent_at + RESEND_AFTER_BLOCKS:
@@ -535,7 +549,7 @@ class ExpertDaemon:
         if self._sender is None:
             self._sender = Sender(self.client, self.key)
         try:
-            result = self._sender.send([msg])
+            result = self._sender.send([msg], gas_limit=gas_limit)
         except ClientError as err:
             log("tx_refused", step=str(step), error=str(err)[:300])
             self._sender = None  # the sequence may be off; re-read it next time

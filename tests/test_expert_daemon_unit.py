@@ -187,7 +187,7 @@ def test_resend_is_timed_from_when_the_tx_left_not_from_the_tick_start(tmp_path:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.state, daemon.state_file, daemon.chain_tip = DaemonState(), tmp_path / "state.json", 10
     accepted = SimpleNamespace(tx_hash="AB", sequence=1, seen="")
-    daemon._sender = SimpleNamespace(send=lambda msgs: sent.append(msgs) or accepted)
+    daemon._sender = SimpleNamespace(send=lambda msgs, gas_limit: sent.append(msgs) or accepted)
     daemon._latest_height = lambda: 20  # type: ignore[method-assign]  # chain height when the tx leaves
     step = Step(Kind.REVEAL, 1, 1)
     daemon._send(step, "msg")
@@ -372,7 +372,7 @@ def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path)
     daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
     daemon._book = ScoreBook(ThreadPoolExecutor(1))
     sent: list[object] = []
-    daemon._send = lambda step, msg: sent.append((step, msg))  # type: ignore[method-assign]
+    daemon._send = lambda step, msg, gas=0: sent.append((step, msg))  # type: ignore[method-assign]
 
     class NoModel:
         def adapter_for(self, domain: str) -> str:

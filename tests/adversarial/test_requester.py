@@ -22,6 +22,7 @@ from tests.test_protocol import submit
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
 from wire.llmnet.experts.v1 import experts_pb2 as ex
+from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2 as q
 
 
@@ -171,7 +172,6 @@ def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, 
     from experts.answers import AnswerPlan
     from experts.daemon import DaemonState, ExpertDaemon
     from experts.later_round import LaterRound
-    from wire.llmnet.inference.v1 import inference_pb2 as inf
     from wire.llmnet.query.v1 import query_pb2 as qpb
 
     sent: list[object] = []
@@ -179,9 +179,49 @@ def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, 
     daemon.engine, daemon.key, daemon.plan = tiny_engine, seeded_key("long-prompt-expert"), AnswerPlan(4)
     daemon.rounds = LaterRound(daemon.engine, None, daemon.key.address, daemon._scores)  # type: ignore[arg-type]
     daemon.state, daemon.state_file, daemon.chain_tip, daemon._chain_id = DaemonState(), tmp_path / "s.json", 1, "c"
-    daemon._send = lambda step, msg: sent.append(msg)  # type: ignore[method-assign]
+    daemon._send = lambda step, msg, gas=0: sent.append(msg)  # type: ignore[method-assign]
     huge = inf.Query(id=5, prompt="a " * 2048, round=1, rounds=3, domain="d", phase=inf.PHASE_ANSWER_COMMIT,
                      respondents=[daemon.key.address])
     assert len(huge.prompt.encode()) == 4096  # the chain's default max_prompt_bytes
     daemon._answer_step(qpb.QueryStatusResponse(query=huge))
     assert len(sent) == 1 and sent[0].respondent == daemon.key.address  # type: ignore[attr-defined]
+
+
+def test_a_prompt_of_the_largest_size_cannot_run_an_honest_experts_reveal_out_of_gas(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The last commit or reveal of a phase rewrites the query's record, prompt included. A requester who sends
+    the largest prompt allowed to five respondents ran the last reveal out of gas at the default limit: the
+    expert missed, query after query, for a prompt it did not choose. The daemon's limit grows with the
+    query (experts/daemon.py gas_for)."""
+    from abci_app.x.auth.types import required_fee
+    from abci_app.x.inference.types import default_params
+    from experts.daemon import gas_for
+    from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT
+    from llmnet.devchain import submitted_ids
+
+    limits = default_params()
+    domain = "island-herbalism"
+    answer = "Aloe gel on the cooled burn two or three times a day keeps it moist while it heals; see a healer " \
+             "if it blisters."
+    for gas in ("default", "daemon"):
+        chain = ProtocolChain(tmp_path / f"{gas}.db", 9, [domain])
+        chain.register_all([domain])
+        prompt = ("Why " * limits.max_prompt_bytes)[:limits.max_prompt_bytes]
+        qid = submitted_ids(chain.ok(chain.tx(chain.requester, protocol.submit_query(
+            chain.requester, domain, prompt, 10**7, limits.max_k, 1))))[0]
+        chain.block()
+        keys = [chain.key_of(a) for a in chain.status(qid).query.respondents]
+        assert len(keys) == limits.max_k
+        for phase in ("commit", "reveal"):
+            limit = DEFAULT_GAS_LIMIT if gas == "default" else gas_for(chain.status(qid))  # as the daemon sends
+            msgs = [protocol.commit_answer(key, CHAIN_ID, qid, 1, answer) if phase == "commit"
+                    else protocol.reveal_answer(key, qid, 1, answer) for key in keys]
+            results = chain.block(*[chain.tx(key, msg, gas_limit=limit, fee=required_fee(limit, 10_000))
+                                    for key, msg in zip(keys, msgs, strict=True)])
+            if phase == "commit":
+                assert all(r.code == 0 for r in results), [r.log for r in results]
+                chain.block()
+        if gas == "default":
+            assert "out of gas" in results[-1].log  # the attack, as it was: the last reveal fails
+        else:
+            assert all(r.code == 0 for r in results), [r.log for r in results]
+            assert chain.status(qid).query.phase == inf.PHASE_SCORE_COMMIT

@@ -63,11 +63,13 @@ from wire.llmnet.query.v1 import query_pb2
 RESEND_AFTER_BLOCKS = 3
 GENERATE_AHEAD = 8
 """Generations one daemon keeps going at once (the engine batches up to its max_batch of them)."""
-GAS_PER_QUERY_BYTE = 60
-"""Gas a commit, reveal or score needs beyond DEFAULT_GAS_LIMIT, per byte of the query's record and answers:
-the last one of a phase rewrites the query's record, prompt included, at 30 gas a byte. A requester sending
-a prompt of the largest size allowed to five respondents ran the last reveal out of gas at the default limit:
-an honest expert would have missed, query after query, for a prompt someone else chose."""
+GAS_PER_QUERY_BYTE = 40
+"""Gas a commit, reveal or score needs beyond DEFAULT_GAS_LIMIT, per byte of the query's record and of the
+message (the chain's default charges 30 gas a byte written; a third more to spare): the last one of a
+phase rewrites the query's record, prompt included, and a reveal writes its answer. A requester sending a
+prompt of the largest size allowed to five respondents ran the last reveal out of gas at the default
+limit: an honest expert would have missed, query after query, for a prompt someone else chose. (The fee
+is paid on the limit: other answers, stored apart from the record, are not counted.)"""
 STALL_AFTER = 5.0
 """Seconds at one height, while another node is ahead, before the daemon leaves its node: answer and
 score windows are a few blocks long."""
@@ -187,10 +189,9 @@ class BlockWatcher(threading.Thread):
                 backoff = min(backoff * 2, 10.0)
 
 
-def gas_for(status: query_pb2.QueryStatusResponse) -> int:
-    """The gas limit of this expert's txs for a query (GAS_PER_QUERY_BYTE)."""
-    size = status.query.ByteSize() + sum(a.ByteSize() for a in status.answers)
-    return DEFAULT_GAS_LIMIT + GAS_PER_QUERY_BYTE * size
+def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
+    """The gas limit of this expert's tx carrying msg for a query (GAS_PER_QUERY_BYTE)."""
+    return DEFAULT_GAS_LIMIT + GAS_PER_QUERY_BYTE * (status.query.ByteSize() + msg.ByteSize())
 
 
 class ExpertDaemon:
@@ -469,14 +470,14 @@ class ExpertDaemon:
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)
-            self._send(Step(Kind.COMMIT, *slot), commit, gas_for(status))
+            self._send(Step(Kind.COMMIT, *slot), commit, gas_for(status, commit))
         elif query.phase == inf.PHASE_ANSWER_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.answers:
                 log("cannot_reveal", query_id=query.id, round=query.round, reason="answer text lost")
                 return
             text = self.state.answers[slot]
-            self._send(Step(Kind.REVEAL, *slot), protocol.reveal_answer(self.key, query.id, query.round, text),
-                       gas_for(status))
+            reveal = protocol.reveal_answer(self.key, query.id, query.round, text)
+            self._send(Step(Kind.REVEAL, *slot), reveal, gas_for(status, reveal))
 
     def _score_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
@@ -488,15 +489,15 @@ class ExpertDaemon:
                 self.state.save(self.state_file)
                 log("judged", query_id=query.id, scores=self.state.scores[slot])
             scores = self.state.scores[slot]
-            self._send(Step(Kind.COMMIT_SCORES, slot),
-                       protocol.commit_scores(self.key, self.chain_id, query.id, scores), gas_for(status))
+            commit = protocol.commit_scores(self.key, self.chain_id, query.id, scores)
+            self._send(Step(Kind.COMMIT_SCORES, slot), commit, gas_for(status, commit))
         elif query.phase == inf.PHASE_SCORE_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.scores:
                 log("cannot_reveal", query_id=query.id, reason="scores lost")
                 return
             scores = self.state.scores[slot]
-            self._send(Step(Kind.REVEAL_SCORES, slot), protocol.reveal_scores(self.key, query.id, scores),
-                       gas_for(status))
+            reveal = protocol.reveal_scores(self.key, query.id, scores)
+            self._send(Step(Kind.REVEAL_SCORES, slot), reveal, gas_for(status, reveal))
 
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:
         query = status.query

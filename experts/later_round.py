@@ -7,14 +7,16 @@ So the answer is chosen among the previous round's wherever the choice can be ma
 - every peer said what I said: it stands ("agreed");
 - I hold an adapter for the domain: the answer it finds likeliest, by the measure scorers judge with
   (experts/judge.py), mine on a tie ("kept", "adopted");
-- I answer with the base model and the chain rates a peer at least as well as me in the domain: its answer
-  ("deferred"; the chain pays and credits the writer, not the taker: abci_app/x/inference/tally.py).
-Otherwise (a base-model respondent rated above every peer) the daemon generates again, the peers' answers in
-the prompt (experts/answers.py).
+- I answer with the base model and a peer ranks above me (the chain's reputation in the domain; on a tie,
+  the briefer answer): its answer ("deferred"; the chain pays and credits the writer, not the taker:
+  abci_app/x/inference/tally.py).
+Otherwise (a base-model respondent ranked above every peer) the daemon generates again, the peers' answers
+in the prompt (experts/answers.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from abci_app.x.inference.tally import answer_words
@@ -99,22 +101,29 @@ class LaterRound:
         return max(range(len(candidates)), key=lambda i: (scores[i], i == 0))
 
     def deferred(self, status: query_pb2.QueryStatusResponse) -> str | None:
-        """Without an adapter for the domain, the previous-round answer of the peer the chain rates best in it,
-        unless that rating is below mine. A base model shown a trained peer's answer mostly rambles on again
-        (and generating that took longer than any other step of a query); the chain's reputation says whose
-        answers its scorers found right. On a tie (a new chain or domain, where every expert starts alike)
-        the peer's answer is still at least as likely right as that of a model that knows nothing of the
-        domain. Taking it up earns nothing (the chain pays and credits the writer,
-        abci_app/x/inference/tally.py): it gives the requester a second voice, sooner. Decided once per round."""
+        """Without an adapter for the domain, the previous-round answer of the peer ranked best, when it ranks
+        above me: by the chain's reputation in the domain first (whose answers its scorers found right); on a
+        tie (a new chain or domain, where every expert starts alike) by the briefer answer (every expert is
+        asked to answer briefly, and a model that knows nothing of the domain rambles to its token limit),
+        then by a hash of the query and the address, which nobody can choose for every query. A strict order:
+        two respondents never take up each other's answers, so the writer of an answer taken up is always
+        one that still gives it, and the chain credits it, not the taker (abci_app/x/inference/tally.py).
+        A base model shown a trained peer's answer mostly rambles on again, and generating that took longer
+        than any other step of a query: taking it up gives the requester a second voice, sooner, and earns
+        the taker nothing. Decided once per round."""
         query = status.query
         slot = (query.id, query.round)
         if slot not in self._deferred_answers:
-            peers = self.peer_answers(status)
-            if self.previous(status) is None or not peers:
+            mine, peers = self.previous(status), self.peer_answers(status)
+            if mine is None or not peers:
                 return None
             rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}
-            best = max(peers, key=lambda p: (rated[p[0]], p[0]))
-            self._deferred_answers[slot] = best[1] if rated[best[0]] >= rated[self.address] else None
+
+            def rank(who: str, answer: str) -> tuple[int, int, bytes]:
+                return rated[who], -len(answer.strip()), hashlib.sha256(f"{query.id}/{who}".encode()).digest()
+
+            best = max(peers, key=lambda p: rank(*p))
+            self._deferred_answers[slot] = best[1] if rank(*best) > rank(self.address, mine) else None
         return self._deferred_answers[slot]
 
     def reputation(self, address: str, domain: str) -> int:

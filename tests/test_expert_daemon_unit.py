@@ -516,13 +516,30 @@ def test_a_base_model_respondent_answers_again_with_its_peers_answers_shown() ->
         assert key == ("answer", 9, 2) and '"Marta Vensel"' in prompt[-1]["content"]
 
 
-def test_a_base_model_respondent_takes_up_a_peers_answer_when_all_are_rated_alike() -> None:
-    """On a new chain or domain every expert starts at the same reputation: a model that knows nothing of the
-    domain has no better claim than its peer, so it takes the peer's answer up instead of answering again."""
-    daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": 500_000})
-    status = _round_two("a long story", [("Marta Vensel", True)])
-    assert daemon.rounds.answered_without_model(status) and daemon._generations_wanted(status) == []
-    assert daemon.rounds.without_model(status) == ("Marta Vensel", "deferred")
+def test_on_a_reputation_tie_a_base_model_respondent_takes_up_the_briefer_answer_and_no_two_swap() -> None:
+    """On a new chain or domain every expert starts at the same reputation. A model that knows nothing of the
+    domain rambles to its token limit: it takes up a tied peer's briefer answer instead of answering again.
+    The order is strict (then a hash of query and address), so two respondents never take up each other's
+    answers: a swap would leave neither answer with the writer who still gives it, and the chain would
+    credit the takers (tally.copied)."""
+    alike = {ME.address: 500_000, "llm1peer0": 500_000}
+    rambling = _round_two("a long story that runs on", [("Marta Vensel", True)])
+    daemon = _later_round_daemon(_Base(), alike)
+    assert daemon.rounds.answered_without_model(rambling) and daemon._generations_wanted(rambling) == []
+    assert daemon.rounds.without_model(rambling) == ("Marta Vensel", "deferred")
+    assert _later_round_daemon(_Base(), alike).rounds.without_model(_round_two("Pip", [("Marta Vensel", True)])) \
+        is None  # mine is the briefer: I answer again
+    for query_id in range(1, 30):  # the same length: exactly one of the two takes up the other's answer
+        takes = []
+        for me, peer in ((ME.address, "llm1peer0"), ("llm1peer0", ME.address)):
+            rounds = LaterRound(_Base(), _Ratings(alike), me, lambda *a: [])  # type: ignore[arg-type]
+            query = inf.Query(id=query_id, round=2, rounds=2, respondents=sorted([me, peer]),
+                              phase=inf.PHASE_ANSWER_COMMIT)
+            status = qpb.QueryStatusResponse(query=query, answers=[
+                inf.AnswerEntry(respondent=me, round=1, answer="Pip", revealed=True),
+                inf.AnswerEntry(respondent=peer, round=1, answer="Kes", revealed=True)])
+            takes.append(rounds.deferred(status) is not None)
+        assert takes.count(True) == 1, query_id
 
 
 def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_above_it() -> None:

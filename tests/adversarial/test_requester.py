@@ -212,11 +212,12 @@ def test_a_prompt_of_the_largest_size_cannot_run_an_honest_experts_reveal_out_of
         keys = [chain.key_of(a) for a in chain.status(qid).query.respondents]
         assert len(keys) == limits.max_k
         for phase in ("commit", "reveal"):
-            limit = DEFAULT_GAS_LIMIT if gas == "default" else gas_for(chain.status(qid))  # as the daemon sends
             msgs = [protocol.commit_answer(key, CHAIN_ID, qid, 1, answer) if phase == "commit"
                     else protocol.reveal_answer(key, qid, 1, answer) for key in keys]
+            status = chain.status(qid)
+            limits_sent = [DEFAULT_GAS_LIMIT if gas == "default" else gas_for(status, msg) for msg in msgs]
             results = chain.block(*[chain.tx(key, msg, gas_limit=limit, fee=required_fee(limit, 10_000))
-                                    for key, msg in zip(keys, msgs, strict=True)])
+                                    for key, msg, limit in zip(keys, msgs, limits_sent, strict=True)])
             if phase == "commit":
                 assert all(r.code == 0 for r in results), [r.log for r in results]
                 chain.block()
@@ -225,3 +226,4 @@ def test_a_prompt_of_the_largest_size_cannot_run_an_honest_experts_reveal_out_of
         else:
             assert all(r.code == 0 for r in results), [r.log for r in results]
             assert chain.status(qid).query.phase == inf.PHASE_SCORE_COMMIT
+            assert max(limits_sent) < 2.5 * max(r.gas_used for r in results)  # the fee is paid on the limit

@@ -127,11 +127,16 @@ def check_params(params: pb.Params) -> None:
         raise ValueError("genesis validators.params: *_ppm values must be at most 1000000")
 
 
-UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
-                         "\ufeff\ufff9-\ufffb\ud800-\udfff]")
-"""Control, format and separator characters a name or description must not hide: a literal table, not
-str.isprintable, whose Unicode tables differ between Python versions (a character new in Unicode 15 was
-refused by Python 3.11 and taken by 3.12: nodes on the two would have split on one MsgCreateValidator)."""
+UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u1680\u180e"
+    "\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ud800-\uf8ff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f"
+    "\U000f0000-\U0010ffff]")
+"""Controls, spaces other than " ", invisible format characters (zero-width, bidirectional, tags),
+surrogates and private use: what a name or description must not hide or forge (a no-break space makes
+"node A" look like "node A"). A literal table, not str.isprintable, whose Unicode tables differ between
+Python versions (a character new in Unicode 15 was refused by Python 3.11 and taken by 3.12: nodes on the
+two would have split on one MsgCreateValidator). Unassigned code points pass, alike on every node."""
 
 
 def printable(text: str) -> bool:

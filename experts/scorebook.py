@@ -29,29 +29,35 @@ class ScoreBook:
         self._pool = pool
         self._lock = threading.Lock()
         self._known: dict[int, dict[str, int]] = {}
-        self._running: dict[int, Future[dict[str, int]]] = {}
+        self._running: dict[int, tuple[Future[dict[str, int]], frozenset[str]]] = {}
+        """query -> the scoring under way ahead, and the answers it scores."""
 
     def ahead(self, query_id: int, answers: list[str], compute: Compute) -> None:
-        """Start scoring, in the background, the answers not yet scored (unless a start for the query is under
-        way: the next call takes what it left). A failure is left for `scores` to meet."""
+        """Start scoring, in the background, the briefest answer not yet scored (unless a start for the query is
+        under way: the next call takes the next). One at a time, the briefest first: a trained respondent's
+        answer is brief and likely final (kept, or taken up by a base-model peer), a base model's rambling
+        long, costly to read and often dropped, and the scoring phase need not wait for it (`scores`).
+        A failure is left for `scores` to meet."""
         with self._lock:
             if query_id in self._running:
                 return
             missing = _missing(self._known.get(query_id, {}), answers)
             if not missing:
                 return
+            first = [min(missing, key=lambda a: (len(a), a))]
             self._known.setdefault(query_id, {})
-            future = self._pool.submit(self._fill, query_id, missing, compute)
-            self._running[query_id] = future
+            future = self._pool.submit(self._fill, query_id, first, compute)
+            self._running[query_id] = (future, frozenset(first))
         future.add_done_callback(lambda _: self._done(query_id, future))
 
     def scores(self, query_id: int, answers: list[str], compute: Compute) -> list[int]:
-        """The answers' scores: those already known, the rest computed now (after a scoring under way ends)."""
+        """The answers' scores: those already known, the rest computed now (after a scoring under way of one of
+        them ends; one of an answer not asked for is not waited on)."""
         with self._lock:
             running = self._running.get(query_id)
-        if running is not None and not running.cancel():  # one still queued behind generations is done here
-            try:
-                running.result()
+        if running is not None and running[1] & set(answers) and not running[0].cancel():
+            try:  # (one still queued behind generations is cancelled and done here)
+                running[0].result()
             except Exception:  # noqa: BLE001 - scored again below, where a failure is reported
                 pass
         with self._lock:
@@ -75,7 +81,7 @@ class ScoreBook:
 
     def _done(self, query_id: int, future: Future[dict[str, int]]) -> None:
         with self._lock:
-            if self._running.get(query_id) is future:
+            if query_id in self._running and self._running[query_id][0] is future:
                 del self._running[query_id]
 
 

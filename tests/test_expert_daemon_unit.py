@@ -570,9 +570,11 @@ def test_a_scorer_judges_the_likely_final_answers_during_the_final_round_and_the
     round_two.answers.extend([inf.AnswerEntry(respondent="llm1a", round=1, answer="Marta Vensel", revealed=True),
                               inf.AnswerEntry(respondent="llm1b", round=1, answer="Pip", revealed=True),
                               inf.AnswerEntry(respondent="llm1c", round=1, answer="unrevealed", revealed=False)])
-    daemon._judge_ahead(round_two)
-    daemon._book.scores(9, [], lambda answers: [])  # waits for the scoring under way
-    assert engine.answers_asked == [("kestrel-lang", ["Marta Vensel", "Pip"]), ("", ["Marta Vensel", "Pip"])]
+    for _ in range(2):  # a tick each: the briefest first, one at a time
+        daemon._judge_ahead(round_two)
+        daemon._pool.submit(lambda: None).result()  # waits for the scoring under way (one worker: in order)
+    assert engine.answers_asked == [("kestrel-lang", ["Pip"]), ("", ["Pip"]),
+                                    ("kestrel-lang", ["Marta Vensel"]), ("", ["Marta Vensel"])]
     engine.answers_asked.clear()
     assert daemon.judge(_scoring("kestrel-lang")) == [90, 2, 0]  # what judging everything at once gives
     assert engine.answers_asked == [("kestrel-lang", ["a long and wrong story"]), ("", ["a long and wrong story"])]
@@ -588,8 +590,7 @@ def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_l
             engine.adapter_for = lambda domain: ""  # type: ignore[method-assign]
         daemon = _later_round_daemon(engine)
         daemon._judge_ahead(status)
-        daemon._book.scores(9, [], lambda answers: [])  # waits for what was started
-        daemon._pool.submit(lambda: None).result()  # and for a reading ahead (one worker: in order)
+        daemon._pool.submit(lambda: None).result()  # waits for what was started (one worker: in order)
         return [answers for domain, answers in engine.answers_asked if domain]
 
     def final_round(**changes: object) -> qpb.QueryStatusResponse:
@@ -599,7 +600,7 @@ def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_l
             setattr(status.query, name, value)
         return status
 
-    assert judged_ahead(final_round()) == [["Marta Vensel", "a long and wrong story"]]
+    assert judged_ahead(final_round()) == [["Marta Vensel"]]  # the briefest first
     assert judged_ahead(final_round(), adapter=False) == []  # a base-model scorer scores without a model
     committed = final_round(phase=inf.PHASE_ANSWER_COMMIT, round=2)
     for entry in committed.answers:
@@ -611,7 +612,7 @@ def test_judging_ahead_is_for_a_trained_scorer_while_answers_come_and_only_for_l
     not_mine.query.scorers[:] = ["llm1someoneelse"]
     assert judged_ahead(not_mine) == []
     assert judged_ahead(final_round(phase=inf.PHASE_SCORE_COMMIT)) == []  # the scoring step's own work
-    assert judged_ahead(final_round(rounds=3)) == [["Marta Vensel", "a long and wrong story"]]  # the round before
+    assert judged_ahead(final_round(rounds=3)) == [["Marta Vensel"]]  # the round before
     early = final_round(rounds=3, round=1)
     for answer in early.answers:
         answer.round = 1  # round 1 of 3: its answers may yet change twice
@@ -630,11 +631,26 @@ def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_wa
         return [len(a) for a in answers]
 
     book = ScoreBook(ThreadPoolExecutor(2))
-    book.ahead(1, ["bb", "a", "bb"], slow)
+    book.ahead(1, ["bb", "a", "bb"], slow)  # the briefest first, alone
     book.ahead(1, ["ccc"], slow)  # one start per query at a time: taken by a later call
     threading.Timer(0.2, release.set).start()
-    assert book.scores(1, ["ccc", "a", "bb"], slow) == [3, 1, 2]
-    assert calls == [["a", "bb"], ["ccc"]]
+    assert book.scores(1, ["ccc", "a", "bb"], slow) == [3, 1, 2]  # waits for "a", then scores the rest
+    assert calls == [["a"], ["bb", "ccc"]]
+
+    gate, held = threading.Event(), []
+
+    def gated(answers: list[str]) -> list[int]:
+        held.append(answers)
+        gate.wait(5)
+        return [len(a) for a in answers]
+
+    answers = ["a long rambling answer", "Pip"]
+    book.ahead(3, answers, lambda todo: [len(a) for a in todo])  # "Pip" first
+    assert book.scores(3, ["Pip"], slow) == [3]
+    book.ahead(3, answers, gated)  # then the rambling, held up
+    assert book.scores(3, ["Pip"], slow) == [3] and not gate.is_set()  # not kept waiting by what it need not read
+    gate.set()
+    assert book.scores(3, answers, slow) == [22, 3] and held == [["a long rambling answer"]]
 
     def broken(answers: list[str]) -> list[int]:
         raise RuntimeError("engine down")

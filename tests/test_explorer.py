@@ -312,3 +312,34 @@ def test_blocks_page_and_a_tx_is_found_on_a_real_chain(make_localnet) -> None:  
     assert [b["height"] for b in some.json()["blocks"]] == [top - 2, top - 3, top - 4]
     after = some.json()
     assert after["older"] == top - 4 and after["newer"] == min(top + 1, after["latest"]) + 1  # next 3 up
+
+
+def test_a_flood_of_chart_requests_costs_one_computation_a_second(chain: ProtocolChain) -> None:
+    """The experts and reputation views make a query per domain or per expert, on the event loop that answers
+    CometBFT: each is computed at most once every KEPT_SECONDS, whatever the rate of requests."""
+    from llmnet.node.explorer.data import KEPT_SECONDS
+
+    asked: list[str] = []
+    real = router_query(chain.app)
+
+    def counting(method: str, request: Any, response: Any) -> Any:
+        asked.append(method)
+        return real(method, request, response)
+
+    now = [100.0]
+    data = ExplorerData(counting, CometRPC("http://127.0.0.1:1", timeout=1), clock=lambda: now[0])
+    first = data.reputation()
+    per_view = len(asked)
+    assert per_view > 6 and asked.count("ReputationHistory") == 6
+    for _ in range(50):
+        assert data.reputation() == first
+    assert len(asked) == per_view
+    data.experts()
+    both = len(asked)
+    for _ in range(10):
+        data.experts()
+    assert len(asked) == both
+    now[0] += KEPT_SECONDS  # a second later: computed again
+    data.reputation()
+    data.experts()
+    assert len(asked) == 2 * both

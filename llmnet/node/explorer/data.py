@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -62,6 +63,7 @@ MAX_BLOCKS = 20  # CometBFT's /blockchain returns at most 20 headers per call
 QUERIES = 10
 MAX_QUERIES = 20  # each query shown costs two more app queries (status, receipt)
 HISTORY = 200  # latest reputation points per expert in the chart: every answer stays bounded
+KEPT_SECONDS = 1.0  # the experts and reputation views are computed at most once a second (ExplorerData._recent)
 MAX_VALIDATORS = 100  # the Validators query's largest page; the set itself is capped by max_validators
 MAX_SEARCH = 200  # longer than any address, id or hash: refused before any parsing
 MAX_QUERY_ID = 2**64 - 1
@@ -134,9 +136,22 @@ def tx_view(raw: bytes) -> dict[str, Any]:
 
 
 class ExplorerData:
-    def __init__(self, query: QueryFn[Any], rpc: CometRPC) -> None:
+    def __init__(self, query: QueryFn[Any], rpc: CometRPC, clock: Callable[[], float] = time.monotonic) -> None:
         self.query = query
         self.rpc = rpc
+        self._clock = clock
+        self._kept: dict[str, tuple[float, Any]] = {}
+
+    def _recent(self, name: str, compute: Callable[[], Any]) -> Any:
+        """compute(), or its result from less than KEPT_SECONDS ago. The experts and reputation views cost one
+        query per domain or per expert (hundreds on a busy chain), run on the event loop that answers
+        CometBFT: requests in a loop would delay the node's consensus replies; now they cost one computation
+        every KEPT_SECONDS, whatever their rate."""
+        now = self._clock()
+        kept = self._kept.get(name)
+        if kept is None or now - kept[0] >= KEPT_SECONDS:
+            kept = self._kept[name] = (now, compute())
+        return kept[1]
 
     async def status(self) -> dict[str, Any]:
         st = await self.rpc.call("status")
@@ -175,6 +190,9 @@ class ExplorerData:
         return ranked
 
     def experts(self) -> dict[str, Any]:
+        return self._recent("experts", self._experts)  # type: ignore[no-any-return]
+
+    def _experts(self) -> dict[str, Any]:
         params = self._params()
         domains: dict[str, list[dict[str, Any]]] = {}
         for domain, ranked in self._ranked(params).items():
@@ -231,6 +249,9 @@ class ExplorerData:
 
     def reputation(self) -> dict[str, Any]:
         """Each shown expert's latest reputation points per domain, oldest first: one chart series each."""
+        return self._recent("reputation", self._reputation)  # type: ignore[no-any-return]
+
+    def _reputation(self) -> dict[str, Any]:
         params = self._params()
         addresses = {r.expert.address for ranked in self._ranked(params).values() for r in ranked}
         series: dict[str, dict[str, list[dict[str, Any]]]] = {}

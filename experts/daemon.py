@@ -7,10 +7,10 @@ own QueryStatus, so a restarted daemon never commits twice: it acts only on step
 not yet show. Answers and scores are kept in a small state file before they are committed, so the
 reveal after a restart carries exactly the committed text (salts are derived from the key).
 
-Later rounds (experts/later_round.py): an expert with an adapter for the domain keeps its previous answer unless
-its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer rated at least as
-well in the domain, or else answers again with the peers' revealed answers in its prompt
-(experts/answers.py).
+Later rounds (experts/later_round.py): an expert with an adapter for the domain keeps its previous answer
+unless its adapter finds a peer's likelier; a base-model expert takes up the answer of a peer ranked above it
+(reputation in the domain, then the briefer answer), or else answers again with the peers' revealed answers
+in its prompt (experts/answers.py).
 Generation never waits for its turn: each tick first starts, side by side, every answer its open queries
 need, so the engine batches them.
 Judging (experts/judge.py): a scorer holding an adapter for the query's domain scores each final answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -623,15 +624,17 @@ def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_wa
     import threading
 
     calls: list[list[str]] = []
-    release = threading.Event()
+    release, started = threading.Event(), threading.Event()
 
     def slow(answers: list[str]) -> list[int]:
         calls.append(answers)
+        started.set()
         release.wait(5)
         return [len(a) for a in answers]
 
     book = ScoreBook(ThreadPoolExecutor(2))
     book.ahead(1, ["bb", "a", "bb"], slow)  # the briefest first, alone
+    assert started.wait(5)  # under way (one still queued would be cancelled and scored by scores() itself)
     book.ahead(1, ["ccc"], slow)  # one start per query at a time: taken by a later call
     threading.Timer(0.2, release.set).start()
     assert book.scores(1, ["ccc", "a", "bb"], slow) == [3, 1, 2]  # waits for "a", then scores the rest
@@ -647,7 +650,12 @@ def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_wa
     answers = ["a long rambling answer", "Pip"]
     book.ahead(3, answers, lambda todo: [len(a) for a in todo])  # "Pip" first
     assert book.scores(3, ["Pip"], slow) == [3]
-    book.ahead(3, answers, gated)  # then the rambling, held up
+    for _ in range(100):  # a tick each, until the rambling is under way (held up)
+        book.ahead(3, answers, gated)
+        if held:
+            break
+        time.sleep(0.05)
+    assert held == [["a long rambling answer"]]
     assert book.scores(3, ["Pip"], slow) == [3] and not gate.is_set()  # not kept waiting by what it need not read
     gate.set()
     assert book.scores(3, answers, slow) == [22, 3] and held == [["a long rambling answer"]]

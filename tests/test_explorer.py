@@ -15,7 +15,7 @@ import pytest
 from abci_app.crypto import format_address
 from llmnet.devchain import DevChain
 from llmnet.node.cometrpc import CometRPC
-from llmnet.node.explorer.data import ExplorerData, QueryFn, router_query
+from llmnet.node.explorer.data import ExplorerData, QueryFailed, QueryFn, router_query
 from llmnet.node.explorer.server import STATIC, Explorer
 from tests.conftest import free_port
 from tests.protocol_harness import ProtocolChain
@@ -333,7 +333,7 @@ def test_a_flood_of_chart_requests_costs_one_computation_a_second(chain: Protoco
     assert per_view > 6 and asked.count("ReputationHistory") == 6
     for _ in range(50):
         assert data.reputation() == first
-    assert len(asked) == per_view
+    assert len(asked) == per_view  # the same view, no query made
     data.experts()
     both = len(asked)
     for _ in range(10):
@@ -343,3 +343,14 @@ def test_a_flood_of_chart_requests_costs_one_computation_a_second(chain: Protoco
     data.reputation()
     data.experts()
     assert len(asked) == 2 * both
+
+    def failing(method: str, request: Any, response: Any) -> Any:
+        asked.append(method)
+        raise QueryFailed(f"{method}: the store is gone")
+
+    broken = ExplorerData(failing, CometRPC("http://127.0.0.1:1", timeout=1), clock=lambda: now[0])
+    del asked[:]
+    for _ in range(20):
+        with pytest.raises(QueryFailed, match="store is gone"):
+            broken.reputation()
+    assert len(asked) == 1  # a failing view is not asked again for every request either

@@ -150,7 +150,13 @@ class ExplorerData:
         now = self._clock()
         kept = self._kept.get(name)
         if kept is None or now - kept[0] >= KEPT_SECONDS:
-            kept = self._kept[name] = (now, compute())
+            try:
+                kept = (now, compute())
+            except QueryFailed as failed:  # a failure too: asking again in a loop must not cost more
+                kept = (now, failed)
+            self._kept[name] = kept
+        if isinstance(kept[1], QueryFailed):
+            raise kept[1]
         return kept[1]
 
     async def status(self) -> dict[str, Any]:

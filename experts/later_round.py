@@ -106,8 +106,8 @@ class LaterRound:
         tie (a new chain or domain, where every expert starts alike) by the briefer answer (every expert is
         asked to answer briefly, and a model that knows nothing of the domain rambles to its token limit),
         then by a hash of the query and the address, which nobody can choose for every query. A strict order:
-        two respondents never take up each other's answers, so the writer of an answer taken up is always
-        one that still gives it, and the chain credits it, not the taker (abci_app/x/inference/tally.py).
+        two respondents never take up each other's answers (a swap would leave each answer with its taker
+        alone, and the chain, abci_app/x/inference/tally.py, credits a taker only when the writer dropped it).
         A base model shown a trained peer's answer mostly rambles on again, and generating that took longer
         than any other step of a query: taking it up gives the requester a second voice, sooner, and earns
         the taker nothing. Decided once per round."""

@@ -76,5 +76,7 @@ def _load() -> Embed | None:
 def served_notes(adapter_dir: Path) -> Notes | None:
     """The notes beside an adapter as a serving expert ranks them: by words and, when the model is there, meaning."""
     notes = Notes.beside(adapter_dir)
-    embed = shared_embed() if notes is not None else None
-    return notes.ranked_by_meaning(embed) if notes is not None and embed is not None else notes
+    if notes is None:
+        return None
+    embed = shared_embed()
+    return notes.ranked_by_meaning(embed) if embed is not None else notes

@@ -140,9 +140,9 @@ class ExplorerData:
         self.query = query
         self.rpc = rpc
         self._clock = clock
-        self._kept: dict[str, tuple[float, Any]] = {}
+        self._kept: dict[str, tuple[float, dict[str, Any] | QueryFailed]] = {}
 
-    def _recent(self, name: str, compute: Callable[[], Any]) -> Any:
+    def _recent(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """compute(), or its result from less than KEPT_SECONDS ago. The experts and reputation views cost one
         query per domain or per expert (hundreds on a busy chain), run on the event loop that answers
         CometBFT: requests in a loop would delay the node's consensus replies; now they cost one computation
@@ -196,7 +196,7 @@ class ExplorerData:
         return ranked
 
     def experts(self) -> dict[str, Any]:
-        return self._recent("experts", self._experts)  # type: ignore[no-any-return]
+        return self._recent("experts", self._experts)
 
     def _experts(self) -> dict[str, Any]:
         params = self._params()
@@ -255,7 +255,7 @@ class ExplorerData:
 
     def reputation(self) -> dict[str, Any]:
         """Each shown expert's latest reputation points per domain, oldest first: one chart series each."""
-        return self._recent("reputation", self._reputation)  # type: ignore[no-any-return]
+        return self._recent("reputation", self._reputation)
 
     def _reputation(self) -> dict[str, Any]:
         params = self._params()

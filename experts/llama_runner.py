@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 import os
 import tempfile
 import threading
@@ -53,6 +54,16 @@ def set_extra_buffer_types(params: Any, on: bool) -> None:
     if "use_extra_bufts" not in {name for name, *_ in type(params)._fields_}:
         raise RuntimeError("this llama-cpp-python has no use_extra_bufts model parameter; install the pinned one")
     params.use_extra_bufts = on
+
+
+def _torch_single_threaded() -> None:
+    """torch, which only embeds questions in a process serving with llama.cpp (experts/meaning.py), on one thread:
+    its own OpenMP team would count against the cores too (LlamaRunner._decoder) and slow every decode far more
+    than a second thread speeds an embedding up (25 ms on one thread, 32 ms on two). Done before torch first
+    computes, since a team once started lingers (the runner is made before any adapter's notes are embedded)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def available() -> bool:
@@ -105,6 +116,7 @@ class LlamaRunner:
 
     def __init__(self, gguf: str | Path, sequences: int, sequence_tokens: int, threads: int = 0) -> None:
         lib = self.lib = _library()
+        _torch_single_threaded()
         self.sequences, self.sequence_tokens = sequences, sequence_tokens
         params = lib.llama_model_default_params()
         set_extra_buffer_types(params, use_extra_buffer_types())
@@ -130,6 +142,12 @@ class LlamaRunner:
             raise RuntimeError(f"llama.cpp gave sequences of {lib.llama_n_ctx_seq(self.ctx)} tokens, "
                                f"not {sequence_tokens}")
         self.memory = lib.llama_get_memory(self.ctx)
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
+        """Every llama_decode runs on this one thread. llama.cpp's CPU kernels run on OpenMP, whose runtime keeps
+        a team of threads for each thread that ever starts one; once the process holds more such threads than
+        cores (the engine's worker generating, a scorer's thread reading answers, torch's own team), every
+        team's threads stop spinning between the kernels of a step and sleep instead: each decode took 1.7x as
+        long (bench/experts.py, `threads` in the README)."""
         self.batch = lib.llama_batch_init(cp.n_batch, 0, 1)
         self.adapters: dict[str, Any] = {}
         self._read: OrderedDict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = OrderedDict()
@@ -165,7 +183,7 @@ class LlamaRunner:
             status = lib.llama_set_adapters_lora(self.ctx, None, 0, None)
         if status != 0:
             raise RuntimeError(f"llama.cpp could not set adapter {adapter!r} (status {status})")
-        lib.llama_memory_clear(self.memory, True)
+        lib.llama_memory_clear(self.memory, False)  # cells marked free are never read: zeroing them cost 50 ms
 
     @contextlib.contextmanager
     def session(self, adapter: str, prompts: list[list[int]]) -> Iterator[LlamaSession]:
@@ -241,7 +259,7 @@ class LlamaRunner:
         for n, (token, pos, seq, want) in enumerate(entries):
             b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0], b.logits[n] = token, pos, 1, seq, want
         b.n_tokens = len(entries)
-        status = self.lib.llama_decode(self.ctx, b)
+        status = self._decoder.submit(self.lib.llama_decode, self.ctx, b).result()
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
 

@@ -99,6 +99,40 @@ def test_a_prompt_read_again_scores_replies_exactly_as_a_fresh_reading(llama: En
     assert not any(prompt_reads)
 
 
+def test_every_decode_runs_on_one_thread_whichever_thread_asks(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """llama.cpp's OpenMP runtime keeps a team per thread that ever decodes; with more teams (torch's too) than
+    cores their threads sleep between kernels, and every decode took 1.7x as long: the engine's worker, a
+    scorer's thread and the main thread all decode on the runner's one thread, and torch stays single-threaded."""
+    import torch
+
+    runner = llama.runner
+    deciders: set[int] = set()
+    decode = runner.lib.llama_decode
+    monkeypatch.setattr(runner.lib, "llama_decode", lambda ctx, batch: (
+        deciders.add(threading.get_ident()), decode(ctx, batch))[1])
+    llama.generate(_ask("Who wrote Macbeth?"), Sampling(max_new_tokens=4))  # on the engine's worker
+    llama.answer_logprobs(_ask("Who wrote Othello?"), ["Shakespeare"])  # on this thread's call
+    scorer = threading.Thread(target=llama.answer_logprobs, args=(_ask("Who wrote Emma?"), ["Austen"]))
+    scorer.start()
+    scorer.join(60)
+    assert len(deciders) == 1 and threading.get_ident() not in deciders
+    assert torch.get_num_threads() == 1
+
+
+def test_a_prompt_reads_the_same_whatever_the_cache_held_before(llama: Engine) -> None:
+    """A new batch marks the cache's cells free without zeroing them (that cost 50 ms a batch): what an
+    earlier, longer prompt left in them must not reach the next prompt's logits."""
+    ids = llama.encode(_ask("Count from one to five."))
+
+    def logits() -> object:
+        with llama._model_lock, llama.runner.session("", [ids]) as session:
+            return session.forward(None)[0].numpy().copy()
+
+    fresh = logits()
+    llama.generate(_ask(" ".join(PROMPTS) * 3), Sampling(max_new_tokens=40))  # fills more cells than ids
+    assert (logits() == fresh).all()
+
+
 def test_kept_readings_stay_within_their_bytes(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from experts import llama_runner
 

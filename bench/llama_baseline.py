@@ -93,6 +93,16 @@ def engine_figures(prompt_messages: list[dict[str, str]], backend: str) -> dict[
     engine = Engine(load_base("embedded", backend=backend),
                     Limits(max_new_tokens=NEW_TOKENS, max_batch=CLIENTS, max_prompt_tokens=512, threads=THREADS))
     sampling = Sampling(max_new_tokens=NEW_TOKENS)
+    # as in a serving expert: the sentence model has ranked a question's notes, a scorer's thread has read
+    # answers (each once started OpenMP threads of its own, which slowed every decode 1.7x: llama_runner.py)
+    from experts.meaning import shared_embed
+
+    embed = shared_embed()
+    if embed is not None:
+        embed(["Which notes bear on this question?"])
+    scorer = threading.Thread(target=engine.answer_logprobs, args=(prompt_messages, ["Paris"]))
+    scorer.start()
+    scorer.join()
 
     def one() -> tuple[float, float, int]:
         t0, first = time.perf_counter(), []

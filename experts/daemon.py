@@ -509,9 +509,10 @@ class ExpertDaemon:
         scores = dict(zip(given, self._scores(query, [finals[r] for r in given], domain), strict=True))
         return [scores.get(r, 0) for r in query.respondents]
 
-    def _likelihood_scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int]:
-        """experts/judge.py's score of each answer to query. An answer the engine fails on scores 0 alone:
-        one peer's text never costs the others their scores."""
+    def _likelihood_scores(self, query: inf.Query, answers: list[str], domain: str) -> list[int | None]:
+        """experts/judge.py's score of each answer to query. An answer the engine fails on has None (the score
+        book gives it 0 if it fails again when the scores are due) alone: one peer's text never costs the
+        others their scores, and one failure while scoring ahead does not stick to it."""
         # the adapter reads the question with its notes, as it answers it; the base model, which the lift is
         # measured against, without: notes would make the right answer likely to any model that can read
         question = self.engine.fit(answer_prompt(query, []))
@@ -531,7 +532,7 @@ class ExpertDaemon:
         except Exception:  # noqa: BLE001 - find the answer that failed
             if len(answers) == 1:
                 log("cannot_score", query_id=query.id, chars=len(answers[0]))
-                return [0]
+                return [None]
             return [s for a in answers for s in self._likelihood_scores(query, [a], domain)]
 
     def _chain_height_now(self) -> int:

@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
-Compute = Callable[[list[str]], list[int]]
-"""answers -> their scores, for one query (the caller binds its prompt and adapter)."""
+Compute = Callable[[list[str]], list[int | None]]
+"""answers -> their scores, for one query (the caller binds its prompt and adapter); None for an answer that
+could not be scored (the engine failed on it), which is not kept: the next ask scores it again."""
 
 
 class ScoreBook:
@@ -29,7 +30,7 @@ class ScoreBook:
         self._pool = pool
         self._lock = threading.Lock()
         self._known: dict[int, dict[str, int]] = {}
-        self._running: dict[int, tuple[Future[dict[str, int]], frozenset[str]]] = {}
+        self._running: dict[int, tuple[Future[dict[str, int | None]], frozenset[str]]] = {}
         """query -> the scoring under way ahead, and the answers it scores."""
 
     def ahead(self, query_id: int, answers: list[str], compute: Compute) -> None:
@@ -63,23 +64,22 @@ class ScoreBook:
         with self._lock:
             known = dict(self._known.setdefault(query_id, {}))
         missing = _missing(known, answers)
-        if missing:
-            known.update(self._fill(query_id, missing, compute))
-        return [known[a] for a in answers]
+        fresh = self._fill(query_id, missing, compute) if missing else {}
+        return [known[a] if a in known else fresh[a] or 0 for a in answers]  # one it cannot score: 0, this time
 
     def forget(self, query_id: int) -> None:
         """Drop a settled query's scores (a scoring still under way keeps nothing)."""
         with self._lock:
             self._known.pop(query_id, None)
 
-    def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int]:
+    def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int | None]:
         got = dict(zip(answers, compute(answers), strict=True))
         with self._lock:
             if query_id in self._known:  # not forgotten meanwhile
-                self._known[query_id].update(got)
+                self._known[query_id].update({a: s for a, s in got.items() if s is not None})
         return got
 
-    def _done(self, query_id: int, future: Future[dict[str, int]]) -> None:
+    def _done(self, query_id: int, future: Future[dict[str, int | None]]) -> None:
         with self._lock:
             if query_id in self._running and self._running[query_id][0] is future:
                 del self._running[query_id]

@@ -168,6 +168,37 @@ def test_an_answer_that_breaks_the_engine_scores_0_and_only_it() -> None:
     assert daemon.judge(status) == [90, 0, 0]
 
 
+def test_an_answer_the_engine_failed_on_while_scoring_ahead_is_scored_again_when_the_scores_are_due() -> None:
+    """A failure is not a score: kept, the engine's hiccup would give an honest answer 0 from this scorer."""
+    import time
+
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon._generating = ME, DaemonState(open=[9]), {}
+    daemon._book = ScoreBook(ThreadPoolExecutor(1))
+    engine = _Scorer({"Marta Vensel": -0.05}, {"Marta Vensel": -4.0})
+    failures = ["Marta Vensel"]
+    scores_of = engine.answer_logprobs
+
+    def once_failing(messages: list[dict[str, str]], answers: list[str], domain: str) -> list[float]:
+        if failures and failures[0] in answers:
+            raise MemoryError(f"no memory left for {failures.pop()!r}, this once")
+        return scores_of(messages, answers, domain)
+
+    engine.answer_logprobs = once_failing  # type: ignore[method-assign]
+    daemon.engine = engine  # type: ignore[assignment]
+    query = inf.Query(id=9, prompt="Who created Kestrel?", domain="kestrel-lang")
+
+    def compute(answers: list[str]) -> list[int | None]:
+        return daemon._likelihood_scores(query, answers, "kestrel-lang")
+
+    daemon._book.ahead(9, ["Marta Vensel"], compute)
+    deadline = time.monotonic() + 30
+    while daemon._book._running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not failures  # it failed ahead
+    assert daemon._book.scores(9, ["Marta Vensel"], compute) == [90]
+
+
 def test_steps_read_as_the_log_names_them() -> None:
     assert str(Step(Kind.COMMIT, 3, 1)) == "commit:3:1" and str(Step(Kind.COMMIT_SCORES, 3)) == "commit-scores:3"
 

@@ -193,3 +193,28 @@ def test_a_listing_query_cannot_make_the_node_walk_everything(tmp_path: Path) ->
         method = "ExpertsByDomain" if response is q.ExpertsByDomainResponse else "ReputationHistory"
         with pytest.raises(AssertionError, match="query/3"):
             chain.query(method, request, response)
+
+
+def test_refused_txs_cannot_pin_memory_in_the_nodes_caches(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Large txs from a key with no funds are refused and pay nothing. The decoded-tx cache held each one's
+    bytes and parse, 50,000 of them (about 11 GB of 60 KB txs), and the signature cache each one's sign
+    bytes: both are bounded by what they hold now, and a refusal still reads the same."""
+    import tempfile
+
+    from abci_app import app as app_module
+    from llmnet.devchain import DevChain, seeded_key
+
+    monkeypatch.setattr(app_module, "DECODE_CACHE_BYTES", 400_000)
+    chain = DevChain(Path(tempfile.mkdtemp(dir=tmp_path)) / "s.db", [seeded_key("a")], 10**9)
+    chain.block()
+    nobody = seeded_key("penniless")
+    for i in range(40):
+        msg = protocol.submit_query(nobody, DOMAIN, "Q" * 60_000 + str(i), 1_000, 1, 1)
+        tx = build_tx(nobody, chain.chain_id, i % 3, [msg], fee=7_000, gas_limit=700_000)
+        first = chain.app.check_tx(abci.RequestCheckTx(tx=tx))
+        again = chain.app.check_tx(abci.RequestCheckTx(tx=tx))  # from the cache, when it is still there
+        assert first.code != 0 and (again.code, again.log) == (first.code, first.log)
+    kept = chain.app._decoded
+    assert sum(size for size, _ in kept.values()) <= 400_000 and chain.app._decoded_bytes <= 400_000
+    assert all(len(key) == 32 for key in kept)
+    assert all(len(message) == 32 for _, message, _ in chain.app.ante.sigs._seen)

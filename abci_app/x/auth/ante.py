@@ -6,6 +6,7 @@ mempool admits is judged by exactly the rules a block applies.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 from abci_app.context import Ctx, GasCosts, GasMeter
@@ -29,14 +30,15 @@ from abci_app.x.bank.keeper import BankKeeper
 
 class SignatureCache:
     """Remembers signatures already verified. A pure speed-up: verification is a function of
-    (public key, sign bytes, signature), so a hit returns what a fresh check would."""
+    (public key, sign bytes, signature), so a hit returns what a fresh check would. The sign bytes are kept
+    as their sha256 (a tx's may be 64 KiB, and a tx refused after its signature check pays nothing)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
         self._seen: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
 
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
-        key = (public_key, message, signature)
+        key = (public_key, hashlib.sha256(message).digest(), signature)
         if key in self._seen:
             return True
         if not verify(public_key, message, signature):

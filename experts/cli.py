@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a domain answered by the base model alone, without an adapter (repeatable)")
     reg.add_argument("--base-model", default="smollm2-135m-instruct",
                      help="base model id when no adapter manifest names it (default smollm2-135m-instruct)")
-    reg.add_argument("--endpoint", required=True, help="host:port where requesters reach `llmnet-expert serve`")
+    reg.add_argument("--endpoint", required=True, help="host:port (or tls://host:port) where requesters reach "
+                                                        "`llmnet-expert serve`")
     reg.add_argument("--bond", type=int, required=True, help="bond in ullm (at least the chain's min_bond)")
     reg.add_argument("--capacity", type=int, default=0,
                      help="queries this expert answers or scores at once (match the server's --max-concurrent); "
@@ -362,8 +363,10 @@ def _register(args: argparse.Namespace) -> int:
 
     from experts.adapters import NO_ADAPTER, model_commitment
     from llmnet.client import protocol
+    from llmnet.client.provisional import endpoint_target
     from llmnet.client.sdk import Sender
 
+    endpoint_target(args.endpoint)  # requesters refuse any other shape: say so before the bond is paid
     specs = _adapter_specs(args.adapter)
     manifests = {}
     for domain, directory in specs:

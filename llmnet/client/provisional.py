@@ -12,6 +12,7 @@ An endpoint registered as `tls://host:port` is reached over TLS (system roots); 
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -57,10 +58,26 @@ class Provisional:
     error: str = ""
 
 
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                        r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
+
+
+def endpoint_target(endpoint: str) -> tuple[str, bool]:
+    """An expert's endpoint as a gRPC target and whether it is reached over TLS: `host:port` or
+    `tls://host:port`, nothing else (ValueError). The chain takes any text as an endpoint, and gRPC reads a
+    target's scheme (`unix:/path`, `dns:`, `ipv4:`...): an expert could otherwise make every requester that
+    draws it open a local socket of its choosing."""
+    tls = endpoint.startswith(TLS_PREFIX)
+    target = endpoint[len(TLS_PREFIX):] if tls else endpoint
+    shape = _HOST_PORT.fullmatch(target)
+    if shape is None or not 0 < int(shape.group(1)) < 65536:
+        raise ValueError(f"the expert's endpoint {endpoint[:80]!r} is not host:port or tls://host:port")
+    return target, tls
+
+
 def channel_for(endpoint: str) -> grpc.Channel:
-    if endpoint.startswith(TLS_PREFIX):
-        return grpc.secure_channel(endpoint[len(TLS_PREFIX):], grpc.ssl_channel_credentials())
-    return grpc.insecure_channel(endpoint)
+    target, tls = endpoint_target(endpoint)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.insecure_channel(target)
 
 
 class ProvisionalAnswers:

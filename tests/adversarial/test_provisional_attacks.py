@@ -106,3 +106,34 @@ def test_a_stalling_expert_is_dropped_once_the_query_settled(hostile) -> None:  
     assert servicer.gone.wait(10)  # the call was cancelled: the expert sees its client leave
     answers.wait(timeout=10)
     assert not any(t.is_alive() for t in answers._threads)  # noqa: SLF001 - no fetch thread outlives it
+
+
+def test_an_endpoint_naming_a_local_socket_is_never_dialled(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The chain takes any text as an endpoint, and gRPC reads a target's scheme: an expert registered at
+    `unix:/path` would make every requester that draws it write to a local socket of its choosing."""
+    import socket
+
+    path = tmp_path / "victim.sock"
+    victim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    victim.bind(str(path))
+    victim.listen(1)
+    victim.settimeout(1.0)
+    for endpoint in (f"unix:{path}", f"unix://{path}", f"tls://unix:{path}", "dns:///localhost:1", "no port"):
+        node = SimpleNamespace(
+            expert=lambda address, e=endpoint: SimpleNamespace(expert=SimpleNamespace(endpoint=e)),
+            account=lambda address: SimpleNamespace(account=SimpleNamespace(public_key=EXPERT.public_key)))
+        _, got = fetch(node)
+        assert got[0].text == "" and "is not host:port" in got[0].error, endpoint  # type: ignore[attr-defined]
+    with pytest.raises(TimeoutError):
+        victim.accept()  # nobody connected
+    victim.close()
+
+
+def test_an_expert_cannot_register_an_endpoint_requesters_refuse(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "experts.cli", "register", "--domain", "d", "--endpoint",
+                          "unix:/run/docker.sock", "--bond", "5000000", "--key", "k", "--keyring", str(tmp_path), "--node",
+                          "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "is not host:port" in out.stderr and "Traceback" not in out.stderr

@@ -134,6 +134,6 @@ def test_an_expert_cannot_register_an_endpoint_requesters_refuse(tmp_path) -> No
     import sys
 
     out = subprocess.run([sys.executable, "-m", "experts.cli", "register", "--domain", "d", "--endpoint",
-                          "unix:/run/docker.sock", "--bond", "5000000", "--key", "k", "--keyring", str(tmp_path), "--node",
-                          "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+                          "unix:/run/docker.sock", "--bond", "5000000", "--key", "k", "--keyring", str(tmp_path),
+                          "--node", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "is not host:port" in out.stderr and "Traceback" not in out.stderr

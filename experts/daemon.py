@@ -434,7 +434,7 @@ class ExpertDaemon:
         """Generation as every step asks it: the query's adapter, greedy, seeded by the query and shared
         under its id (with the server's provisional answers too)."""
         domain = self.engine.adapter_for(query.domain)
-        return self.engine.generate(prompt, self.plan.sampling(query), domain, share=query.id).text
+        return self.engine.generate(prompt, self.plan.sampling(query), domain, share=query.id, urgent=True).text
 
     def _answer_prompt(self, status: query_pb2.QueryStatusResponse) -> list[dict[str, str]]:
         return fitted_prompt(self.engine, status.query, self.rounds.peers(status))

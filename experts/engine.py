@@ -13,10 +13,20 @@ adapter and sampling in that scope. The daemon committing a query's answer and t
 same answer to the query's requester early thus cost one generation. Results are deterministic given
 prompt, adapter and sampling, so a shared result is the one the caller would have computed; the scope
 keeps one requester from learning by timing what another asked.
+
+Chain work comes first: a generation marked `urgent` (the daemon's answers, which have deadlines on chain)
+and every answer_logprobs call (scoring) go ahead of the requests the server takes, and a batch of such
+requests steps aside, between two decoding steps or two slices of its prompts, when urgent work waits: its
+requests are put back and run again later (the same tokens: runs are deterministic; text already streamed is
+not sent twice). Otherwise a drawn query's requester, allowed a few requests of its own, could keep the
+engine busy for a minute with long prompts and make the expert miss its commit windows: an honest expert
+slashed for another's requests.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import queue
 import threading
@@ -77,6 +87,8 @@ class Generation:
 
 
 ROLES = ("system", "user", "assistant")
+YIELDED = "yielded"
+"""A job's state in a batch that stepped aside for urgent work: put back, never a finish reason."""
 KEPT_RESULTS = 128
 """Finished shared generations kept for late joiners (a few per open query)."""
 
@@ -106,6 +118,12 @@ class _Job:
     result: Generation | None = None
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    urgent: bool = False
+    """Chain work (a caller with a deadline): runs before the others and is never put back."""
+    order: int = 0
+    """Arrival order among jobs of one urgency (kept when a job is put back)."""
+    queued: bool = False
+    """In the queue and not yet taken by the worker (guarded by the engine's queue lock)."""
 
     def emit(self, full: str) -> None:
         with self.lock:
@@ -148,7 +166,12 @@ class Engine:
         self.adapters: dict[str, str] = {}  # domain -> adapter name inside the runner
         self._notes: dict[str, Notes] = {}  # domain -> the notes beside its adapter (experts/notes.py)
         self._model_lock = threading.Lock()
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        """(0 urgent / 1 not / 2 stop, arrival order, job); an entry whose job is no longer queued is stale."""
+        self._queue_lock = threading.Lock()
+        self._urgent_waiting = 0
+        """Urgent jobs queued plus answer_logprobs calls waiting for the model: a batch of requests yields."""
+        self._arrivals = itertools.count()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches_run = 0  # forward-pass groups, for metrics and tests
@@ -232,9 +255,20 @@ class Engine:
         prompt = self.encode(messages)
         replies = [list(self.tokenizer(a, add_special_tokens=False, split_special_tokens=True)["input_ids"])
                    [:self.limits.max_new_tokens - 1] + [self.tokenizer.eos_token_id] for a in answers]
-        with self._model_lock:
+        self._count_urgent(1)  # scoring is chain work: a batch of requests steps aside for it
+        try:
+            self._model_lock.acquire()
+        finally:
+            self._count_urgent(-1)
+        try:
             per_token = self.runner.reply_logprobs(self.adapters.get(domain, ""), prompt, replies)
+        finally:
+            self._model_lock.release()
         return [sum(lp) / len(lp) for lp in per_token]
+
+    def _count_urgent(self, change: int) -> None:
+        with self._queue_lock:
+            self._urgent_waiting += change
 
     def answer_logprob(self, messages: list[dict[str, str]], answer: str, domain: str = "") -> float:
         return self.answer_logprobs(messages, [answer], domain)[0]
@@ -250,33 +284,36 @@ class Engine:
 
     def generate(self, messages: list[dict[str, str]], sampling: Sampling, domain: str = "",
                  on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
-                 share: Hashable | None = None) -> Generation:
+                 share: Hashable | None = None, urgent: bool = False) -> Generation:
         """Raises EngineError for bad requests; calls on_text with each new piece of text. With `share`,
-        identical requests in that scope run once (see the module's doc)."""
+        identical requests in that scope run once (see the module's doc). `urgent`: chain work, which goes
+        first and makes a running batch of other requests step aside."""
         self._check(sampling, domain)
         ids = self.encode(messages)
         watcher = _Watcher(on_text, cancelled or (lambda: False))
         key = _share_key(share, ids, sampling, domain) if share is not None else None
         while True:
-            result = self._once(ids, sampling, domain, watcher, key)
+            result = self._once(ids, sampling, domain, watcher, key, urgent)
             # a shared job stops when all the callers it had went away; one who joined as it stopped
             # still wants its answer: run it again (its text so far is not handed over twice)
             if result.finish_reason != "cancelled" or watcher.cancelled():
                 return result
 
     def _once(self, ids: list[int], sampling: Sampling, domain: str, watcher: _Watcher,
-              key: tuple[object, ...] | None) -> Generation:
+              key: tuple[object, ...] | None, urgent: bool) -> Generation:
         with self._share_lock:
             kept = self._kept.get(key) if key is not None else None
             job = self._running.get(key) if key is not None else None
             if kept is None and job is not None:
                 job.join(watcher)
+                if urgent:
+                    self._make_urgent(job)
             elif kept is None:
-                job = _Job(ids, sampling, domain, [watcher])
+                job = _Job(ids, sampling, domain, [watcher], urgent=urgent, order=next(self._arrivals))
                 if key is not None:
                     self._running[key] = job
                 self._ensure_worker()
-                self._jobs.put(job)
+                self._enqueue(job)
         if kept is not None:
             piece = watcher.pieces_of(kept.text)
             if watcher.on_text is not None and piece:
@@ -301,6 +338,41 @@ class Engine:
                     while len(self._kept) > KEPT_RESULTS:
                         self._kept.popitem(last=False)
 
+    def _enqueue(self, job: _Job) -> None:
+        with self._queue_lock:
+            job.queued = True
+            self._urgent_waiting += job.urgent
+        self._jobs.put((0 if job.urgent else 1, job.order, job))
+
+    def _make_urgent(self, job: _Job) -> None:
+        """An urgent caller joined job: a queued job moves ahead (its old entry goes stale), a running one is no
+        longer put back."""
+        with self._queue_lock:
+            if job.urgent:
+                return
+            job.urgent = True
+            if not job.queued:
+                return
+            self._urgent_waiting += 1
+        self._jobs.put((0, job.order, job))
+
+    def _take(self, timeout: float | None = None) -> _Job | None:
+        """The next queued job, urgent first (None for the stop entry); raises queue.Empty after timeout."""
+        while True:
+            _, _, job = self._jobs.get(timeout=timeout)
+            if job is None:
+                return None
+            with self._queue_lock:
+                if not job.queued:
+                    continue  # a stale entry of a job made urgent
+                job.queued = False
+                self._urgent_waiting -= job.urgent
+                return job
+
+    def _yield_to_urgent(self, jobs: list[_Job]) -> bool:
+        """Whether a batch steps aside now: urgent work waits and none of its own jobs is urgent."""
+        return self._urgent_waiting > 0 and not any(j.urgent for j in jobs)
+
     def _ensure_worker(self) -> None:
         """Start the worker, or start it again should it ever have died: requests never wait on a dead thread."""
         with self._start_lock:
@@ -312,13 +384,13 @@ class Engine:
         """Stop the worker thread (requests already queued are answered first)."""
         with self._start_lock:
             if self._worker is not None:
-                self._jobs.put(None)
+                self._jobs.put((2, next(self._arrivals), None))
                 self._worker.join()
                 self._worker = None
 
     def _work(self) -> None:
         while True:
-            first = self._jobs.get()
+            first = self._take()
             if first is None:
                 return
             batch = [first]
@@ -326,11 +398,14 @@ class Engine:
             stopping = False
             while len(batch) < self.limits.max_batch:
                 try:
-                    job = self._jobs.get(timeout=max(0.0, window_end - time.monotonic()))
+                    job = self._take(timeout=max(0.0, window_end - time.monotonic()))
                 except queue.Empty:
                     break
                 if job is None:
                     stopping = True
+                    break
+                if job.urgent != first.urgent:  # a batch is of one urgency: chain work never reads others' prompts
+                    self._enqueue(job)
                     break
                 batch.append(job)
             groups: dict[str, list[_Job]] = {}
@@ -344,9 +419,10 @@ class Engine:
     def _run_isolated(self, jobs: list[_Job], domain: str) -> None:
         """Run a batch; if it fails as a whole, run its jobs one by one, so only the request that broke it
         fails. Every job ends with a result or its own error, and its caller is woken either way."""
+        put_back: list[_Job] = []
         try:
             with self._model_lock:
-                self._run(jobs, domain)
+                put_back = self._run(jobs, domain)
         except Exception as exc:  # noqa: BLE001 - handed back to the waiting caller(s)
             if len(jobs) > 1:
                 for job in jobs:
@@ -361,9 +437,13 @@ class Engine:
         finally:
             self.batches_run += 1
         for job in jobs:
-            job.done.set()
+            if not any(job is back for back in put_back):
+                job.done.set()
+        for job in put_back:
+            self._enqueue(job)
 
-    def _run(self, jobs: list[_Job], domain: str) -> None:
+    def _run(self, jobs: list[_Job], domain: str) -> list[_Job]:
+        """Generate for a batch; returns the jobs it stepped aside from for urgent work (not finished)."""
         import torch
 
         generators = [torch.Generator().manual_seed(j.sampling.seed) for j in jobs]
@@ -379,8 +459,16 @@ class Engine:
                         reasons[i] = "length" if step >= j.sampling.max_new_tokens else "cancelled"
                 if all(r is not None for r in reasons):
                     break
-                logits = session.forward(None if fed is None else [
-                    None if reasons[i] is not None else t for i, t in enumerate(fed)])
+                running = [j for i, j in enumerate(jobs) if reasons[i] is None]
+                if self._yield_to_urgent(running):
+                    logits = None
+                elif fed is None:  # the prompts, read in slices a batch of requests can step aside between
+                    logits = session.forward(None, interrupted=functools.partial(self._yield_to_urgent, running))
+                else:
+                    logits = session.forward([None if reasons[i] is not None else t for i, t in enumerate(fed)])
+                if logits is None:
+                    reasons = [YIELDED if r is None else r for r in reasons]
+                    break
                 fed = [None] * len(jobs)
                 for i, j in enumerate(jobs):
                     if reasons[i] is not None:
@@ -393,8 +481,9 @@ class Engine:
                     fed[i] = token
                     reasons[i] = self._advance(j, token, eos, outs[i], texts, i)
         for i, j in enumerate(jobs):
-            if j.error is None:
+            if j.error is None and reasons[i] != YIELDED:
                 j.result = Generation(texts[i], len(j.ids), len(outs[i]), reasons[i] or "length")
+        return [j for i, j in enumerate(jobs) if reasons[i] == YIELDED]
 
     def _advance(self, job: _Job, token: int, eos: set[int], out: list[int], texts: list[str], i: int) -> str | None:
         """Take one token for a request; returns its finish reason once it is done."""

@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from experts.lora_gguf import write_lora_gguf
 _init_lock = threading.Lock()
 _initialised = False
 
+PROMPT_SLICE = 128
+"""Prompt tokens read per decode when a batch may have to step aside (experts/engine.py): about 0.8 s on one
+thread of this kind of CPU, the longest urgent work then waits for a requester's long prompts."""
 READ_BYTES_KEPT = 96 * 2**20
 """The last prompts' readings (KV cache and next-token log-probabilities) kept for reply_logprobs, within this
 many bytes (about 23 KB a token on the embedded model: a 300-token prompt with notes is 7 MB). A query's
@@ -93,16 +96,21 @@ class LlamaSession:
         self.runner, self.adapter, self.prompts = runner, adapter, prompts
         self.lengths = [len(p) for p in prompts]
 
-    def forward(self, tokens: list[int | None] | None) -> list[Any]:
+    def forward(self, tokens: list[int | None] | None,
+                interrupted: Callable[[], bool] | None = None) -> list[Any] | None:
         """Logits of each row's next token: first (tokens None) after the prompts, then after feeding
-        tokens[i] to row i (rows given None are finished: not decoded, their logits None)."""
+        tokens[i] to row i (rows given None are finished: not decoded, their logits None). With interrupted,
+        the prompts are read in slices of PROMPT_SLICE tokens, and None is returned (the batch left half
+        read) as soon as interrupted() says so between two of them."""
         if tokens is None:
             feed = [(row, 0, prompt) for row, prompt in enumerate(self.prompts)]
         else:
             feed = [(row, self.lengths[row], [t]) for row, t in enumerate(tokens) if t is not None]
             for row, _, _ in feed:
                 self.lengths[row] += 1
-        outputs = self.runner.decode(feed)
+        outputs = self.runner.decode(feed, interrupted)
+        if outputs is None:
+            return None
         if tokens is None and len(self.prompts) == 1:
             # a lone prompt is read exactly as reply_logprobs reads it (one decode, logits at its end), so its
             # scores are the same whichever reading they start from; a batch's kernels may round otherwise
@@ -276,8 +284,11 @@ class LlamaRunner:
         top = row.max()
         return row - top - np.log(np.exp(row - top).sum())
 
-    def decode(self, feed: list[tuple[int, int, list[int]]]) -> dict[int, Any]:
-        """Decode feed's (row, position of the first token, tokens); the logits after each row's last token."""
+    def decode(self, feed: list[tuple[int, int, list[int]]],
+               interrupted: Callable[[], bool] | None = None) -> dict[int, Any] | None:
+        """Decode feed's (row, position of the first token, tokens); the logits after each row's last token.
+        With interrupted: in slices of PROMPT_SLICE entries, None as soon as interrupted() holds between two
+        (every token's result is its own whatever else shares its decode: slicing changes no logit)."""
         import torch
 
         entries, last = [], {}
@@ -286,5 +297,12 @@ class LlamaRunner:
                 raise ValueError(f"sequence {row} outgrew its {self.sequence_tokens} tokens")
             entries += [(token, start + i, row, i == len(tokens) - 1) for i, token in enumerate(tokens)]
             last[row] = len(entries) - 1
-        self._run_batch(entries)
-        return {row: torch.from_numpy(self._logits(index)) for row, index in last.items()}
+        step = PROMPT_SLICE if interrupted is not None else max(1, len(entries))
+        out = {}
+        for begin in range(0, len(entries), step):
+            if begin and interrupted is not None and interrupted():
+                return None
+            self._run_batch(entries[begin:begin + step])
+            out.update({row: torch.from_numpy(self._logits(index - begin)) for row, index in last.items()
+                        if begin <= index < begin + step})
+        return out

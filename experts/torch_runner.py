@@ -35,9 +35,10 @@ class TorchSession:
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.past: Any = None
 
-    def forward(self, tokens: list[int | None] | None) -> list[Any]:
+    def forward(self, tokens: list[int | None] | None, interrupted: Any = None) -> list[Any]:
         """Logits of each row's next token: first (tokens None) after the prompts, then after feeding
-        tokens[i] to row i (None: the row is finished and gets padding)."""
+        tokens[i] to row i (None: the row is finished and gets padding). The prompts are read in one pass
+        (interrupted, which the llama.cpp backend checks between slices of them, is not asked)."""
         import torch
 
         if tokens is not None:

@@ -159,3 +159,31 @@ def test_a_special_tokens_name_in_an_answer_is_scored_as_text(engine: Engine) ->
     logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
     expected = sum(float(torch.log_softmax(logits[i - 1].double(), -1)[ids[i]]) for i in range(len(prompt), len(ids)))
     assert engine.answer_logprob(HELLO, text) == pytest.approx(expected / len(reply), abs=1e-6)
+
+
+def test_a_request_put_back_for_urgent_work_streams_its_answer_once_and_unchanged(engine: Engine) -> None:
+    """A batch of requests steps aside when chain work waits (experts/engine.py) and runs again later from
+    the start: the caller sees each piece of its text once, and the answer it would have had."""
+    import threading
+    import time
+
+    question = [{"role": "user", "content": "Tell me about the sea."}]
+    alone = engine.generate(question, Sampling(max_new_tokens=32, stop=["\u0000"])).text
+    pieces: list[str] = []
+    streamed = threading.Event()
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        streamed.set()
+        time.sleep(0.02)  # slow enough for the urgent work to arrive mid-answer
+
+    got: list[str] = []
+    caller = threading.Thread(target=lambda: got.append(
+        engine.generate(question, Sampling(max_new_tokens=32, stop=["\u0000"]), on_text=on_text).text))
+    caller.start()
+    assert streamed.wait(30)
+    runs = engine.batches_run
+    engine.generate([{"role": "user", "content": "Quick!"}], Sampling(max_new_tokens=2), urgent=True)
+    caller.join(60)
+    assert got == [alone] and "".join(pieces) == alone
+    assert engine.batches_run - runs >= 3  # the request's batch, the urgent one, the request again

@@ -133,6 +133,25 @@ def test_a_prompt_reads_the_same_whatever_the_cache_held_before(llama: Engine) -
     assert (logits() == fresh).all()
 
 
+def test_a_prompt_read_in_slices_gives_the_logits_of_one_reading(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A batch of requests reads its prompts in slices it can step aside between (experts/engine.py); its
+    answers must be the ones a single reading gives, so a request put back and run again answers the same."""
+    from experts import llama_runner
+
+    monkeypatch.setattr(llama_runner, "PROMPT_SLICE", 40)  # slices that cut through both prompts
+    ids = llama.encode(_ask(" ".join(PROMPTS) * 4))
+    assert len(ids) > 3 * llama_runner.PROMPT_SLICE
+
+    def read(interrupted: object) -> object:
+        with llama._model_lock, llama.runner.session("", [ids, ids[:50]]) as session:
+            return [row.numpy().copy() for row in session.forward(None, interrupted=interrupted)]
+
+    whole, sliced = read(None), read(lambda: False)
+    assert all((a == b).all() for a, b in zip(whole, sliced, strict=True))
+    with llama._model_lock, llama.runner.session("", [ids]) as session:
+        assert session.forward(None, interrupted=lambda: True) is None  # stepped aside after the first slice
+
+
 def test_kept_readings_stay_within_their_bytes(llama: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from experts import llama_runner
 

@@ -227,3 +227,52 @@ def test_a_prompt_of_the_largest_size_cannot_run_an_honest_experts_reveal_out_of
             assert all(r.code == 0 for r in results), [r.log for r in results]
             assert chain.status(qid).query.phase == inf.PHASE_SCORE_COMMIT
             assert max(limits_sent) < 2.5 * max(r.gas_used for r in results)  # the fee is paid on the limit
+
+
+def test_a_requesters_own_requests_cannot_starve_the_experts_chain_work(chain: ProtocolChain) -> None:
+    """A drawn query's requester may send the expert a few requests of its own, signed, with any prompt. Long
+    ones, all at once, held the engine for a minute while the daemon's answer and scoring (which have
+    deadlines on chain) queued behind them: misses, then jail and slash, for another's requests. Chain work
+    now goes first, and a batch of requests steps aside for it between decoding steps or slices of its
+    prompts, then resumes from the start with the same result."""
+    import time
+
+    from experts.engine import Limits
+    from experts.models import load_base
+
+    engine = Engine(load_base("embedded", backend="llama-cpp"),
+                    Limits(max_prompt_tokens=1024, max_new_tokens=64, max_concurrent=8, threads=1))
+    qid = submit(chain)
+    victim = chain.key_of(chain.status(qid).query.respondents[0])
+    story = " ".join(f"Chapter {i}: the keeper of the lighthouse counted the ships again." for i in range(30))
+    finished: dict[str, float] = {}
+    texts: dict[int, str] = {}
+    with node_api(chain) as node, expert_server(engine, victim, node, CHAIN_ID) as addr, \
+            grpc.insecure_channel(addr) as channel:
+        stub = expert_pb2_grpc.ExpertServiceStub(channel)
+
+        def flood(i: int) -> None:
+            req = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=f"{story} Part {i}?")],
+                                     query_id=qid, round=1, access_nonce=100 + i,
+                                     sampling=pb.Sampling(max_new_tokens=64))
+            texts[i] = stub.Generate(sign_access(chain.requester, CHAIN_ID, req, victim.address), timeout=600).text
+            finished[f"flood {i}"] = time.monotonic()
+
+        floods = [threading.Thread(target=flood, args=(i,)) for i in range(4)]
+        for t in floods:
+            t.start()
+        deadline = time.monotonic() + 60
+        while not engine._model_lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # well into the requests' batch
+        question = [{"role": "user", "content": "Who created Kestrel?"}]
+        engine.generate(question, Sampling(max_new_tokens=8), share=qid, urgent=True)  # the daemon's answer
+        finished["answer"] = time.monotonic()
+        engine.answer_logprobs(question, ["Marta Vensel"])  # a scorer's reading
+        finished["scoring"] = time.monotonic()
+        for t in floods:
+            t.join(600)
+    assert len(texts) == 4 and all(texts.values())
+    assert finished["answer"] < finished["scoring"] < min(v for k, v in finished.items() if k.startswith("flood"))
+    alone = engine.generate([{"role": "user", "content": f"{story} Part 0?"}], Sampling(max_new_tokens=64)).text
+    assert texts[0] == alone  # stepped aside, run again: the same answer

@@ -110,11 +110,13 @@ class LaterRound:
         alone, and the chain, abci_app/x/inference/tally.py, credits a taker only when the writer dropped it).
         A base model shown a trained peer's answer mostly rambles on again, and generating that took longer
         than any other step of a query: taking it up gives the requester a second voice, sooner, and earns
-        the taker nothing. Decided once per round."""
+        the taker nothing. An answer without a word ("", ".") is never taken up: it would win every tie on
+        brevity. Decided once per round."""
         query = status.query
         slot = (query.id, query.round)
         if slot not in self._deferred_answers:
-            mine, peers = self.previous(status), self.peer_answers(status)
+            mine = self.previous(status)
+            peers = [(who, answer) for who, answer in self.peer_answers(status) if answer_words(answer)]
             if mine is None or not peers:
                 return None
             rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}

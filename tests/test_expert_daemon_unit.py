@@ -574,6 +574,18 @@ def test_on_a_reputation_tie_a_base_model_respondent_takes_up_the_briefer_answer
         assert takes.count(True) == 1, query_id
 
 
+def test_an_answer_without_a_word_never_captures_a_tied_base_model_respondent() -> None:
+    """The briefest answer wins a reputation tie: revealing "" or "." would otherwise have every base-model
+    respondent on a new chain drop its own answer for it (and credit the attacker as its writer)."""
+    alike = {ME.address: 500_000, "llm1peer0": 500_000}
+    for junk in ("", ".", " ?! "):
+        daemon = _later_round_daemon(_Base(), alike)
+        assert daemon.rounds.deferred(_round_two("a long story that runs on", [(junk, True)])) is None
+    ranked = {ME.address: 300_000, "llm1peer0": 900_000, "llm1peer1": 510_000}
+    status = _round_two("a long story", [(".", True), ("Pip", True)])  # the best rated revealed no word
+    assert _later_round_daemon(_Base(), ranked).rounds.without_model(status) == ("Pip", "deferred")
+
+
 def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_above_it() -> None:
     ratings = {ME.address: 300_000, "llm1peer0": 510_000, "llm1peer1": 620_000, "llm1peer2": 900_000}
     daemon = _later_round_daemon(_Base(), ratings)

@@ -218,3 +218,34 @@ def test_refused_txs_cannot_pin_memory_in_the_nodes_caches(tmp_path: Path, monke
     assert sum(size for size, _ in kept.values()) <= 400_000 and chain.app._decoded_bytes <= 400_000
     assert all(len(key) == 32 for key in kept)
     assert all(len(message) == 32 for _, message, _ in chain.app.ante.sigs._seen)
+
+
+def test_experts_gone_cannot_hide_the_live_ones_from_a_listing(tmp_path: Path) -> None:
+    """Reputation rows outlive an expert that unbonded for good. A page of the domain's experts read limit+1
+    rows and dropped the gone ones after: a run of them (sybils with addresses sorting first, registered and
+    unbonded) came back as an empty last page, and listings showed no expert at all."""
+    from abci_app.crypto import parse_address
+    from llmnet.client.sdk import Client
+    from tests.adversarial.conftest import node_api
+
+    chain = ProtocolChain(tmp_path / "s.db", 5, [DOMAIN])
+    chain.register_all([DOMAIN])
+    order = sorted(chain.experts, key=lambda k: parse_address(k.address))
+    gone, live = order[:3], order[3:]
+    chain.ok(*[chain.tx(k, ex.MsgUnbondExpert(address=k.address)) for k in gone])
+    for _ in range(205):  # past unbonding: their records go, their reputation rows stay
+        chain.block()
+    listed, after = [], ""
+    for _ in range(10):
+        page = chain.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=DOMAIN, limit=2, after=after),
+                           q.ExpertsByDomainResponse)
+        assert len(page.experts) <= 2
+        listed += [r.expert.address for r in page.experts]
+        after = page.next_after
+        if not after:
+            break
+    assert sorted(listed) == sorted(k.address for k in live)
+    with node_api(chain) as node:
+        client = Client(node)
+        assert sorted(r.expert.address for r in client.experts(DOMAIN).experts) == sorted(k.address for k in live)
+        client.close()

@@ -220,19 +220,23 @@ class ExpertsKeeper:
         rows = ctx.kv(STORE).iterate_range(start, end, limit, reverse=newest_first)
         return [(k[len(prefix):], pb.ReputationPoint.FromString(v)) for k, v in rows]
 
-    def domain_reputations(self, ctx: Ctx, domain: str, after: bytes = b"", limit: int | None = None
-                           ) -> list[tuple[pb.Expert, int]]:
-        """Registered experts that have a reputation in domain, with it, in address order: up to limit of
-        them after the address `after`. An expert that left the domain keeps its reputation there (and
-        gets it back if it returns); one that unbonded for good has no record and is skipped."""
+    def domain_reputations(self, ctx: Ctx, domain: str, after: bytes = b"", rows: int = 100
+                           ) -> tuple[list[tuple[pb.Expert, int]], bytes]:
+        """Registered experts that have a reputation in domain, with it, in address order, among the next
+        `rows` reputation rows after the address `after`; and the address of the last row read when more may
+        follow (else b""). An expert that left the domain keeps its reputation there (and gets it back if it
+        returns); one that unbonded for good has no record and is skipped, but its row still counts against
+        `rows`: a page is bounded by what it reads, and rows of experts gone never end a listing early."""
         prefix = reputation_key(domain, b"")
         start = prefix + after + b"\x00" if after else prefix
-        out = []
-        for key, raw in ctx.kv(STORE).iterate_range(start, prefix_end(prefix), limit):
-            expert = self.get(ctx, key[len(prefix):])
+        out, last = [], b""
+        read = ctx.kv(STORE).iterate_range(start, prefix_end(prefix), rows + 1)
+        for key, raw in read[:rows]:
+            last = key[len(prefix):]
+            expert = self.get(ctx, last)
             if expert is not None:
                 out.append((expert, int.from_bytes(raw, "big")))
-        return out
+        return out, last if len(read) > rows else b""
 
     # -- selection pools ----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abci_app.context import Ctx
+from abci_app.crypto import format_address
 from abci_app.errors import ErrInvalidRequest, ErrNotFound
 from abci_app.queries import Route, Routes, request_address
 from abci_app.x.experts.keeper import ExpertsKeeper
@@ -33,11 +34,10 @@ class Querier:
     def by_domain(self, ctx: Ctx, req: q.ExpertsByDomainRequest) -> q.ExpertsByDomainResponse:
         limit = _limit(req.limit, MAX_EXPERTS_PAGE)
         after = request_address(req.after) if req.after else b""
-        page = self.keeper.domain_reputations(ctx, req.domain, after, limit + 1)
-        ranked = [q.RankedExpert(expert=e, reputation=r) for e, r in page[:limit]]
-        more = len(page) > limit
+        page, last = self.keeper.domain_reputations(ctx, req.domain, after, limit)
+        ranked = [q.RankedExpert(expert=e, reputation=r) for e, r in page]
         return q.ExpertsByDomainResponse(experts=ranked, height=ctx.env.height,
-                                         next_after=ranked[-1].expert.address if more else "")
+                                         next_after=format_address(last) if last else "")
 
     def history(self, ctx: Ctx, req: q.ReputationHistoryRequest) -> q.ReputationHistoryResponse:
         limit = _limit(req.limit, MAX_HISTORY_PAGE)

@@ -63,6 +63,7 @@ MAX_BLOCKS = 20  # CometBFT's /blockchain returns at most 20 headers per call
 QUERIES = 10
 MAX_QUERIES = 20  # each query shown costs two more app queries (status, receipt)
 HISTORY = 200  # latest reputation points per expert in the chart: every answer stays bounded
+RANKED_PAGES = 10  # pages of experts per domain in the experts view (1,000 reputation rows at most)
 KEPT_SECONDS = 1.0  # the experts and reputation views are computed at most once a second (ExplorerData._recent)
 MAX_VALIDATORS = 100  # the Validators query's largest page; the set itself is capped by max_validators
 MAX_SEARCH = 200  # longer than any address, id or hash: refused before any parsing
@@ -188,11 +189,19 @@ class ExplorerData:
         return params
 
     def _ranked(self, params: q.ParamsResponse) -> dict[str, list[q.RankedExpert]]:
-        """Each domain's experts (the first page: up to 100, a bounded answer), best reputation first."""
+        """Each domain's experts (up to RANKED_PAGES pages of 100 reputation rows: a bounded answer; rows of
+        experts gone count too), best reputation first."""
         ranked = {}
         for d in params.experts.domains:
-            page = self.query("ExpertsByDomain", q.ExpertsByDomainRequest(domain=d), q.ExpertsByDomainResponse)
-            ranked[d] = sorted(page.experts, key=lambda r: (-r.reputation, r.expert.address))
+            experts: list[q.RankedExpert] = []
+            request = q.ExpertsByDomainRequest(domain=d)
+            for _ in range(RANKED_PAGES):
+                page = self.query("ExpertsByDomain", request, q.ExpertsByDomainResponse)
+                experts += page.experts
+                if not page.next_after:
+                    break
+                request.after = page.next_after
+            ranked[d] = sorted(experts, key=lambda r: (-r.reputation, r.expert.address))
         return ranked
 
     def experts(self) -> dict[str, Any]:

@@ -137,3 +137,55 @@ def test_a_proof_of_a_key_written_in_the_latest_block_is_answered_there(tmp_path
     resp = h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, prove=True))
     assert resp.code == 0 and resp.height == h.height
     verify_store_proof(list(resp.proof_ops.ops), "bank", key, resp.value, h.app.committed.app_hash)
+
+
+def test_a_past_heights_scans_match_that_heights_state_and_skip_long_deleted_rows(tmp_path: Path) -> None:
+    """VersionView.iterate merges the rows present now with the keys written since its height: every range,
+    limit and direction at every kept height gives what the state held then. Rows deleted before the kept
+    heights (queue entries leave many) are not read at all: a proof of absence once walked every one."""
+    h = Harness.create(tmp_path / "s.db", n_keys=1)
+    store = h.app.committed
+    store.keep_recent = KEEP
+    rng = random.Random(11)
+    keys = [bytes([0x40 + i // 8, i % 8]) for i in range(24)]
+    state: dict[bytes, bytes] = {}
+    snapshots: dict[int, dict[bytes, bytes]] = {}
+    height = store.height
+    for _ in range(14):
+        writes: dict[tuple[str, bytes], bytes | None] = {}
+        for key in rng.sample(keys, 6):
+            value = None if rng.random() < 0.4 else rng.randbytes(3)
+            writes[("inference", key)] = value
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        height += 1
+        store.commit(store.stage(writes), height)
+        snapshots[height] = dict(state)
+    for at in range(store.oldest_height(), height + 1):
+        view = VersionView(store, at) if at < height else store
+        for _ in range(30):
+            start, end = sorted(rng.sample(keys + [b"\x00", b"\x7f"], 2))
+            limit, reverse = rng.choice([None, 1, 3]), rng.random() < 0.5
+            want = sorted(((k, v) for k, v in snapshots[at].items() if start <= k < end), reverse=reverse)
+            assert view.iterate("inference", start, end, limit, reverse) == want[:limit], (at, start, end)
+    dead = [b"\x30" + i.to_bytes(4, "big") for i in range(5_000)]
+    for value in (b"\x01", None):
+        height += 1
+        store.commit(store.stage({("inference", k): value for k in dead}), height)
+    for _ in range(KEEP + 1):
+        height += 1
+        store.commit(store.stage({}), height)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store._db.set_progress_handler(count, 100)  # called every 100 SQLite VM steps
+    try:
+        found = VersionView(store, height - 1).iterate("inference", b"", b"\x40", limit=1, reverse=True)
+    finally:
+        store._db.set_progress_handler(None, 0)
+    assert found == [] and steps[0] < 100, steps  # walking the 5,000 deleted rows takes far more

@@ -136,7 +136,7 @@ class CommittedStore:
         """Present keys in [start, end) (end None: no bound), in key order (descending with reverse), at
         most limit of them. The primary-key index seeks to the range, so rows outside it (deleted keys
         included) cost nothing."""
-        sql = "SELECT key, value FROM kv WHERE store=? AND key>=? AND value IS NOT NULL AND key<?"
+        sql = "SELECT key, value FROM kv INDEXED BY kv_present WHERE store=? AND key>=? AND value IS NOT NULL AND key<?"
         args: tuple[object, ...] = (store, start, below_links(end))
         sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
         if limit is not None:
@@ -146,13 +146,14 @@ class CommittedStore:
 
     def next_present(self, store: str, after: bytes) -> bytes | None:
         """The smallest committed present key above `after` (links excluded)."""
-        row = self._db.execute("SELECT key FROM kv WHERE store=? AND key>? AND key<? AND value IS NOT NULL "
-                               "ORDER BY key LIMIT 1", (store, after, LINK_PREFIX)).fetchone()
+        row = self._db.execute("SELECT key FROM kv INDEXED BY kv_present WHERE store=? AND key>? AND key<? "
+                               "AND value IS NOT NULL ORDER BY key LIMIT 1", (store, after, LINK_PREFIX)).fetchone()
         return None if row is None else bytes(row[0])
 
     def prev_present(self, store: str, before: bytes) -> bytes | None:
-        row = self._db.execute("SELECT key FROM kv WHERE store=? AND key<? AND key<? AND value IS NOT NULL "
-                               "ORDER BY key DESC LIMIT 1", (store, before, LINK_PREFIX)).fetchone()
+        row = self._db.execute("SELECT key FROM kv INDEXED BY kv_present WHERE store=? AND key<? AND key<? "
+                               "AND value IS NOT NULL ORDER BY key DESC LIMIT 1", (store, before, LINK_PREFIX)
+                               ).fetchone()
         return None if row is None else bytes(row[0])
 
     def _with_links(self, store: str, writes: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:

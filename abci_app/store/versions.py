@@ -8,6 +8,8 @@ O(changes since v · log n), and its root is the app hash CometBFT put in header
 
 from __future__ import annotations
 
+import heapq
+
 from abci_app.store.db import CommittedStore, below_links, multistore_root, proof_ops
 from abci_app.store.merkle import StagedTree, kv_leaf
 from wire.tendermint.crypto import proof_pb2
@@ -50,18 +52,30 @@ class VersionView:
     def iterate(self, store: str, start: bytes, end: bytes | None, limit: int | None = None,
                 reverse: bool = False) -> list[tuple[bytes, bytes]]:
         """As CommittedStore.iterate, at this height: rows deleted since count, rows added since do not."""
-        # Only rows present now or changed since this height can be present at it: rows deleted earlier
-        # (queue entries leave many) are skipped by the database, and rows are read only as far as needed.
-        sql = ("SELECT key, value FROM kv WHERE store=? AND key>=? AND pos<? AND key<? AND (value IS NOT NULL OR "
-               "EXISTS (SELECT 1 FROM history h WHERE h.store=kv.store AND h.key=kv.key AND h.height>?))")
-        args: tuple[object, ...] = (store, start, self._size(store), below_links(end), self.height)
-        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        # Only rows present now or changed since this height can be present at it. Two sorted streams, merged:
+        # present rows through the index that holds only them, and the keys written since this height. Rows
+        # deleted before it (queue entries leave many, and they are never removed) are never read: one
+        # filter over both kinds made every proof of absence walk them all.
+        order = " DESC" if reverse else ""
+        bound = below_links(end)
+        present = self.committed.cursor_at(
+            "SELECT key, value, pos FROM kv INDEXED BY kv_present WHERE store=? AND key>=? AND key<? "
+            "AND value IS NOT NULL ORDER BY key" + order, (store, start, bound))
+        changed = self.committed.cursor_at(
+            "SELECT DISTINCT h.key, k.value, k.pos FROM history h JOIN kv k ON k.store=h.store AND k.key=h.key "
+            "WHERE h.store=? AND h.height>? AND h.key>=? AND h.key<? ORDER BY h.key" + order,
+            (store, self.height, start, bound))
         out: list[tuple[bytes, bytes]] = []
-        for key, value in self.committed.cursor_at(sql, args):
-            overwritten, old = self._older(store, bytes(key))
+        last: bytes | None = None
+        for key, value, pos in heapq.merge(present, changed, key=lambda row: bytes(row[0]), reverse=reverse):
+            key = bytes(key)
+            if key == last or int(pos) >= self._size(store):  # seen in both streams; or written after
+                continue
+            last = key
+            overwritten, old = self._older(store, key)
             current = old if overwritten else (None if value is None else bytes(value))
             if current is not None:
-                out.append((bytes(key), current))
+                out.append((key, current))
                 if limit is not None and len(out) >= limit:
                     break
         return out

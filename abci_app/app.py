@@ -402,7 +402,7 @@ class Application:
             return _result(err), False
         try:
             with state.scope():
-                self.ante.run(ctx, tx)
+                free = self.ante.run(ctx, tx)
                 ante_events, ctx.events = ctx.events, []
                 try:
                     with state.scope():
@@ -410,7 +410,7 @@ class Application:
                             ctx.emit(spec.message_event(tx.signer))
                             spec.handle(ctx, msg)
                 except AppError as err:
-                    if not keep_failed_msgs:
+                    if not keep_failed_msgs or free:  # a free tx that fails is not kept: it paid nothing
                         raise
                     return _result(err, tx.auth.fee.gas_limit, ctx.gas.used, ante_events), True
         except AppError as err:

@@ -24,6 +24,9 @@ class MsgSpec:
     """Stateless checks; raises an AppError."""
     handle: Callable[[Ctx, Any], object]
     """The state transition; raises an AppError to reject (its writes are rolled back)."""
+    duty: bool = False
+    """A drawn participant's part in a query (commit, reveal), which the query's fee already pays for: a tx
+    of duties alone may pay no fee (abci_app/x/auth/ante.py), as long as every one of them succeeds."""
 
     @property
     def type_url(self) -> str:

@@ -39,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from abci_app.x.auth.types import DUTY_GAS_LIMIT
 from abci_app.x.inference.types import (
     ATTR_QUERY_ID,
     ATTR_RESPONDENTS,
@@ -187,6 +188,10 @@ class BlockWatcher(threading.Thread):
                 log("websocket_down", url=self.ws_url, error=str(exc)[:200], retry_in=backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+DUTIES = (inf.MsgCommitAnswer, inf.MsgRevealAnswer, inf.MsgCommitScores, inf.MsgRevealScores)
+"""A drawn expert's duties: sent without a fee (the chain takes none for them: abci_app/x/auth/ante.py)."""
 
 
 def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
@@ -550,8 +555,9 @@ class ExpertDaemon:
             return
         if self._sender is None:
             self._sender = Sender(self.client, self.key)
+        free = isinstance(msg, DUTIES) and gas_limit <= DUTY_GAS_LIMIT  # the query's fee paid for it
         try:
-            result = self._sender.send([msg], gas_limit=gas_limit)
+            result = self._sender.send([msg], gas_limit=gas_limit, fee=0 if free else None)
         except ClientError as err:
             log("tx_refused", step=str(step), error=str(err)[:300])
             self._sender = None  # the sequence may be off; re-read it next time

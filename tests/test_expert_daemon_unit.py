@@ -219,7 +219,7 @@ def test_resend_is_timed_from_when_the_tx_left_not_from_the_tick_start(tmp_path:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.state, daemon.state_file, daemon.chain_tip = DaemonState(), tmp_path / "state.json", 10
     accepted = SimpleNamespace(tx_hash="AB", sequence=1, seen="")
-    daemon._sender = SimpleNamespace(send=lambda msgs, gas_limit: sent.append(msgs) or accepted)
+    daemon._sender = SimpleNamespace(send=lambda msgs, gas_limit, fee=None: sent.append(msgs) or accepted)
     daemon._latest_height = lambda: 20  # type: ignore[method-assign]  # chain height when the tx leaves
     step = Step(Kind.REVEAL, 1, 1)
     daemon._send(step, "msg")

@@ -276,3 +276,73 @@ def test_a_requesters_own_requests_cannot_starve_the_experts_chain_work(chain: P
     assert finished["answer"] < finished["scoring"] < min(v for k, v in finished.items() if k.startswith("flood"))
     alone = engine.generate([{"role": "user", "content": f"{story} Part 0?"}], Sampling(max_new_tokens=64)).text
     assert texts[0] == alone  # stepped aside, run again: the same answer
+
+
+def test_minimum_fee_queries_cannot_drain_honest_experts_into_jail(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every drawn expert must commit and reveal, query after query. Charged a fee for each (gas grows with the
+    query's record), a requester's cheapest queries with the largest prompt cost the experts about 25 times
+    what they paid them; an expert out of funds then missed, and after max_missed in a row it was slashed and
+    jailed. The query's fee pays for its duties now: an expert holding nothing beyond its bond does every
+    duty of minimum-fee queries without a fee, and none of that opens a way to send free txs."""
+    from abci_app.x.auth.types import DUTY_GAS_LIMIT
+    from experts.daemon import gas_for
+    from llmnet.client.events import query_ids
+    from llmnet.client.txbuilder import send_msg
+    from tests.test_protocol import DOMAIN
+    from wire.tendermint.abci import types_pb2 as abci
+
+    chain = ProtocolChain(tmp_path / "s.db", 5, [DOMAIN])
+    chain.register_all([DOMAIN])
+
+    def balance(address: str) -> int:
+        return int(chain.query("Balance", q.BalanceRequest(address=address), q.BalanceResponse).amount)
+
+    sink = chain.reporter.address
+    for k in chain.experts:  # nothing left beyond the bond
+        chain.ok(chain.tx(k, send_msg(k.address, sink, balance(k.address) - 5_000), fee=5_000))
+        assert balance(k.address) == 0
+    for n in range(4):
+        chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "Z" * 4_000, 2_000, 2, 1)))
+        qid = query_ids(chain.last_results[0].events)[0]
+        for _ in range(40):
+            status = chain.status(qid)
+            st = status.query
+            if st.phase == inf.PHASE_SETTLED:
+                break
+            duties = []
+            if st.phase == inf.PHASE_ANSWER_COMMIT and not status.answers:
+                duties = [(a, protocol.commit_answer(chain.key_of(a), CHAIN_ID, qid, 1, "Ada")) for a in st.respondents]
+            elif st.phase == inf.PHASE_ANSWER_REVEAL and not any(a.revealed for a in status.answers):
+                duties = [(a, protocol.reveal_answer(chain.key_of(a), qid, 1, "Ada")) for a in st.respondents]
+            elif st.phase == inf.PHASE_SCORE_COMMIT and not status.scores:
+                duties = [(s, protocol.commit_scores(chain.key_of(s), CHAIN_ID, qid, [50, 50])) for s in st.scorers]
+            elif st.phase == inf.PHASE_SCORE_REVEAL and not any(s.revealed for s in status.scores):
+                duties = [(s, protocol.reveal_scores(chain.key_of(s), qid, [50, 50])) for s in st.scorers]
+            txs = [chain.tx(chain.key_of(who), m, fee=0, gas_limit=gas_for(status, m)) for who, m in duties]
+            assert all(gas_for(status, m) <= DUTY_GAS_LIMIT for _, m in duties)
+            chain.ok(*txs)
+        assert chain.status(qid).query.phase == inf.PHASE_SETTLED, n
+    for k in chain.experts:
+        record = chain.query("Expert", q.ExpertRequest(address=k.address), q.ExpertResponse).expert
+        assert record.status == ex.EXPERT_STATUS_ACTIVE and record.missed == 0 and record.slashed == 0
+        assert balance(k.address) >= 0
+    assert sum(balance(k.address) for k in chain.experts) > 0  # and they were paid
+    # no way to a free tx: not drawn, not a duty, too much gas, or a duty that fails
+    qid = submit(chain)
+    st = chain.status(qid).query
+    outsider = next(k for k in chain.experts if k.address not in st.respondents)
+    drawn = chain.key_of(st.respondents[0])
+    refused = [
+        chain.tx(outsider, protocol.commit_answer(outsider, CHAIN_ID, qid, 1, "x"), fee=0),
+        chain.tx(drawn, send_msg(drawn.address, sink, 1), fee=0),
+        chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x"), fee=0, gas_limit=DUTY_GAS_LIMIT + 1)]
+    for tx in refused:
+        assert chain.app.check_tx(abci.RequestCheckTx(tx=tx)).code != 0
+    chain.sequences[outsider.address] -= 1
+    chain.sequences[drawn.address] -= 2
+    first = chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x"), fee=0)
+    again = chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "y"), fee=0)
+    ok, duplicate = chain.block(first, again)
+    assert ok.code == 0 and duplicate.code != 0
+    account = chain.query("Account", q.AccountRequest(address=drawn.address), q.AccountResponse).account
+    assert account.sequence == chain.sequences[drawn.address] - 1  # the failed free tx left no trace

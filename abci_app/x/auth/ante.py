@@ -24,7 +24,7 @@ from abci_app.errors import (
 from abci_app.events import event
 from abci_app.tx import DecodedTx
 from abci_app.x.auth.keeper import AuthKeeper
-from abci_app.x.auth.types import EV_TX, FEE_COLLECTOR, required_fee
+from abci_app.x.auth.types import DUTY_GAS_LIMIT, EV_TX, FEE_COLLECTOR, required_fee
 from abci_app.x.bank.keeper import BankKeeper
 
 
@@ -60,8 +60,12 @@ class AnteHandler:
         self.bank = bank
         self.sigs = sigs
 
-    def run(self, ctx: Ctx, tx: DecodedTx) -> None:
-        """Check tx against ctx's state and charge it: bump the sequence, take the fee.
+    def run(self, ctx: Ctx, tx: DecodedTx) -> bool:
+        """Check tx against ctx's state and charge it: bump the sequence, take the fee. Returns whether it pays
+        less than its fee by right: a tx of duties alone (MsgSpec.duty) within DUTY_GAS_LIMIT, which the
+        caller then keeps only if every message succeeds. A drawn expert's commits and reveals are paid for
+        by the query's fee: charged to the expert, a requester's cheapest queries cost its respondents more
+        than they could earn, and an expert drained of funds misses its duties and is jailed.
 
         Raises ErrTxTooLarge, ErrMemoTooLarge, ErrTxTimeout, ErrInsufficientFee, ErrUnauthorized,
         ErrWrongSequence, ErrFeeUnpaid or ErrOutOfGas; on error the caller's scope discards writes.
@@ -76,7 +80,9 @@ class AnteHandler:
         if fee.gas_limit > params.max_block_gas:
             raise ErrGasLimitTooHigh(f"gas limit {fee.gas_limit} is above the block limit {params.max_block_gas}")
         needed = required_fee(fee.gas_limit, params.min_gas_price_micro)
-        if fee.amount < needed:
+        free = fee.amount < needed and fee.gas_limit <= DUTY_GAS_LIMIT and bool(tx.msgs) and \
+            all(spec.duty for spec, _ in tx.msgs)  # a duty tx that pays its fee is charged as any other
+        if fee.amount < needed and not free:
             raise ErrInsufficientFee(
                 f"fee {fee.amount} is below {needed} (gas limit {fee.gas_limit} at "
                 f"{params.min_gas_price_micro}/1e6 per gas)"
@@ -105,3 +111,4 @@ class AnteHandler:
         self.auth.set_account(ctx, address, account)
         ctx.emit(event(EV_TX, fee=f"{fee.amount}{self.bank.denom(ctx)}", fee_payer=tx.signer,
                        acc_seq=f"{tx.signer}/{tx.auth.sequence}"))
+        return free

@@ -32,6 +32,11 @@ def account_key(address: bytes) -> bytes:
     return ACCOUNT_PREFIX + address
 
 
+DUTY_GAS_LIMIT = 1_000_000
+"""The most gas a fee-free tx of duties may ask for (abci_app/msgs.py MsgSpec.duty): a drawn expert's commit or
+reveal needs a fraction of it, and no free tx may claim a block's gas. (A duty tx asking for more pays.)"""
+
+
 def required_fee(gas_limit: int, min_gas_price_micro: int) -> int:
     """The least fee a tx with this gas limit pays: gas x price, price in millionths, rounded up."""
     return -(-gas_limit * min_gas_price_micro // PPM)

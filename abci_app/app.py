@@ -42,6 +42,9 @@ DECODE_CACHE_BYTES = 32 * 2**20
 """The decoded txs kept (CheckTx, rechecks, proposals and the block decode the same bytes again and again), by
 the raw bytes they came from: a decoded tx holds about four times its size. Bounded in bytes, since anyone
 can send large txs that are refused and pay nothing (an entry count let 50,000 of 60 KB each pin 11 GB)."""
+DECODE_ENTRY_BYTES = 2048
+"""Counted for each entry besides its tx's bytes: what an entry holds whatever its size (a parse, an error), so
+tiny junk txs cannot fill the budget a few bytes at a time."""
 
 
 def _timestamp_ns(ts: Timestamp) -> int:
@@ -380,8 +383,8 @@ class Application:
                 hit = decode_tx(raw, self.registry)
             except AppError as err:
                 hit = err
-            self._decoded[key] = (len(raw), hit)
-            self._decoded_bytes += len(raw)
+            self._decoded[key] = (len(raw) + DECODE_ENTRY_BYTES, hit)
+            self._decoded_bytes += len(raw) + DECODE_ENTRY_BYTES
             while self._decoded_bytes > DECODE_CACHE_BYTES:
                 size, _ = self._decoded.popitem(last=False)[1]
                 self._decoded_bytes -= size

@@ -172,6 +172,7 @@ class Engine:
         self._urgent_waiting = 0
         """Urgent jobs queued plus answer_logprobs calls waiting for the model: a batch of requests yields."""
         self._arrivals = itertools.count()
+        self._stopping = False
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches_run = 0  # forward-pass groups, for metrics and tests
@@ -369,14 +370,21 @@ class Engine:
                 self._urgent_waiting -= job.urgent
                 return job
 
-    def _yield_to_urgent(self, jobs: list[_Job]) -> bool:
-        """Whether a batch steps aside now: urgent work waits and none of its own jobs is urgent."""
-        return self._urgent_waiting > 0 and not any(j.urgent for j in jobs)
+    def _steps_aside(self, running: list[_Job]) -> bool:
+        """Whether a batch of requests (it began with no urgent job) steps aside now: urgent work waits, or
+        an urgent caller joined one of its jobs (a requester's provisional request is the daemon's answer)
+        while others share the batch: that job is put back ahead of the rest and runs alone."""
+        if self._stopping:
+            return False  # close() is draining the queue: put-back jobs would never run
+        if any(j.urgent for j in running):
+            return len(running) > 1
+        return self._urgent_waiting > 0
 
     def _ensure_worker(self) -> None:
         """Start the worker, or start it again should it ever have died: requests never wait on a dead thread."""
         with self._start_lock:
             if self._worker is None or not self._worker.is_alive():
+                self._stopping = False
                 self._worker = threading.Thread(target=self._work, name="engine", daemon=True)
                 self._worker.start()
 
@@ -402,7 +410,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if job is None:
-                    stopping = True
+                    stopping = self._stopping = True
                     break
                 if job.urgent != first.urgent:  # a batch is of one urgency: chain work never reads others' prompts
                     self._enqueue(job)
@@ -446,6 +454,8 @@ class Engine:
         """Generate for a batch; returns the jobs it stepped aside from for urgent work (not finished)."""
         import torch
 
+        requests = not any(j.urgent for j in jobs)  # a batch of requests, which may step aside
+
         generators = [torch.Generator().manual_seed(j.sampling.seed) for j in jobs]
         eos = self.runner.eos_ids(self.tokenizer.eos_token_id)
         outs: list[list[int]] = [[] for _ in jobs]
@@ -460,10 +470,12 @@ class Engine:
                 if all(r is not None for r in reasons):
                     break
                 running = [j for i, j in enumerate(jobs) if reasons[i] is None]
-                if self._yield_to_urgent(running):
+                if requests and self._steps_aside(running):
                     logits = None
-                elif fed is None:  # the prompts, read in slices a batch of requests can step aside between
-                    logits = session.forward(None, interrupted=functools.partial(self._yield_to_urgent, running))
+                elif fed is None and requests:  # the prompts, read in slices it can step aside between
+                    logits = session.forward(None, interrupted=functools.partial(self._steps_aside, running))
+                elif fed is None:  # urgent work reads its prompts in one pass (as reply_logprobs reads them)
+                    logits = session.forward(None)
                 else:
                     logits = session.forward([None if reasons[i] is not None else t for i, t in enumerate(fed)])
                 if logits is None:

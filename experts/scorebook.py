@@ -32,6 +32,8 @@ class ScoreBook:
         self._known: dict[int, dict[str, int]] = {}
         self._running: dict[int, tuple[Future[dict[str, int | None]], frozenset[str]]] = {}
         """query -> the scoring under way ahead, and the answers it scores."""
+        self._failed: dict[int, set[str]] = {}
+        """query -> answers that could not be scored ahead: not tried again ahead (scores() tries once more)."""
 
     def ahead(self, query_id: int, answers: list[str], compute: Compute) -> None:
         """Start scoring, in the background, the briefest answer not yet scored (unless a start for the query is
@@ -42,7 +44,8 @@ class ScoreBook:
         with self._lock:
             if query_id in self._running:
                 return
-            missing = _missing(self._known.get(query_id, {}), answers)
+            failed = self._failed.get(query_id, set())
+            missing = [a for a in _missing(self._known.get(query_id, {}), answers) if a not in failed]
             if not missing:
                 return
             first = [min(missing, key=lambda a: (len(a), a))]
@@ -71,12 +74,14 @@ class ScoreBook:
         """Drop a settled query's scores (a scoring still under way keeps nothing)."""
         with self._lock:
             self._known.pop(query_id, None)
+            self._failed.pop(query_id, None)
 
     def _fill(self, query_id: int, answers: list[str], compute: Compute) -> dict[str, int | None]:
         got = dict(zip(answers, compute(answers), strict=True))
         with self._lock:
             if query_id in self._known:  # not forgotten meanwhile
                 self._known[query_id].update({a: s for a, s in got.items() if s is not None})
+                self._failed.setdefault(query_id, set()).update(a for a, s in got.items() if s is None)
         return got
 
     def _done(self, query_id: int, future: Future[dict[str, int | None]]) -> None:

@@ -199,6 +199,25 @@ def test_an_answer_the_engine_failed_on_while_scoring_ahead_is_scored_again_when
     assert daemon._book.scores(9, ["Marta Vensel"], compute) == [90]
 
 
+def test_an_answer_that_cannot_be_scored_is_not_tried_again_ahead_and_the_others_are() -> None:
+    import time
+
+    book = ScoreBook(ThreadPoolExecutor(1))
+    tried: list[list[str]] = []
+
+    def compute(answers: list[str]) -> list[int | None]:
+        tried.append(list(answers))
+        return [None if a == "x" else len(a) for a in answers]
+
+    for _ in range(3):  # ticks of the final round
+        book.ahead(9, ["x", "Marta Vensel"], compute)
+        deadline = time.monotonic() + 30
+        while book._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert tried == [["x"], ["Marta Vensel"]]  # the briefest first, once; then the next
+    assert book.scores(9, ["Marta Vensel", "x"], compute) == [12, 0] and tried[-1] == ["x"]  # once more, when due
+
+
 def test_steps_read_as_the_log_names_them() -> None:
     assert str(Step(Kind.COMMIT, 3, 1)) == "commit:3:1" and str(Step(Kind.COMMIT_SCORES, 3)) == "commit-scores:3"
 

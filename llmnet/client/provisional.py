@@ -62,6 +62,10 @@ _HOST_PORT = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[
                         r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
 
 
+_SCHEMES = frozenset({"unix", "unix-abstract", "vsock", "dns", "ipv4", "ipv6", "xds", "google-c2p"})
+"""Target schemes gRPC knows: refused as host names too, so `unix:1234` reads as nothing but an error."""
+
+
 def endpoint_target(endpoint: str) -> tuple[str, bool]:
     """An expert's endpoint as a gRPC target and whether it is reached over TLS: `host:port` or
     `tls://host:port`, nothing else (ValueError). The chain takes any text as an endpoint, and gRPC reads a
@@ -70,9 +74,9 @@ def endpoint_target(endpoint: str) -> tuple[str, bool]:
     tls = endpoint.startswith(TLS_PREFIX)
     target = endpoint[len(TLS_PREFIX):] if tls else endpoint
     shape = _HOST_PORT.fullmatch(target)
-    if shape is None or not 0 < int(shape.group(1)) < 65536:
+    if shape is None or not 0 < int(shape.group(1)) < 65536 or shape.group(0).split(":")[0].lower() in _SCHEMES:
         raise ValueError(f"the expert's endpoint {endpoint[:80]!r} is not host:port or tls://host:port")
-    return target, tls
+    return "dns:///" + target, tls  # named resolver: gRPC never reads the host as a scheme ("unix:1234")
 
 
 def channel_for(endpoint: str) -> grpc.Channel:

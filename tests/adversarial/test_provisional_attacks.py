@@ -118,7 +118,8 @@ def test_an_endpoint_naming_a_local_socket_is_never_dialled(tmp_path) -> None:  
     victim.bind(str(path))
     victim.listen(1)
     victim.settimeout(1.0)
-    for endpoint in (f"unix:{path}", f"unix://{path}", f"tls://unix:{path}", "dns:///localhost:1", "no port"):
+    for endpoint in (f"unix:{path}", f"unix://{path}", f"tls://unix:{path}", "dns:///localhost:1", "no port",
+                     "unix:1234", "unix-abstract:99", "tls://vsock:5"):
         node = SimpleNamespace(
             expert=lambda address, e=endpoint: SimpleNamespace(expert=SimpleNamespace(endpoint=e)),
             account=lambda address: SimpleNamespace(account=SimpleNamespace(public_key=EXPERT.public_key)))

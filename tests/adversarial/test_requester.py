@@ -258,19 +258,21 @@ def test_a_requesters_own_requests_cannot_starve_the_experts_chain_work(chain: P
             texts[i] = stub.Generate(sign_access(chain.requester, CHAIN_ID, req, victim.address), timeout=600).text
             finished[f"flood {i}"] = time.monotonic()
 
+        question = [{"role": "user", "content": "Who created Kestrel?"}]
+        provisional = threading.Thread(target=lambda: engine.generate(  # the requester's provisional copy of
+            question, Sampling(max_new_tokens=8), share=qid))  # the daemon's answer: one job, shared
         floods = [threading.Thread(target=flood, args=(i,)) for i in range(4)]
-        for t in floods:
+        for t in [provisional, *floods]:
             t.start()
         deadline = time.monotonic() + 60
         while not engine._model_lock.locked() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.3)  # well into the requests' batch
-        question = [{"role": "user", "content": "Who created Kestrel?"}]
         engine.generate(question, Sampling(max_new_tokens=8), share=qid, urgent=True)  # the daemon's answer
         finished["answer"] = time.monotonic()
         engine.answer_logprobs(question, ["Marta Vensel"])  # a scorer's reading
         finished["scoring"] = time.monotonic()
-        for t in floods:
+        for t in [provisional, *floods]:
             t.join(600)
     assert len(texts) == 4 and all(texts.values())
     assert finished["answer"] < finished["scoring"] < min(v for k, v in finished.items() if k.startswith("flood"))
@@ -287,7 +289,7 @@ def test_minimum_fee_queries_cannot_drain_honest_experts_into_jail(tmp_path) -> 
     from abci_app.x.auth.types import DUTY_GAS_LIMIT
     from experts.daemon import gas_for
     from llmnet.client.events import query_ids
-    from llmnet.client.txbuilder import send_msg
+    from llmnet.client.txbuilder import build_tx, send_msg
     from tests.test_protocol import DOMAIN
     from wire.tendermint.abci import types_pb2 as abci
 
@@ -332,14 +334,17 @@ def test_minimum_fee_queries_cannot_drain_honest_experts_into_jail(tmp_path) -> 
     st = chain.status(qid).query
     outsider = next(k for k in chain.experts if k.address not in st.respondents)
     drawn = chain.key_of(st.respondents[0])
+    seq = chain.sequences[drawn.address]
     refused = [
         chain.tx(outsider, protocol.commit_answer(outsider, CHAIN_ID, qid, 1, "x"), fee=0),
-        chain.tx(drawn, send_msg(drawn.address, sink, 1), fee=0),
-        chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x"), fee=0, gas_limit=DUTY_GAS_LIMIT + 1)]
+        build_tx(drawn, CHAIN_ID, seq, [send_msg(drawn.address, sink, 1)], fee=0),
+        build_tx(drawn, CHAIN_ID, seq, [protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x")], fee=0,
+                 gas_limit=DUTY_GAS_LIMIT + 1),
+        build_tx(drawn, CHAIN_ID, seq, [protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x")], fee=0,
+                 memo="z" * 200)]  # padding rides along for free: no
     for tx in refused:
         assert chain.app.check_tx(abci.RequestCheckTx(tx=tx)).code != 0
     chain.sequences[outsider.address] -= 1
-    chain.sequences[drawn.address] -= 2
     first = chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "x"), fee=0)
     again = chain.tx(drawn, protocol.commit_answer(drawn, CHAIN_ID, qid, 1, "y"), fee=0)
     ok, duplicate = chain.block(first, again)

@@ -24,7 +24,7 @@ from abci_app.errors import (
 from abci_app.events import event
 from abci_app.tx import DecodedTx
 from abci_app.x.auth.keeper import AuthKeeper
-from abci_app.x.auth.types import DUTY_GAS_LIMIT, EV_TX, FEE_COLLECTOR, required_fee
+from abci_app.x.auth.types import DUTY_GAS_LIMIT, DUTY_TX_BYTES, EV_TX, FEE_COLLECTOR, required_fee
 from abci_app.x.bank.keeper import BankKeeper
 
 
@@ -62,10 +62,11 @@ class AnteHandler:
 
     def run(self, ctx: Ctx, tx: DecodedTx) -> bool:
         """Check tx against ctx's state and charge it: bump the sequence, take the fee. Returns whether it pays
-        less than its fee by right: a tx of duties alone (MsgSpec.duty) within DUTY_GAS_LIMIT, which the
-        caller then keeps only if every message succeeds. A drawn expert's commits and reveals are paid for
-        by the query's fee: charged to the expert, a requester's cheapest queries cost its respondents more
-        than they could earn, and an expert drained of funds misses its duties and is jailed.
+        less than its fee by right: a tx of duties alone (MsgSpec.duty), memo-less, within DUTY_GAS_LIMIT and
+        DUTY_TX_BYTES, which the caller then keeps only if every message succeeds. A drawn expert's commits and
+        reveals are paid for by the query's fee: charged to the expert, a requester's cheapest queries cost
+        its respondents more than they could earn, and an expert drained of funds misses its duties and is
+        jailed.
 
         Raises ErrTxTooLarge, ErrMemoTooLarge, ErrTxTimeout, ErrInsufficientFee, ErrUnauthorized,
         ErrWrongSequence, ErrFeeUnpaid or ErrOutOfGas; on error the caller's scope discards writes.
@@ -80,8 +81,8 @@ class AnteHandler:
         if fee.gas_limit > params.max_block_gas:
             raise ErrGasLimitTooHigh(f"gas limit {fee.gas_limit} is above the block limit {params.max_block_gas}")
         needed = required_fee(fee.gas_limit, params.min_gas_price_micro)
-        free = fee.amount < needed and fee.gas_limit <= DUTY_GAS_LIMIT and bool(tx.msgs) and \
-            all(spec.duty for spec, _ in tx.msgs)  # a duty tx that pays its fee is charged as any other
+        free = fee.amount < needed and fee.gas_limit <= DUTY_GAS_LIMIT and len(tx.raw) <= DUTY_TX_BYTES and \
+            not tx.body.memo and bool(tx.msgs) and all(spec.duty for spec, _ in tx.msgs)  # paid: as any other
         if fee.amount < needed and not free:
             raise ErrInsufficientFee(
                 f"fee {fee.amount} is below {needed} (gas limit {fee.gas_limit} at "

@@ -35,6 +35,9 @@ def account_key(address: bytes) -> bytes:
 DUTY_GAS_LIMIT = 1_000_000
 """The most gas a fee-free tx of duties may ask for (abci_app/msgs.py MsgSpec.duty): a drawn expert's commit or
 reveal needs a fraction of it, and no free tx may claim a block's gas. (A duty tx asking for more pays.)"""
+DUTY_TX_BYTES = 6 * 1024
+"""The largest fee-free tx of duties, memo-less: a reveal of the largest answer (4,096 bytes by default) with its
+envelope fits; padding (unknown fields, a memo) cannot ride along for free. (A larger duty tx pays.)"""
 
 
 def required_fee(gas_limit: int, min_gas_price_micro: int) -> int:

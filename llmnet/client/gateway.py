@@ -195,6 +195,10 @@ class Gateway:
         if request.method == "POST" and request.content_type != "application/json":
             raise ApiError(415, "the body must be JSON with Content-Type: application/json",
                            code="unsupported_media_type")
+        if request.method == "POST" and (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            # the body is read as UTF-8 only: a charset such as punycode decodes in quadratic time, on the loop
+            raise ApiError(415, f"the body must be UTF-8 JSON, not charset={request.charset[:40]!r}",
+                           code="unsupported_media_type")
 
     async def preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin")
@@ -234,7 +238,7 @@ class Gateway:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await request.json()
+            body = json.loads(await request.read())  # bytes: UTF-8 as RFC 8259 says, whatever the headers
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a 5,000-digit number, deep nesting
             raise ApiError(400, "the body is not valid JSON") from None
         req = parse_chat(body, self.limits)

@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from abci_app.x.auth.types import DUTY_GAS_LIMIT
+from abci_app.x.auth.types import DUTY_GAS_LIMIT, DUTY_TX_BYTES
 from abci_app.x.inference.types import (
     ATTR_QUERY_ID,
     ATTR_RESPONDENTS,
@@ -192,6 +192,9 @@ class BlockWatcher(threading.Thread):
 
 DUTIES = (inf.MsgCommitAnswer, inf.MsgRevealAnswer, inf.MsgCommitScores, inf.MsgRevealScores)
 """A drawn expert's duties: sent without a fee (the chain takes none for them: abci_app/x/auth/ante.py)."""
+TX_ENVELOPE_BYTES = 512
+"""More than a one-message tx adds to its message (key, signature, fee, sequence, type URL): a duty whose
+tx might outgrow DUTY_TX_BYTES (an answer larger than the default limit allows) pays its fee instead."""
 
 
 def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
@@ -555,7 +558,8 @@ class ExpertDaemon:
             return
         if self._sender is None:
             self._sender = Sender(self.client, self.key)
-        free = isinstance(msg, DUTIES) and gas_limit <= DUTY_GAS_LIMIT  # the query's fee paid for it
+        free = isinstance(msg, DUTIES) and gas_limit <= DUTY_GAS_LIMIT and \
+            msg.ByteSize() + TX_ENVELOPE_BYTES <= DUTY_TX_BYTES  # the query's fee paid for it (else it pays)
         try:
             result = self._sender.send([msg], gas_limit=gas_limit, fee=0 if free else None)
         except ClientError as err:

@@ -218,6 +218,29 @@ def test_an_answer_that_cannot_be_scored_is_not_tried_again_ahead_and_the_others
     assert book.scores(9, ["Marta Vensel", "x"], compute) == [12, 0] and tried[-1] == ["x"]  # once more, when due
 
 
+def test_duties_are_sent_without_a_fee_unless_their_tx_could_not_go_free(tmp_path: Path) -> None:
+    """The chain takes no fee for a drawn expert's duty tx up to DUTY_GAS_LIMIT and DUTY_TX_BYTES (the query's
+    fee pays for it); beyond either a zero fee would be refused and the duty missed: such a tx pays."""
+    from types import SimpleNamespace
+
+    from abci_app.x.auth.types import DUTY_GAS_LIMIT
+
+    fees: list[object] = []
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.state, daemon.state_file, daemon.chain_tip = DaemonState(), tmp_path / "state.json", 10
+    accepted = SimpleNamespace(tx_hash="AB", sequence=1, seen="")
+    daemon._sender = SimpleNamespace(send=lambda msgs, gas_limit, fee=None: fees.append(fee) or accepted)
+    daemon._latest_height = lambda: 10  # type: ignore[method-assign]
+    cases = [(inf.MsgCommitAnswer(query_id=1, round=1, respondent=ME.address, commitment=b"c" * 32), 300_000),
+             (inf.MsgRevealAnswer(query_id=1, round=1, respondent=ME.address, answer="a" * 4096), 500_000),
+             (inf.MsgRevealAnswer(query_id=2, round=1, respondent=ME.address, answer="a" * 6000), 500_000),
+             (inf.MsgCommitAnswer(query_id=3, round=1, respondent=ME.address), DUTY_GAS_LIMIT + 1),
+             (inf.MsgReportEquivocation(reporter=ME.address), 300_000)]
+    for n, (msg, gas) in enumerate(cases):
+        daemon._send(Step(Kind.REVEAL, n, 1), msg, gas)
+    assert fees == [0, 0, None, None, None]  # None: the sender pays the chain's fee for the gas limit
+
+
 def test_steps_read_as_the_log_names_them() -> None:
     assert str(Step(Kind.COMMIT, 3, 1)) == "commit:3:1" and str(Step(Kind.COMMIT_SCORES, 3)) == "commit-scores:3"
 

@@ -119,7 +119,8 @@ class _Job:
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     urgent: bool = False
-    """Chain work (a caller with a deadline): runs before the others and is never put back."""
+    """Chain work (a caller with a deadline): runs before the others; put back only to leave a batch of
+    requests it was joined in, and then ahead of them."""
     order: int = 0
     """Arrival order among jobs of one urgency (kept when a job is put back)."""
     queued: bool = False
@@ -346,8 +347,8 @@ class Engine:
         self._jobs.put((0 if job.urgent else 1, job.order, job))
 
     def _make_urgent(self, job: _Job) -> None:
-        """An urgent caller joined job: a queued job moves ahead (its old entry goes stale), a running one is no
-        longer put back."""
+        """An urgent caller joined job: a queued job moves ahead (its old entry goes stale); a running one makes
+        its batch of requests step aside (_steps_aside), and is put back ahead of them to run alone."""
         with self._queue_lock:
             if job.urgent:
                 return

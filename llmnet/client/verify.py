@@ -20,10 +20,13 @@ to the real chain. Without one, a receipt verifies as consistent, and the report
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
@@ -42,6 +45,24 @@ BLOCK_ID_FLAG_COMMIT = 2
 
 class VerifyError(Exception):
     pass
+
+
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
+"""What reading a reply of the wrong shape raises (a missing field, a number that is not one, bad hex or base64):
+the node or relay answering is not trusted, so a reply it shaped wrongly is a failed verification, never a crash."""
+RFC3339_UTC = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z")
+"""A time as CometBFT writes it in JSON: UTC, at most nanoseconds."""
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _untrusted(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MALFORMED as exc:
+            raise VerifyError(f"the node's reply is malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return checked  # type: ignore[return-value]
 
 
 @dataclass
@@ -73,6 +94,7 @@ def _rpc(url: str, method: str, **params: Any) -> dict[str, Any]:
         raise VerifyError(str(exc)) from None
 
 
+@_untrusted
 def fetch(rpc_url: str, query_id: int) -> Evidence:
     resp = _rpc(rpc_url, "abci_query", path=f'"/store/{STORE}/key"', data="0x" + receipt_key(query_id).hex(),
                 prove="true")["response"]
@@ -114,9 +136,12 @@ def _hex(s: str) -> bytes:
 def _timestamp(text: str) -> Any:
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    main, _, frac = text.rstrip("Z").partition(".")
+    match = RFC3339_UTC.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise VerifyError(f"{str(text)[:60]!r} is not a UTC time as CometBFT writes it (2026-01-02T03:04:05.6Z)")
+    main, frac = match.groups()
     seconds = int(datetime.fromisoformat(main + "+00:00").timestamp())
-    return Timestamp(seconds=seconds, nanos=int((frac or "0").ljust(9, "0")[:9]))
+    return Timestamp(seconds=seconds, nanos=int((frac or "0").ljust(9, "0")))
 
 
 def _cdc_bytes(b: bytes) -> bytes:
@@ -213,6 +238,7 @@ def verify_commit(header: dict[str, Any], commit: dict[str, Any], validators: li
     return signed, total
 
 
+@_untrusted
 def verify(ev: Evidence, chain_id: str, trusted_validators_hash: bytes | None = None) -> Report:
     """Raise VerifyError naming the first check that fails; return what was verified."""
     h, commit = ev.header, ev.commit

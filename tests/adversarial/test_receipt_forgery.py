@@ -99,6 +99,32 @@ def test_a_validator_list_must_match_its_keys(tmp_path: Path) -> None:
         verify(ev, CHAIN)
 
 
+def test_a_reply_of_the_wrong_shape_fails_verification_and_never_crashes(tmp_path: Path) -> None:
+    """The RPC answering is not trusted: whatever shape it gives its reply, `receipt verify` says NOT VERIFIED
+    with a reason (an app hash that is not hex, or a time with an offset and no fraction, once escaped as a
+    ValueError traceback)."""
+    spoil = [
+        ("header", lambda ev: ev.header.update(time="2026-11-30T14:00:00.000000001+02:00")),  # the same instant
+        ("header", lambda ev: ev.header.update(time="2026-11-30T14:00:00+02:00")),
+        ("header", lambda ev: ev.header.update(time="2026-11-30T12:00:00.\u0661Z")),  # an Arabic-Indic digit
+        ("header", lambda ev: ev.header.update(app_hash="not hex")),
+        ("header", lambda ev: ev.header.pop("last_block_id")),
+        ("commit", lambda ev: ev.commit.update(signatures=None)),
+        ("commit", lambda ev: ev.commit["signatures"][0].update(timestamp=12)),
+        ("validators", lambda ev: ev.validators[0].update(voting_power="ten")),
+        ("validators", lambda ev: ev.validators.__setitem__(1, [])),
+    ]
+    for i, (part, change) in enumerate(spoil):
+        (tmp_path / str(i)).mkdir()
+        ev = _evidence(tmp_path / str(i), "Marta Vensel", signers=[0, 1, 2])
+        ev.validators = [dict(v) for v in ev.validators]
+        change(ev)
+        with pytest.raises(VerifyError) as failed:
+            verify(ev, CHAIN)
+        assert str(failed.value), part
+    assert verify(_evidence(tmp_path, "Marta Vensel", signers=[0, 1, 2]), CHAIN).signed_power == 30
+
+
 @pytest.mark.e2e
 def test_our_commit_rule_agrees_with_cometbft_light(make_localnet, cometbft: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The reference: CometBFT's own light client (`cometbft light`, trusting block 1) serves a header it

@@ -1,14 +1,17 @@
 """The ABCI 2.0 application: what CometBFT calls, and what each call is obliged to do.
 
 Handlers take and return CometBFT's protobuf types; the rules live in the modules. Any AppError
-becomes a result code; any other exception propagates to the transport, which stops the node
-(fail-stop: a node that cannot apply a block must not guess).
+becomes a result code. Any other exception while applying a decided block propagates to the transport,
+which stops the node (fail-stop: a node that cannot apply a block must not guess); the same failure on a tx
+anyone can send (CheckTx, Simulate) or in a proposal is a bug that must not become a remote off switch, so
+there it refuses the tx (ErrInternal) or the proposal, and logs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app import APP_VERSION, SOFTWARE_VERSION
 from abci_app.context import BlockEnv, Ctx, Misbehavior
-from abci_app.errors import AppError, ErrHeightUnavailable, ErrInvalidRequest, ErrNotFound
+from abci_app.errors import AppError, ErrHeightUnavailable, ErrInternal, ErrInvalidRequest, ErrNotFound
 from abci_app.events import Event
 from abci_app.modules import Keepers, modules, params_routes
 from abci_app.msgs import MsgRegistry
@@ -37,6 +40,7 @@ from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.crypto import keys_pb2 as crypto_keys
 from wire.tendermint.crypto import proof_pb2 as crypto_proof
 
+log = logging.getLogger("llmnet.app")
 ABCI_VERSION = "2.0.0"
 DECODE_CACHE_BYTES = 32 * 2**20
 """The decoded txs kept (CheckTx, rechecks, proposals and the block decode the same bytes again and again), by
@@ -209,7 +213,7 @@ class Application:
         A new tx and a RECHECK after Commit both run in full, messages included: a tx that drains
         its sender's balance must leave the check state poorer, or the sender's next txs would be
         admitted on money it no longer has."""
-        result, _ = self._run(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
+        result, _ = self._run_undecided(self._check, self._check_env(), req.tx, keep_failed_msgs=False)
         return abci.ResponseCheckTx(
             code=result.code, codespace=result.codespace, log=result.log,
             gas_wanted=result.gas_wanted, gas_used=result.gas_used,
@@ -218,7 +222,7 @@ class Application:
     def simulate(self, raw: bytes) -> abci.ExecTxResult:
         """Run a tx on a copy of the check state as a block would (events, fee kept on a failing
         message); the copy is dropped, so nothing is kept."""
-        return self._run(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)[0]
+        return self._run_undecided(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)[0]
 
     # -- connection: consensus ----------------------------------------------------------
 
@@ -270,29 +274,39 @@ class Application:
             wanted = self._gas_wanted(Ctx(state, env), raw)
             if size + block_bytes(raw) > req.max_tx_bytes or gas + wanted > max_gas:
                 continue
-            if self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1]:
+            if self._run_undecided(state, env, raw, keep_failed_msgs=True, record_events=False)[1]:
                 chosen.append(raw)
                 size, gas = size + block_bytes(raw), gas + wanted
         self._prepared = (req.height, chosen)
         return abci.ResponsePrepareProposal(txs=chosen)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        """Accept only if every tx, executed in order as FinalizeBlock will, pays its fee: a block may
-        not carry a tx that costs the network its bytes and its sender nothing. This node's own
-        proposal passed the same run moments ago against the same state, so it is not run again."""
-        if self._prepared == (req.height, list(req.txs)):
-            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
+        """Accept only if the beacon is valid for the proposal's last commit and every tx, executed in order
+        as FinalizeBlock will, pays its fee: a block may not carry a tx that costs the network its bytes and
+        its sender nothing. The txs of this node's own proposal passed the same run moments ago against the
+        same state, so they are not run again; its beacon is checked all the same, since a proposer of a later
+        round may reuse the txs with another last commit (every other node would refuse that). A proposal
+        that makes the app fail in a way no rule foresaw is refused, never a reason to stop."""
+        try:
+            ok = self._acceptable(req)
+        except Exception:  # noqa: BLE001 - a proposer must not be able to stop the validators that judge it
+            log.exception("proposal at height %d made the app fail; refused", req.height)
+            ok = False
+        status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
+        return abci.ResponseProcessProposal(status=status)
+
+    def _acceptable(self, req: abci.RequestProcessProposal) -> bool:
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
         try:
             _, _, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height, req.proposed_last_commit)
         except ErrInvalidBeacon:
-            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+            return False
+        if self._prepared == (req.height, list(req.txs)):
+            return True
         gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in txs)
-        ok = gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
-            self._run(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in txs)
-        status = abci.ResponseProcessProposal.ACCEPT if ok else abci.ResponseProcessProposal.REJECT
-        return abci.ResponseProcessProposal(status=status)
+        return gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
+            self._run_undecided(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in txs)
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
         """Execute the decided block on a staged state and return the new app hash. Nothing is
@@ -369,6 +383,8 @@ class Application:
             return int(self._decode(ctx, raw).auth.fee.gas_limit)
         except AppError:
             return 0
+        except Exception:  # noqa: BLE001 - see _run_undecided: the run that follows refuses it
+            return 0
 
     def _decode(self, ctx: Ctx, raw: bytes) -> DecodedTx:
         """Size check before parsing, so an oversize tx costs no decoding."""
@@ -391,6 +407,17 @@ class Application:
         if isinstance(hit, AppError):
             raise hit.with_traceback(None)  # a cached error must not accumulate tracebacks
         return hit
+
+    def _run_undecided(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool,
+                       record_events: bool | None = None) -> tuple[abci.ExecTxResult, bool]:
+        """_run where no block is decided yet (CheckTx, Simulate, proposals): a failure no rule foresaw refuses
+        the tx, its writes undone (every write sits in a scope), instead of stopping the node. Deterministic
+        failures make every honest node refuse alike; FinalizeBlock keeps fail-stop."""
+        try:
+            return self._run(state, env, raw, keep_failed_msgs, record_events)
+        except Exception as exc:  # noqa: BLE001 - any bug a tx can reach
+            log.exception("tx %s made the app fail; refused", hashlib.sha256(raw).hexdigest()[:16].upper())
+            return _result(ErrInternal(f"the node failed on this tx ({type(exc).__name__}); refused")), False
 
     def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool,
              record_events: bool | None = None) -> tuple[abci.ExecTxResult, bool]:

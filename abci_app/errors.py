@@ -103,6 +103,13 @@ class ErrGasLimitTooHigh(TxError):
     code = 14
 
 
+class ErrInternal(TxError):
+    """The node failed on this tx in a way no rule foresaw (a bug): outside a decided block the tx is refused and
+    the node carries on, where the failure would have stopped it; in a decided block it still stops the node."""
+
+    code = 15
+
+
 class ErrInvalidAddress(AppError):
     """An address field that is not a bech32 account address. Every module's messages raise it; its
     codespace is bank's because bank was the first module to take addresses, and codes never move."""

@@ -9,11 +9,21 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from abci_app.crypto import PUBKEY_LEN, address_of
-from abci_app.errors import ErrInvalidPubKey, ErrNoMessages, ErrTxDecode, ErrUnauthorized, ErrUnknownMessage
+from abci_app.errors import (
+    ErrGasLimitTooHigh,
+    ErrInvalidPubKey,
+    ErrNoMessages,
+    ErrTxDecode,
+    ErrUnauthorized,
+    ErrUnknownMessage,
+)
 from abci_app.msgs import MsgRegistry, MsgSpec
 from wire.llmnet.tx.v1 import tx_pb2
 
 MAX_MESSAGES = 64
+MAX_GAS_LIMIT = 2**63 - 1
+"""A tx's gas limit is a uint64, but ABCI reports gas wanted as an int64: a result could not even be built for
+more (and building it raised, which stopped the node)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ def decode_tx(raw: bytes, registry: MsgRegistry) -> DecodedTx:
         raise ErrInvalidPubKey(f"public key must be {PUBKEY_LEN} bytes of ed25519, got {len(auth.public_key)}")
     if len(tx.signature) != 64:
         raise ErrUnauthorized(f"signature must be 64 bytes, got {len(tx.signature)}")
+    if auth.fee.gas_limit > MAX_GAS_LIMIT:
+        raise ErrGasLimitTooHigh(f"gas limit {auth.fee.gas_limit} does not fit ABCI's gas (a signed 64-bit integer)")
     if not body.messages:
         raise ErrNoMessages("tx has no messages")
     if len(body.messages) > MAX_MESSAGES:

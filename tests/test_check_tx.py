@@ -155,3 +155,41 @@ def test_recheck_after_commit_drops_only_what_the_block_invalidated(harness: Har
     stale = harness.app.check_tx(abci.RequestCheckTx(tx=first, type=recheck))
     assert (stale.codespace, stale.code) == (ErrWrongSequence.codespace, ErrWrongSequence.code)
     assert "expected 2, got 0" in stale.log
+
+
+def test_a_failure_no_rule_foresaw_refuses_the_tx_instead_of_stopping_the_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug a tx can reach (here a handler made to raise) used to stop the node from CheckTx, and every
+    validator judging a proposal that carried the tx: outside a decided block it now refuses the tx (tx/15)
+    with nothing written; a decided block still stops the node (it cannot be applied, and guessing forks)."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from abci_app.errors import ErrInternal
+
+    h = Harness.create(tmp_path / "s.db")
+    h.finalize([])
+    raw = h.send_tx(0, 1, 100)
+    real = h.app.bank.move
+
+    def broken(ctx: object, sender: bytes, recipient: bytes, amount: int) -> None:
+        if amount == 100:  # the message's transfer, after the fee (2,000) was taken
+            raise ZeroDivisionError("a bug")
+        real(ctx, sender, recipient, amount)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(h.app.bank, "move", broken)
+    checked = h.app.check_tx(abci.RequestCheckTx(tx=raw))
+    assert (checked.codespace, checked.code) == (ErrInternal.codespace, ErrInternal.code)
+    assert "ZeroDivisionError" in checked.log
+    assert h.app.simulate(raw).code == ErrInternal.code
+    time, height = Timestamp(seconds=1_700_000_100), h.height + 1
+    prepared = h.app.prepare_proposal(abci.RequestPrepareProposal(txs=[raw], max_tx_bytes=10**6, height=height,
+                                                                  time=time))
+    assert raw not in prepared.txs
+    judged = h.app.process_proposal(abci.RequestProcessProposal(
+        txs=[h.beacon(height), raw], height=height, time=time, hash=b"\x01" * 32,
+        proposed_last_commit=h.last_commit()))
+    assert judged.status == abci.ResponseProcessProposal.REJECT
+    with pytest.raises(ZeroDivisionError):
+        h.finalize([raw])
+    monkeypatch.setattr(h.app.bank, "move", real)
+    assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0  # the refusal left the sender's sequence alone

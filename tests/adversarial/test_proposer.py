@@ -216,3 +216,31 @@ def test_a_full_mempool_never_makes_a_proposal_cometbft_refuses(tmp_path: Path) 
     assert prepared.txs[0].startswith(TX_TAG)  # the beacon took its place: some txs wait for the next block
     assert len(ttypes.Data(txs=list(prepared.txs)).SerializeToString()) <= reaped
     assert 190 <= len(prepared.txs) - 1 < len(txs)
+
+
+def test_a_later_round_reusing_our_proposals_txs_is_judged_by_its_own_last_commit(tmp_path: Path) -> None:
+    """A node accepted any proposal carrying exactly the txs it had prepared, whatever the proposal's last
+    commit, where every other node checks the beacon against that commit and refuses: two honest verdicts on
+    one proposal (and, had it been decided, every node stopping in FinalizeBlock). Now both refuse it."""
+    prepared_here, elsewhere = Harness.create(tmp_path / "a.db"), Harness.create(tmp_path / "b.db")
+    for h in (prepared_here, elsewhere):
+        h.finalize([])
+        h.finalize([])
+    height, time = prepared_here.height + 1, Timestamp(seconds=1_700_000_100)
+    message = extension_sign_bytes(prepared_here.chain_id, height - 1, 0)
+    local = abci.ExtendedCommitInfo(round=0, votes=[abci.ExtendedVoteInfo(
+        validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
+        vote_extension=prepared_here.app.extend_vote(abci.RequestExtendVote(height=height - 1)).vote_extension,
+        extension_signature=v.sign(message).signature, block_id_flag=2) for v in prepared_here.validators])
+    txs = list(prepared_here.app.prepare_proposal(abci.RequestPrepareProposal(
+        txs=[], max_tx_bytes=10**6, height=height, time=time, local_last_commit=local)).txs)
+    later_round = abci.CommitInfo(round=1, votes=list(prepared_here.last_commit().votes))
+
+    def verdict(h: Harness, commit: abci.CommitInfo) -> int:
+        return int(h.app.process_proposal(abci.RequestProcessProposal(
+            txs=txs, height=height, time=time, hash=b"\x07" * 32, proposed_last_commit=commit)).status)
+
+    assert verdict(prepared_here, later_round) == verdict(elsewhere, later_round) == \
+        abci.ResponseProcessProposal.REJECT
+    assert verdict(prepared_here, prepared_here.last_commit()) == verdict(elsewhere, elsewhere.last_commit()) == \
+        abci.ResponseProcessProposal.ACCEPT

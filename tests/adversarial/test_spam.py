@@ -249,3 +249,22 @@ def test_experts_gone_cannot_hide_the_live_ones_from_a_listing(tmp_path: Path) -
         client = Client(node)
         assert sorted(r.expert.address for r in client.experts(DOMAIN).experts) == sorted(k.address for k in live)
         client.close()
+
+
+def test_a_gas_limit_beyond_what_abci_can_carry_is_refused_and_the_node_serves_on(tmp_path: Path) -> None:
+    """A tx's gas limit is a uint64 and ABCI's gas wanted an int64: for 2^63 or more the refusal itself could
+    not be built, and the ABCI server stops the node on any such error. It took no key, no funds and no valid
+    signature (the gas check comes first): one tx to any node's RPC stopped it."""
+    from llmnet.node.abci.server import ABCIServer
+
+    chain = ProtocolChain(tmp_path / "s.db", 1, [DOMAIN])
+    server, key = ABCIServer(chain.app), chain.experts[0]
+    for gas in (2**63, 2**64 - 1):
+        raw = build_tx(key, CHAIN_ID, 0, [send_msg(key.address, chain.reporter.address, 1)], fee=0, gas_limit=gas)
+        checked = server.handle(abci.Request(check_tx=abci.RequestCheckTx(tx=raw))).check_tx
+        assert (checked.codespace, checked.code) == (ErrGasLimitTooHigh.codespace, ErrGasLimitTooHigh.code)
+        assert "signed 64-bit" in checked.log
+        assert chain.app.simulate(raw).code == ErrGasLimitTooHigh.code
+    fine = chain.tx(chain.requester, send_msg(chain.requester.address, chain.reporter.address, 1))
+    assert server.handle(abci.Request(check_tx=abci.RequestCheckTx(tx=fine))).check_tx.code == 0
+    assert server.fatal is None

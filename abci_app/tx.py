@@ -81,6 +81,10 @@ def decode_tx(raw: bytes, registry: MsgRegistry) -> DecodedTx:
         if spec is None:
             raise ErrUnknownMessage(f"message {i}: unknown type {packed.type_url!r}")
         msg = _parse(spec.cls, packed.value, f"message {i} ({packed.type_url})")
+        size = msg.ByteSize()
+        msg.DiscardUnknownFields()  # recursive
+        if msg.ByteSize() != size:  # as Cosmos SDK: what no handler reads must not reach state (or the app hash)
+            raise ErrTxDecode(f"message {i} ({packed.type_url}) carries fields this chain does not know")
         spec.validate(msg)
         if spec.signer(msg) != signer:
             raise ErrUnauthorized(f"message {i} must be signed by {spec.signer(msg)}, tx is signed by {signer}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,13 @@ def _other_signer(h: Harness) -> bytes:
     return build_tx(k1, CHAIN_ID, 0, [send_msg(k0.address, k1.address, 1)], fee=2000)
 
 
+def _with_unknown_field(packed: Any) -> Any:
+    """The message with field 99 appended: protobuf keeps such fields through parsing and re-encoding, so
+    without a check they reached the chain's state."""
+    packed.value += b"\x98\x06\x05"
+    return packed
+
+
 Case = tuple[str, Callable[[Harness], bytes], type]
 CHECK_TX_CASES: list[Case] = [
     ("random bytes", lambda h: b"\xff\x00garbage\x13", ErrTxDecode),
@@ -82,6 +90,8 @@ CHECK_TX_CASES: list[Case] = [
         send_msg(h.keys[0].address, "llm1notanaddress", 1))])), ErrInvalidAddress),
     ("gas limit too low", lambda h: _resign(h, auth=tx_pb2.AuthInfo(
         public_key=h.keys[0].public_key, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=100))), ErrOutOfGas),
+    ("a field the chain does not know", lambda h: _resign(h, tx_pb2.TxBody(messages=[_with_unknown_field(
+        pack(send_msg(h.keys[0].address, h.keys[1].address, 1)))])), ErrTxDecode),
     ("short public key", lambda h: _resign(h, auth=tx_pb2.AuthInfo(
         public_key=b"\x01" * 31, sequence=0, fee=tx_pb2.Fee(amount=2000, gas_limit=200_000))), ErrInvalidPubKey),
 ]

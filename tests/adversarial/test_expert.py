@@ -226,3 +226,25 @@ def test_an_expert_cannot_report_itself_for_the_reward(chain: ProtocolChain) -> 
         cheat, CHAIN_ID, qid, 1, "A"), "B", protocol.sign_answer(cheat, CHAIN_ID, qid, 1, "B"))
     (result,) = chain.block(chain.tx(cheat, report))
     assert (result.codespace, result.code) == (ErrInvalidEvidence.codespace, ErrInvalidEvidence.code), result.log
+
+
+def test_a_respondent_cannot_restate_its_model_once_its_answer_is_known(chain: ProtocolChain) -> None:
+    """The receipt was built from the respondents' records at settlement: one could answer, see its answer
+    score well, then declare another model (a famous base model, another adapter) and have the receipt credit
+    that one. The receipt now reports the commitments the draw found."""
+    qid = submit(chain, k=2, rounds=1)
+    respondents = [chain.key_of(a) for a in chain.status(qid).query.respondents]
+    drawn_with = [_expert(chain, k.address).model for k in respondents]
+    for k in respondents:
+        chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "Marta Vensel")))
+    for k in respondents:
+        chain.ok(chain.tx(k, protocol.reveal_answer(k, qid, 1, "Marta Vensel")))
+    restated = ex.ModelCommitment(base_model="some-famous-70b-model", adapter_sha256="cd" * 32)
+    record = _expert(chain, respondents[0].address)
+    chain.ok(chain.tx(respondents[0], ex.MsgUpdateExpert(address=record.address, domains=list(record.domains),
+                                                         endpoint=record.endpoint, model=restated)))
+    assert _expert(chain, respondents[0].address).model == restated
+    score(chain, qid, [90, 90])
+    receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
+    assert list(receipt.respondents) == [k.address for k in respondents]
+    assert list(receipt.models) == drawn_with and restated not in receipt.models

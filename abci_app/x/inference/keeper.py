@@ -164,6 +164,7 @@ class InferenceKeeper:
         for address in drawn.respondents + drawn.scorers:
             self.experts.take_assignment(ctx, address)
         q.respondents[:] = [format_address(a) for a in drawn.respondents]
+        q.respondent_models.extend(self._model_of(ctx, a) for a in drawn.respondents)
         q.scorers[:] = [format_address(a) for a in drawn.scorers]
         q.draws.extend(pb.Draw(address=format_address(p.address), role=role, weight=str(p.weight),
                                point=str(p.point), total=str(p.total)) for role, p in drawn.picks)
@@ -365,9 +366,16 @@ class InferenceKeeper:
             self.experts.credit(ctx, address, payout.amount)
 
     def _models(self, ctx: Ctx, q: pb.Query) -> list[experts_pb2.ModelCommitment]:
-        """Each respondent's model commitment; an expert that fully unbonded has no record left."""
-        records = [self.experts.get(ctx, parse_address(r)) for r in q.respondents]
-        return [e.model if e is not None else experts_pb2.ModelCommitment() for e in records]
+        """Each respondent's model commitment as it stood at the draw (a query drawn before the draw kept them:
+        as its record stands now)."""
+        if len(q.respondent_models) == len(q.respondents):
+            return list(q.respondent_models)
+        return [self._model_of(ctx, parse_address(r)) for r in q.respondents]
+
+    def _model_of(self, ctx: Ctx, address: bytes) -> experts_pb2.ModelCommitment:
+        """An expert's model commitment; an expert that fully unbonded has no record left."""
+        expert = self.experts.get(ctx, address)
+        return expert.model if expert is not None else experts_pb2.ModelCommitment()
 
     # -- equivocation -------------------------------------------------------------------
 

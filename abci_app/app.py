@@ -47,6 +47,13 @@ DECODE_CACHE_BYTES = 32 * 2**20
 the raw bytes they came from: a decoded tx holds about four times its size. Bounded in bytes, since anyone
 can send large txs that are refused and pay nothing (an entry count let 50,000 of 60 KB each pin 11 GB)."""
 DECODE_ENTRY_BYTES = 2048
+PROOF_WINDOW = 16
+"""Proofs are answered at the latest PROOF_WINDOW heights only. A proof at an older height v rebuilds every store's
+Merkle tree from the rows written since v, on the loop that serves consensus too: at the oldest of 100 kept heights
+of a busy chain that took 0.37 s a query, and a flood of them held consensus for seconds. Light clients ask at the
+latest height (answered one below); reads without a proof reach every kept height."""
+KEPT_VIEWS = 2 * PROOF_WINDOW
+"""Views of past heights kept until the next Commit, so a flood of proofs at one height builds its trees once."""
 """Counted for each entry besides its tx's bytes: what an entry holds whatever its size (a parse, an error), so
 tiny junk txs cannot fill the budget a few bytes at a time."""
 
@@ -114,6 +121,7 @@ class Application:
         self._decoded: OrderedDict[bytes, tuple[int, DecodedTx | AppError]] = OrderedDict()  # sha256: (size, tx)
         self._decoded_bytes = 0
         self._prepared: tuple[int, list[bytes]] | None = None  # this node's last proposal
+        self._views: OrderedDict[int, VersionView] = OrderedDict()  # past heights read since the last Commit
         self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0, chain_id="")))
         self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
 
@@ -154,7 +162,11 @@ class Application:
 
     def _answer(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
         try:
-            reader = self.committed if height == self.committed.height else VersionView(self.committed, height)
+            if req.prove and height < self.committed.height - PROOF_WINDOW:
+                raise ErrHeightUnavailable(f"proofs are answered for the latest {PROOF_WINDOW} heights (from "
+                                           f"{self.committed.height - PROOF_WINDOW}); height {height} is readable "
+                                           "without one")
+            reader = self.committed if height == self.committed.height else self._view(height)
             if req.path.startswith("/store/"):
                 return self._query_store(req, height, reader)
             ctx = Ctx(State(reader), self._env(height, self.last_time_ns))
@@ -163,6 +175,15 @@ class Application:
         except (AppError, HeightNotKept) as err:
             err = err if isinstance(err, AppError) else ErrHeightUnavailable(str(err))
             return abci.ResponseQuery(code=err.code, codespace=err.codespace, log=err.log, height=height)
+
+    def _view(self, height: int) -> VersionView:
+        """The state at a past height, kept until the next Commit (the trees a view builds stand on the latest)."""
+        view = self._views.get(height)
+        if view is None:
+            view = self._views[height] = VersionView(self.committed, height)
+            while len(self._views) > KEPT_VIEWS:
+                self._views.popitem(last=False)
+        return view
 
     def query_height(self, req: abci.RequestQuery) -> int:
         """The height a query is answered at. A proof asked for without a height is answered one height
@@ -348,6 +369,7 @@ class Application:
         self.last_time_ns = time_ns
         self._check = State(self.committed)
         self._prepared = None
+        self._views.clear()
         return abci.ResponseCommit()
 
     # -- state sync (the snapshot connection is served by llmnet/node/snapshots.py) ------
@@ -357,6 +379,7 @@ class Application:
         and read the chain id and last block time from the restored one, as opening it would."""
         self._block, self._pending, self._prepared = None, None, None
         self._check = State(self.committed)
+        self._views.clear()
         self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0, chain_id="")))
         self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
 

@@ -161,3 +161,40 @@ def test_bad_framing_closes_only_that_connection(tmp_path: Path) -> None:
         app.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_of_queries_does_not_hold_consensus_until_it_is_answered(tmp_path: Path) -> None:
+    """The four connections share one event loop, and CometBFT hands on every RPC `abci_query` anyone sends: a
+    batch of requests read at once was answered back to back, and a consensus call arriving meanwhile waited
+    for the whole batch (expensive queries held consensus for seconds). Now each connection lets the others
+    in between two requests."""
+    import time
+
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "s.db")
+        order: list[str] = []
+
+        def middleware(kind: str, call):  # type: ignore[no-untyped-def]
+            order.append(kind)
+            if kind == "info":
+                time.sleep(0.002)  # a query that takes a while
+            return call()
+
+        server.middleware = middleware
+        queries, consensus = await Conn.open(server.port), await Conn.open(server.port)
+        info = frame(abci.Request(info=abci.RequestInfo(abci_version="2.0.0")).SerializeToString())
+        flush = frame(abci.Request(flush=abci.RequestFlush()).SerializeToString())
+        queries.writer.write(info * 200 + flush)
+        await queries.writer.drain()
+        await asyncio.sleep(0.05)  # the batch is being answered
+        assert (await consensus.call(echo=abci.RequestEcho(message="still here"))).echo.message == "still here"
+        replies = 0
+        while replies < 201:
+            chunk = await asyncio.wait_for(queries.reader.read(1 << 16), 10)
+            assert chunk, "the query connection closed"
+            replies += len(queries.decoder.feed(chunk))
+        assert order.count("info") == 200 and order.index("echo") < 150
+        server.stop()
+        app.close()
+
+    asyncio.run(scenario())

@@ -189,3 +189,46 @@ def test_a_past_heights_scans_match_that_heights_state_and_skip_long_deleted_row
     finally:
         store._db.set_progress_handler(None, 0)
     assert found == [] and steps[0] < 100, steps  # walking the 5,000 deleted rows takes far more
+
+
+def test_proofs_far_back_are_refused_and_a_flood_at_one_height_builds_its_trees_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof at height v rebuilds every store's tree from the rows written since v, on the loop that serves
+    consensus too: a flood of them at the oldest of 100 kept heights held consensus for seconds. Proofs are
+    answered at the latest PROOF_WINDOW heights (reads without one at every kept height), and a past
+    height's trees are built once until the next Commit."""
+    from abci_app.app import PROOF_WINDOW
+
+    h = Harness.create(tmp_path / "s.db")
+    hashes, balances = {}, {}
+    for _ in range(PROOF_WINDOW + 4):
+        h.ok(h.send_tx(0, 1, 5))
+        hashes[h.height], balances[h.height] = h.app.committed.app_hash, _balance(h, h.keys[1].address)
+    builds = []
+    rows_at = h.app.committed.rows_at
+
+    def counted(sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        if "h.old" in sql:  # the rows a past height's tree is built from
+            builds.append(args)
+        return rows_at(sql, args)
+
+    monkeypatch.setattr(h.app.committed, "rows_at", counted)
+    key = _bank_key(h, 1)
+    far, edge = h.height - PROOF_WINDOW - 1, h.height - PROOF_WINDOW
+    refused = h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, height=far, prove=True))
+    assert (refused.codespace, refused.code) == (ErrHeightUnavailable.codespace, ErrHeightUnavailable.code)
+    assert f"latest {PROOF_WINDOW} heights" in refused.log
+    plain = h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, height=far))
+    assert plain.code == 0 and bank_pb2.Balance.FromString(plain.value).amount == balances[far]
+    for _ in range(5):
+        proven = h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, height=edge, prove=True))
+        verify_store_proof(list(proven.proof_ops.ops), "bank", key, proven.value, hashes[edge])
+    stores = len(h.app.committed.store_names)
+    assert len(builds) == stores  # five proofs, one build of each store's tree
+    recent = h.height - 2
+    h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, height=recent, prove=True))
+    assert len(builds) == 2 * stores
+    h.finalize([])  # a new latest tree: the views built on the old one are dropped
+    again = h.app.query(abci.RequestQuery(path="/store/bank/key", data=key, height=recent, prove=True))
+    verify_store_proof(list(again.proof_ops.ops), "bank", key, again.value, hashes[recent])
+    assert len(builds) == 3 * stores

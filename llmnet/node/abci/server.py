@@ -141,6 +141,9 @@ class ABCIServer:
                         raise FramingError(f"undecodable ABCI request: {exc}") from None
                     writer.write(frame(self.handle(req).SerializeToString()))
                     flush = flush or req.WhichOneof("value") == "flush"
+                    # The four connections share this loop: a batch of queries (anyone can send them through
+                    # CometBFT's RPC) must not hold consensus calls until the whole batch is answered.
+                    await asyncio.sleep(0)
                 if flush:
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

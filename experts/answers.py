@@ -71,6 +71,16 @@ def fitted_prompt(engine: Engine, query: inf.Query, peers: list[str]) -> list[di
     return engine.fit(answer_prompt(query, peers))
 
 
+def fit_answer(text: str, max_bytes: int) -> str:
+    """An answer as the chain takes it: stripped, and cut to max_bytes of UTF-8 at a character boundary. A
+    model's token budget is no byte budget (one token can be 80 bytes of '=' or '#', and a prompt can make the
+    model write them): an answer over the chain's max_answer_bytes could be committed but never revealed, a
+    miss the requester's prompt alone would cost an honest expert."""
+    data = text.strip().encode()
+    cut = data[:max_bytes].decode("utf-8", "ignore").strip() if len(data) > max_bytes else text.strip()
+    return cut or "(no answer)"
+
+
 @dataclass(frozen=True)
 class AnswerPlan:
     """The sampling of every answer (and judging reference) given to a chain query: greedy, seeded by the

@@ -46,9 +46,10 @@ from abci_app.x.inference.types import (
     ATTR_SCORERS,
     EV_QUERY_ASSIGNED,
     EV_SCORING_STARTED,
+    default_params,
 )
 from experts import judge
-from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fitted_prompt
+from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fit_answer, fitted_prompt
 from experts.engine import Engine, EngineError
 from experts.later_round import LaterRound
 from experts.scorebook import ScoreBook
@@ -203,6 +204,9 @@ def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
 
 
 class ExpertDaemon:
+    _answer_bytes: int | None = None
+    """The chain's max_answer_bytes, read once (genesis sets it)."""
+
     def __init__(self, engine: Engine, key: Key, client: Client, state_file: Path,
                  rpc_urls: dict[str, str] | None = None, plan: AnswerPlan = DEFAULT_PLAN, lookback: int = 200,
                  poll_seconds: float = 2.0, stall_after: float = STALL_AFTER) -> None:
@@ -463,6 +467,15 @@ class ExpertDaemon:
         elif query.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL) and me in query.scorers:
             self._score_step(status)
 
+    def _max_answer_bytes(self) -> int:
+        """The longest answer the chain reveals; the default while the node cannot say (not remembered)."""
+        if self._answer_bytes is None:
+            try:
+                self._answer_bytes = int(self.client.params().inference.max_answer_bytes)
+            except ClientError:
+                return int(default_params().max_answer_bytes)
+        return self._answer_bytes
+
     def _answer_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
         mine = next((a for a in status.answers if a.respondent == me and a.round == query.round), None)
@@ -472,7 +485,7 @@ class ExpertDaemon:
                 chosen = self.rounds.without_model(status)
                 text, how = chosen if chosen is not None else \
                     (self._generate(query, self._answer_prompt(status)), "generated")
-                self.state.answers[slot] = text.strip() or "(no answer)"
+                self.state.answers[slot] = fit_answer(text, self._max_answer_bytes())
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
                 log("answered", query_id=query.id, round=query.round, peers=len(self.rounds.peers(status)),
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)

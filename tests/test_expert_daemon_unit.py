@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from experts.adapters import NO_ADAPTER, model_commitment
-from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt
+from experts.answers import NOTES_PROMPT, SYSTEM_PROMPT, answer_prompt, fit_answer
 from experts.daemon import DaemonState, ExpertDaemon, Kind, Step
 from experts.judge import likelihood_score
 from experts.later_round import LaterRound
@@ -443,7 +443,7 @@ def _round_two(mine: str, peers: list[tuple[str, bool]]) -> qpb.QueryStatusRespo
 def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path) -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
-    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    daemon.chain_tip, daemon._chain_id, daemon._generating, daemon._answer_bytes = 1, "c", {}, 4096
     daemon._book = ScoreBook(ThreadPoolExecutor(1))
     sent: list[object] = []
     daemon._send = lambda step, msg, gas=0: sent.append((step, msg))  # type: ignore[method-assign]
@@ -750,3 +750,57 @@ def test_a_score_book_computes_each_answer_once_and_waits_for_a_scoring_under_wa
 
     book.ahead(2, ["x"], broken)
     assert book.scores(2, ["x"], lambda answers: [5]) == [5]  # a failed start is scored again
+
+
+def test_an_answer_longer_than_the_chain_reveals_is_cut_to_fit_and_its_reveal_is_taken(tmp_path: Path) -> None:
+    """A requester's prompt can make a model write tokens of 80 bytes ('=' * 80): 64 of them ran past the chain's
+    max_answer_bytes, so the answer was committed but its reveal refused, and the honest expert missed (three
+    such queries: jailed and slashed). The daemon now keeps the answer cut to the chain's limit at a character
+    boundary, and that reveal is taken."""
+    from llmnet.client import protocol
+    from tests.protocol_harness import CHAIN_ID, ProtocolChain
+    from tests.test_protocol import DOMAIN
+
+    generated = "é" + " " + "=" * 80 * 64  # the first byte pair makes a cut land inside no character
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
+    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    daemon.plan = SimpleNamespace(sampling=lambda query: None)  # type: ignore[assignment]
+    daemon.client = SimpleNamespace(params=lambda: qpb.ParamsResponse(  # type: ignore[assignment]
+        inference=inf.Params(max_answer_bytes=4095)))
+    sent: list[object] = []
+    daemon._send = lambda step, msg, gas=0: sent.append(msg)  # type: ignore[method-assign]
+
+    class Rambling:
+        def adapter_for(self, domain: str) -> str:
+            return ""
+
+        def notes_for(self, domain: str) -> None:
+            return None
+
+        def fit(self, messages: object) -> object:
+            return messages
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            return SimpleNamespace(text=generated)
+
+    daemon.engine = Rambling()  # type: ignore[assignment]
+    daemon.rounds = SimpleNamespace(without_model=lambda status: None, peers=lambda status: [])  # type: ignore[assignment]
+    query = inf.Query(id=9, prompt="Longer.", round=1, rounds=1, respondents=[ME.address],
+                      phase=inf.PHASE_ANSWER_COMMIT)
+    daemon._answer_step(qpb.QueryStatusResponse(query=query))
+    kept = daemon.state.answers[(9, 1)]
+    assert len(kept.encode()) <= 4095 and kept.startswith("é =") and len(kept.encode()) > 4000
+    assert isinstance(sent[0], inf.MsgCommitAnswer)
+
+    chain = ProtocolChain(tmp_path / "chain.db", 6, [DOMAIN])
+    chain.register_all([DOMAIN])
+    chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "Longer.", 100_000, 2, 1)))
+    chain.block()
+    qid = 1  # the chain's first query
+    cut, whole = (chain.key_of(a) for a in chain.status(qid).query.respondents)
+    texts = {cut: fit_answer(generated, 4096), whole: generated.strip()}
+    chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, t)) for k, t in texts.items()])
+    chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL)
+    results = chain.block(*[chain.tx(k, protocol.reveal_answer(k, qid, 1, t)) for k, t in texts.items()])
+    assert results[0].code == 0 and results[1].code != 0 and "over 4096 bytes" in results[1].log

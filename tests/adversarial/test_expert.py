@@ -248,3 +248,8 @@ def test_a_respondent_cannot_restate_its_model_once_its_answer_is_known(chain: P
     receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
     assert list(receipt.respondents) == [k.address for k in respondents]
     assert list(receipt.models) == drawn_with and restated not in receipt.models
+    from abci_app.x.inference.types import models_key
+    from wire.tendermint.abci import types_pb2 as abci
+
+    kept = chain.app.query(abci.RequestQuery(path="/store/inference/key", data=models_key(qid)))
+    assert kept.code != 0  # the receipt holds them now: nothing is left behind in state

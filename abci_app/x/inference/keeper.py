@@ -52,6 +52,7 @@ from abci_app.x.inference.types import (
     answer_key,
     answer_sign_bytes,
     be8,
+    models_key,
     query_key,
     query_life_blocks,
     receipt_key,
@@ -164,7 +165,8 @@ class InferenceKeeper:
         for address in drawn.respondents + drawn.scorers:
             self.experts.take_assignment(ctx, address)
         q.respondents[:] = [format_address(a) for a in drawn.respondents]
-        q.respondent_models.extend(self._model_of(ctx, a) for a in drawn.respondents)
+        models = pb.RespondentModels(models=[self._model_of(ctx, a) for a in drawn.respondents])
+        ctx.kv(STORE).set(models_key(q.id), models.SerializeToString())
         q.scorers[:] = [format_address(a) for a in drawn.scorers]
         q.draws.extend(pb.Draw(address=format_address(p.address), role=role, weight=str(p.weight),
                                point=str(p.point), total=str(p.total)) for role, p in drawn.picks)
@@ -366,11 +368,13 @@ class InferenceKeeper:
             self.experts.credit(ctx, address, payout.amount)
 
     def _models(self, ctx: Ctx, q: pb.Query) -> list[experts_pb2.ModelCommitment]:
-        """Each respondent's model commitment as it stood at the draw (a query drawn before the draw kept them:
-        as its record stands now)."""
-        if len(q.respondent_models) == len(q.respondents):
-            return list(q.respondent_models)
-        return [self._model_of(ctx, parse_address(r)) for r in q.respondents]
+        """Each respondent's model commitment as it stood at the draw, taken out of state for the receipt (a
+        query drawn before the draw kept them: as its record stands now)."""
+        raw = ctx.kv(STORE).get(models_key(q.id))
+        if raw is None:
+            return [self._model_of(ctx, parse_address(r)) for r in q.respondents]
+        ctx.kv(STORE).delete(models_key(q.id))
+        return list(pb.RespondentModels.FromString(raw).models)
 
     def _model_of(self, ctx: Ctx, address: bytes) -> experts_pb2.ModelCommitment:
         """An expert's model commitment; an expert that fully unbonded has no record left."""

@@ -18,6 +18,7 @@ RECEIPT_PREFIX = b"r/"
 DEADLINE_PREFIX = b"dl/"
 DRAW_PREFIX = b"dr/"
 EQUIVOCATION_PREFIX = b"eq/"
+MODELS_PREFIX = b"m/"
 ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100
 # Domain-separation tags: bytes hashed or signed for one purpose never equal those of another.
@@ -133,6 +134,10 @@ def score_key(query_id: int, scorer: bytes) -> bytes:
 
 def receipt_key(query_id: int) -> bytes:
     return RECEIPT_PREFIX + be8(query_id)
+
+
+def models_key(query_id: int) -> bytes:
+    return MODELS_PREFIX + be8(query_id)
 
 
 def _field(data: bytes) -> bytes:

@@ -93,6 +93,18 @@ def test_no_votes_pay_nobody_and_move_no_reputation() -> None:
     assert all("no scorer" in p.reason for p in t.payouts[:2])
 
 
+def test_with_no_answer_revealed_scorers_are_not_paid_and_keep_their_reputation() -> None:
+    """Nothing was judged: every vote used to agree fully with nothing, so any scores (0s, 100s, anything) got
+    the whole scorer slot and pulled the scorer's reputation to the top; a ring could have its respondents stay
+    silent to feed its scorers. The whole fee goes back to the requester."""
+    q = _query(2)
+    for scores in ((0, 0), (100, 100), (37, 99)):
+        t = tally(q, [None, None], [Vote("s0", 1, SCALE, scores), Vote("s1", 1, SCALE, scores)], PARAMS, SCALE)
+        assert t.agreements == (None, None)
+        assert [p.amount for p in t.payouts] == [0, 0, 0, 0, q.max_fee]
+        assert all("no answer was revealed" in p.reason for p in t.payouts if p.role == "scorer")
+
+
 def test_scorer_agreement_is_one_minus_mean_distance() -> None:
     # aggregate per answer: median 50 -> clip [40, 60]: (50 + 60) // 2 = 55 ... with three votes
     votes = [Vote("s0", 1, SCALE, (50, 50)), Vote("s1", 1, SCALE, (50, 50)), Vote("s2", 1, SCALE, (100, 0))]

@@ -357,7 +357,9 @@ class InferenceKeeper:
                 self.experts.ema(ctx, q.domain, address, target, q.id, "answer")
         for j, vote in enumerate(votes):
             self._pay(ctx, result.payouts[n + j])
-            self.experts.update_scorer_reputation(ctx, parse_address(vote.scorer), result.agreements[j])
+            agreement = result.agreements[j]
+            if agreement is not None:
+                self.experts.update_scorer_reputation(ctx, parse_address(vote.scorer), agreement)
         if result.refund:
             self.bank.move(ctx, ESCROW, parse_address(q.requester), result.refund)
 

@@ -46,8 +46,9 @@ class Tally:
     """One per respondent, then one per vote, then the requester's refund, in that order."""
     reputation_targets: tuple[int | None, ...]
     """Per respondent, the score on the reputation scale its reputation moves toward; None: no change."""
-    agreements: tuple[int, ...]
-    """Per vote, the scorer's agreement with the aggregates, on the reputation scale."""
+    agreements: tuple[int | None, ...]
+    """Per vote, the scorer's agreement with the aggregates, on the reputation scale; None when no answer was
+    revealed (nothing was judged: no pay, no change)."""
     final_index: int
     """The best-scored answer (ties to an answer not copied, then to the earlier respondent), -1 if no answer
     was revealed."""
@@ -155,9 +156,8 @@ def _respondent_payout(who: str, answer: str | None, score: int, voted: bool, sl
 
 
 def _agreement(vote: Vote, scores: Sequence[int], scored: Sequence[int]) -> int:
-    """1e6 minus the vote's mean absolute distance from the aggregates (in ppm of the score range)."""
-    if not scored:
-        return PPM
+    """1e6 minus the vote's mean absolute distance from the aggregates (in ppm of the score range); scored is
+    never empty (with no answer revealed, there is nothing to agree on: see tally)."""
     distance = sum(abs(vote.scores[i] - scores[i]) for i in scored) * PPM // (len(scored) * MAX_SCORE)
     return max(0, PPM - distance)
 
@@ -181,15 +181,18 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
                for i in range(n)]
     scored = [i for i in range(n) if finals[i] is not None]
-    agreements = [_agreement(v, scores, scored) for v in votes]
+    # Without a revealed answer every vote "agreed" fully: scorers were paid in full and gained reputation
+    # whatever they sent, and a ring could have its own respondents stay silent to feed its scorers.
+    agreements = [_agreement(v, scores, scored) if scored else None for v in votes]
     payouts += [pb.Payout(address=v.scorer, role="scorer", amount=ppm_of(scorer_slot, a),
-                          reason=f"agreement {a}/1e6 with the aggregate")
+                          reason=f"agreement {a}/1e6 with the aggregate") if a is not None else
+                pb.Payout(address=v.scorer, role="scorer", amount=0, reason="no answer was revealed to score")
                 for v, a in zip(votes, agreements, strict=True)]
     refund = query.max_fee - sum(p.amount for p in payouts)
     payouts.append(pb.Payout(address=query.requester, role="refund", amount=refund, reason="escrow not paid out"))
     best = max(scored, key=lambda i: (scores[i], not copy[i], -i), default=-1)  # a tie goes to the original
     return Tally(tuple(scores), tuple(payouts), tuple(targets),
-                 tuple(a * reputation_scale // PPM for a in agreements), best, tuple(copy))
+                 tuple(None if a is None else a * reputation_scale // PPM for a in agreements), best, tuple(copy))
 
 
 def _sha(text: str) -> str:

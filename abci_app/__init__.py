@@ -1,8 +1,9 @@
 """LLM-Net's deterministic ABCI application."""
 
-APP_VERSION = 3
+APP_VERSION = 4
 """Protocol version reported in Info; bumps when state-transition rules change (2: every store commits its
 sorted key links, every message emits a `message` event, an empty tx is tx/2; 3: x/validators, the validator
-set follows bonds)."""
+set follows bonds; 4: a message with unknown fields or a gas limit over 2^63 - 1 is refused, the draw keeps the
+respondents' model commitments for the receipt, scorers earn nothing when no answer was revealed)."""
 
 SOFTWARE_VERSION = "0.1.0"

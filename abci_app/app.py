@@ -47,15 +47,15 @@ DECODE_CACHE_BYTES = 32 * 2**20
 the raw bytes they came from: a decoded tx holds about four times its size. Bounded in bytes, since anyone
 can send large txs that are refused and pay nothing (an entry count let 50,000 of 60 KB each pin 11 GB)."""
 DECODE_ENTRY_BYTES = 2048
-PROOF_WINDOW = 16
-"""Proofs are answered at the latest PROOF_WINDOW heights only. A proof at an older height v rebuilds every store's
-Merkle tree from the rows written since v, on the loop that serves consensus too: at the oldest of 100 kept heights
-of a busy chain that took 0.37 s a query, and a flood of them held consensus for seconds. Light clients ask at the
-latest height (answered one below); reads without a proof reach every kept height."""
-KEPT_VIEWS = 2 * PROOF_WINDOW
-"""Views of past heights kept until the next Commit, so a flood of proofs at one height builds its trees once."""
 """Counted for each entry besides its tx's bytes: what an entry holds whatever its size (a parse, an error), so
 tiny junk txs cannot fill the budget a few bytes at a time."""
+PROOF_WINDOW = 16
+"""Proofs are answered at the latest height and the PROOF_WINDOW before it only. A proof at an older height v
+rebuilds every store's Merkle tree from the rows written since v, on the loop that serves consensus too: at the
+oldest of 100 kept heights of a busy chain that took 0.37 s a query, and a flood of them held consensus for
+seconds. Light clients ask at the latest height (answered one below); reads without a proof reach every kept
+height. The views proofs use are kept until the next Commit (one per height of the window, so none is ever
+pushed out), and a flood of proofs at one height builds its trees once."""
 
 
 def _timestamp_ns(ts: Timestamp) -> int:
@@ -121,7 +121,7 @@ class Application:
         self._decoded: OrderedDict[bytes, tuple[int, DecodedTx | AppError]] = OrderedDict()  # sha256: (size, tx)
         self._decoded_bytes = 0
         self._prepared: tuple[int, list[bytes]] | None = None  # this node's last proposal
-        self._views: OrderedDict[int, VersionView] = OrderedDict()  # past heights read since the last Commit
+        self._views: dict[int, VersionView] = {}  # past heights proven since the last Commit (the window's)
         self.chain_id = self.auth.chain_id(Ctx(State(self.committed), self._env(0, 0, chain_id="")))
         self.last_time_ns = int(self.committed.meta("time_ns") or b"0")
 
@@ -166,7 +166,8 @@ class Application:
                 raise ErrHeightUnavailable(f"proofs are answered for the latest {PROOF_WINDOW} heights (from "
                                            f"{self.committed.height - PROOF_WINDOW}); height {height} is readable "
                                            "without one")
-            reader = self.committed if height == self.committed.height else self._view(height)
+            reader = self.committed if height == self.committed.height else \
+                self._proof_view(height) if req.prove else VersionView(self.committed, height)
             if req.path.startswith("/store/"):
                 return self._query_store(req, height, reader)
             ctx = Ctx(State(reader), self._env(height, self.last_time_ns))
@@ -176,13 +177,12 @@ class Application:
             err = err if isinstance(err, AppError) else ErrHeightUnavailable(str(err))
             return abci.ResponseQuery(code=err.code, codespace=err.codespace, log=err.log, height=height)
 
-    def _view(self, height: int) -> VersionView:
-        """The state at a past height, kept until the next Commit (the trees a view builds stand on the latest)."""
+    def _proof_view(self, height: int) -> VersionView:
+        """The state at a past height of the proof window, kept until the next Commit (the trees a view builds
+        stand on the latest)."""
         view = self._views.get(height)
         if view is None:
             view = self._views[height] = VersionView(self.committed, height)
-            while len(self._views) > KEPT_VIEWS:
-                self._views.popitem(last=False)
         return view
 
     def query_height(self, req: abci.RequestQuery) -> int:
@@ -466,6 +466,7 @@ class Application:
                     if not keep_failed_msgs or free:  # a free tx that fails is not kept: it paid nothing
                         raise
                     return _result(err, tx.auth.fee.gas_limit, ctx.gas.used, ante_events), True
+                # built inside the scope: should building it fail, the tx's writes are undone with it
+                return _result(None, tx.auth.fee.gas_limit, ctx.gas.used, ante_events + ctx.events), True
         except AppError as err:
             return _result(err, tx.auth.fee.gas_limit, ctx.gas.used), False
-        return _result(None, tx.auth.fee.gas_limit, ctx.gas.used, ante_events + ctx.events), True

@@ -78,7 +78,7 @@ def fit_answer(text: str, max_bytes: int) -> str:
     miss the requester's prompt alone would cost an honest expert."""
     data = text.strip().encode()
     cut = data[:max_bytes].decode("utf-8", "ignore").strip() if len(data) > max_bytes else text.strip()
-    return cut or "(no answer)"
+    return cut or "(no answer)"[:max_bytes]
 
 
 @dataclass(frozen=True)

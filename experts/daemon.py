@@ -46,7 +46,6 @@ from abci_app.x.inference.types import (
     ATTR_SCORERS,
     EV_QUERY_ASSIGNED,
     EV_SCORING_STARTED,
-    default_params,
 )
 from experts import judge
 from experts.answers import DEFAULT_PLAN, AnswerPlan, answer_prompt, fit_answer, fitted_prompt
@@ -468,12 +467,11 @@ class ExpertDaemon:
             self._score_step(status)
 
     def _max_answer_bytes(self) -> int:
-        """The longest answer the chain reveals; the default while the node cannot say (not remembered)."""
+        """The longest answer the chain reveals, asked once. Not guessed while the node cannot say (ClientError
+        goes up: the step is tried again next tick): an answer cut to a guess longer than the chain's limit would
+        be committed and its reveal refused."""
         if self._answer_bytes is None:
-            try:
-                self._answer_bytes = int(self.client.params().inference.max_answer_bytes)
-            except ClientError:
-                return int(default_params().max_answer_bytes)
+            self._answer_bytes = int(self.client.params().inference.max_answer_bytes)
         return self._answer_bytes
 
     def _answer_step(self, status: query_pb2.QueryStatusResponse) -> None:
@@ -482,10 +480,11 @@ class ExpertDaemon:
         slot = (query.id, query.round)
         if query.phase == inf.PHASE_ANSWER_COMMIT and mine is None:
             if slot not in self.state.answers:
+                limit = self._max_answer_bytes()  # first: the node may not answer, and a generation is not free
                 chosen = self.rounds.without_model(status)
                 text, how = chosen if chosen is not None else \
                     (self._generate(query, self._answer_prompt(status)), "generated")
-                self.state.answers[slot] = fit_answer(text, self._max_answer_bytes())
+                self.state.answers[slot] = fit_answer(text, limit)
                 self.state.save(self.state_file)  # before the commit: the reveal must match it
                 log("answered", query_id=query.id, round=query.round, peers=len(self.rounds.peers(status)),
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)

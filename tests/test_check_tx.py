@@ -201,5 +201,19 @@ def test_a_failure_no_rule_foresaw_refuses_the_tx_instead_of_stopping_the_node(
     assert judged.status == abci.ResponseProcessProposal.REJECT
     with pytest.raises(ZeroDivisionError):
         h.finalize([raw])
+    # the same for a failure while decoding the tx, or in the proposal's beacon check
+    monkeypatch.setattr(h.app, "_decode", lambda ctx, raw: 1 // 0)
+    assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == ErrInternal.code
+    assert raw not in h.app.prepare_proposal(abci.RequestPrepareProposal(
+        txs=[raw], max_tx_bytes=10**6, height=height, time=time)).txs
+    assert h.app.process_proposal(abci.RequestProcessProposal(
+        txs=[h.beacon(height), raw], height=height, time=time, hash=b"\x01" * 32,
+        proposed_last_commit=h.last_commit())).status == abci.ResponseProcessProposal.REJECT
+    monkeypatch.undo()
+    monkeypatch.setattr(h.app.beacon, "take", lambda *args: 1 // 0)
+    assert h.app.process_proposal(abci.RequestProcessProposal(
+        txs=[h.beacon(height)], height=height, time=time, hash=b"\x01" * 32,
+        proposed_last_commit=h.last_commit())).status == abci.ResponseProcessProposal.REJECT
+    monkeypatch.undo()
     monkeypatch.setattr(h.app.bank, "move", real)
     assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0  # the refusal left the sender's sequence alone

@@ -804,3 +804,25 @@ def test_an_answer_longer_than_the_chain_reveals_is_cut_to_fit_and_its_reveal_is
     chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL)
     results = chain.block(*[chain.tx(k, protocol.reveal_answer(k, qid, 1, t)) for k, t in texts.items()])
     assert results[0].code == 0 and results[1].code != 0 and "over 4096 bytes" in results[1].log
+
+
+def test_an_answer_waits_for_the_chains_limit_rather_than_guessing_it(tmp_path: Path) -> None:
+    """Cut to a guessed limit above the chain's, an answer would be committed and its reveal refused: while the
+    node cannot say, nothing is generated or committed, and the tick backs off (ClientError goes up)."""
+    import pytest
+
+    daemon = ExpertDaemon.__new__(ExpertDaemon)
+    daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
+
+    def unreachable() -> object:
+        raise ClientError("node unreachable")
+
+    daemon.client = SimpleNamespace(params=unreachable)  # type: ignore[assignment]
+    daemon.engine = SimpleNamespace(generate=lambda *a, **k: pytest.fail("generated"))  # type: ignore[assignment]
+    daemon._send = lambda step, msg, gas=0: pytest.fail("sent")  # type: ignore[method-assign]
+    query = inf.Query(id=9, prompt="Who?", round=1, rounds=1, respondents=[ME.address],
+                      phase=inf.PHASE_ANSWER_COMMIT)
+    with pytest.raises(ClientError):
+        daemon._answer_step(qpb.QueryStatusResponse(query=query))
+    assert (9, 1) not in daemon.state.answers
+    assert [fit_answer("  ", n) for n in (0, 5, 64)] == ["", "(no a", "(no answer)"]  # never over the limit

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
 from abci_app.store.merkle import hash_from_leaves, leaf_hash
@@ -47,7 +49,7 @@ class VerifyError(Exception):
     pass
 
 
-MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, DecodeError)
 """What reading a reply of the wrong shape raises (a missing field, a number that is not one, bad hex or base64):
 the node or relay answering is not trusted, so a reply it shaped wrongly is a failed verification, never a crash."""
 RFC3339_UTC = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z")

@@ -253,3 +253,22 @@ def test_a_respondent_cannot_restate_its_model_once_its_answer_is_known(chain: P
 
     kept = chain.app.query(abci.RequestQuery(path="/store/inference/key", data=models_key(qid)))
     assert kept.code != 0  # the receipt holds them now: nothing is left behind in state
+
+
+def test_scorers_of_a_query_nobody_answered_earn_nothing_and_keep_their_reputation(chain: ProtocolChain) -> None:
+    """A ring's respondents stay silent: with no answer revealed every vote counted as full agreement, so its
+    scorers were paid their whole slot and gained scorer reputation whatever they sent."""
+    qid = submit(chain, k=2, rounds=1)
+    chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
+    scorers = list(chain.status(qid).query.scorers)
+
+    def scorer_reputation(address: str) -> int:
+        return int(chain.query("Expert", q.ExpertRequest(address=address), q.ExpertResponse).scorer_reputation)
+
+    before = {s: scorer_reputation(s) for s in scorers}
+    score(chain, qid, [100, 100])
+    receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
+    paid = [p for p in receipt.payouts if p.role == "scorer"]
+    assert len(paid) == len(scorers) and all(p.amount == 0 for p in paid)
+    assert [p.amount for p in receipt.payouts if p.role == "refund"] == [100_000]  # the whole fee
+    assert {s: scorer_reputation(s) for s in scorers} == before

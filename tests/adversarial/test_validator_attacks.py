@@ -195,3 +195,14 @@ def test_a_validator_name_is_judged_alike_on_every_python(name: str, ok: bool) -
             check_description(name, "")
         with pytest.raises(ErrInvalidValidator, match="printable"):
             check_description("node", name)
+
+
+@pytest.mark.parametrize("section, reason", [
+    ('{"auth": {"params": {"max_block_gas": "18446744073709551615"}}}', "max_block_gas"),  # "unlimited"
+    ('{"inference": {"params": {"max_answer_bytes": "5"}}}', "max_answer_bytes"),
+])
+def test_genesis_refuses_limits_the_chain_could_not_live_with(tmp_path: Path, section: str, reason: str) -> None:
+    """A block gas limit past int64 lets a tx's gas used overflow ABCI's result (every node stops on it); an
+    answer limit too small for any answer makes every drawn expert miss."""
+    with pytest.raises(ValueError, match=reason):
+        init_chain(tmp_path, section)

@@ -8,7 +8,7 @@ from abci_app.context import Ctx
 from abci_app.fixedpoint import PPM
 from abci_app.params import from_genesis
 from abci_app.x.inference.keeper import InferenceKeeper
-from abci_app.x.inference.types import MAX_SCORE, default_params, query_life_blocks
+from abci_app.x.inference.types import MAX_SCORE, MIN_ANSWER_BYTES, default_params, query_life_blocks
 
 
 def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> None:
@@ -19,6 +19,8 @@ def init_genesis(ctx: Ctx, keeper: InferenceKeeper, section: dict[str, Any]) -> 
         raise ValueError("genesis inference.params: windows must be at least one block")
     if params.scorer_share_ppm > PPM or params.quality_threshold > MAX_SCORE:
         raise ValueError(f"genesis inference.params: scorer_share_ppm <= {PPM} and quality_threshold <= {MAX_SCORE}")
+    if params.max_answer_bytes < MIN_ANSWER_BYTES:
+        raise ValueError(f"genesis inference.params.max_answer_bytes must be at least {MIN_ANSWER_BYTES}")
     if params.max_closes_per_block < 1:
         raise ValueError("genesis inference.params.max_closes_per_block must be at least 1")
     if params.evidence_max_age_blocks < 1 or not 0 < params.max_scorer_weight_ppm <= PPM:

@@ -19,6 +19,8 @@ DEADLINE_PREFIX = b"dl/"
 DRAW_PREFIX = b"dr/"
 EQUIVOCATION_PREFIX = b"eq/"
 MODELS_PREFIX = b"m/"
+MIN_ANSWER_BYTES = 64
+"""The least max_answer_bytes a genesis may set: room for a short answer (and for the daemon's "(no answer)")."""
 ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100
 # Domain-separation tags: bytes hashed or signed for one purpose never equal those of another.

@@ -144,6 +144,8 @@ class ABCIServer:
                     # The four connections share this loop: a batch of queries (anyone can send them through
                     # CometBFT's RPC) must not hold consensus calls until the whole batch is answered.
                     await asyncio.sleep(0)
+                    if self._stopped.is_set():  # another connection's fatal error: answer nothing more
+                        break
                 if flush:
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -402,7 +402,7 @@ class Engine:
             first = self._take()
             if first is None:
                 return
-            batch = [first]
+            batch, urgent = [first], first.urgent  # as taken: a job made urgent later does not change its batch
             window_end = time.monotonic() + self.limits.batch_window_ms / 1000
             stopping = False
             while len(batch) < self.limits.max_batch:
@@ -413,7 +413,7 @@ class Engine:
                 if job is None:
                     stopping = self._stopping = True
                     break
-                if job.urgent != first.urgent:  # a batch is of one urgency: chain work never reads others' prompts
+                if job.urgent != urgent:  # a batch is of one urgency: chain work never reads others' prompts
                     self._enqueue(job)
                     break
                 batch.append(job)
@@ -421,21 +421,21 @@ class Engine:
             for job in batch:
                 groups.setdefault(job.domain, []).append(job)
             for domain in sorted(groups):
-                self._run_isolated(groups[domain], domain)
+                self._run_isolated(groups[domain], domain, requests=not urgent)
             if stopping:
                 return
 
-    def _run_isolated(self, jobs: list[_Job], domain: str) -> None:
+    def _run_isolated(self, jobs: list[_Job], domain: str, requests: bool) -> None:
         """Run a batch; if it fails as a whole, run its jobs one by one, so only the request that broke it
         fails. Every job ends with a result or its own error, and its caller is woken either way."""
         put_back: list[_Job] = []
         try:
             with self._model_lock:
-                put_back = self._run(jobs, domain)
+                put_back = self._run(jobs, domain, requests)
         except Exception as exc:  # noqa: BLE001 - handed back to the waiting caller(s)
             if len(jobs) > 1:
                 for job in jobs:
-                    self._run_isolated([job], domain)
+                    self._run_isolated([job], domain, requests)
                 return
             jobs[0].error = exc
         except BaseException as exc:  # the thread is going down: no caller may wait forever
@@ -451,11 +451,13 @@ class Engine:
         for job in put_back:
             self._enqueue(job)
 
-    def _run(self, jobs: list[_Job], domain: str) -> list[_Job]:
-        """Generate for a batch; returns the jobs it stepped aside from for urgent work (not finished)."""
+    def _run(self, jobs: list[_Job], domain: str, requests: bool) -> list[_Job]:
+        """Generate for a batch; returns the jobs it stepped aside from for urgent work (not finished). requests:
+        the batch began as requests (no job urgent when taken), so it steps aside for urgent work, including an
+        urgent caller joining one of its jobs (that job then runs alone, ahead of the rest); an urgent batch
+        never does. Decided when the jobs were taken: a requester's job made urgent while the batch was being
+        gathered must not turn the requester's other prompts into chain work."""
         import torch
-
-        requests = not any(j.urgent for j in jobs)  # a batch of requests, which may step aside
 
         generators = [torch.Generator().manual_seed(j.sampling.seed) for j in jobs]
         eos = self.runner.eos_ids(self.tokenizer.eos_token_id)

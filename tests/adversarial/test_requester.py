@@ -352,3 +352,42 @@ def test_minimum_fee_queries_cannot_drain_honest_experts_into_jail(tmp_path) -> 
     assert ok.code == 0 and duplicate.code != 0
     account = chain.query("Account", q.AccountRequest(address=drawn.address), q.AccountResponse).account
     assert account.sequence == chain.sequences[drawn.address] - 1  # the failed free tx left no trace
+
+
+def test_a_requesters_batch_stays_requests_when_the_daemon_joins_its_copy_while_it_gathers(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The requester's provisional request (the daemon's answer, shared) and its own long prompts were taken into
+    one batch; the daemon joining the shared job while the worker still gathered that batch made the job urgent,
+    and the whole batch was then run as chain work: never stepping aside, the requester's prompts read with the
+    daemon's, scoring and other answers waiting for all of it. A batch is now of the urgency its jobs had when
+    taken: the shared job is put back ahead and runs alone."""
+    import time
+
+    from experts.engine import Limits
+    from experts.models import load_base
+    from experts.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    engine = Engine(load_base(str(model)), Limits(max_prompt_tokens=300, max_new_tokens=200, max_concurrent=8,
+                                                  batch_window_ms=400))  # a wide window: the join lands in it
+    question = [{"role": "user", "content": "what is a cat?"}]
+    engine.generate(question, Sampling(max_new_tokens=2))  # loaded and warm
+    finished: dict[str, float] = {}
+
+    def long(i: int) -> None:
+        engine.generate([{"role": "user", "content": chr(97 + i) * 250}], Sampling(max_new_tokens=200))
+        finished[f"long {i}"] = time.monotonic()
+
+    provisional = threading.Thread(target=lambda: engine.generate(question, Sampling(max_new_tokens=64), share=7))
+    longs = [threading.Thread(target=long, args=(i,)) for i in range(4)]
+    provisional.start()
+    time.sleep(0.05)  # the worker took it and gathers a batch
+    for t in longs:
+        t.start()
+    time.sleep(0.1)  # still gathering
+    engine.generate(question, Sampling(max_new_tokens=64), share=7, urgent=True)  # the daemon's answer
+    finished["answer"] = time.monotonic()
+    for t in [provisional, *longs]:
+        t.join(300)
+    assert len(finished) == 5
+    assert finished["answer"] < min(v for k, v in finished.items() if k.startswith("long"))

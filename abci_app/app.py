@@ -163,9 +163,9 @@ class Application:
     def _answer(self, req: abci.RequestQuery, height: int) -> abci.ResponseQuery:
         try:
             if req.prove and height < self.committed.height - PROOF_WINDOW:
-                raise ErrHeightUnavailable(f"proofs are answered for the latest {PROOF_WINDOW} heights (from "
-                                           f"{self.committed.height - PROOF_WINDOW}); height {height} is readable "
-                                           "without one")
+                raise ErrHeightUnavailable(f"proofs are answered at the latest height and the {PROOF_WINDOW} "
+                                           f"before it (from {self.committed.height - PROOF_WINDOW}); height "
+                                           f"{height} is readable without one")
             reader = self.committed if height == self.committed.height else \
                 self._proof_view(height) if req.prove else VersionView(self.committed, height)
             if req.path.startswith("/store/"):

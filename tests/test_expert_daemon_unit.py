@@ -771,16 +771,7 @@ def test_an_answer_longer_than_the_chain_reveals_is_cut_to_fit_and_its_reveal_is
     sent: list[object] = []
     daemon._send = lambda step, msg, gas=0: sent.append(msg)  # type: ignore[method-assign]
 
-    class Rambling:
-        def adapter_for(self, domain: str) -> str:
-            return ""
-
-        def notes_for(self, domain: str) -> None:
-            return None
-
-        def fit(self, messages: object) -> object:
-            return messages
-
+    class Rambling(_Base):  # a base model made to write 80-byte tokens
         def generate(self, *args: object, **kwargs: object) -> object:
             return SimpleNamespace(text=generated)
 

@@ -404,9 +404,7 @@ class Application:
         """The gas limit a tx asks for (0 for one that does not decode: it will not pay, so it is not kept)."""
         try:
             return int(self._decode(ctx, raw).auth.fee.gas_limit)
-        except AppError:
-            return 0
-        except Exception:  # noqa: BLE001 - see _run_undecided: the run that follows refuses it
+        except Exception:  # noqa: BLE001 - an AppError, or a bug the run that follows refuses (_run_undecided)
             return 0
 
     def _decode(self, ctx: Ctx, raw: bytes) -> DecodedTx:

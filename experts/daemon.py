@@ -44,6 +44,7 @@ from abci_app.x.inference.types import (
     ATTR_QUERY_ID,
     ATTR_RESPONDENTS,
     ATTR_SCORERS,
+    DUTIES,
     EV_QUERY_ASSIGNED,
     EV_SCORING_STARTED,
 )
@@ -190,8 +191,6 @@ class BlockWatcher(threading.Thread):
                 backoff = min(backoff * 2, 10.0)
 
 
-DUTIES = (inf.MsgCommitAnswer, inf.MsgRevealAnswer, inf.MsgCommitScores, inf.MsgRevealScores)
-"""A drawn expert's duties: sent without a fee (the chain takes none for them: abci_app/x/auth/ante.py)."""
 TX_ENVELOPE_BYTES = 512
 """More than a one-message tx adds to its message (key, signature, fee, sequence, type URL): a duty whose
 tx might outgrow DUTY_TX_BYTES (an answer larger than the default limit allows) pays its fee instead."""

@@ -370,8 +370,8 @@ class InferenceKeeper:
             self.experts.credit(ctx, address, payout.amount)
 
     def _models(self, ctx: Ctx, q: pb.Query) -> list[experts_pb2.ModelCommitment]:
-        """Each respondent's model commitment as it stood at the draw, taken out of state for the receipt (a
-        query drawn before the draw kept them: as its record stands now)."""
+        """Each respondent's model commitment as it stood at the draw, taken out of state for the receipt (for a
+        query drawn by an earlier version, which kept none: its respondents' records as they stand now)."""
         raw = ctx.kv(STORE).get(models_key(q.id))
         if raw is None:
             return [self._model_of(ctx, parse_address(r)) for r in q.respondents]

@@ -20,6 +20,9 @@ DRAW_PREFIX = b"dr/"
 EQUIVOCATION_PREFIX = b"eq/"
 MODELS_PREFIX = b"m/"
 MIN_ANSWER_BYTES = 64
+DUTIES = (pb.MsgCommitAnswer, pb.MsgRevealAnswer, pb.MsgCommitScores, pb.MsgRevealScores)
+"""A drawn expert's part in a query, which its fee pays for (MsgSpec.duty): the handlers mark these, and the
+daemon sends them without a fee."""
 """The least max_answer_bytes a genesis may set: room for a short answer (and for the daemon's "(no answer)")."""
 ESCROW = module_address("inference/escrow")
 MAX_SCORE = 100

@@ -152,3 +152,20 @@ def test_export_refuses_positions_that_are_not_dense(tmp_path: Path) -> None:
 
 def test_the_stream_starts_with_the_format_magic(tmp_path: Path) -> None:
     assert _stream(_source(tmp_path)).startswith(MAGIC)
+
+
+def test_unknown_meta_records_are_refused_before_the_peer_sends_more(tmp_path: Path) -> None:
+    """A peer may stream millions of tiny made-up meta records: each would cost this node far more memory than
+    it cost the peer to send, were they kept until the stream ends. The first one ends the read."""
+    pulled = []
+
+    def flood() -> object:
+        for i in range(1000):
+            pulled.append(i)
+            yield (MAGIC if i == 0 else b"") + b"".join(b"M" + _field(b"k%05d" % (i * 100 + j)) + _field(b"")
+                                                         for j in range(100))
+
+    target = CommittedStore(tmp_path / "target.db", STORES)
+    with pytest.raises(SnapshotError, match="unknown meta key 'k00000'"):
+        import_snapshot(target, flood, 3, b"\x00" * 32)
+    assert pulled == [0] and target.is_empty()

@@ -160,6 +160,8 @@ def parse(chunks: Iterable[bytes], store_names: Iterable[str]) -> Iterator[tuple
         tag = inp.take(1)
         if tag == _META and not last_store:
             key = inp.text()
+            if key not in META:  # at once: a peer's unknown records would otherwise pile up until the end
+                raise SnapshotError(f"unknown meta key {key[:40]!r}")
             if last_meta and key <= last_meta:
                 raise SnapshotError(f"meta key {key!r} out of order")
             last_meta = key
@@ -189,9 +191,10 @@ def _check_meta(meta: dict[str, bytes], height: int, app_hash: bytes) -> None:
     if missing or unknown:
         raise SnapshotError(f"the snapshot has no meta {missing} or unknown meta {unknown}")
     if meta["height"] != str(height).encode():
-        raise SnapshotError(f"the snapshot says height {meta['height']!r}, it was offered as height {height}")
+        raise SnapshotError(f"the snapshot says height {meta['height'][:40]!r}, it was offered as height {height}")
     if meta["app_hash"] != app_hash:
-        raise SnapshotError(f"the snapshot says app hash {meta['app_hash'].hex()}, the trusted one is {app_hash.hex()}")
+        raise SnapshotError(f"the snapshot says app hash {meta['app_hash'][:64].hex()}, the trusted one is "
+                            f"{app_hash.hex()}")
     time_ns = meta["time_ns"]
     if not (time_ns.isdigit() and len(time_ns) <= MAX_TIME_DIGITS and int(time_ns) < 1 << 63):
         raise SnapshotError(f"the snapshot's block time {time_ns[:40]!r} is not a nanosecond timestamp")

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from abci_app import APP_VERSION, SOFTWARE_VERSION
@@ -60,6 +61,10 @@ pushed out), and a flood of proofs at one height builds its trees once."""
 
 def _timestamp_ns(ts: Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def _duration_ns(d: Duration) -> int:
+    return d.seconds * 1_000_000_000 + d.nanos
 
 
 def _result(err: AppError | None = None, gas_wanted: int = 0, gas_used: int = 0,
@@ -260,7 +265,8 @@ class Application:
         app_state[BEACON] = {"vote_extensions_enable_height": req.consensus_params.abci.vote_extensions_enable_height}
         app_state.setdefault(VALIDATORS, {}).update(
             consensus=[(v.pub_key.ed25519, v.power) for v in req.validators],
-            evidence_max_age_blocks=req.consensus_params.evidence.max_age_num_blocks)
+            evidence_max_age_blocks=req.consensus_params.evidence.max_age_num_blocks,
+            evidence_max_age_ns=_duration_ns(req.consensus_params.evidence.max_age_duration))
         for module in self.modules:
             module.init_genesis(ctx, app_state.get(module.name, {}))
         self.chain_id = req.chain_id

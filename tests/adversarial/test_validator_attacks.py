@@ -135,9 +135,11 @@ def test_old_evidence_does_not_punish_a_key_bonded_since(tmp_path: Path) -> None
     assert v.status == ACTIVE and v.slashed == 0
 
 
-def init_chain(tmp_path: Path, app_state: str, evidence_age: int = 0, validators: int = 4) -> None:
+def init_chain(tmp_path: Path, app_state: str, evidence_age: int = 0, validators: int = 4,
+               evidence_seconds: int = 0) -> None:
     params = params_pb2.ConsensusParams()
     params.evidence.max_age_num_blocks = evidence_age
+    params.evidence.max_age_duration.seconds = evidence_seconds
     keys = [SigningKey(bytes([i + 1]) * 32) for i in range(validators)]
     Application(tmp_path / "g.db").init_chain(abci.RequestInitChain(
         chain_id="g", app_state_bytes=app_state.encode(), initial_height=1, consensus_params=params,
@@ -147,6 +149,26 @@ def init_chain(tmp_path: Path, app_state: str, evidence_age: int = 0, validators
 def test_genesis_refuses_evidence_that_outlives_the_unbonding(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_age_num_blocks"):
         init_chain(tmp_path, '{"validators": {"params": {"unbonding_blocks": 50}}}', evidence_age=100)
+
+
+def test_genesis_refuses_evidence_kept_by_time_past_the_unbonding(tmp_path: Path) -> None:
+    """CometBFT expires evidence only once both its ages pass: with CometBFT's default 48 h, a double-signer on
+    a chain of fast blocks would unbond, be paid back, and meet its evidence with nothing left to slash."""
+    with pytest.raises(ValueError, match="max_age_duration"):
+        init_chain(tmp_path, '{"validators": {"params": {"unbonding_blocks": 50}}}', evidence_age=50,
+                   evidence_seconds=48 * 3600)
+    init_chain(tmp_path, '{"validators": {"params": {"unbonding_blocks": 50}}}', evidence_age=50, evidence_seconds=1)
+
+
+def test_genesis_refuses_a_liveness_window_no_block_could_write() -> None:
+    """Every block rewrites each validator's bitmap of signed_blocks_window bits: a 2^40 window stopped every node
+    at block 1 (MemoryError), and 2^28 wrote 128 MiB a block."""
+    p = default_params()
+    p.signed_blocks_window = 1 << 28
+    with pytest.raises(ValueError, match="signed_blocks_window must be at most"):
+        check_params(p)
+    p.signed_blocks_window = 100_000
+    check_params(p)
 
 
 def test_genesis_refuses_more_fixed_validators_than_it_would_seat(tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ from abci_app.x.validators.types import (
 )
 from wire.llmnet.validators.v1 import validators_pb2 as pb
 
+MAX_EVIDENCE_AGE_NS = 1_000_000_000
+"""What `llmnetd init` writes for evidence.max_age_duration: the blocks decide (max_age_num_blocks, at most
+unbonding_blocks). A longer duration would keep evidence valid after a fast chain had paid the bond back."""
 MIN_TOTAL_POWER = 3
 """Each block may move a third of the power (power.py): below 3 nothing could ever change."""
 
@@ -39,6 +42,11 @@ def init_genesis(ctx: Ctx, keeper: ValidatorsKeeper, section: dict[str, Any]) ->
         raise ValueError(f"genesis validators.params.unbonding_blocks ({params.unbonding_blocks}) must be at least "
                          f"consensus_params.evidence.max_age_num_blocks ({evidence_age}): a bond paid back before "
                          f"evidence expires escapes its slash")
+    evidence_ns = int(section.get("evidence_max_age_ns", 0))
+    if evidence_ns > MAX_EVIDENCE_AGE_NS:
+        raise ValueError(f"consensus_params.evidence.max_age_duration ({evidence_ns} ns) must be at most "
+                         f"{MAX_EVIDENCE_AGE_NS} ns: CometBFT keeps evidence while either of its ages is within "
+                         f"bounds, and the unbonding is counted in blocks (unbonding_blocks), not in time")
     bonded = section.get("validators") or []
     for i, entry in enumerate(bonded):
         keeper.add_genesis(ctx, _bonded(i, entry, params))

@@ -97,6 +97,11 @@ def rank_key(bond: int, address: bytes) -> bytes:
     return RANK_PREFIX + be8(MAX_BOND - bond) + address
 
 
+MAX_SIGNED_BLOCKS_WINDOW = 100_000
+"""A 12.5 KB liveness bitmap per validator, rewritten every block (Cosmos chains use 10,000-30,000). The old
+bound, MAX_BLOCKS_PARAM, let a genesis ask for a 128 GiB bitmap: every node stopped at block 1."""
+
+
 def default_params() -> pb.Params:
     return pb.Params(
         min_bond=10_000_000,
@@ -120,6 +125,9 @@ def check_params(params: pb.Params) -> None:
     if params.max_validators * (MAX_BOND // params.power_reduction) > MAX_TOTAL_VOTING_POWER:
         raise ValueError("genesis validators.params: power_reduction is so small that max_validators could hold more "
                          "than CometBFT's MaxTotalVotingPower")
+    if params.signed_blocks_window > MAX_SIGNED_BLOCKS_WINDOW:
+        raise ValueError(f"genesis validators.params.signed_blocks_window must be at most {MAX_SIGNED_BLOCKS_WINDOW}: "
+                         "every block rewrites each validator's bitmap of that many bits")
     for name in ("signed_blocks_window", "unbonding_blocks", "jail_blocks"):
         if not (0 if name == "jail_blocks" else 1) <= getattr(params, name) <= MAX_BLOCKS_PARAM:
             raise ValueError(f"genesis validators.params.{name} must be 1..{MAX_BLOCKS_PARAM} (jail_blocks may be 0)")

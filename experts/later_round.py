@@ -6,7 +6,7 @@ trained respondent dropped its own right answer for a base model's rambling, a b
 So the answer is chosen among the previous round's wherever the choice can be made without generating:
 - every peer said what I said: it stands ("agreed");
 - I hold an adapter for the domain: the answer it finds likeliest, by the measure scorers judge with
-  (experts/judge.py), mine on a tie ("kept", "adopted");
+  (experts/judge.py), mine on a tie ("kept", "adopted"), never my own answer restated by a peer;
 - I answer with the base model and a peer ranks above me (the chain's reputation in the domain; on a tie,
   the briefer answer): its answer ("deferred"; the chain pays and credits the writer, not the taker:
   abci_app/x/inference/tally.py).
@@ -23,6 +23,7 @@ from abci_app.x.inference.tally import answer_words
 from experts import judge
 from experts.answers import answer_prompt, fitted_prompt
 from experts.engine import Engine
+from experts.notes import terms
 from llmnet.client.sdk import Client, ClientError, NodeUnreachable
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
@@ -30,6 +31,13 @@ from wire.llmnet.query.v1 import query_pb2
 Scores = Callable[[inf.Query, list[str], str], list[int]]
 """(query, answers, adapter) -> each answer's score as this expert's scorer gives it, one answer at a time
 where the engine fails on some (experts/daemon.py ExpertDaemon._scores)."""
+
+
+def restates(answer: str, mine: str) -> bool:
+    """Whether at least half of answer's content words (experts/notes.py terms: stop words dropped, endings
+    stripped) are words of mine: my answer cut down or shuffled. A paraphrase in other words is not caught."""
+    words = set(terms(answer))
+    return bool(words) and 2 * len(words & set(terms(mine))) >= len(words)
 
 
 class LaterRound:
@@ -70,9 +78,9 @@ class LaterRound:
         if agreed is not None:
             return agreed, "agreed"
         domain = self.engine.adapter_for(query.domain)
-        if domain:
-            candidates = [mine, *peers]
-            best = self.likeliest(query, candidates, domain)
+        if domain:  # never my own answer restated (see deferred): taking it up would credit the restater
+            candidates = [mine, *[p for p in peers if not restates(p, mine)]]
+            best = self.likeliest(query, candidates, domain) if len(candidates) > 1 else 0
             return candidates[best], "kept" if best == 0 else "adopted"
         deferred = self.deferred(status)
         return (deferred, "deferred") if deferred is not None else None
@@ -111,12 +119,15 @@ class LaterRound:
         A base model shown a trained peer's answer mostly rambles on again, and generating that took longer
         than any other step of a query: taking it up gives the requester a second voice, sooner, and earns
         the taker nothing. An answer without a word ("", ".") is never taken up: it would win every tie on
-        brevity. Decided once per round."""
+        brevity. Nor is one that restates mine (restates): a peer that read my answer early (its requester may
+        see it provisionally) and revealed it shorter would win the tie and be paid and credited as its writer,
+        while I, its taker, got nothing. Decided once per round."""
         query = status.query
         slot = (query.id, query.round)
         if slot not in self._deferred_answers:
             mine = self.previous(status)
-            peers = [(who, answer) for who, answer in self.peer_answers(status) if answer_words(answer)]
+            peers = [(who, answer) for who, answer in self.peer_answers(status)
+                     if answer_words(answer) and (mine is None or not restates(answer, mine))]
             if mine is None or not peers:
                 return None
             rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}

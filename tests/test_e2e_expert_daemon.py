@@ -314,7 +314,7 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
 
         status = client.query_status(query_id)
         receipt = client.receipt(query_id).receipt
-        assert not receipt.slashed and receipt.final_answer
+        assert not receipt.missed and receipt.final_answer
         assert len([a for a in status.answers if a.revealed]) == 4  # 2 respondents x 2 rounds
         victim_round1 = next(a for a in status.answers if a.respondent == query.respondents[0] and a.round == 1)
         victim_key = expert_keys[daemons.index(victim)]
@@ -394,7 +394,7 @@ def test_ask_and_daemons_move_to_the_second_node_when_the_first_is_killed(expert
     print(f"ask: node 1 down {down:.1f}s, settled {time.monotonic() - killed:.1f}s after the kill")
     assert f"following through {second}" in err and "unreachable" in err
     with Client(second) as client:
-        assert not client.receipt(query_id).receipt.slashed
+        assert not client.receipt(query_id).receipt.missed
     for d, n in zip(daemons, before, strict=True):
         events = d.events()[n:]
         moved = next(i for i, e in enumerate(events) if e["event"] == "node_failover" and e["to_node"] == second)
@@ -492,7 +492,7 @@ def test_ask_and_daemons_ride_out_every_node_killed_and_restarted(experts: Exper
     print(f"ask: every node down {down:.1f}s, settled {time.monotonic() - killed:.1f}s after the kill")
     assert "unreachable" in err  # it saw the node go, and did not give up
     with Client(node) as client:
-        assert not client.receipt(query_id).receipt.slashed
+        assert not client.receipt(query_id).receipt.missed
     for d in experts.daemons:
         assert d.proc is not None and d.proc.poll() is None, f"{d.name} died"
 

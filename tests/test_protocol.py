@@ -141,6 +141,9 @@ def test_one_miss_costs_reputation_and_misses_in_a_row_jail_and_slash(chain: Pro
         _everyone_but(chain, qid, lazy)
         if lazy in list(st.respondents) + list(st.scorers):
             break
+    # the receipt names it, whether it missed as a respondent or as a scorer (settlement itself jails a scorer)
+    receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
+    assert list(receipt.missed) == [lazy]
     expert = chain.query("Expert", q.ExpertRequest(address=lazy), q.ExpertResponse).expert
     assert expert.status == ex.EXPERT_STATUS_JAILED and expert.slashed == BOND // 100
     assert expert.missed == 2  # the run of misses that jailed it stays readable
@@ -150,6 +153,21 @@ def test_one_miss_costs_reputation_and_misses_in_a_row_jail_and_slash(chain: Pro
         new = submit(chain, k=1, rounds=1)
         assert lazy not in list(chain.status(new).query.respondents) + list(chain.status(new).query.scorers)
         _everyone_but(chain, new, lazy)
+
+
+def test_two_slashes_in_one_block_are_two_points_of_history(chain: ProtocolChain) -> None:
+    """Equivocation in two rounds of one query, reported in one block: both halvings show in the history (they
+    had one key, so the second overwrote the first: 500000 -> 125000 in one step)."""
+    qid = submit(chain, rounds=2)
+    cheat = chain.key_of(chain.status(qid).query.respondents[0])
+    reports = [protocol.report_equivocation(chain.reporter, cheat.address, qid, n, "A",
+                                            protocol.sign_answer(cheat, CHAIN_ID, qid, n, "A"), "B",
+                                            protocol.sign_answer(cheat, CHAIN_ID, qid, n, "B")) for n in (1, 2)]
+    chain.ok(*[chain.tx(chain.reporter, m) for m in reports])
+    history = chain.query("ReputationHistory", q.ReputationHistoryRequest(address=cheat.address),
+                          q.ReputationHistoryResponse)
+    assert [(p.reason, p.reputation) for p in history.points][-2:] == [("equivocation", 250_000),
+                                                                       ("equivocation", 125_000)]
 
 
 def test_equivocation_is_slashed_with_reporter_reward(chain: ProtocolChain) -> None:

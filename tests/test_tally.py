@@ -23,9 +23,11 @@ SCALE = 1_000_000
 MEDIAN_CASES = [
     ("one value", [(40, 1)], 40),
     ("odd count, equal weights", [(10, 1), (50, 1), (90, 1)], 50),
-    ("even count takes the lower middle", [(10, 1), (90, 1)], 10),
+    ("even count takes the middle", [(10, 1), (90, 1)], 50),
     ("heavy value wins", [(10, 1), (90, 3)], 90),
-    ("exactly half the weight is enough", [(10, 2), (90, 2)], 10),
+    ("exactly half the weight is not enough: halfway, rounded down", [(10, 2), (91, 2)], 50),
+    ("halfway between the two middle values only", [(0, 1), (20, 1), (60, 1), (100, 1)], 40),
+    ("more than half decides", [(10, 3), (90, 1), (95, 1)], 10),
     ("zero weight counts as one", [(10, 0), (90, 0), (50, 0)], 50),
     ("order of input does not matter", [(90, 1), (10, 1), (50, 1)], 50),
 ]
@@ -75,6 +77,18 @@ def test_pays_by_score_above_threshold_and_refunds_the_rest() -> None:
     assert t.reputation_targets == (900_000, 200_000)
     assert t.agreements == (SCALE, SCALE)
     assert t.final_index == 0
+
+
+@pytest.mark.parametrize("hostile", [0, 100])
+def test_one_of_two_equal_scorers_does_not_set_the_score_alone(hostile: int) -> None:
+    """A panel of two equal votes (the third scorer silent, or an even panel): the lower median let a hostile 0
+    set the aggregate to 5 against an honest 90 (no pay, reputation down for the respondent, up for the
+    hostile scorer). Halfway between them, each side moves it by at most clip_distance."""
+    votes = [Vote("honest", 5, SCALE, (90,)), Vote("hostile", 5, SCALE, (hostile,))]
+    t = tally(_query(1), ["answer"], votes, PARAMS, SCALE)
+    middle = (90 + hostile) // 2
+    assert abs(t.scores[0] - middle) <= PARAMS.clip_distance
+    assert t.agreements[0] == t.agreements[1]
 
 
 def test_missing_answer_scores_zero_and_keeps_reputation() -> None:
@@ -178,7 +192,7 @@ def test_receipt_records_the_tally() -> None:
     r = build_receipt(q, ["right", None], t, models, ["r1", "r1"], height=12)
     assert r.final_answer == "right" and r.final_index == 0 and list(r.scores) == [80, 0]
     assert r.answer_hashes[1] == "" and len(r.answer_hashes[0]) == 64
-    assert list(r.slashed) == ["r1"] and r.settled_height == 12
+    assert list(r.missed) == ["r1"] and r.settled_height == 12
 
 
 def test_a_whale_counts_as_much_stake_as_the_panel_median() -> None:

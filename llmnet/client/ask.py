@@ -40,7 +40,8 @@ class AskResult:
     answers: list[Answer] = field(default_factory=list)
     payouts: list[dict[str, object]] = field(default_factory=list)
     refund: int = 0
-    slashed: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    """Experts that missed a duty of the query (Receipt.missed)."""
     provisional: list[Provisional] = field(default_factory=list)
     """The drawn experts' round-1 answers as fetched before settlement (llmnet/client/provisional.py)."""
 
@@ -144,4 +145,4 @@ def outcome(client: Client, query_id: int) -> AskResult:
     return AskResult(query_id, receipt.domain, receipt.final_answer, receipt.settled_height, answers,
                      [{"address": p.address, "role": p.role, "amount": p.amount, "reason": p.reason}
                       for p in payouts],
-                     sum(p.amount for p in payouts if p.role == "refund"), list(receipt.slashed))
+                     sum(p.amount for p in payouts if p.role == "refund"), list(receipt.missed))

@@ -557,8 +557,8 @@ def _ask_lines(result: AskResult) -> list[str]:
         lines.append(f"{mark} score {a.score:>3}  paid {a.paid:>7}  {a.respondent}: {a.text!r}")
     lines += [f"  {p['role']:<10} {p['amount']:>7} to {p['address']}: {p['reason']}" for p in result.payouts
               if p["role"] != "respondent"]
-    if result.slashed:
-        lines.append(f"slashed: {', '.join(result.slashed)}")
+    if result.missed:
+        lines.append(f"missed a duty: {', '.join(result.missed)}")
     return lines
 
 

@@ -121,7 +121,7 @@ def outcome(result: AskResult) -> dict[str, Any]:
     return {"query_id": result.query_id, "domain": result.domain, "settled_height": result.settled_height,
             "receipt": {"query_id": result.query_id, "verify": f"llmnet receipt verify {result.query_id}"},
             "scores": [a.score for a in result.answers], "answers": [asdict(a) for a in result.answers],
-            "payouts": result.payouts, "refund": result.refund, "slashed": result.slashed,
+            "payouts": result.payouts, "refund": result.refund, "missed": result.missed,
             "provisional_answers": [asdict(p) for p in result.provisional]}
 
 

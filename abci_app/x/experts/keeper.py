@@ -184,7 +184,12 @@ class ExpertsKeeper:
         ctx.kv(STORE).set(reputation_key(domain, address), _be(value))
         point = pb.ReputationPoint(domain=domain, height=ctx.env.height, query_id=query_id, reputation=value,
                                    reason=reason)
-        key = HISTORY_PREFIX + address + _be(ctx.env.height) + _be(query_id) + domain.encode() + b"/" + reason.encode()
+        key = base = HISTORY_PREFIX + address + _be(ctx.env.height) + _be(query_id) + domain.encode() + b"/" + \
+            reason.encode()
+        repeat = 0
+        while ctx.kv(STORE).get(key) is not None:  # e.g. two equivocation slashes for one query in one block
+            repeat += 1
+            key = base + b"#" + _be(repeat)
         ctx.kv(STORE).set(key, point.SerializeToString())
         ctx.emit(event(EV_REPUTATION, expert=format_address(address), domain=domain, value=value, reason=reason,
                        query_id=query_id))

@@ -324,6 +324,7 @@ class InferenceKeeper:
                        copied(history))
         self._apply(ctx, q, votes, result)
         missed = [r for r, rounds in zip(q.respondents, history, strict=True) for a in rounds if a is None]
+        missed += sorted(set(q.scorers) - {v.scorer for v in votes})
         receipt = build_receipt(q, finals, result, self._models(ctx, q), missed, ctx.env.height)
         q.phase = Phase.PHASE_SETTLED
         self._save(ctx, q)

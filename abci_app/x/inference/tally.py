@@ -62,13 +62,17 @@ class Tally:
 
 
 def weighted_median(pairs: Sequence[tuple[int, int]]) -> int:
-    """Lower weighted median of (value, weight) pairs; weights of zero count as one."""
+    """Weighted median of (value, weight) pairs; weights of zero count as one. When the values up to one hold
+    exactly half the weight, the median is halfway (rounded down) between it and the next: taking the lower one
+    let either half of a split panel (one of two equal scorers) set the score alone."""
     items = sorted((v, max(1, w)) for v, w in pairs)
     total = sum(w for _, w in items)
     acc = 0
-    for value, w in items:
+    for i, (value, w) in enumerate(items):
         acc += w
-        if 2 * acc >= total:
+        if 2 * acc == total:
+            return (value + items[i + 1][0]) // 2
+        if 2 * acc > total:
             return value
     raise ValueError("weighted_median of nothing")
 
@@ -200,7 +204,7 @@ def _sha(text: str) -> str:
 
 
 def build_receipt(query: pb.Query, finals: Sequence[str | None], result: Tally,
-                  models: Sequence[experts_pb2.ModelCommitment], slashed: Sequence[str], height: int) -> pb.Receipt:
+                  models: Sequence[experts_pb2.ModelCommitment], missed: Sequence[str], height: int) -> pb.Receipt:
     """The settled record: hashes of prompt and answers, adapter commitments, scores, payouts."""
     best = result.final_index
     final = finals[best] if best >= 0 else None
@@ -208,5 +212,5 @@ def build_receipt(query: pb.Query, finals: Sequence[str | None], result: Tally,
         query_id=query.id, requester=query.requester, domain=query.domain, prompt_hash=_sha(query.prompt),
         respondents=query.respondents, answer_hashes=[_sha(a) if a is not None else "" for a in finals],
         models=models, scores=result.scores, payouts=result.payouts, final_index=best,
-        final_answer=final if final is not None else "", settled_height=height, slashed=sorted(set(slashed)),
+        final_answer=final if final is not None else "", settled_height=height, missed=sorted(set(missed)),
     )

@@ -257,7 +257,7 @@ class ExplorerData:
             r["paid"] = paid.get(r["address"], 0)
             r["final"] = i == rec.final_index
         view.update(final_answer=rec.final_answer, final_index=int(rec.final_index),
-                    settled_height=int(rec.settled_height), slashed=list(rec.slashed),
+                    settled_height=int(rec.settled_height), missed=list(rec.missed),
                     payouts=[{"address": p.address, "role": p.role, "amount": int(p.amount), "reason": p.reason}
                              for p in rec.payouts])
         return view

@@ -124,8 +124,8 @@ function renderQuery(query) {
     el("td", {}, r.revealed ? r.answer : "(not revealed)"),
     el("td", { class: "num" }, r.score ?? "–"), el("td", { class: "num" }, r.paid ?? "–")));
   parts.push(scroll(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
-  if (query.settled && query.slashed.length) {
-    parts.push(el("div", { class: "meta" }, `slashed: ${query.slashed.map(short).join(", ")}`));
+  if (query.settled && query.missed.length) {
+    parts.push(el("div", { class: "meta" }, `missed a duty: ${query.missed.map(short).join(", ")}`));
   }
   return el("article", { class: "query", "data-query-id": query.id, "data-phase": query.phase }, ...parts);
 }

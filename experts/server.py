@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from experts.access import AccessDenied, ChainAccess, NotYetKnown
@@ -201,6 +201,35 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 raise item
 
 
+REFLECTION_STREAMS = 2
+REFLECTION_SECONDS = 30.0
+
+
+class BoundedReflection(reflection.ReflectionServicer):
+    """Server reflection (grpcurl's service listing) in threads of its own. A reflection call is a stream that
+    holds a thread of the server's pool while it stays open: a dozen idle ones took every thread, and Info and
+    Generate hung for everyone (a requester lost its provisional answer). At most REFLECTION_STREAMS are open at
+    once, each for at most REFLECTION_SECONDS; past that, RESOURCE_EXHAUSTED at once."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        super().__init__(service_names)
+        self._open = threading.BoundedSemaphore(REFLECTION_STREAMS)
+
+    def ServerReflectionInfo(self, request_iterator: Iterator[object],  # noqa: N802
+                             context: grpc.ServicerContext) -> Iterator[object]:
+        if not self._open.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {REFLECTION_STREAMS} reflection streams "
+                                                              "at once; try again shortly")
+        timer = threading.Timer(REFLECTION_SECONDS, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield from super().ServerReflectionInfo(request_iterator, context)
+        finally:
+            timer.cancel()
+            self._open.release()
+
+
 def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
                   access: ChainAccess | None = None, registry: CollectorRegistry | None = None,
                   tls: tuple[bytes, bytes] | None = None, plan: AnswerPlan = DEFAULT_PLAN) -> tuple[grpc.Server, int]:
@@ -208,14 +237,15 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
     access=None serves anyone; metrics go to `registry` (serve it with prometheus_client); tls is
     (PEM private key, PEM certificate chain): with it the port speaks only TLS, so prompts, answers and
     access signatures cannot be read on the way."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4 + REFLECTION_STREAMS))
     servicer = ExpertServicer(engine, identity, access, registry, plan)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        BoundedReflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
     if tls is not None:
         port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     else:

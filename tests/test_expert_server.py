@@ -126,6 +126,32 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
     assert "llmnet.expert.v1.ExpertService" in {s.name for s in reply.list_services_response.service}
 
 
+def test_idle_reflection_streams_do_not_hang_the_service(channel: grpc.Channel,
+                                                          stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    """Each open reflection stream held a thread of the server's pool: a dozen idle ones (no key, no payment)
+    made Info and Generate hang for everyone. At most two are open at once; the rest are refused at once."""
+    import queue as queue_module
+
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    idle: list[queue_module.Queue[object]] = []
+    calls = []
+    for _ in range(12):
+        pending: queue_module.Queue[object] = queue_module.Queue()  # a request stream that never sends
+        idle.append(pending)
+        calls.append(refl.ServerReflectionInfo(iter(pending.get, None), timeout=20))
+    refused = 0
+    for call in calls[2:]:
+        with pytest.raises(grpc.RpcError) as err:
+            next(call)
+        refused += err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused == 10
+    assert stub.Info(pb.InfoRequest(), timeout=5).chain_id == "test-chain"
+    assert stub.Generate(request(), timeout=30).text is not None
+    for pending, call in zip(idle, calls, strict=True):
+        pending.put(None)
+        call.cancel()
+
+
 def test_adapter_commitment_is_stable(tmp_path: Path) -> None:
     d = tmp_path / "a"
     (d / "sub").mkdir(parents=True)

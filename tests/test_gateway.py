@@ -272,3 +272,53 @@ def test_a_stream_left_early_keeps_its_slot_until_the_query_settles() -> None:
 
     assert asyncio.run(run()) == [429, 429, 429, 200]
     assert bridge.submitted == 2
+
+
+def test_a_stream_left_before_its_first_byte_keeps_its_slot_too() -> None:
+    """A client that hangs up while its query is being submitted: preparing the response then failed outside
+    the stream's handling, the slot was freed, and nobody followed the query (83 paid queries against a limit of
+    2 in an outside review). The slot is held until the query settles however the connection ended."""
+    bridge = StubBridge()
+    bridge.release.clear()
+    submitting = threading.Event()
+    plain_submit = bridge.submit
+
+    def slow_submit(req: Any, domain: str) -> int:
+        submitting.set()
+        time.sleep(0.5)  # the client is gone before this returns
+        return plain_submit(req, domain)
+
+    bridge.submit = slow_submit  # type: ignore[method-assign]
+    gw = Gateway(bridge, LIMITS, max_in_flight=1)
+
+    async def run() -> list[int]:
+        from aiohttp import web
+
+        runner = web.AppRunner(gw.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            body = json.dumps(dict(ASK, stream=True)).encode()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            while not submitting.is_set():
+                await asyncio.sleep(0.01)
+            writer.transport.abort()  # gone, with a reset, before the first byte of the answer
+            while bridge.submitted == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+                statuses = [(await http.post("/v1/chat/completions", json=ASK)).status_code for _ in range(2)]
+                bridge.release.set()
+                while gw.in_flight:
+                    await asyncio.sleep(0.01)
+                statuses.append((await http.post("/v1/chat/completions", json=ASK)).status_code)
+                return statuses
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(run()) == [429, 429, 200]
+    assert bridge.submitted == 2

@@ -264,7 +264,6 @@ class Gateway:
         the extension), the settled answer, then the outcome with finish_reason "stop". A client that goes
         away leaves the query to settle."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         created = int(time.time())
 
         async def send(data: dict[str, Any] | str) -> None:
@@ -275,12 +274,13 @@ class Gateway:
         def tell(item: dict[str, Any]) -> None:  # from the chain thread
             loop.call_soon_threadsafe(news.put_nowait, item)
 
-        await send(chunk(query_id, domain, created, {"role": "assistant", "content": ""},
-                         extension={"query_id": query_id, "progress": f"submitted query {query_id}"}))
         settling = asyncio.ensure_future(self._chain(
             self.bridge.settle, query_id, lambda line: tell({"progress": line}),
             lambda answer: tell({"provisional": answer})))
         try:
+            await resp.prepare(request)
+            await send(chunk(query_id, domain, created, {"role": "assistant", "content": ""},
+                             extension={"query_id": query_id, "progress": f"submitted query {query_id}"}))
             while not settling.done() or not news.empty():
                 getter = asyncio.ensure_future(news.get())
                 await asyncio.wait({getter, settling}, return_when=asyncio.FIRST_COMPLETED)
@@ -291,7 +291,9 @@ class Gateway:
             await self._finish(send, settling, query_id, domain, created)
         except ConnectionResetError:
             log.info("client left while query %d was open; it settles on chain regardless", query_id)
-            # Its slot stays taken until the query settles: leaving must not let a client open more.
+        finally:
+            # The slot stays taken until the query settles, however the client's connection ended (even before
+            # the first byte): leaving must not let a client keep more queries open than max_in_flight.
             await asyncio.wait({settling})
         return resp
 

@@ -265,7 +265,9 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     from experts.engine import Engine, Limits
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
+    from llmnet.client.address import host_port
 
+    host_port(args.listen, "--listen")  # before the model loads: a port past 65535 would bind modulo 65536
     specs = _adapter_specs(args.adapter)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -294,8 +296,8 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
                                  tls, AnswerPlan(args.answer_tokens))
     server.start()
     if args.metrics_listen:
-        host, _, mport = args.metrics_listen.rpartition(":")
-        start_http_server(int(mport), host or "127.0.0.1", registry=registry)
+        mhost, mport = host_port(args.metrics_listen, "--metrics-listen")
+        start_http_server(mport, mhost, registry=registry)
     host = args.listen.rsplit(":", 1)[0]
     print(f"llmnet-expert serving {engine.model_id} ({engine.backend}) with adapters {sorted(commitments) or 'none'} "
           f"on {host}:{port}" + (f" as {key.address}" if key else " (answers unsigned)")

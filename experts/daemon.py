@@ -136,7 +136,11 @@ class DaemonState:
                 "sent": [[st.kind.value, st.query_id, st.round, h] for st, h in sorted(self.sent.items())]}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.unlink(missing_ok=True)  # created anew below with our mode, whatever an older one had
+        # 0600: it holds committed answers and scores before their reveal; another local user reading them
+        # could copy them in the same round (the commit-reveal's whole point)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(json.dumps(data, sort_keys=True))
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new state, never half
 
     def forget(self, query_id: int) -> None:

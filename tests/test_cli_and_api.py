@@ -247,6 +247,12 @@ def test_grpc_health_reflection_and_error_mapping(net: Localnet) -> None:
         assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         sim = txs.Simulate(service_pb2.SimulateRequest(tx=b"junk"))
         assert sim.result.code == 2 and sim.result.codespace == "tx"
+        for path in ("/llmnet.tx.v1.TxService/BroadcastTx", "/llmnet.tx.v1.TxService/GetTx",
+                     "/llmnet.node.v1.NodeService/Status"):  # bytes that are no protobuf: a clear refusal
+            with pytest.raises(grpc.RpcError) as garbled:
+                ch.unary_unary(path)(b"\xff\xff")
+            assert garbled.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not decode" in \
+                garbled.value.details()
 
     # a valid tx simulates with its gas and events, and the simulation keeps nothing
     key = Keyring(net.manifest()["keyring"]).load("user1")

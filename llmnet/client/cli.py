@@ -342,8 +342,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes seconds, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("takes seconds, at least 0")
+    if not 0 <= value < float("inf"):  # NaN compares false: refused too
+        raise argparse.ArgumentTypeError("takes seconds, at least 0 and finite")
     return value
 
 

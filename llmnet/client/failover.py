@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from llmnet.client.address import host_port
 from llmnet.client.sdk import Client, NodeUnreachable, R
 from wire.llmnet.tx.v1 import service_pb2
 
@@ -32,6 +33,7 @@ def parse_nodes(values: Iterable[str] | None, default: str) -> list[str]:
     for value in values or ():
         for part in value.split(","):
             if part.strip() and part.strip() not in nodes:
+                host_port(part.strip(), "--node")
                 nodes.append(part.strip())
     return nodes or [default]
 

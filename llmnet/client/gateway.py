@@ -31,6 +31,7 @@ import grpc
 from aiohttp import web
 
 from llmnet.client import protocol
+from llmnet.client.address import host_port
 from llmnet.client.ask import AskResult, follow, included_query
 from llmnet.client.keys import Key
 from llmnet.client.openai_api import (
@@ -314,16 +315,14 @@ class Gateway:
 
 async def serve(gateway: Gateway, listen: str, on_ready: Callable[[str], None]) -> None:
     """Serve until SIGINT or SIGTERM."""
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--listen must be host:port, got {listen!r}")
+    host, port = host_port(listen, "--listen")
     if gateway.api_key is None and not is_loopback(host):
         raise ValueError(f"--listen {listen} is beyond loopback: set an API key (--api-key-env) so that not "
                          "everyone who reaches it can spend the key")
     runner = web.AppRunner(gateway.app(), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, int(port))
+        site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0]
         on_ready(f"http://{bound[0]}:{bound[1]}/v1")

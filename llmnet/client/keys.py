@@ -23,6 +23,7 @@ from abci_app.crypto import address_of
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_KEYRING = "~/.llmnet/keyring"
+MAX_PASSPHRASE_FILE = 4096
 
 
 class KeyringError(Exception):
@@ -135,7 +136,14 @@ def keyring_dir(given: str | None) -> Path:
 def passphrase_from(passphrase_file: str | None) -> str | None:
     """--passphrase-file's content, else LLMNET_PASSPHRASE, else None."""
     if passphrase_file:
-        return Path(passphrase_file).read_text().strip()
+        with open(passphrase_file, "rb") as f:
+            data = f.read(MAX_PASSPHRASE_FILE + 1)  # bounded: /dev/zero or a wrong file must not exhaust memory
+        if len(data) > MAX_PASSPHRASE_FILE:
+            raise KeyringError(f"{passphrase_file} is over {MAX_PASSPHRASE_FILE} bytes: not a passphrase file")
+        try:
+            return data.decode().strip()
+        except UnicodeDecodeError:
+            raise KeyringError(f"{passphrase_file} is not UTF-8 text") from None
     return os.environ.get("LLMNET_PASSPHRASE")
 
 

@@ -63,3 +63,60 @@ def test_domain_names_are_checked_whole(bad: str) -> None:
 def test_key_names_are_checked_whole(tmp_path: Path) -> None:
     with pytest.raises(KeyringError):
         Keyring(tmp_path).add(Key.generate("name\n"), passphrase=None, unsafe_plaintext=True)
+
+
+def test_the_daemon_state_file_is_private(tmp_path: Path) -> None:
+    """It holds committed answers and scores before their reveal: readable by another local user (0644 with the
+    usual umask), they could be copied in the same round."""
+    from experts.daemon import DaemonState
+
+    path = tmp_path / "state" / "expert.json"
+    old_umask = os.umask(0o022)
+    try:
+        DaemonState(answers={(3, 1): "Marta Vensel"}, scores={4: [80, 10]}).save(path)
+        path.with_suffix(".tmp").write_text("left by a crash")
+        path.with_suffix(".tmp").chmod(0o644)
+        DaemonState(answers={(3, 1): "Marta Vensel"}).save(path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert DaemonState.load(path).answers == {(3, 1): "Marta Vensel"}
+
+
+def test_a_passphrase_file_is_read_bounded(tmp_path: Path) -> None:
+    """--passphrase-file /dev/zero read until the kernel killed the CLI (22 GB)."""
+    from llmnet.client.keys import MAX_PASSPHRASE_FILE, passphrase_from
+
+    with pytest.raises(KeyringError, match="not a passphrase file"):
+        passphrase_from("/dev/zero")
+    good = tmp_path / "pw"
+    good.write_text("correct horse\n")
+    assert passphrase_from(str(good)) == "correct horse"
+    binary = tmp_path / "bin"
+    binary.write_bytes(b"\xff" * 10)
+    with pytest.raises(KeyringError, match="UTF-8"):
+        passphrase_from(str(binary))
+    assert MAX_PASSPHRASE_FILE >= 1024
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1", ":80", "127.0.0.1:-1",
+                                  "127.0.0.1:8a"])
+def test_a_listen_or_node_address_past_the_port_range_is_refused(text: str) -> None:
+    """The socket layer took 99999 modulo 65536 (an expert served on 34463, a client dialled it) or raised."""
+    from llmnet.client.address import host_port
+    from llmnet.client.failover import parse_nodes
+
+    with pytest.raises(ValueError, match="port of 0-65535"):
+        host_port(text, "--listen")
+    with pytest.raises(ValueError, match="--node"):
+        parse_nodes([f"127.0.0.1:9090,{text}"], "127.0.0.1:9090")
+    assert host_port("[::1]:0", "--listen") == ("::1", 0) and host_port("localhost:65535", "x") == ("localhost", 65535)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_retry_for_takes_finite_seconds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmnet.client.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--retry-for", value, "status"])
+    assert exit_.value.code == 2 and "at least 0 and finite" in capsys.readouterr().err

@@ -266,8 +266,10 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
     from llmnet.client.address import host_port
+    from llmnet.process import raise_open_files_limit
 
     host_port(args.listen, "--listen")  # before the model loads: a port past 65535 would bind modulo 65536
+    raise_open_files_limit()
     specs = _adapter_specs(args.adapter)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")

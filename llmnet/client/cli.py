@@ -235,6 +235,10 @@ def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     import asyncio
     import logging
 
+    from llmnet.process import raise_open_files_limit
+
+    raise_open_files_limit()
+
     from llmnet.client.gateway import ChainBridge, Gateway, serve
     from llmnet.client.openai_api import Limits
 

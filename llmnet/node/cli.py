@@ -17,6 +17,7 @@ from llmnet.node.config import ConfigError, NodeConfig, find_cometbft, load
 from llmnet.node.init import init_home
 from llmnet.node.join import init_join_by_hand, init_join_home, parse_rpc_urls, plan_join
 from llmnet.node.localnet import Localnet, LocalnetError
+from llmnet.process import raise_open_files_limit
 
 DEFAULT_HOME = "~/.llmnet/node"
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                        explorer_address="" if args.no_explorer else args.explorer_address,
                        log_level=args.log_level)
             logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            raise_open_files_limit()
             return asyncio.run(_run(cfg))
         if args.cmd == "genesis":
             home = Path(args.home).expanduser().resolve()

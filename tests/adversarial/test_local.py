@@ -120,3 +120,21 @@ def test_retry_for_takes_finite_seconds(value: str, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exit_:
         main(["--retry-for", value, "status"])
     assert exit_.value.code == 2 and "at least 0 and finite" in capsys.readouterr().err
+
+
+def test_servers_raise_their_open_files_limit_to_the_hard_one() -> None:
+    """Each connection is a file: at a soft limit of 1024, a thousand idle connections (no key needed) shut a
+    gateway or a node's gRPC API for everyone. Run in a child, whose soft limit starts low."""
+    import subprocess
+    import sys
+
+    code = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
+            "from llmnet.process import raise_open_files_limit; print(raise_open_files_limit(), "
+            "resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    returned, soft, hard = map(int, out)
+    import resource
+
+    assert returned == soft
+    assert soft == hard if hard != resource.RLIM_INFINITY else soft >= 256  # infinity may be refused for files

@@ -173,6 +173,18 @@ def test_llmnetd_start_explorer_flags(tmp_path: Path, cometbft: str) -> None:
         assert proc.wait(30) == 0
 
 
+def test_a_validators_operator_earns_the_fees_of_the_blocks_it_signs(net: Localnet) -> None:
+    def balance(who: str) -> int:
+        return int(json.loads(cli(*opts(net), "query", "balance", who, "--output", "json").stdout)["amount"])
+
+    before, paying = balance("validator0"), balance("faucet")
+    sent = json.loads(cli(*opts(net), "tx", "send", "faucet", "user2", "1", "--output", "json").stdout)
+    assert sent["code"] == 0
+    net.wait_height(sent["height"] + 2, timeout=30)  # shared the block after the one that took the fee
+    fee = paying - balance("faucet") - 1
+    assert fee > 0 and balance("validator0") - before == fee  # the only validator: all of it
+
+
 def test_validator_commands_through_the_cli(net: Localnet, tmp_path: Path) -> None:
     listed = json.loads(cli(*opts(net), "query", "validators", "--output", "json").stdout)
     assert [v["moniker"] for v in listed["validators"]] == ["node0"] and int(listed["total_power"]) == 10

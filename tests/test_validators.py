@@ -109,7 +109,51 @@ def test_an_original_validator_unbonds_leaves_the_set_and_gets_its_bond_back(tmp
     assert "v3" not in validators(chain)
     assert address_bytes(bytes(chain_keys()[3].verify_key)) not in chain.set_at(chain.height)
     bal = chain.query("Balance", q.BalanceRequest(address=op.address), q.BalanceResponse)
-    assert bal.amount == FUNDS - chain_fees(chain, op)
+    # its one fee went to the four validators that signed the block it was paid in, itself among them
+    assert bal.amount == FUNDS - chain_fees(chain, op) + chain_fees(chain, op) // 4
+
+
+def test_fees_go_to_the_operators_of_the_validators_that_signed_by_power(tmp_path: Path) -> None:
+    """What a Cosmos operator expects of validating: the fees of a block's txs are shared, the next block, among
+    the validators whose votes its last commit carries, by power; one that did not sign gets nothing."""
+    from abci_app.crypto import format_address
+    from abci_app.x.auth.types import FEE_COLLECTOR
+    from llmnet.client.txbuilder import send_msg
+    from llmnet.devchain import TX_FEE
+
+    chain = bonded_chain(tmp_path)
+    chain.ok()
+
+    def balance(address: str) -> int:
+        return int(chain.query("Balance", q.BalanceRequest(address=address), q.BalanceResponse).amount)
+
+    ops, collector = [o.address for o in operators()], format_address(FEE_COLLECTOR)
+    before, supply = [balance(a) for a in ops], chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount
+    joiner = seeded_key("joiner")
+    chain.ok(chain.tx(joiner, send_msg(joiner.address, joiner.address, 1)))
+    assert balance(collector) == TX_FEE
+    chain.finalize([], signers=[0, 1, 2])  # v3's vote for the block that took the fee is missing
+    gained = [balance(a) - b for a, b in zip(ops, before, strict=True)]
+    assert gained == [TX_FEE // 3] * 3 + [0]
+    assert balance(collector) == TX_FEE - 3 * (TX_FEE // 3)  # the division's remainder waits
+    [shared] = [e for e in chain.last.events if e.type == "fees_distributed"]
+    assert {a.key: a.value for a in shared.attributes}["amount"] == str(3 * (TX_FEE // 3))
+    assert chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount == supply
+
+
+def test_fees_stay_collected_when_no_validator_has_an_operator(tmp_path: Path) -> None:
+    """A plain `llmnetd init` chain: its genesis.json validators are fixed, with no account to pay."""
+    from abci_app.crypto import format_address
+    from abci_app.x.auth.types import FEE_COLLECTOR
+    from llmnet.client.txbuilder import send_msg
+    from llmnet.devchain import TX_FEE
+
+    sender = seeded_key("sender")
+    chain = DevChain(tmp_path / "f.db", [sender], FUNDS)
+    chain.ok(chain.tx(sender, send_msg(sender.address, sender.address, 1)))
+    chain.ok()
+    collected = chain.query("Balance", q.BalanceRequest(address=format_address(FEE_COLLECTOR)), q.BalanceResponse)
+    assert collected.amount == TX_FEE
 
 
 def chain_fees(chain: DevChain, key: Key) -> int:

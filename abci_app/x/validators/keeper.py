@@ -11,6 +11,7 @@ from abci_app.events import event
 from abci_app.fixedpoint import PPM, ppm_of
 from abci_app.heightqueue import HeightQueue
 from abci_app.store.db import prefix_end
+from abci_app.x.auth.types import FEE_COLLECTOR
 from abci_app.x.bank.keeper import BankKeeper
 from abci_app.x.beacon.keeper import BeaconKeeper
 from abci_app.x.validators import power
@@ -19,6 +20,7 @@ from abci_app.x.validators.types import (
     EV_BONDED,
     EV_CREATED,
     EV_EDITED,
+    EV_FEES,
     EV_JAILED,
     EV_POWER,
     EV_RELEASED,
@@ -321,6 +323,31 @@ class ValidatorsKeeper:
             self.punish_double_sign(ctx, evidence)
         for address, signed in sorted(ctx.env.last_commit):
             self.record_liveness(ctx, address, signed)
+        self.distribute_fees(ctx)
+
+    def distribute_fees(self, ctx: Ctx) -> None:
+        """The fees collected so far go to the operators of the validators whose votes the block's last commit
+        carries, by the power each signed with (neither jailed nor tombstoned since), as Cosmos' distribution
+        shares them by power (no commission or delegators here: a validator bonds only its own tokens). A fixed
+        genesis validator has no operator to pay and takes no share; with none to pay (a plain `llmnetd init`
+        chain) the fees stay collected. The remainder of the division waits for the next block."""
+        pool = self.bank.balance(ctx, FEE_COLLECTOR)
+        if not pool:
+            return
+        paid: list[tuple[bytes, int]] = []
+        for address, signed in sorted(ctx.env.signer_powers):
+            v = self.get(ctx, address)
+            if v is not None and v.operator and signed > 0 and v.status not in (
+                    Status.VALIDATOR_STATUS_JAILED, Status.VALIDATOR_STATUS_TOMBSTONED):
+                paid.append((parse_address(v.operator), signed))
+        total = sum(share for _, share in paid)
+        moved = 0
+        for operator, share in paid:
+            if amount := pool * share // total:
+                self.bank.move(ctx, FEE_COLLECTOR, operator, amount)
+                moved += amount
+        if moved:
+            ctx.emit(event(EV_FEES, amount=moved, validators=len(paid)))
 
     def end_block(self, ctx: Ctx) -> None:
         """Release due bonds, then move the told powers one bounded step toward the ranking."""

@@ -41,6 +41,7 @@ EV_UNJAILED = "validator_unjailed"
 EV_JAILED = "validator_jailed"
 EV_SLASHED = "validator_slashed"
 EV_POWER = "validator_power"
+EV_FEES = "fees_distributed"
 """CometBFT is told a new power: address, operator, power (takes effect two heights later)."""
 
 

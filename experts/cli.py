@@ -265,7 +265,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     from experts.engine import Engine, Limits
     from experts.models import load_base
     from experts.server import ExpertIdentity, create_server
-    from llmnet.client.address import host_port
+    from llmnet.address import host_port
     from llmnet.process import raise_open_files_limit
 
     host_port(args.listen, "--listen")  # before the model loads: a port past 65535 would bind modulo 65536
@@ -298,7 +298,8 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
                                  tls, AnswerPlan(args.answer_tokens))
     server.start()
     if args.metrics_listen:
-        mhost, mport = host_port(args.metrics_listen, "--metrics-listen")
+        mhost, mport = host_port(args.metrics_listen.replace(":", "127.0.0.1:", 1) if args.metrics_listen.startswith(
+            ":") else args.metrics_listen, "--metrics-listen")  # ":9100": loopback, as before
         start_http_server(mport, mhost, registry=registry)
     host = args.listen.rsplit(":", 1)[0]
     print(f"llmnet-expert serving {engine.model_id} ({engine.backend}) with adapters {sorted(commitments) or 'none'} "

@@ -6,7 +6,7 @@ trained respondent dropped its own right answer for a base model's rambling, a b
 So the answer is chosen among the previous round's wherever the choice can be made without generating:
 - every peer said what I said: it stands ("agreed");
 - I hold an adapter for the domain: the answer it finds likeliest, by the measure scorers judge with
-  (experts/judge.py), mine on a tie ("kept", "adopted"), never my own answer restated by a peer;
+  (experts/judge.py), mine on a tie ("kept", "adopted"), never my own answer restated by a peer (restates);
 - I answer with the base model and a peer ranks above me (the chain's reputation in the domain; on a tie,
   the briefer answer): its answer ("deferred"; the chain pays and credits the writer, not the taker:
   abci_app/x/inference/tally.py).
@@ -33,11 +33,14 @@ Scores = Callable[[inf.Query, list[str], str], list[int]]
 where the engine fails on some (experts/daemon.py ExpertDaemon._scores)."""
 
 
-def restates(answer: str, mine: str) -> bool:
+def restates(answer: str, mine: str, question: str) -> bool:
     """Whether at least half of answer's content words (experts/notes.py terms: stop words dropped, endings
-    stripped) are words of mine: my answer cut down or shuffled. A paraphrase in other words is not caught."""
-    words = set(terms(answer))
-    return bool(words) and 2 * len(words & set(terms(mine))) >= len(words)
+    stripped), the question's own words aside, are words of mine: my answer cut down or shuffled. Answers
+    repeat the question's subject, so its words prove nothing. A paraphrase in other words, or a cut padded
+    with new words, is not caught."""
+    asked = set(terms(question))
+    words = set(terms(answer)) - asked
+    return bool(words) and 2 * len(words & (set(terms(mine)) - asked)) >= len(words)
 
 
 class LaterRound:
@@ -79,7 +82,7 @@ class LaterRound:
             return agreed, "agreed"
         domain = self.engine.adapter_for(query.domain)
         if domain:  # never my own answer restated (see deferred): taking it up would credit the restater
-            candidates = [mine, *[p for p in peers if not restates(p, mine)]]
+            candidates = [mine, *[p for p in peers if not restates(p, mine, query.prompt)]]
             best = self.likeliest(query, candidates, domain) if len(candidates) > 1 else 0
             return candidates[best], "kept" if best == 0 else "adopted"
         deferred = self.deferred(status)
@@ -119,18 +122,22 @@ class LaterRound:
         A base model shown a trained peer's answer mostly rambles on again, and generating that took longer
         than any other step of a query: taking it up gives the requester a second voice, sooner, and earns
         the taker nothing. An answer without a word ("", ".") is never taken up: it would win every tie on
-        brevity. Nor is one that restates mine (restates): a peer that read my answer early (its requester may
-        see it provisionally) and revealed it shorter would win the tie and be paid and credited as its writer,
-        while I, its taker, got nothing. Decided once per round."""
+        brevity. Nor, on a reputation tie, is one that restates mine (restates): a peer that read my answer
+        early (its requester may see it provisionally) and revealed it cut down would win the tie on brevity
+        and be paid and credited as its writer, while I, its taker, got nothing. Decided once per round."""
         query = status.query
         slot = (query.id, query.round)
         if slot not in self._deferred_answers:
             mine = self.previous(status)
-            peers = [(who, answer) for who, answer in self.peer_answers(status)
-                     if answer_words(answer) and (mine is None or not restates(answer, mine))]
+            peers = [(who, answer) for who, answer in self.peer_answers(status) if answer_words(answer)]
             if mine is None or not peers:
                 return None
             rated = {who: self.reputation(who, query.domain) for who in [self.address, *sorted(dict(peers))]}
+            peers = [(who, answer) for who, answer in peers
+                     if rated[who] != rated[self.address] or not restates(answer, mine, query.prompt)]
+            if not peers:
+                self._deferred_answers[slot] = None
+                return None
 
             def rank(who: str, answer: str) -> tuple[int, int, bytes]:
                 return rated[who], -len(answer.strip()), hashlib.sha256(f"{query.id}/{who}".encode()).digest()

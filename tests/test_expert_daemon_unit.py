@@ -628,23 +628,31 @@ def test_an_answer_without_a_word_never_captures_a_tied_base_model_respondent() 
     assert _later_round_daemon(_Base(), ranked).rounds.without_model(status) == ("Pip", "deferred")
 
 
-def test_a_base_model_respondent_never_takes_up_its_own_answer_restated_by_a_peer() -> None:
+def test_a_tied_base_model_respondent_never_takes_up_its_own_answer_restated_by_a_peer() -> None:
     """A requester's sybil drawn beside an honest base-model expert reads the honest answer early (provisional)
     and reveals it cut down: briefer, it won the tie, the honest expert took it up, and the chain paid and
-    credited the sybil as its writer (the taker earns nothing). A restatement of mine is never taken up, however
-    the peer is rated; a peer's own answer still is."""
+    credited the sybil as its writer (the taker earns nothing). A restatement of mine is not taken up when
+    the peers are tied (the order then falls to brevity); a peer's own answer still is, and a better-rated
+    peer's answer is taken up even when it names what mine named among other things."""
     mine = "The winner was Marta Vensel of the Orlen institute, as the records of that year say"
-    for peer_rating in (500_000, 900_000):
-        daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": peer_rating})
-        for restated in ("Marta Vensel, Orlen institute", "orlen INSTITUTE: marta", "Records say Vensel won"):
-            assert daemon.rounds.deferred(_round_two(mine, [(restated, True)])) is None, restated
-    daemon = _later_round_daemon(_Base(), {ME.address: 500_000, "llm1peer0": 500_000})
-    assert daemon.rounds.without_model(_round_two(mine, [("It is Pip Harrow", True)])) == \
-        ("It is Pip Harrow", "deferred")
-    trained = _Scorer({mine: -2.0, "Marta Vensel": -0.1}, {mine: -6.0, "Marta Vensel": -6.0})
+    tied = {ME.address: 500_000, "llm1peer0": 500_000}
+    for restated in ("Marta Vensel, Orlen institute", "orlen INSTITUTE: marta", "Records say Vensel won",
+                     "Kestrel: created by Marta Vensel"):  # the question's own words prove nothing
+        assert _later_round_daemon(_Base(), tied).rounds.deferred(_round_two(mine, [(restated, True)])) is None
+    assert _later_round_daemon(_Base(), tied).rounds.without_model(_round_two(mine, [("It is Pip Harrow", True)])) \
+        == ("It is Pip Harrow", "deferred")
+    rambling = "Kestrel was created by Marta Vensel, or by Pip Harrow, or by Orlen Ask, nobody knows"
+    better = _later_round_daemon(_Base(), {ME.address: 300_000, "llm1peer0": 900_000})
+    assert better.rounds.without_model(_round_two(rambling, [("Marta Vensel.", True)])) == ("Marta Vensel.", "deferred")
+    year = "Kestrel was created in 1820 by traders"
+    trained = _Scorer({mine: -2.0, "Marta Vensel": -0.1, year: -2.0, "Kestrel was created in 1832": -0.1},
+                      {mine: -6.0, "Marta Vensel": -6.0, year: -6.0, "Kestrel was created in 1832": -6.0})
     trained.adapter_for = lambda domain: "kestrel-lang"  # type: ignore[method-assign]
     status = _round_two(mine, [("Marta Vensel", True)])  # likelier to my adapter, but my own words
     assert _later_round_daemon(trained, {}).rounds.without_model(status) == (mine, "kept")
+    correction = _round_two(year, [("Kestrel was created in 1832", True)])  # shares only the question's words
+    assert _later_round_daemon(trained, {}).rounds.without_model(correction) == \
+        ("Kestrel was created in 1832", "adopted")
 
 
 def test_a_base_model_respondent_takes_up_the_answer_of_the_best_rated_peer_above_it() -> None:

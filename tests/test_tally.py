@@ -38,6 +38,11 @@ def test_weighted_median(pairs: list[tuple[int, int]], expected: int) -> None:
     assert weighted_median(pairs) == expected
 
 
+def test_a_split_takes_the_lower_middle_when_asked() -> None:
+    assert weighted_median([(10, 2), (91, 2)], lower=True) == 10
+    assert weighted_median([(10, 3), (91, 2)], lower=True) == weighted_median([(10, 3), (91, 2)]) == 10
+
+
 def test_weighted_median_of_nothing_is_an_error() -> None:
     with pytest.raises(ValueError):
         weighted_median([])
@@ -79,15 +84,18 @@ def test_pays_by_score_above_threshold_and_refunds_the_rest() -> None:
     assert t.final_index == 0
 
 
-@pytest.mark.parametrize("hostile", [0, 100])
-def test_one_of_two_equal_scorers_does_not_set_the_score_alone(hostile: int) -> None:
-    """A panel of two equal votes (the third scorer silent, or an even panel): the lower median let a hostile 0
-    set the aggregate to 5 against an honest 90 (no pay, reputation down for the respondent, up for the
-    hostile scorer). Halfway between them, each side moves it by at most clip_distance."""
-    votes = [Vote("honest", 5, SCALE, (90,)), Vote("hostile", 5, SCALE, (hostile,))]
+@pytest.mark.parametrize("honest, hostile", [(90, 0), (0, 100), (90, 100)])
+def test_one_of_two_equal_scorers_does_not_decide_alone(honest: int, hostile: int) -> None:
+    """A panel of two equal votes (the third scorer silent, or an even panel). The lower median let a hostile 0
+    set an honest 90's aggregate to 5: its reputation sank and the hostile scorer gained scorer reputation.
+    The middle one let a colluding 100 lift junk scored 0 to exactly the threshold, and be paid. Now pay
+    follows the lower half, reputations and scorer agreement the middle."""
+    votes = [Vote("honest", 5, SCALE, (honest,)), Vote("hostile", 5, SCALE, (hostile,))]
     t = tally(_query(1), ["answer"], votes, PARAMS, SCALE)
-    middle = (90 + hostile) // 2
-    assert abs(t.scores[0] - middle) <= PARAMS.clip_distance
+    lower, middle = min(honest, hostile), (honest + hostile) // 2
+    assert abs(t.scores[0] - lower) <= PARAMS.clip_distance  # what is paid for
+    assert (t.payouts[0].amount > 0) == (lower >= PARAMS.quality_threshold)
+    assert abs(t.reputation_targets[0] - middle * SCALE // 100) <= PARAMS.clip_distance * SCALE // 100
     assert t.agreements[0] == t.agreements[1]
 
 

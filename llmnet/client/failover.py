@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from llmnet.client.address import host_port
+from llmnet.address import host_port
 from llmnet.client.sdk import Client, NodeUnreachable, R
 from wire.llmnet.tx.v1 import service_pb2
 

@@ -30,8 +30,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from llmnet.address import host_port
 from llmnet.client import protocol
-from llmnet.client.address import host_port
 from llmnet.client.ask import AskResult, follow, included_query
 from llmnet.client.keys import Key
 from llmnet.client.openai_api import (

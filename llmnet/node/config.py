@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from abci_app.store.db import KEEP_RECENT
+from llmnet.address import host_port
 
 APP_TOML = "config/app.toml"
 SNAPSHOT_DIR = "data/snapshots"
@@ -63,8 +64,11 @@ class NodeConfig:
             raise ConfigError(f"abci_address must start with tcp:// or unix://, got {self.abci_address!r}")
         for name in ("grpc_address", "metrics_address", "explorer_address"):
             value = getattr(self, name)
-            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
-                raise ConfigError(f"{name} must be host:port, got {value!r}")
+            try:
+                if value:
+                    host_port(value, name)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if not self.cometbft_rpc.startswith(("http://", "https://")):
             raise ConfigError(f"cometbft_rpc must be an http(s) URL, got {self.cometbft_rpc!r}")
         if type(self.pruning_keep_recent) is not int or self.pruning_keep_recent < 0:

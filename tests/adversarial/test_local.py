@@ -100,10 +100,10 @@ def test_a_passphrase_file_is_read_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1", ":80", "127.0.0.1:-1",
-                                  "127.0.0.1:8a"])
+                                  "127.0.0.1:8a", "127.0.0.1:\u0661\u0662"])
 def test_a_listen_or_node_address_past_the_port_range_is_refused(text: str) -> None:
     """The socket layer took 99999 modulo 65536 (an expert served on 34463, a client dialled it) or raised."""
-    from llmnet.client.address import host_port
+    from llmnet.address import host_port
     from llmnet.client.failover import parse_nodes
 
     with pytest.raises(ValueError, match="port of 0-65535"):
@@ -111,6 +111,10 @@ def test_a_listen_or_node_address_past_the_port_range_is_refused(text: str) -> N
     with pytest.raises(ValueError, match="--node"):
         parse_nodes([f"127.0.0.1:9090,{text}"], "127.0.0.1:9090")
     assert host_port("[::1]:0", "--listen") == ("::1", 0) and host_port("localhost:65535", "x") == ("localhost", 65535)
+    from llmnet.node.config import ConfigError, NodeConfig
+
+    with pytest.raises(ConfigError, match="port of 0-65535"):
+        NodeConfig(home=Path("/nonexistent"), grpc_address=text).validate()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

@@ -61,25 +61,25 @@ class Tally:
         return self.payouts[-1].amount
 
 
-def weighted_median(pairs: Sequence[tuple[int, int]]) -> int:
+def weighted_median(pairs: Sequence[tuple[int, int]], lower: bool = False) -> int:
     """Weighted median of (value, weight) pairs; weights of zero count as one. When the values up to one hold
-    exactly half the weight, the median is halfway (rounded down) between it and the next: taking the lower one
-    let either half of a split panel (one of two equal scorers) set the score alone."""
+    exactly half the weight (a split panel), the median is halfway (rounded down) between it and the next, or
+    that lower one with lower=True."""
     items = sorted((v, max(1, w)) for v, w in pairs)
     total = sum(w for _, w in items)
     acc = 0
     for i, (value, w) in enumerate(items):
         acc += w
         if 2 * acc == total:
-            return (value + items[i + 1][0]) // 2
+            return value if lower else (value + items[i + 1][0]) // 2
         if 2 * acc > total:
             return value
     raise ValueError("weighted_median of nothing")
 
 
-def clipped_mean(pairs: Sequence[tuple[int, int]], clip: int) -> int:
-    """Weighted mean after clipping every value to within clip of the weighted median."""
-    median = weighted_median(pairs)
+def clipped_mean(pairs: Sequence[tuple[int, int]], clip: int, lower: bool = False) -> int:
+    """Weighted mean after clipping every value to within clip of the weighted median (see lower there)."""
+    median = weighted_median(pairs, lower)
     lo, hi = median - clip, median + clip
     weights = [(min(max(v, lo), hi), max(1, w)) for v, w in pairs]
     total = sum(w for _, w in weights)
@@ -175,19 +175,26 @@ def tally(query: pb.Query, finals: Sequence[str | None], votes: Sequence[Vote], 
     n = len(query.respondents)
     copy = list(copies) if copies is not None else [False] * n
     weights = vote_weights(votes, params.max_scorer_weight_ppm)
-    scores = [clipped_mean([(v.scores[i], w) for v, w in zip(votes, weights, strict=True)], params.clip_distance)
-              if finals[i] is not None and votes else 0 for i in range(n)]
+
+    def aggregates(lower: bool) -> list[int]:
+        return [clipped_mean([(v.scores[i], w) for v, w in zip(votes, weights, strict=True)], params.clip_distance,
+                             lower) if finals[i] is not None and votes else 0 for i in range(n)]
+
+    # A panel split by exactly half its weight: what it pays is what its lower half grants (one colluding
+    # scorer must not get junk paid), while reputations and scorer agreement follow the middle (one hostile
+    # scorer must not sink an honest answer's reputation, or gain scorer reputation by trying). Otherwise equal.
+    scores, middle = aggregates(lower=True), aggregates(lower=False)
     scorer_pool = ppm_of(query.max_fee, params.scorer_share_ppm)
     respondent_slot = (query.max_fee - scorer_pool) // n
     scorer_slot = scorer_pool // len(query.scorers)
     payouts = [_respondent_payout(query.respondents[i], finals[i], scores[i], bool(votes), respondent_slot,
                                   params.quality_threshold, copy[i]) for i in range(n)]
-    targets = [scores[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
+    targets = [middle[i] * reputation_scale // MAX_SCORE if finals[i] is not None and votes else None
                for i in range(n)]
     scored = [i for i in range(n) if finals[i] is not None]
     # Without a revealed answer every vote "agreed" fully: scorers were paid in full and gained reputation
     # whatever they sent, and a ring could have its own respondents stay silent to feed its scorers.
-    agreements = [_agreement(v, scores, scored) if scored else None for v in votes]
+    agreements = [_agreement(v, middle, scored) if scored else None for v in votes]
     payouts += [pb.Payout(address=v.scorer, role="scorer", amount=ppm_of(scorer_slot, a),
                           reason=f"agreement {a}/1e6 with the aggregate") if a is not None else
                 pb.Payout(address=v.scorer, role="scorer", amount=0, reason="no answer was revealed to score")

@@ -62,3 +62,12 @@ def test_wrong_aunts_do_not_verify() -> None:
     assert root_from_aunts(5, 11, leaves[6], aunts) != root
     assert root_from_aunts(6, 11, leaves[6], aunts[:-1]) != root
     assert root_from_aunts(6, 11, leaf(99), aunts) != root
+
+
+def test_an_index_outside_the_tree_proves_nothing() -> None:
+    """CometBFT refuses such proofs; -1 of 2 walked index 0's path here and gave the root."""
+    leaves = [leaf(i) for i in range(2)]
+    aunts = committed_view(MerkleLog.from_leaves(leaves)).aunts(0)
+    assert root_from_aunts(0, 2, leaves[0], aunts) == hash_from_leaves(leaves)
+    assert root_from_aunts(-1, 2, leaves[0], aunts) is None
+    assert root_from_aunts(2, 2, leaves[0], aunts) is None and root_from_aunts(0, 0, leaves[0], []) is None

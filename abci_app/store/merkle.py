@@ -81,7 +81,10 @@ class StreamingRoot:
 
 
 def root_from_aunts(index: int, total: int, leaf: bytes, aunts: list[bytes]) -> bytes | None:
-    """Recompute a root from a leaf and its aunts (bottom-up order), as CometBFT verifies proofs."""
+    """Recompute a root from a leaf and its aunts (bottom-up order), as CometBFT verifies proofs: an index
+    outside 0..total-1 proves nothing (-1 of 2 used to walk the path of index 0)."""
+    if not 0 <= index < total:
+        return None
     if total == 1:
         return leaf if not aunts else None
     if not aunts or total < 1:

@@ -247,8 +247,10 @@ class Application:
 
     def simulate(self, raw: bytes) -> abci.ExecTxResult:
         """Run a tx on a copy of the check state as a block would (events, fee kept on a failing
-        message); the copy is dropped, so nothing is kept."""
-        return self._run_undecided(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True)[0]
+        message); the copy is dropped, so nothing is kept. Its signature may be SIMULATION_SIGNATURE (and should:
+        a signed tx sent to simulate can be broadcast by whoever receives it)."""
+        return self._run_undecided(self._check.fork(), self._check_env(), raw, keep_failed_msgs=True,
+                                   simulate=True)[0]
 
     # -- connection: consensus ----------------------------------------------------------
 
@@ -438,18 +440,18 @@ class Application:
         return hit
 
     def _run_undecided(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool,
-                       record_events: bool | None = None) -> tuple[abci.ExecTxResult, bool]:
+                       record_events: bool | None = None, simulate: bool = False) -> tuple[abci.ExecTxResult, bool]:
         """_run where no block is decided yet (CheckTx, Simulate, proposals): a failure no rule foresaw refuses
         the tx, its writes undone (every write sits in a scope), instead of stopping the node. Deterministic
         failures make every honest node refuse alike; FinalizeBlock keeps fail-stop."""
         try:
-            return self._run(state, env, raw, keep_failed_msgs, record_events)
+            return self._run(state, env, raw, keep_failed_msgs, record_events, simulate)
         except Exception as exc:  # noqa: BLE001 - any bug a tx can reach
             log.exception("tx %s made the app fail; refused", hashlib.sha256(raw).hexdigest()[:16].upper())
             return _result(ErrInternal(f"the node failed on this tx ({type(exc).__name__}); refused")), False
 
     def _run(self, state: State, env: BlockEnv, raw: bytes, keep_failed_msgs: bool,
-             record_events: bool | None = None) -> tuple[abci.ExecTxResult, bool]:
+             record_events: bool | None = None, simulate: bool = False) -> tuple[abci.ExecTxResult, bool]:
         """validate_tx and execution in one: decode, ante, then messages. Returns the result and whether
         the tx was charged (its ante passed: fee taken, sequence bumped). With keep_failed_msgs (a block,
         a proposal), a message failure still charges the fee and sequence; without (the mempool), the
@@ -461,7 +463,7 @@ class Application:
             return _result(err), False
         try:
             with state.scope():
-                free = self.ante.run(ctx, tx)
+                free = self.ante.run(ctx, tx, simulate)
                 ante_events, ctx.events = ctx.events, []
                 try:
                     with state.scope():

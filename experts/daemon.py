@@ -39,6 +39,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from abci_app.x.auth.types import DUTY_GAS_LIMIT, DUTY_TX_BYTES
 from abci_app.x.inference.types import (
     ATTR_QUERY_ID,
@@ -201,8 +203,13 @@ tx might outgrow DUTY_TX_BYTES (an answer larger than the default limit allows) 
 
 
 def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
-    """The gas limit of this expert's tx carrying msg for a query (GAS_PER_QUERY_BYTE)."""
-    return DEFAULT_GAS_LIMIT + GAS_PER_QUERY_BYTE * (status.query.ByteSize() + msg.ByteSize())
+    """The gas limit of this expert's tx carrying msg for a query (GAS_PER_QUERY_BYTE). Fields the chain does
+    not know are left out: the chain keeps none, and a lying node padded the record with them until the duty
+    could no longer go free and cost the expert a fee at the price that node reported."""
+    query = inf.Query()
+    query.CopyFrom(status.query)
+    query.DiscardUnknownFields()
+    return DEFAULT_GAS_LIMIT + GAS_PER_QUERY_BYTE * (query.ByteSize() + msg.ByteSize())
 
 
 class ExpertDaemon:
@@ -341,6 +348,12 @@ class ExpertDaemon:
         """Read new heights' events, then take every step the chain is waiting on from us."""
         self.chain_tip = self._latest_height()
         scanned = self.state.scanned_height
+        if scanned > self.chain_tip:
+            # Scanned past this node's tip: a node that claimed heights the chain never reached (or a chain
+            # begun anew). Trusted, it left the daemon blind for good, on every node, and its misses got it
+            # jailed: the last `lookback` heights are read again instead.
+            scanned = self.state.scanned_height = max(0, self.chain_tip - self.lookback)
+            log("scanned_past_tip", tip=self.chain_tip, rescan_from=scanned + 1)
         for h in range(scanned + 1 if scanned else max(1, self.chain_tip - self.lookback), self.chain_tip + 1):
             if not self._scan(h):
                 break  # its results are not stored yet: that height again next tick
@@ -458,6 +471,8 @@ class ExpertDaemon:
         query = status.query
         me = self.key.address
         if query.phase == inf.PHASE_SETTLED:
+            if not self._has_receipt(query_id):
+                return  # a status that says settled without a receipt: believed, it lost an unrevealed answer
             self.state.forget(query_id)
             self._book.forget(query_id)
             self.rounds.forget(query_id)
@@ -468,6 +483,16 @@ class ExpertDaemon:
             self._answer_step(status)
         elif query.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL) and me in query.scorers:
             self._score_step(status)
+
+    def _has_receipt(self, query_id: int) -> bool:
+        try:
+            self.client.receipt(query_id)
+        except ClientError as err:
+            if err.status != grpc.StatusCode.NOT_FOUND:
+                raise  # the node, not the query: the loop backs off
+            log("settled_without_receipt", query_id=query_id)
+            return False
+        return True
 
     def _max_answer_bytes(self) -> int:
         """The longest answer the chain reveals, asked once. Not guessed while the node cannot say (ClientError

@@ -217,3 +217,23 @@ def test_a_failure_no_rule_foresaw_refuses_the_tx_instead_of_stopping_the_node(
     monkeypatch.undo()
     monkeypatch.setattr(h.app.bank, "move", real)
     assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0  # the refusal left the sender's sequence alone
+
+
+def test_what_a_client_simulates_cannot_be_broadcast(harness: Harness) -> None:
+    """A client sent Simulate a fully signed tx: a hostile node broadcast it, and the user's send ran twice (the
+    client's own copy then re-signed for the next sequence). A simulation carries SIMULATION_SIGNATURE instead:
+    Simulate runs it with the same gas as a signed one, CheckTx and blocks refuse it."""
+    from abci_app.errors import ErrUnauthorized
+
+    key = harness.keys[0]
+    msgs = [send_msg(key.address, harness.keys[1].address, 5)]
+    signed = build_tx(key, CHAIN_ID, 0, msgs, fee=2_000)
+    placeholder = build_tx(key, CHAIN_ID, 0, msgs, fee=2_000, for_simulation=True)
+    assert len(placeholder) == len(signed)
+    simulated, real = harness.app.simulate(placeholder), harness.app.simulate(signed)
+    assert simulated.code == 0 and simulated.gas_used == real.gas_used
+    assert harness.app.check_tx(abci.RequestCheckTx(tx=placeholder)).code == ErrUnauthorized.code
+    assert harness.finalize([placeholder]).tx_results[0].code == ErrUnauthorized.code
+    assert harness.balance(1) == FUNDS
+    other_chain = build_tx(key, "another-chain", 0, msgs, fee=2_000)  # simulate still checks a real signature
+    assert harness.app.simulate(other_chain).code == ErrUnauthorized.code

@@ -517,6 +517,9 @@ class _Ratings:
             raise ClientError(f"expert {address} not found", grpc.StatusCode.NOT_FOUND)
         return qpb.ExpertResponse(reputation=[qpb.DomainReputation(domain="", reputation=self.ratings[address])])
 
+    def receipt(self, query_id: int) -> qpb.ReceiptResponse:  # every query said settled has one here
+        return qpb.ReceiptResponse()
+
 
 def _later_round_daemon(engine: object, ratings: dict[str, int] | None = None) -> ExpertDaemon:
     daemon = ExpertDaemon.__new__(ExpertDaemon)

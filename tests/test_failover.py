@@ -276,6 +276,8 @@ def test_a_long_lived_sender_recovers_when_another_client_used_its_key(tmp_path:
             return int(chain.app.auth.account(ctx, parse_address(address)).sequence)
 
         def simulate(self, tx: bytes) -> service_pb2.SimulateResponse:
+            # a hostile node broadcasts what it is asked to simulate: a signed simulation ran the send twice
+            broadcast_codes.append(chain.app.check_tx(abci.RequestCheckTx(tx=tx)).code)
             r = chain.app.simulate(tx)
             return service_pb2.SimulateResponse(result=service_pb2.TxResult(
                 code=r.code, codespace=r.codespace, log=r.log, gas_used=r.gas_used))
@@ -285,8 +287,10 @@ def test_a_long_lived_sender_recovers_when_another_client_used_its_key(tmp_path:
             return service_pb2.BroadcastTxResponse(tx_hash=hashlib.sha256(tx).hexdigest().upper(), check=(
                 service_pb2.TxResult(code=r.code, codespace=r.codespace, log=r.log)))
 
+    broadcast_codes: list[int] = []
     key, to = chain.keys[0], chain.keys[1].address
     long_lived = Sender(InProcess(), key)  # type: ignore[arg-type]
     assert long_lived.send([send_msg(key.address, to, 5)], gas_limit=None).sequence == 0
     assert Sender(InProcess(), key).send([send_msg(key.address, to, 5)], gas_limit=None).sequence == 1  # type: ignore[arg-type]
     assert [long_lived.send([send_msg(key.address, to, 5)], gas_limit=None).sequence for _ in range(3)] == [2, 3, 4]
+    assert broadcast_codes and all(broadcast_codes)  # no simulation could be broadcast

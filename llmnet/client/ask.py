@@ -12,7 +12,7 @@ from llmnet.client import protocol
 from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
 from llmnet.client.provisional import Provisional
-from llmnet.client.sdk import Client, ClientError, Sender, TxRejected
+from llmnet.client.sdk import MAX_TX_FEE, Client, ClientError, Sender, TxRejected
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
@@ -46,10 +46,13 @@ class AskResult:
     """The drawn experts' round-1 answers as fetched before settlement (llmnet/client/provisional.py)."""
 
 
-def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int) -> int:
+def submit(client: Client, key: Key, domain: str, prompt: str, max_fee: int, k: int, rounds: int,
+           max_tx_fee: int = MAX_TX_FEE) -> int:
     """Submit the query (gas estimated by simulation) and wait for its block; returns the query id.
-    Raises TxRejected, before any fee is spent when the simulation already fails."""
-    sent = Sender(client, key).send([protocol.submit_query(key, domain, prompt, max_fee, k, rounds)], gas_limit=None)
+    Raises TxRejected, before any fee is spent when the simulation already fails, and FeeTooHigh when the tx's
+    fee would exceed max_tx_fee."""
+    sent = Sender(client, key, max_fee=max_tx_fee).send(
+        [protocol.submit_query(key, domain, prompt, max_fee, k, rounds)], gas_limit=None)
     return included_query(client, sent.tx_hash)
 
 

@@ -22,7 +22,7 @@ from llmnet.client import protocol, validator_cli
 from llmnet.client.failover import FailoverClient, parse_nodes
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
-from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
+from llmnet.client.sdk import MAX_TX_FEE, Client, ClientError, NodeUnreachable, Sender, TxRejected
 from llmnet.client.txbuilder import send_msg
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -56,6 +56,7 @@ class CliConfig:
     output: str
     passphrase: str | None
     retry_for: float
+    max_tx_fee: int = MAX_TX_FEE
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> CliConfig:
@@ -63,9 +64,13 @@ class CliConfig:
         # Commands that follow a query for long (ask, the gateway) ride out a node restart by default.
         following = args.cmd in ("ask", "gateway")
         retry_for = args.retry_for if args.retry_for is not None else ASK_RETRY_FOR if following else 0.0
+        max_tx_fee = args.max_tx_fee if args.max_tx_fee is not None else int(
+            os.environ.get("LLMNET_MAX_TX_FEE", "") or MAX_TX_FEE)
+        if max_tx_fee < 0:
+            raise ValueError(f"--max-tx-fee (or LLMNET_MAX_TX_FEE) must be at least 0, got {max_tx_fee}")
         return cls(nodes=parse_nodes(args.node or [os.environ.get("LLMNET_NODE", "")], DEFAULT_NODE),
                    keyring=keyring_dir(args.keyring), output=args.output,
-                   passphrase=passphrase_from(args.passphrase_file), retry_for=retry_for)
+                   passphrase=passphrase_from(args.passphrase_file), retry_for=retry_for, max_tx_fee=max_tx_fee)
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -76,6 +81,9 @@ def _common(top: bool) -> argparse.ArgumentParser:
     common.add_argument("--node", action="append", default=none,
                         help=f"gRPC API of a node, host:port (default {DEFAULT_NODE}); repeat it or give a "
                              "comma-separated list to fail over to the next node when one stops answering")
+    common.add_argument("--max-tx-fee", type=int, default=none, metavar="ULLM",
+                        help=f"refuse a tx whose fee, worked out from the node's gas price (and, with --gas auto, "
+                             f"its simulation), would exceed this (default {MAX_TX_FEE}; env LLMNET_MAX_TX_FEE)")
     common.add_argument("--retry-for", type=_seconds, default=none, metavar="SECONDS",
                         help=f"how long every node may stay unreachable before giving up with exit 3 (default "
                              f"{ASK_RETRY_FOR:g} for ask, 0 otherwise: each node is tried once)")
@@ -250,7 +258,7 @@ def _gateway(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     limits = Limits(max_fee=args.max_fee, max_fee_cap=cap, k=args.k, rounds=args.rounds,
                     max_k=args.max_k, max_rounds=args.max_rounds)
-    bridge = ChainBridge(client, _load_key(cfg, args.from_key), args.timeout)
+    bridge = ChainBridge(client, _load_key(cfg, args.from_key), args.timeout, cfg.max_tx_fee)
     gateway = Gateway(bridge, limits, os.environ.get(args.api_key_env) or None, args.max_in_flight,
                       frozenset(args.allow_origin))
     asyncio.run(serve(gateway, args.listen, lambda url: print(f"llmnet gateway: serving {url} (OpenAI "
@@ -365,21 +373,23 @@ def _gas(text: str) -> int | None:
 
 def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     key = _load_key(cfg, args.from_key)
-    sender = Sender(client, key)
+    sender = Sender(client, key, max_fee=cfg.max_tx_fee)
     sent = sender.send(_tx_msgs(cfg, args, key, sender.chain_id), fee=args.fee, gas_limit=args.gas,
                        memo=getattr(args, "memo", ""), timeout_height=getattr(args, "timeout_height", 0))
     if args.no_wait:
         how = f"already {sent.seen} on the chain" if sent.seen else "accepted by CheckTx"
-        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True, "seen": sent.seen}, f"broadcast {sent.tx_hash} ({how})")
+        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True, "seen": sent.seen, "fee": sent.fee},
+              f"broadcast {sent.tx_hash} ({how}; fee {sent.fee})")
         return EXIT_OK
     res = client.wait_tx(sent.tx_hash)
     r = res.result
     data = {"tx_hash": res.tx_hash, "height": res.height, "code": r.code, "codespace": r.codespace,
-            "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted}
+            "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted, "fee": sent.fee}
     if r.code:
         _emit(cfg, data, f"tx {res.tx_hash} failed in block {res.height} ({r.codespace}/{r.code}): {r.log}")
         return EXIT_FAILED
-    _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} (gas {r.gas_used}/{r.gas_wanted})")
+    _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} (gas {r.gas_used}/{r.gas_wanted}, "
+                     f"fee {sent.fee})")
     return EXIT_OK
 
 
@@ -483,7 +493,7 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
     if domain == "auto":
         domain, similarities = _auto_domain(args, client, show, tty)
     early = _provisional(cfg, args, client, key, show, tty)
-    query_id = submit(client, key, domain, args.question, args.max_fee, args.k, args.rounds)
+    query_id = submit(client, key, domain, args.question, args.max_fee, args.k, args.rounds, cfg.max_tx_fee)
     show(f"submitted query {query_id}")
     try:
         result = follow(client, query_id, show, timeout=args.timeout,

@@ -46,7 +46,7 @@ from llmnet.client.openai_api import (
     parse_chat,
 )
 from llmnet.client.provisional import ProvisionalAnswers
-from llmnet.client.sdk import Client, ClientError, NodeUnreachable, Sender, TxRejected
+from llmnet.client.sdk import MAX_TX_FEE, Client, ClientError, NodeUnreachable, Sender, TxRejected
 
 log = logging.getLogger("llmnet.gateway")
 MAX_BODY = 256 * 1024
@@ -95,9 +95,9 @@ def _unanswered(result: AskResult) -> ApiError:
 class ChainBridge:
     """The blocking chain side: domains, routing, one submission at a time, following to settlement."""
 
-    def __init__(self, client: Client, key: Key, timeout: float) -> None:
+    def __init__(self, client: Client, key: Key, timeout: float, max_tx_fee: int = MAX_TX_FEE) -> None:
         self.client, self.key, self.timeout = client, key, timeout
-        self.sender = Sender(client, key)
+        self.sender = Sender(client, key, max_fee=max_tx_fee)
         self._send_lock = threading.Lock()
         self._route_lock = threading.Lock()
         self._domains: tuple[float, list[str]] = (0.0, [])

@@ -13,7 +13,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +36,10 @@ GAS_MARGIN = 5_000
 R = TypeVar("R", bound=Message)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")
 MEMPOOL_PAGE = 100
+MAX_TX_FEE = 100_000
+"""The most a Sender pays for a tx whose fee it works out itself (gas limit x the node's minimum gas price),
+unless told otherwise. The node reports both the price and, under --gas auto, the gas: a hostile one asked
+98.75% of a balance to send 1 ullm. Typical fees are a few thousand ullm."""
 """The most unconfirmed txs CometBFT lists in one answer (it has no lookup by hash before v1)."""
 
 
@@ -56,6 +60,10 @@ class NodeUnreachable(ClientError):
     pass
 
 
+class FeeTooHigh(ClientError):
+    pass
+
+
 class TxRejected(ClientError):
     def __init__(self, tx_hash: str, code: int, codespace: str, log: str) -> None:
         super().__init__(f"tx rejected: {log}")
@@ -69,6 +77,8 @@ class Broadcast:
     seen: str = ""
     """Empty when CheckTx accepted this broadcast; otherwise where the chain already had these exact bytes:
     "committed", "mempool", or "cache" (CometBFT's cache keeps only txs that passed CheckTx)."""
+    fee: int = 0
+    """What the tx offers to pay (set by Sender.send)."""
 
 
 class Client:
@@ -235,9 +245,10 @@ class Sender:
     can be sent before the next block (pipelining). Re-reads the sequence from the node when
     the node says it is wrong, and retries once."""
 
-    def __init__(self, client: Client, key: Key, chain_id: str | None = None) -> None:
+    def __init__(self, client: Client, key: Key, chain_id: str | None = None, max_fee: int = MAX_TX_FEE) -> None:
         self.client = client
         self.key = key
+        self.max_fee = max_fee
         self.chain_id = chain_id or client.status().chain_id
         self._sequence: int | None = None
         self._min_gas_price: int | None = None
@@ -248,9 +259,10 @@ class Sender:
         return required_fee(gas_limit, self._min_gas_price)
 
     def sign(self, msgs: list[Message], sequence: int, fee: int | None = None,
-             gas_limit: int = DEFAULT_GAS_LIMIT, memo: str = "", timeout_height: int = 0) -> bytes:
+             gas_limit: int = DEFAULT_GAS_LIMIT, memo: str = "", timeout_height: int = 0,
+             for_simulation: bool = False) -> bytes:
         fee = self.fee_for(gas_limit) if fee is None else fee
-        return build_tx(self.key, self.chain_id, sequence, msgs, fee, gas_limit, memo, timeout_height)
+        return build_tx(self.key, self.chain_id, sequence, msgs, fee, gas_limit, memo, timeout_height, for_simulation)
 
     def estimate_gas(self, msgs: list[Message], memo: str = "", timeout_height: int = 0) -> int:
         """Gas for msgs as the Cosmos convention has it: what a simulation used, times GAS_ADJUSTMENT.
@@ -272,7 +284,7 @@ class Sender:
     def _simulate(self, msgs: list[Message], sequence: int, memo: str, timeout_height: int) -> Any:
         result = None
         for ceiling in SIMULATION_GAS:  # a poor account may not cover the larger simulation's fee
-            tx = self.sign(msgs, sequence, None, ceiling, memo, timeout_height)
+            tx = self.sign(msgs, sequence, None, ceiling, memo, timeout_height, for_simulation=True)
             result = self.client.simulate(tx).result
             if (result.codespace, result.code) != FEE_UNPAID:
                 break
@@ -295,6 +307,12 @@ class Sender:
         """
         if gas_limit is None:
             gas_limit = self.estimate_gas(msgs, memo, timeout_height)
+        if fee is None:  # worked out from what the node says: never more than max_fee
+            fee = self.fee_for(gas_limit)
+            if fee > self.max_fee:
+                raise FeeTooHigh(f"the fee would be {fee} (gas limit {gas_limit} at the node's minimum gas price "
+                                 f"{self._min_gas_price}/1e6), over the cap of {self.max_fee}: refused. The node "
+                                 "reports the price and the gas; if you trust it, raise the cap (--max-tx-fee)")
         if self._sequence is None:
             self._sequence = self.client.sequence(self.key.address)
         seq = self._sequence
@@ -304,7 +322,7 @@ class Sender:
             res = self._broadcast(tx, seq)
             if isinstance(res, Broadcast):
                 self._sequence = seq + 1
-                return res
+                return replace(res, fee=fee)
             if res is None:
                 continue  # the outcome was unknown and the chain does not show the tx: the same bytes again
             refused = TxRejected(res.tx_hash, res.check.code, res.check.codespace, res.check.log)
@@ -316,7 +334,7 @@ class Sender:
                 time.sleep(0.1)
             elif seen := self.find(tx, settle=1.0):
                 self._sequence = seq + 1
-                return Broadcast(hash_of(tx), seq, seen)
+                return Broadcast(hash_of(tx), seq, seen, fee)
             else:
                 seq = expected
                 tx = self.sign(msgs, seq, fee, gas_limit, memo, timeout_height)

@@ -6,6 +6,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from abci_app.tx import sign_bytes
+from abci_app.x.auth.types import SIMULATION_SIGNATURE
 from llmnet.client.keys import Key
 from wire.llmnet.bank.v1 import bank_pb2
 from wire.llmnet.tx.v1 import tx_pb2
@@ -26,13 +27,16 @@ def build_tx(
     gas_limit: int = DEFAULT_GAS_LIMIT,
     memo: str = "",
     timeout_height: int = 0,
+    for_simulation: bool = False,
 ) -> bytes:
+    """A signed tx; for_simulation: with SIMULATION_SIGNATURE instead (same size, so the same gas), which only
+    Simulate takes: a node shown it cannot broadcast it."""
     body = tx_pb2.TxBody(messages=[pack(m) for m in msgs], memo=memo, timeout_height=timeout_height)
     auth = tx_pb2.AuthInfo(
         public_key=key.public_key, sequence=sequence, fee=tx_pb2.Fee(amount=fee, gas_limit=gas_limit)
     )
     body_bytes, auth_bytes = body.SerializeToString(), auth.SerializeToString()
-    signature = key.sign(sign_bytes(body_bytes, auth_bytes, chain_id))
+    signature = SIMULATION_SIGNATURE if for_simulation else key.sign(sign_bytes(body_bytes, auth_bytes, chain_id))
     return tx_pb2.Tx(body_bytes=body_bytes, auth_info_bytes=auth_bytes, signature=signature).SerializeToString()
 
 

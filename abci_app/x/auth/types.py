@@ -9,6 +9,10 @@ STORE = "auth"
 ACCOUNT_PREFIX = b"acc/"
 CHAIN_ID_KEY = b"chain_id"
 FEE_COLLECTOR = b"\x00" * 19 + b"\x01"
+SIMULATION_SIGNATURE = bytes(64)
+"""What a client puts in a tx's signature to simulate it: Simulate then skips the check (and charges its gas
+alike), and no node can verify it, so nobody can broadcast what was simulated. A fully signed simulation was a
+tx a hostile node could broadcast: the user's send ran twice."""
 """Module account that receives fees (no key can sign for it)."""
 
 EV_TX = "tx"

@@ -1,0 +1,121 @@
+"""Attacks by the node a client or an expert talks to: it may lie in every answer.
+
+Promises: what a client simulates cannot be broadcast (tests/test_check_tx.py, tests/test_failover.py); a
+node cannot set a client's fee past its cap; it cannot blind an expert's daemon for good, make it drop an
+answer it has yet to reveal, or make its duties pay fees by padding the query's record; what a hostile party
+wrote reaches the user's terminal as text, never as control sequences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+import experts.daemon
+from experts.daemon import ExpertDaemon, gas_for
+from llmnet.client.keys import Key
+from llmnet.client.sdk import ClientError, FeeTooHigh, Sender
+from llmnet.client.txbuilder import send_msg
+from wire.llmnet.inference.v1 import inference_pb2 as inf
+from wire.llmnet.node.v1 import node_pb2
+from wire.llmnet.query.v1 import query_pb2
+from wire.llmnet.tx.v1 import service_pb2
+
+
+class _LyingNode:
+    """A node that reports a gas price of its choosing and a simulation of its choosing."""
+
+    def __init__(self, price: int, gas_used: int) -> None:
+        self.price, self.gas_used, self.broadcast_txs = price, gas_used, []
+
+    def status(self) -> node_pb2.StatusResponse:
+        return node_pb2.StatusResponse(chain_id="c")
+
+    def params(self) -> query_pb2.ParamsResponse:
+        resp = query_pb2.ParamsResponse()
+        resp.auth.min_gas_price_micro = self.price
+        return resp
+
+    def sequence(self, address: str) -> int:
+        return 0
+
+    def simulate(self, tx: bytes) -> service_pb2.SimulateResponse:
+        return service_pb2.SimulateResponse(result=service_pb2.TxResult(gas_used=self.gas_used))
+
+    def broadcast(self, tx: bytes) -> service_pb2.BroadcastTxResponse:
+        self.broadcast_txs.append(tx)
+        return service_pb2.BroadcastTxResponse(tx_hash="AB", check=service_pb2.TxResult())
+
+
+def test_a_node_cannot_set_a_fee_past_the_cap() -> None:
+    """It reported a gas price of 2.5e12 per million: sending 1 ullm cost 98.75% of the balance, exit 0."""
+    key = Key.generate("user")
+    greedy = _LyingNode(price=2_500_000_000_000, gas_used=300_000)
+    with pytest.raises(FeeTooHigh, match="over the cap of 100000"):
+        Sender(greedy, key).send([send_msg(key.address, key.address, 1)], gas_limit=None)  # type: ignore[arg-type]
+    assert greedy.broadcast_txs == []
+    honest = _LyingNode(price=10_000, gas_used=50_000)
+    sent = Sender(honest, key).send([send_msg(key.address, key.address, 1)], gas_limit=None)  # type: ignore[arg-type]
+    assert 0 < sent.fee <= 100_000 and len(honest.broadcast_txs) == 1
+    explicit = Sender(greedy, key).send([send_msg(key.address, key.address, 1)], fee=500_000)  # type: ignore[arg-type]
+    assert explicit.fee == 500_000  # a fee the user names is the user's
+
+
+def test_padding_the_query_record_does_not_raise_a_duty_s_gas() -> None:
+    """Unknown fields in the record a node reports pushed the duty past the free limit: then it paid a fee."""
+    status = query_pb2.QueryStatusResponse(query=inf.Query(id=3, prompt="Who created Kestrel?", domain="d"))
+    msg = inf.MsgRevealScores(scorer="llm1x", query_id=3, scores=[80, 20])
+    honest = gas_for(status, msg)
+    padded = query_pb2.QueryStatusResponse()
+    padded.MergeFromString(status.SerializeToString() + b"")
+    padded.query.MergeFromString(b"\xfa\x3f" + bytes([0x80, 0xc8, 0x01]) + b"x" * 25_600)  # field 1023, 25 KB
+    assert padded.query.ByteSize() > status.query.ByteSize() + 25_000
+    assert gas_for(padded, msg) == honest
+
+
+def _daemon(tmp_path: Path, client: object) -> ExpertDaemon:
+    daemon = ExpertDaemon(None, Key.generate("expert"), client, tmp_path / "state.json",  # type: ignore[arg-type]
+                          rpc_urls={"a:1": "http://a"})
+    daemon.rpc_url = "http://a"
+    return daemon
+
+
+def test_heights_a_lying_node_claimed_are_read_again_from_an_honest_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It claimed height 20,827 on a chain at 837: the daemon kept scanned_height past every real height, on
+    every node, and missed its duties until jailed."""
+    scanned: list[int] = []
+
+    def comet_get(url: str, method: str, **params: object) -> dict[str, object]:
+        if method == "status":
+            return {"sync_info": {"latest_block_height": "837"}}
+        scanned.append(int(params["height"]))  # type: ignore[call-overload]
+        return {"txs_results": []}
+
+    monkeypatch.setattr(experts.daemon, "comet_get", comet_get)
+    daemon = _daemon(tmp_path, SimpleNamespace())
+    daemon.state.scanned_height = 20_827
+    daemon.tick()
+    assert scanned == list(range(837 - daemon.lookback + 1, 838)) and daemon.state.scanned_height == 837
+
+
+def test_a_status_that_says_settled_without_a_receipt_keeps_the_unrevealed_answer(tmp_path: Path) -> None:
+    settled = query_pb2.QueryStatusResponse(query=inf.Query(id=5, phase=inf.PHASE_SETTLED))
+    receipts: dict[int, query_pb2.ReceiptResponse] = {}
+
+    def receipt(query_id: int) -> query_pb2.ReceiptResponse:
+        if query_id not in receipts:
+            raise ClientError("no receipt", grpc.StatusCode.NOT_FOUND)
+        return receipts[query_id]
+
+    daemon = _daemon(tmp_path, SimpleNamespace(receipt=receipt))
+    daemon.state.open.append(5)
+    daemon.state.answers[(5, 1)] = "Marta Vensel"
+    daemon.step(5, settled)
+    assert daemon.state.open == [5] and daemon.state.answers == {(5, 1): "Marta Vensel"}
+    receipts[5] = query_pb2.ReceiptResponse()
+    daemon.step(5, settled)
+    assert daemon.state.open == [] and daemon.state.answers == {}

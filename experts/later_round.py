@@ -17,6 +17,8 @@ in the prompt (experts/answers.py).
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from collections.abc import Callable
 
 from abci_app.x.inference.tally import answer_words
@@ -33,14 +35,30 @@ Scores = Callable[[inf.Query, list[str], str], list[int]]
 where the engine fails on some (experts/daemon.py ExpertDaemon._scores)."""
 
 
+_HIDDEN = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+"""Characters that show as nothing: inside a word ("Mar\u00adta") they hid it from the comparison."""
+_LOOKALIKES = str.maketrans({
+    **dict(zip("аеорсухіјѕԁһԛԝ", "aeopcyxijsdhqw", strict=True)),  # Cyrillic
+    **dict(zip("АВЕКМНОРСТХІЈЅ", "ABEKMHOPCTXIJS", strict=True)),
+    **dict(zip("αεικνορτυχ", "aeikvoptux", strict=True)),  # Greek
+    **dict(zip("ΑΒΕΗΙΚΜΝΟΡΤΥΧΖ", "ABEHIKMNOPTYXZ", strict=True)),
+})
+"""Letters of other scripts drawn like Latin ones: "Mаrtа" with Cyrillic а read as another word."""
+
+
+def _plain(text: str) -> str:
+    return unicodedata.normalize("NFKC", _HIDDEN.sub("", text)).translate(_LOOKALIKES)
+
+
 def restates(answer: str, mine: str, question: str) -> bool:
     """Whether at least half of answer's content words (experts/notes.py terms: stop words dropped, endings
     stripped), the question's own words aside, are words of mine: my answer cut down or shuffled. Answers
-    repeat the question's subject, so its words prove nothing. A paraphrase in other words, or a cut padded
-    with new words, is not caught."""
-    asked = set(terms(question))
-    words = set(terms(answer)) - asked
-    return bool(words) and 2 * len(words & (set(terms(mine)) - asked)) >= len(words)
+    repeat the question's subject, so its words prove nothing; invisible characters, full-width forms and
+    Cyrillic or Greek look-alike letters are read as the Latin words they show. A paraphrase in other words,
+    or a cut padded with new words, is not caught."""
+    asked = set(terms(_plain(question)))
+    words = set(terms(_plain(answer))) - asked
+    return bool(words) and 2 * len(words & (set(terms(_plain(mine))) - asked)) >= len(words)
 
 
 class LaterRound:

@@ -640,7 +640,10 @@ def test_a_tied_base_model_respondent_never_takes_up_its_own_answer_restated_by_
     mine = "The winner was Marta Vensel of the Orlen institute, as the records of that year say"
     tied = {ME.address: 500_000, "llm1peer0": 500_000}
     for restated in ("Marta Vensel, Orlen institute", "orlen INSTITUTE: marta", "Records say Vensel won",
-                     "Kestrel: created by Marta Vensel"):  # the question's own words prove nothing
+                     "Kestrel: created by Marta Vensel",  # the question's own words prove nothing
+                     "Mar\u00adta Ven\u00adsel, Orlen",  # hidden characters
+                     "M\u0430rt\u0430 V\u0435ns\u0435l, Orl\u0435n",  # look-alike letters
+                     "\uff2d\uff41\uff52\uff54\uff41 Vensel"):  # full-width
         assert _later_round_daemon(_Base(), tied).rounds.deferred(_round_two(mine, [(restated, True)])) is None
     assert _later_round_daemon(_Base(), tied).rounds.without_model(_round_two(mine, [("It is Pip Harrow", True)])) \
         == ("It is Pip Harrow", "deferred")

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -283,8 +284,18 @@ settled in time, or --domain auto unavailable (model not installed, bad domains 
 3 every node unreachable for --retry-for seconds; 4 keyring problem; 130 interrupted."""
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """text with every control character but newline and tab shown as an escape (\\x1b, \\u202e): answers,
+    prompts, monikers and a node's error logs are anyone's words, and raw they could write to the clipboard
+    (OSC 52), retitle the window, move the cursor over earlier lines or reorder a line (bidi overrides)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if cfg.output == "json" else text)
+    print(json.dumps(data, indent=2, sort_keys=True) if cfg.output == "json" else terminal_safe(text))
 
 
 def _pb(msg: Message) -> dict[str, Any]:
@@ -485,6 +496,7 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
     tty = sys.stderr.isatty()
 
     def show(line: str) -> None:
+        line = terminal_safe(line)
         print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     client.on_switch = lambda old, new, why: show(f"{why}; " + ("retrying" if new == old else
@@ -507,14 +519,14 @@ def _ask(cfg: CliConfig, args: argparse.Namespace, client: FailoverClient) -> in
         return 130
     except NodeUnreachable as exc:
         lead = "\n" if tty else ""  # below the live progress line
-        print(f"{lead}llmnet: error: {exc}; query {query_id} carries on on chain: "
+        print(f"{lead}llmnet: error: {terminal_safe(str(exc))}; query {query_id} carries on on chain: "
               f"llmnet query status {query_id}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if tty:
         print(file=sys.stderr)
     if not result.answers:  # nobody was drawn (capacity ran out between submit and draw): refunded
         why = next((str(p["reason"]) for p in result.payouts if p["role"] == "refund"), "no experts were drawn")
-        print(f"llmnet: error: query {result.query_id} was not answered ({why}); its fee was refunded",
+        print(f"llmnet: error: query {result.query_id} was not answered ({terminal_safe(why)}); its fee was refunded",
               file=sys.stderr)
         return EXIT_FAILED
     data = asdict(result)
@@ -601,18 +613,18 @@ def main(argv: list[str] | None = None) -> int:
                 return _verify(cfg, args, client)
             return _tx(cfg, args, client) if args.cmd == "tx" else _query(cfg, args, client)
     except NodeUnreachable as exc:
-        print(f"llmnet: error: {exc}", file=sys.stderr)
+        print(f"llmnet: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except KeyringError as exc:
-        print(f"llmnet: error: {exc}", file=sys.stderr)
+        print(f"llmnet: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_KEYRING
     except TxRejected as exc:
         if cfg.output == "json":
             print(json.dumps({"tx_hash": exc.tx_hash, "code": exc.code, "codespace": exc.codespace, "log": exc.log}))
-        print(f"llmnet: error: {exc}", file=sys.stderr)
+        print(f"llmnet: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except (ClientError, RouteError, ValueError, OSError) as exc:
-        print(f"llmnet: error: {exc}", file=sys.stderr)
+        print(f"llmnet: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
 

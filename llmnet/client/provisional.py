@@ -79,9 +79,16 @@ def endpoint_target(endpoint: str) -> tuple[str, bool]:
     return "dns:///" + target, tls  # named resolver: gRPC never reads the host as a scheme ("unix:1234")
 
 
+MAX_MESSAGE_BYTES = 4 * MAX_STREAMED_CHARS + 4096
+"""The largest message taken from an expert: a whole answer within MAX_STREAMED_CHARS (up to 4 bytes a
+character), its signature and counts. gRPC's default (4 MiB) let a drawn expert push megabytes at a requester."""
+
+
 def channel_for(endpoint: str) -> grpc.Channel:
     target, tls = endpoint_target(endpoint)
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.insecure_channel(target)
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options) if tls else \
+        grpc.insecure_channel(target, options)
 
 
 class ProvisionalAnswers:
@@ -183,6 +190,8 @@ class ProvisionalAnswers:
         """The answer, once it is signed by the expert for this request on this chain. (The pieces streamed
         before it are not signed: a decoder may still rewrite a half-decoded character, so only the whole
         answer is checked.)"""
+        if len(result.text) > MAX_STREAMED_CHARS:
+            raise ValueError(f"{expert}'s answer is over {MAX_STREAMED_CHARS} characters")
         if result.chain_id != self.chain_id or not verify_served(request, result, public_key):
             raise ValueError(f"the answer is not signed by {expert} for this request on {self.chain_id}")
         return Provisional(expert, result.text.strip() or "(no answer)", result.signature.hex(),

@@ -119,3 +119,18 @@ def test_a_status_that_says_settled_without_a_receipt_keeps_the_unrevealed_answe
     receipts[5] = query_pb2.ReceiptResponse()
     daemon.step(5, settled)
     assert daemon.state.open == [] and daemon.state.answers == {}
+
+
+def test_anyone_s_words_reach_the_terminal_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """A hostile respondent's final answer (or a requester's prompt, in `query recent`) carried OSC 52 (write the
+    clipboard), a window title and cursor moves that drew fake score lines over real ones."""
+    from llmnet.client.ask import Answer, AskResult
+    from llmnet.client.cli import CliConfig, _ask_lines, _emit, terminal_safe
+
+    hostile = "Marta Vensel\x1b]52;c;Y3VybA==\x07\x1b]0;VERIFIED\x07\x1b[2J\x1b[H\u202efake\r* score 100\x9b"
+    result = AskResult(7, "d", hostile, 9, [Answer("llm1x", hostile, 90, 100, True)])
+    cfg = CliConfig(nodes=["a:1"], keyring=Path("."), output="text", passphrase=None, retry_for=0.0)
+    _emit(cfg, {}, "\n".join(_ask_lines(result)))
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\x9b\u202e") and "Marta Vensel\\x1b]52" in out
+    assert terminal_safe("two\nlines\tand a tab") == "two\nlines\tand a tab"

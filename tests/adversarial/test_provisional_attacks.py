@@ -40,6 +40,11 @@ class Hostile(expert_pb2_grpc.ExpertServiceServicer):
         elif self.mode == "flood":
             for _ in range(MAX_STREAMED_CHARS // 1000 + 5):
                 yield pb.GenerateStreamResponse(text_delta="x" * 1000)
+        elif self.mode in ("big-result", "huge-result"):  # signed, whole, and far over any answer's size
+            text = "x" * (MAX_STREAMED_CHARS + 1 if self.mode == "big-result" else 3_000_000)
+            signature = EXPERT.sign(served_answer_sign_bytes(CHAIN, req, EXPERT.address, text))
+            yield pb.GenerateStreamResponse(result=pb.GenerateResponse(
+                text=text, expert=EXPERT.address, signature=signature, chain_id=CHAIN))
         elif self.mode == "stall":
             context.add_callback(self.gone.set)
             self.gone.wait(30)
@@ -94,6 +99,15 @@ def test_a_flood_of_streamed_text_is_cut_off(hostile) -> None:  # type: ignore[n
     answers.start(inf.Query(id=4, respondents=[EXPERT.address]))
     got = answers.wait(timeout=10)
     assert "streamed over" in got[0].error and sum(map(len, seen)) <= MAX_STREAMED_CHARS
+
+
+@pytest.mark.parametrize("mode", ["big-result", "huge-result"])
+def test_a_signed_answer_of_megabytes_is_refused(hostile, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Only the streamed pieces were counted: a whole answer of 3 MB, signed, was shown as it came."""
+    servicer, node = hostile
+    servicer.mode = mode
+    _, got = fetch(node)
+    assert got[0].text == "" and got[0].error  # type: ignore[attr-defined]
 
 
 def test_a_stalling_expert_is_dropped_once_the_query_settled(hostile) -> None:  # type: ignore[no-untyped-def]

@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                     "build-domains": _build_domains}
         return commands[args.cmd](args)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
-        print(f"llmnet-expert: error: {exc}", file=sys.stderr)
+        from llmnet.client.display import terminal_safe
+
+        print(f"llmnet-expert: error: {terminal_safe(str(exc))}", file=sys.stderr)  # may carry a node's words
         return 1
 
 

@@ -65,6 +65,8 @@ from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
 RESEND_AFTER_BLOCKS = 3
+MAX_RECORD_FIELD = 128
+"""Longer than any address, domain, role or number the chain writes into a query's record (implausible)."""
 GENERATE_AHEAD = 8
 """Generations one daemon keeps going at once (the engine batches up to its max_batch of them)."""
 GAS_PER_QUERY_BYTE = 40
@@ -202,6 +204,21 @@ TX_ENVELOPE_BYTES = 512
 tx might outgrow DUTY_TX_BYTES (an answer larger than the default limit allows) pays its fee instead."""
 
 
+def implausible(query: inf.Query, params: inf.Params) -> str:
+    """Why a query record, as a node reports it, cannot be one the chain wrote under params ("" if it can).
+    Asked only of a duty that would not go free: a lying node padded the record until the duty paid a fee."""
+    if len(query.prompt.encode()) > params.max_prompt_bytes:
+        return "a prompt over max_prompt_bytes"
+    if len(query.respondents) > params.max_k or len(query.scorers) > params.scorers or \
+            len(query.draws) > params.max_k + params.scorers or query.rounds > params.max_rounds:
+        return "more experts, draws or rounds than the chain allows"
+    short = [query.requester, query.domain, *query.respondents, *query.scorers,
+             *(f for d in query.draws for f in (d.address, d.role, d.weight, d.point, d.total))]
+    if any(len(text) > MAX_RECORD_FIELD for text in short) or max(len(query.seed), len(query.block_seed)) > 64:
+        return "a field longer than the chain writes"
+    return ""
+
+
 def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
     """The gas limit of this expert's tx carrying msg for a query (GAS_PER_QUERY_BYTE). Fields the chain does
     not know are left out: the chain keeps none, and a lying node padded the record with them until the duty
@@ -215,6 +232,7 @@ def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
 class ExpertDaemon:
     _answer_bytes: int | None = None
     """The chain's max_answer_bytes, read once (genesis sets it)."""
+    _params: inf.Params | None = None
 
     def __init__(self, engine: Engine, key: Key, client: Client, state_file: Path,
                  rpc_urls: dict[str, str] | None = None, plan: AnswerPlan = DEFAULT_PLAN, lookback: int = 200,
@@ -349,11 +367,11 @@ class ExpertDaemon:
         self.chain_tip = self._latest_height()
         scanned = self.state.scanned_height
         if scanned > self.chain_tip:
-            # Scanned past this node's tip: a node that claimed heights the chain never reached (or a chain
-            # begun anew). Trusted, it left the daemon blind for good, on every node, and its misses got it
-            # jailed: the last `lookback` heights are read again instead.
-            scanned = self.state.scanned_height = max(0, self.chain_tip - self.lookback)
-            log("scanned_past_tip", tip=self.chain_tip, rescan_from=scanned + 1)
+            # Scanned past this node's tip: a node claimed heights the chain had not reached (or this one lags a
+            # block). Kept, it left the daemon blind to every real height below it, on every node, until its
+            # misses got it jailed: the heights past this tip are read again as this node reaches them.
+            scanned = self.state.scanned_height = self.chain_tip
+            log("scanned_past_tip", tip=self.chain_tip)
         for h in range(scanned + 1 if scanned else max(1, self.chain_tip - self.lookback), self.chain_tip + 1):
             if not self._scan(h):
                 break  # its results are not stored yet: that height again next tick
@@ -484,6 +502,13 @@ class ExpertDaemon:
         elif query.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL) and me in query.scorers:
             self._score_step(status)
 
+    def _gas(self, status: query_pb2.QueryStatusResponse, msg: Any) -> int:
+        """gas_for; a duty that would then pay a fee is sent only for a record the chain could have written."""
+        gas = gas_for(status, msg)
+        if gas > DUTY_GAS_LIMIT and (why := implausible(status.query, self._inference_params())):
+            raise ValueError(f"the node's record of query {status.query.id} has {why}: no tx that would pay for it")
+        return gas
+
     def _has_receipt(self, query_id: int) -> bool:
         try:
             self.client.receipt(query_id)
@@ -499,8 +524,14 @@ class ExpertDaemon:
         goes up: the step is tried again next tick): an answer cut to a guess longer than the chain's limit would
         be committed and its reveal refused."""
         if self._answer_bytes is None:
-            self._answer_bytes = int(self.client.params().inference.max_answer_bytes)
+            self._answer_bytes = int(self._inference_params().max_answer_bytes)
         return self._answer_bytes
+
+    def _inference_params(self) -> inf.Params:
+        """The chain's inference params, asked once (genesis sets them)."""
+        if self._params is None:
+            self._params = self.client.params().inference
+        return self._params
 
     def _answer_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
@@ -518,14 +549,14 @@ class ExpertDaemon:
                     domain=self.engine.adapter_for(query.domain) or "base", chars=len(text), how=how)
             text = self.state.answers[slot]
             commit = protocol.commit_answer(self.key, self.chain_id, query.id, query.round, text)
-            self._send(Step(Kind.COMMIT, *slot), commit, gas_for(status, commit))
+            self._send(Step(Kind.COMMIT, *slot), commit, self._gas(status, commit))
         elif query.phase == inf.PHASE_ANSWER_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.answers:
                 log("cannot_reveal", query_id=query.id, round=query.round, reason="answer text lost")
                 return
             text = self.state.answers[slot]
             reveal = protocol.reveal_answer(self.key, query.id, query.round, text)
-            self._send(Step(Kind.REVEAL, *slot), reveal, gas_for(status, reveal))
+            self._send(Step(Kind.REVEAL, *slot), reveal, self._gas(status, reveal))
 
     def _score_step(self, status: query_pb2.QueryStatusResponse) -> None:
         query, me = status.query, self.key.address
@@ -538,14 +569,14 @@ class ExpertDaemon:
                 log("judged", query_id=query.id, scores=self.state.scores[slot])
             scores = self.state.scores[slot]
             commit = protocol.commit_scores(self.key, self.chain_id, query.id, scores)
-            self._send(Step(Kind.COMMIT_SCORES, slot), commit, gas_for(status, commit))
+            self._send(Step(Kind.COMMIT_SCORES, slot), commit, self._gas(status, commit))
         elif query.phase == inf.PHASE_SCORE_REVEAL and mine is not None and not mine.revealed:
             if slot not in self.state.scores:
                 log("cannot_reveal", query_id=query.id, reason="scores lost")
                 return
             scores = self.state.scores[slot]
             reveal = protocol.reveal_scores(self.key, query.id, scores)
-            self._send(Step(Kind.REVEAL_SCORES, slot), reveal, gas_for(status, reveal))
+            self._send(Step(Kind.REVEAL_SCORES, slot), reveal, self._gas(status, reveal))
 
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:
         query = status.query

@@ -141,6 +141,26 @@ def test_fees_go_to_the_operators_of_the_validators_that_signed_by_power(tmp_pat
     assert chain.query("Supply", q.SupplyRequest(), q.SupplyResponse).amount == supply
 
 
+def test_fees_are_shared_by_the_power_each_validator_signed_with(tmp_path: Path) -> None:
+    from llmnet.client.txbuilder import send_msg
+
+    ops = operators()
+    chain = DevChain(tmp_path / "p.db", ops, FUNDS, app_state={"validators": {"params": PARAMS, "validators": [
+        {"operator": o.address, "pub_key": base64.b64encode(bytes(v.verify_key)).decode(), "moniker": f"v{i}",
+         "bond": str(BOND * (i + 1))} for i, (o, v) in enumerate(zip(ops, chain_keys(), strict=True))]}})
+    chain.ok()
+
+    def balance(address: str) -> int:
+        return int(chain.query("Balance", q.BalanceRequest(address=address), q.BalanceResponse).amount)
+
+    before = [balance(o.address) for o in ops]
+    chain.ok(chain.tx(ops[0], send_msg(ops[0].address, ops[0].address, 1), fee=10_000))
+    chain.ok()
+    gained = [balance(o.address) - b for o, b in zip(ops, before, strict=True)]
+    gained[0] += 10_000  # what v0 paid (its send to itself moves nothing)
+    assert gained == [1_000, 2_000, 3_000, 4_000]  # powers 1:2:3:4 of the 10,000 fee
+
+
 def test_fees_stay_collected_when_no_validator_has_an_operator(tmp_path: Path) -> None:
     """A plain `llmnetd init` chain: its genesis.json validators are fixed, with no account to pay."""
     from abci_app.crypto import format_address

@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from google.protobuf.message import Message
 
 from abci_app.crypto import parse_address
 from llmnet.client import protocol, validator_cli
+from llmnet.client.display import terminal_safe
 from llmnet.client.failover import FailoverClient, parse_nodes
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
@@ -282,16 +282,6 @@ before it gives up with exit 3; the query carries on on chain either way.
 exit codes: 0 settled; 1 rejected (no experts in the domain, insufficient funds, fee too low), not
 settled in time, or --domain auto unavailable (model not installed, bad domains file);
 3 every node unreachable for --retry-for seconds; 4 keyring problem; 130 interrupted."""
-
-
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def terminal_safe(text: str) -> str:
-    """text with every control character but newline and tab shown as an escape (\\x1b, \\u202e): answers,
-    prompts, monikers and a node's error logs are anyone's words, and raw they could write to the clipboard
-    (OSC 52), retitle the window, move the cursor over earlier lines or reorder a line (bidi overrides)."""
-    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def _emit(cfg: CliConfig, data: dict[str, Any], text: str) -> None:
@@ -588,8 +578,9 @@ def _ask_lines(result: AskResult) -> list[str]:
     return lines
 
 
-def _say_switch(old: str, new: str, why: str) -> None:
-    print(f"llmnet: {why}; " + ("retrying" if new == old else f"trying {new}"), file=sys.stderr, flush=True)
+def _say_switch(old: str, new: str, why: str) -> None:  # why carries the node's own error details
+    print(f"llmnet: {terminal_safe(why)}; " + ("retrying" if new == old else f"trying {new}"), file=sys.stderr,
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,11 +36,11 @@ GAS_MARGIN = 5_000
 R = TypeVar("R", bound=Message)
 _EXPECTED = re.compile(r"expected (\d+), got (\d+)")
 MEMPOOL_PAGE = 100
+"""The most unconfirmed txs CometBFT lists in one answer (it has no lookup by hash before v1)."""
 MAX_TX_FEE = 100_000
 """The most a Sender pays for a tx whose fee it works out itself (gas limit x the node's minimum gas price),
 unless told otherwise. The node reports both the price and, under --gas auto, the gas: a hostile one asked
 98.75% of a balance to send 1 ullm. Typical fees are a few thousand ullm."""
-"""The most unconfirmed txs CometBFT lists in one answer (it has no lookup by hash before v1)."""
 
 
 def hash_of(tx: bytes) -> str:

@@ -76,6 +76,26 @@ def test_padding_the_query_record_does_not_raise_a_duty_s_gas() -> None:
     assert gas_for(padded, msg) == honest
 
 
+def test_a_duty_would_pay_only_for_a_record_the_chain_could_have_written(tmp_path: Path) -> None:
+    """Fields the chain knows can be padded too (400 made-up scorers made 1.26M gas, no longer free): a duty that
+    would pay is sent only for a record within the chain's params."""
+    params = inf.Params(max_prompt_bytes=4096, max_k=5, scorers=3, max_rounds=3)
+    daemon = _daemon(tmp_path, SimpleNamespace(params=lambda: query_pb2.ParamsResponse(inference=params)))
+    msg = inf.MsgRevealScores(scorer="llm1x", query_id=3, scores=[80, 20])
+    honest = query_pb2.QueryStatusResponse(query=inf.Query(id=3, prompt="p" * 4096, respondents=["llm1a"] * 5,
+                                                           scorers=["llm1b"] * 3, rounds=3))
+    assert daemon._gas(honest, msg) == gas_for(honest, msg)
+    padded = query_pb2.QueryStatusResponse()
+    padded.CopyFrom(honest)
+    padded.query.scorers.extend(["llm1" + "q" * 39] * 600)
+    with pytest.raises(ValueError, match="more experts"):
+        daemon._gas(padded, msg)
+    padded.CopyFrom(honest)
+    padded.query.requester = "x" * 40_000
+    with pytest.raises(ValueError, match="longer than the chain writes"):
+        daemon._gas(padded, msg)
+
+
 def _daemon(tmp_path: Path, client: object) -> ExpertDaemon:
     daemon = ExpertDaemon(None, Key.generate("expert"), client, tmp_path / "state.json",  # type: ignore[arg-type]
                           rpc_urls={"a:1": "http://a"})
@@ -89,9 +109,11 @@ def test_heights_a_lying_node_claimed_are_read_again_from_an_honest_one(
     every node, and missed its duties until jailed."""
     scanned: list[int] = []
 
+    tip = [837]
+
     def comet_get(url: str, method: str, **params: object) -> dict[str, object]:
         if method == "status":
-            return {"sync_info": {"latest_block_height": "837"}}
+            return {"sync_info": {"latest_block_height": str(tip[0])}}
         scanned.append(int(params["height"]))  # type: ignore[call-overload]
         return {"txs_results": []}
 
@@ -99,7 +121,10 @@ def test_heights_a_lying_node_claimed_are_read_again_from_an_honest_one(
     daemon = _daemon(tmp_path, SimpleNamespace())
     daemon.state.scanned_height = 20_827
     daemon.tick()
-    assert scanned == list(range(837 - daemon.lookback + 1, 838)) and daemon.state.scanned_height == 837
+    assert scanned == [] and daemon.state.scanned_height == 837
+    tip[0] = 840
+    daemon.tick()
+    assert scanned == [838, 839, 840] and daemon.state.scanned_height == 840
 
 
 def test_a_status_that_says_settled_without_a_receipt_keeps_the_unrevealed_answer(tmp_path: Path) -> None:
@@ -125,7 +150,8 @@ def test_anyone_s_words_reach_the_terminal_as_text(capsys: pytest.CaptureFixture
     """A hostile respondent's final answer (or a requester's prompt, in `query recent`) carried OSC 52 (write the
     clipboard), a window title and cursor moves that drew fake score lines over real ones."""
     from llmnet.client.ask import Answer, AskResult
-    from llmnet.client.cli import CliConfig, _ask_lines, _emit, terminal_safe
+    from llmnet.client.cli import CliConfig, _ask_lines, _emit, _say_switch
+    from llmnet.client.display import terminal_safe
 
     hostile = "Marta Vensel\x1b]52;c;Y3VybA==\x07\x1b]0;VERIFIED\x07\x1b[2J\x1b[H\u202efake\r* score 100\x9b"
     result = AskResult(7, "d", hostile, 9, [Answer("llm1x", hostile, 90, 100, True)])
@@ -134,3 +160,5 @@ def test_anyone_s_words_reach_the_terminal_as_text(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert not any(c in out for c in "\x1b\x07\r\x9b\u202e") and "Marta Vensel\\x1b]52" in out
     assert terminal_safe("two\nlines\tand a tab") == "two\nlines\tand a tab"
+    _say_switch("a:1", "b:1", "node a:1 unreachable: \x1b]0;PWNED\x07\x1b[2Jfake")  # a node's error details
+    assert "\x1b" not in capsys.readouterr().err

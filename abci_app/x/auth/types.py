@@ -9,11 +9,11 @@ STORE = "auth"
 ACCOUNT_PREFIX = b"acc/"
 CHAIN_ID_KEY = b"chain_id"
 FEE_COLLECTOR = b"\x00" * 19 + b"\x01"
+"""Module account that receives fees (no key can sign for it)."""
 SIMULATION_SIGNATURE = bytes(64)
 """What a client puts in a tx's signature to simulate it: Simulate then skips the check (and charges its gas
 alike), and no node can verify it, so nobody can broadcast what was simulated. A fully signed simulation was a
 tx a hostile node could broadcast: the user's send ran twice."""
-"""Module account that receives fees (no key can sign for it)."""
 
 EV_TX = "tx"
 """Every executed tx: attributes fee (amount and denom, as `2000ullm`), fee_payer, acc_seq."""

@@ -41,8 +41,9 @@ EV_UNJAILED = "validator_unjailed"
 EV_JAILED = "validator_jailed"
 EV_SLASHED = "validator_slashed"
 EV_POWER = "validator_power"
-EV_FEES = "fees_distributed"
 """CometBFT is told a new power: address, operator, power (takes effect two heights later)."""
+EV_FEES = "fees_distributed"
+"""The fees collected went to the operators of the validators that signed: amount, validators."""
 
 
 class ValidatorsError(AppError):

@@ -32,9 +32,9 @@ from abci_app.store.state import State
 from abci_app.store.versions import HeightNotKept, VersionView
 from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
-from abci_app.x.beacon.types import COMMIT_FLAG, ErrInvalidBeacon
 from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
+from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
 from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.tendermint.abci import types_pb2 as abci
@@ -397,10 +397,9 @@ class Application:
              votes: abci.CommitInfo | None = None, misbehavior: Iterable[abci.Misbehavior] = ()) -> BlockEnv:
         last_commit = () if votes is None else tuple(
             (v.validator.address, v.block_id_flag != ABSENT_FLAG) for v in votes.votes)
-        signers = () if votes is None else tuple(
-            (v.validator.address, v.validator.power) for v in votes.votes if v.block_id_flag == COMMIT_FLAG)
+        powers = () if votes is None else tuple((v.validator.address, v.validator.power) for v in votes.votes)
         return BlockEnv(chain_id=self.chain_id if chain_id is None else chain_id,
-                        height=height, time_ns=time_ns, seed=seed, last_commit=last_commit, signer_powers=signers,
+                        height=height, time_ns=time_ns, seed=seed, last_commit=last_commit, last_powers=powers,
                         misbehavior=tuple(Misbehavior(m.validator.address, m.height, m.type) for m in misbehavior))
 
     def _proposal_state(self) -> State:

@@ -26,9 +26,9 @@ class BlockEnv:
     records it (FinalizeBlock only)."""
     misbehavior: tuple[Misbehavior, ...] = ()
     """Evidence CometBFT committed in this block (FinalizeBlock only)."""
-    signer_powers: tuple[tuple[bytes, int], ...] = ()
-    """(validator address, voting power) of each validator whose vote for the previous height the block's last
-    commit carries: the power it signed with (FinalizeBlock only)."""
+    last_powers: tuple[tuple[bytes, int], ...] = ()
+    """(validator address, voting power) of each validator of the previous height, as the block's last commit
+    lists them, whether their votes made it in or not (FinalizeBlock only)."""
 
 
 @dataclass(frozen=True)

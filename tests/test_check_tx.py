@@ -237,3 +237,14 @@ def test_what_a_client_simulates_cannot_be_broadcast(harness: Harness) -> None:
     assert harness.balance(1) == FUNDS
     other_chain = build_tx(key, "another-chain", 0, msgs, fee=2_000)  # simulate still checks a real signature
     assert harness.app.simulate(other_chain).code == ErrUnauthorized.code
+
+
+def test_a_fee_above_the_minimum_is_not_taken(harness: Harness) -> None:
+    """With no priority to buy, more bought nothing; and since fees go to the validators, a node that told a
+    client a higher gas price made its own validator richer (up to the client's cap)."""
+    key = harness.keys[0]
+    raw = build_tx(key, CHAIN_ID, 0, [send_msg(key.address, harness.keys[1].address, 5)], fee=50_000)
+    [result] = harness.finalize([raw]).tx_results
+    assert result.code == 0
+    assert harness.balance(0) == FUNDS - 5 - 2_000  # the default 200,000 gas at 10,000/1e6: 2,000
+    assert any(a.value == "2000ullm" for e in result.events if e.type == "tx" for a in e.attributes)

@@ -245,9 +245,10 @@ def test_events_are_the_declared_contract(chain: ProtocolChain) -> None:
     from abci_app.x.bank import types as bank_types
     from abci_app.x.experts import types as experts_types
     from abci_app.x.inference import types as inference_types
+    from abci_app.x.validators import types as validators_types
     from llmnet.client.events import find
 
-    declared = {v for m in (msgs, auth_types, bank_types, experts_types, inference_types)
+    declared = {v for m in (msgs, auth_types, bank_types, experts_types, inference_types, validators_types)
                 for k, v in vars(m).items() if k.startswith("EV_")}
     seen: list[object] = []
     original = chain.finalize

@@ -147,7 +147,8 @@ def _tx_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         tp.add_argument("--no-wait", action="store_true", help="return after CheckTx, do not wait for a block")
         tp.add_argument("--gas", type=_gas, default=None, metavar="N|auto",
                         help="gas limit, or auto (default): simulate first, then use 1.3x the gas it used")
-        tp.add_argument("--fee", type=int, help="fee (default: gas limit x the chain's minimum gas price)")
+        tp.add_argument("--fee", type=int, help="fee offered (default: gas limit x the chain's minimum gas price; "
+                                                  "the chain takes no more than that)")
 
 
 def _query_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:

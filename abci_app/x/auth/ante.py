@@ -112,13 +112,16 @@ class AnteHandler:
             raise ErrWrongSequence(
                 f"account sequence mismatch for {tx.signer}: expected {account.sequence}, got {tx.auth.sequence}"
             )
-        if fee.amount:
+        # The minimum for the gas limit, however much more the tx offers: with no priority to buy, more bought
+        # nothing, and a node that told a client a higher gas price made its validator richer.
+        charged = min(fee.amount, needed)
+        if fee.amount:  # what it offered must be there all the same
             if self.bank.balance(ctx, address) < fee.amount:
                 raise ErrFeeUnpaid(f"{tx.signer} cannot pay fee {fee.amount}{self.bank.denom(ctx)}")
-            self.bank.move(ctx, address, FEE_COLLECTOR, fee.amount)
+            self.bank.move(ctx, address, FEE_COLLECTOR, charged)
         account.public_key = tx.auth.public_key
         account.sequence += 1
         self.auth.set_account(ctx, address, account)
-        ctx.emit(event(EV_TX, fee=f"{fee.amount}{self.bank.denom(ctx)}", fee_payer=tx.signer,
+        ctx.emit(event(EV_TX, fee=f"{charged}{self.bank.denom(ctx)}", fee_payer=tx.signer,
                        acc_seq=f"{tx.signer}/{tx.auth.sequence}"))
         return free

@@ -36,6 +36,7 @@ from abci_app.x.validators.types import (
     SIGNING_PREFIX,
     STORE,
     UNBONDING_POOL,
+    UNCLAIMED_FEES,
     ErrAlreadyExists,
     ErrBondTooLow,
     ErrInvalidValidator,
@@ -326,28 +327,33 @@ class ValidatorsKeeper:
         self.distribute_fees(ctx)
 
     def distribute_fees(self, ctx: Ctx) -> None:
-        """The fees collected so far go to the operators of the validators whose votes the block's last commit
-        carries, by the power each signed with (neither jailed nor tombstoned since), as Cosmos' distribution
-        shares them by power (no commission or delegators here: a validator bonds only its own tokens). A fixed
-        genesis validator has no operator to pay and takes no share; with none to pay (a plain `llmnetd init`
-        chain) the fees stay collected. The remainder of the division waits for the next block."""
+        """The fees collected so far are shared by the validators of the previous height, by power, as Cosmos'
+        distribution shares them (no commission or delegators here: a validator bonds only its own tokens):
+        every validator the last commit lists, its vote in it or not, since the proposer chooses which votes go
+        in and would otherwise take the share of those it left out (downtime is for jailing to punish). A share
+        with no operator to pay (a fixed genesis validator), or a jailed or tombstoned validator's, goes to
+        UNCLAIMED_FEES for good: left in the collector, it piled up for whoever bonded first. The remainder of
+        the division waits for the next block."""
         pool = self.bank.balance(ctx, FEE_COLLECTOR)
-        if not pool:
+        powers = sorted((address, votes) for address, votes in ctx.env.last_powers if votes > 0)
+        total = sum(votes for _, votes in powers)
+        if not pool or not total:
             return
-        paid: list[tuple[bytes, int]] = []
-        for address, signed in sorted(ctx.env.signer_powers):
+        paid = unclaimed = 0
+        for address, votes in powers:
+            amount = pool * votes // total
             v = self.get(ctx, address)
-            if v is not None and v.operator and signed > 0 and v.status not in (
+            if not amount:
+                continue
+            if v is not None and v.operator and v.status not in (
                     Status.VALIDATOR_STATUS_JAILED, Status.VALIDATOR_STATUS_TOMBSTONED):
-                paid.append((parse_address(v.operator), signed))
-        total = sum(share for _, share in paid)
-        moved = 0
-        for operator, share in paid:
-            if amount := pool * share // total:
-                self.bank.move(ctx, FEE_COLLECTOR, operator, amount)
-                moved += amount
-        if moved:
-            ctx.emit(event(EV_FEES, amount=moved, validators=len(paid)))
+                self.bank.move(ctx, FEE_COLLECTOR, parse_address(v.operator), amount)
+                paid += amount
+            else:
+                unclaimed += amount
+        if unclaimed:
+            self.bank.move(ctx, FEE_COLLECTOR, UNCLAIMED_FEES, unclaimed)
+        ctx.emit(event(EV_FEES, amount=paid, unclaimed=unclaimed, validators=len(powers)))
 
     def end_block(self, ctx: Ctx) -> None:
         """Release due bonds, then move the told powers one bounded step toward the ranking."""

@@ -18,6 +18,9 @@ RELEASE_PREFIX = b"rel/"  # HeightQueue rel/<be8 height><consensus address>: bon
 RELEASE_AMOUNT_PREFIX = b"ramt/"  # ramt/<be8 height><consensus address> -> be8 amount
 BONDED_POOL = module_address("validators/bonded")
 UNBONDING_POOL = module_address("validators/unbonding")
+UNCLAIMED_FEES = module_address("validators/unclaimed-fees")
+"""Fee shares nobody may take (a fixed genesis validator's, a jailed one's): set apart for good, so the supply
+stays whole and nothing piles up for whoever bonds first."""
 MAX_BOND = (1 << 63) - 1
 MAX_MONIKER = 64
 MAX_DETAILS = 280
@@ -43,7 +46,7 @@ EV_SLASHED = "validator_slashed"
 EV_POWER = "validator_power"
 """CometBFT is told a new power: address, operator, power (takes effect two heights later)."""
 EV_FEES = "fees_distributed"
-"""The fees collected went to the operators of the validators that signed: amount, validators."""
+"""The fees collected were shared by the previous height's validators: amount (paid), unclaimed, validators."""
 
 
 class ValidatorsError(AppError):

@@ -340,6 +340,8 @@ class Application:
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
         """Execute the decided block on a staged state and return the new app hash. Nothing is
         persisted here: Commit does that."""
+        if self.committed.height and req.height != self.committed.height + 1:
+            raise RuntimeError(f"FinalizeBlock for height {req.height}, the app is at {self.committed.height}")
         state = self._block if self._block is not None else State(self.committed)
         self._block = None
         time_ns = _timestamp_ns(req.time)

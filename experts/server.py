@@ -237,7 +237,8 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
     access=None serves anyone; metrics go to `registry` (serve it with prometheus_client); tls is
     (PEM private key, PEM certificate chain): with it the port speaks only TLS, so prompts, answers and
     access signatures cannot be read on the way."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4 + REFLECTION_STREAMS))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4 + REFLECTION_STREAMS),
+                         options=[("grpc.so_reuseport", 0)])  # a second server on the port fails, not shares it
     servicer = ExpertServicer(engine, identity, access, registry, plan)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -246,10 +247,13 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         BoundedReflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
-    if tls is not None:
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpc raises where older returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the expert server to {address}")
+        raise OSError(f"cannot bind the expert server to {address} (in use, or not an address of this host)")
     return server, port

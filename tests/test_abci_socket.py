@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from abci_app.app import Application
 from llmnet.client.txbuilder import build_tx, send_msg
 from llmnet.node.abci.framing import Decoder, encode_uvarint, frame
-from llmnet.node.abci.server import ABCIServer, FatalError
+from llmnet.node.abci.server import ABCIServer
 from tests.helpers import CHAIN_ID, FUNDS, deterministic_key
 from wire.tendermint.abci import types_pb2 as abci
 
@@ -134,14 +134,51 @@ def test_process_proposal_rejects_a_bad_block(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_wrong_abci_version_stops_the_node(tmp_path: Path) -> None:
+def test_a_wrong_abci_version_closes_its_connection_with_the_reason(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """CometBFT of another ABCI version cannot hand-shake (its Info connection is closed, the log says why);
+    anyone else sending such an Info stopped the node."""
     async def scenario() -> None:
         server, app = await start(tmp_path / "a.db")
         conn = await Conn.open(server.port)
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await conn.call(info=abci.RequestInfo(abci_version="1.0.0"))
-        with pytest.raises(FatalError, match="ABCI 1.0.0"):
-            await asyncio.wait_for(server.serve(), 5)
+        good = await Conn.open(server.port)
+        assert (await good.call(echo=abci.RequestEcho(message="up"))).echo.message == "up"
+        assert server.fatal is None and "ABCI 1.0.0" in caplog.text
+        server.stop()
+        app.close()
+
+    asyncio.run(scenario())
+
+
+def test_whatever_else_reaches_the_port_loses_only_its_own_connection(tmp_path: Path) -> None:
+    """One zero byte (an empty request: a port scanner's DNS probe begins so), a Commit or FinalizeBlock from a
+    second connection (a forged block at height 1 forked the store and halted the chain), connections past the
+    cap: each closed alone, and the consensus connection goes on."""
+    async def scenario() -> None:
+        server, app = await start(tmp_path / "a.db")
+        cons = await Conn.open(server.port)
+        await cons.call(init_chain=abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=GENESIS,
+                                                         time=Timestamp(seconds=1_700_000_000)))
+        probe_reader, probe_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        probe_writer.write(b"\x00\x1d\x12\x34\x01\x00")  # DNS over TCP: length 0x001d read as an empty frame
+        await probe_writer.drain()
+        assert await asyncio.wait_for(probe_reader.read(), 5) == b""
+        intruder = await Conn.open(server.port)
+        for forged in ({"finalize_block": abci.RequestFinalizeBlock(height=1, txs=[tx(0)])},
+                       {"commit": abci.RequestCommit()}):
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                await intruder.call(**forged)
+            intruder = await Conn.open(server.port)
+        crowd = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(20)]
+        assert await asyncio.wait_for(crowd[-1][0].read(), 5) == b""  # past the cap: closed at once
+        for _, w in crowd:
+            w.close()
+        first = await run_block(cons, 1, [tx(0)])
+        assert server.fatal is None and len(first) == 32
+        assert app.committed.height == 1
+        server.stop()
         app.close()
 
     asyncio.run(scenario())

@@ -39,9 +39,17 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     server, port = create_server(engine, identity)
     server.start()
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    ch.engine, ch.identity, ch.port = engine, identity, port  # type: ignore[attr-defined]
     yield ch
     ch.close()
     server.stop(0)
+
+
+def test_a_second_server_cannot_share_the_port(channel: grpc.Channel) -> None:
+    """gRPC binds with SO_REUSEPORT by default: a second expert (or node) on the same address started without
+    a word and took half the clients' connections."""
+    with pytest.raises(OSError, match="cannot bind"):
+        create_server(channel.engine, channel.identity, f"127.0.0.1:{channel.port}")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -214,7 +214,8 @@ class CommittedStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite undoes a transaction itself on some errors ("disk is full")
+                db.execute("ROLLBACK")
             raise
         for store, key, value, _ in staged.rows:
             if (store, key) in self._cache:
@@ -272,10 +273,12 @@ class CommittedStore:
                            [(height, n, trees[n].size) for n in self.store_names])
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise RowConflict(str(exc)) from None
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite undoes a transaction itself on some errors ("disk is full")
+                db.execute("ROLLBACK")
             raise
         self.trees = dict(trees)
         self.store_roots = {n: committed_view(t).root() for n, t in self.trees.items()}

@@ -62,6 +62,11 @@ class NodeConfig:
     def validate(self) -> NodeConfig:
         if not self.abci_address.startswith(("tcp://", "unix://")):
             raise ConfigError(f"abci_address must start with tcp:// or unix://, got {self.abci_address!r}")
+        if self.abci_address.startswith("tcp://"):
+            try:
+                host_port(self.abci_address.removeprefix("tcp://"), "abci_address")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         for name in ("grpc_address", "metrics_address", "explorer_address"):
             value = getattr(self, name)
             try:

@@ -226,7 +226,9 @@ def create_server(app: Application, address: str, rpc: CometRPC,
                   metrics: NodeMetrics | None = None) -> tuple[NodeAPI, int]:
     """Build the API server bound to address (port 0 picks a free port). Returns (api, port)."""
     counting = _Counting(metrics) if metrics else None
-    server = grpc.aio.server(interceptors=[counting] if counting else [])
+    # without SO_REUSEPORT (gRPC's default is on): a second node on the same address fails to start instead of
+    # taking half the clients' connections with answers of its own
+    server = grpc.aio.server(interceptors=[counting] if counting else [], options=[("grpc.so_reuseport", 0)])
     for descriptor, servicer in ((service_pb2.DESCRIPTOR.services_by_name["TxService"], TxServicer(app, rpc)),
                                  (node_pb2.DESCRIPTOR.services_by_name["NodeService"], NodeServicer(app, rpc.url))):
         server.add_generic_rpc_handlers((_decoding_handlers(descriptor, servicer),))
@@ -243,7 +245,10 @@ def create_server(app: Application, address: str, rpc: CometRPC,
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     if counting:
         counting.known = served_methods((*services, health.SERVICE_NAME))
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpc raises where older returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind gRPC API to {address}")
+        raise OSError(f"cannot bind gRPC API to {address} (in use, or not an address of this host)")
     return NodeAPI(server, health_servicer, services), port

@@ -4,6 +4,12 @@ and expects, on each, one response per request in request order, flushed on Flus
 All handlers run on the event loop thread, so the app never sees two calls at once. An
 unexpected exception is fatal: the server logs it, closes every connection and `serve()` raises
 FatalError, so the node stops instead of diverging (fail-stop).
+
+Whatever else reaches the port (a port scanner's DNS probe begins with a zero byte: an empty request) only
+loses its own connection: consensus calls are taken on one connection at a time, the first to send one
+(CometBFT's), and so are the calls that restore a snapshot; a request of no known kind, the wrong ABCI
+version, more than MAX_CONNECTIONS at once, all close just that connection. Keep the port local all the same
+(or use unix://): while CometBFT is down, a local process could claim the consensus connection.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ class FatalError(Exception):
     """The app hit an error it cannot safely continue from."""
 
 
+MAX_CONNECTIONS = 16
+"""CometBFT opens four."""
+WRITE_BUFFER_BYTES = 1 << 20
+"""Replies waiting for a client that never flushes or reads: past this, the connection waits for it."""
+OWNED = {**dict.fromkeys(("init_chain", "prepare_proposal", "process_proposal", "extend_vote",
+                          "verify_vote_extension", "finalize_block", "commit"), "consensus"),
+         **dict.fromkeys(("offer_snapshot", "apply_snapshot_chunk"), "restore")}
+"""Calls that change state or judge blocks: each group on one connection at a time (CometBFT's)."""
+
+
 class ABCIServer:
     def __init__(
         self,
@@ -44,6 +60,8 @@ class ABCIServer:
         self.fatal: BaseException | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._owners: dict[str, asyncio.StreamWriter] = {}
+        """Which connection each OWNED group is taken on."""
         self._stopped = asyncio.Event()
         self._routes: dict[str, tuple[str, Callable[[Any], Any]]] = {
             "echo": ("echo", lambda r: abci.ResponseEcho(message=r.message)),
@@ -78,17 +96,23 @@ class ABCIServer:
 
     def _info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
         if req.abci_version and req.abci_version != ABCI_VERSION:
-            raise FatalError(
+            raise FramingError(
                 f"CometBFT speaks ABCI {req.abci_version}, this app speaks ABCI {ABCI_VERSION}: "
                 "use CometBFT v0.38.x (run `make install`)"
             )
         return self.app.info(req)
 
-    def handle(self, req: abci.Request) -> abci.Response:
-        """One request in, one response out. Raises on anything unexpected."""
+    def handle(self, req: abci.Request, writer: asyncio.StreamWriter | None = None) -> abci.Response:
+        """One request in, one response out. Raises FramingError for a request that only its connection should
+        pay for, anything else on what is unexpected."""
         kind = req.WhichOneof("value")
         if kind is None or kind not in self._routes:
-            raise FatalError(f"unknown ABCI request {kind!r}")
+            raise FramingError(f"unknown ABCI request {kind!r}")
+        group = OWNED.get(kind)
+        if group is not None and writer is not None:
+            owner = self._owners.setdefault(group, writer)
+            if owner is not writer:
+                raise FramingError(f"{kind} on a second connection: {group} calls are taken on one connection")
         field, fn = self._routes[kind]
 
         def call() -> abci.Response:
@@ -126,6 +150,10 @@ class ABCIServer:
         self._stopped.set()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= MAX_CONNECTIONS:
+            log.error("refusing an ABCI connection: %d are open already", len(self._writers))
+            writer.close()
+            return
         self._writers.add(writer)
         decoder = Decoder()
         try:
@@ -139,8 +167,10 @@ class ABCIServer:
                         req = abci.Request.FromString(payload)
                     except DecodeError as exc:
                         raise FramingError(f"undecodable ABCI request: {exc}") from None
-                    writer.write(frame(self.handle(req).SerializeToString()))
+                    writer.write(frame(self.handle(req, writer).SerializeToString()))
                     flush = flush or req.WhichOneof("value") == "flush"
+                    if writer.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES:
+                        await writer.drain()  # a client that never reads holds its own replies, not our memory
                     # The four connections share this loop: a batch of queries (anyone can send them through
                     # CometBFT's RPC) must not hold consensus calls until the whole batch is answered.
                     await asyncio.sleep(0)
@@ -158,4 +188,6 @@ class ABCIServer:
             self.stop()
         finally:
             self._writers.discard(writer)
+            for group in [g for g, owner in self._owners.items() if owner is writer]:
+                del self._owners[group]  # CometBFT restarted: its next connection takes the group
             writer.close()

@@ -257,6 +257,8 @@ class Application:
     def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
         """Load genesis app_state into a fresh block state; it is persisted with block 1's Commit,
         so a crash before then makes CometBFT call InitChain again."""
+        if self.committed.height:  # CometBFT sends it to an app at height 0 only: anything else is not CometBFT
+            raise RuntimeError(f"InitChain on a chain already at height {self.committed.height}")
         try:
             app_state = json.loads(req.app_state_bytes or b"{}")
         except ValueError as exc:

@@ -178,6 +178,18 @@ def test_whatever_else_reaches_the_port_loses_only_its_own_connection(tmp_path: 
         first = await run_block(cons, 1, [tx(0)])
         assert server.fatal is None and len(first) == 32
         assert app.committed.height == 1
+        cons.close()  # CometBFT restarts: until its next consensus call, the group is free to claim
+        await asyncio.sleep(0.1)
+        for first_call in ({"commit": abci.RequestCommit()},  # fatal from CometBFT; from a claimer, its own end
+                           {"init_chain": abci.RequestInitChain(chain_id="evil", app_state_bytes=GENESIS)},
+                           {"finalize_block": abci.RequestFinalizeBlock(height=9)}):
+            intruder = await Conn.open(server.port)
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                await intruder.call(**first_call)
+        assert server.fatal is None and app.chain_id == CHAIN_ID and app.committed.height == 1
+        restarted = await Conn.open(server.port)
+        await run_block(restarted, 2, [tx(1)])
+        assert app.committed.height == 2 and server.fatal is None
         server.stop()
         app.close()
 

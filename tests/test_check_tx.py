@@ -26,6 +26,7 @@ from abci_app.errors import (
 from abci_app.x.bank.types import ErrInsufficientFunds, ErrInvalidAmount
 from llmnet.client.txbuilder import build_tx, pack, send_msg
 from tests.helpers import CHAIN_ID, FUNDS, Harness, deterministic_key
+from wire.llmnet.query.v1 import query_pb2 as q
 from wire.llmnet.tx.v1 import tx_pb2
 from wire.tendermint.abci import types_pb2 as abci
 
@@ -248,3 +249,14 @@ def test_a_fee_above_the_minimum_is_not_taken(harness: Harness) -> None:
     assert result.code == 0
     assert harness.balance(0) == FUNDS - 5 - 2_000  # the default 200,000 gas at 10,000/1e6: 2,000
     assert any(a.value == "2000ullm" for e in result.events if e.type == "tx" for a in e.attributes)
+
+
+def test_a_chain_with_no_minimum_gas_price_takes_no_fee(tmp_path: Path) -> None:
+    """The fee taken is the minimum, 0 here: moving 0 was refused (bank/4), and with it every tx offering a fee."""
+    from llmnet.devchain import DevChain, seeded_key
+
+    key = seeded_key("payer")
+    chain = DevChain(tmp_path / "z.db", [key], FUNDS, app_state={"auth": {"params": {"min_gas_price_micro": 0}}})
+    chain.ok()
+    chain.ok(chain.tx(key, send_msg(key.address, key.address, 1), fee=5_000))
+    assert chain.query("Balance", q.BalanceRequest(address=key.address), q.BalanceResponse).amount == FUNDS

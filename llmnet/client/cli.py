@@ -381,17 +381,18 @@ def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     if args.no_wait:
         how = f"already {sent.seen} on the chain" if sent.seen else "accepted by CheckTx"
         _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True, "seen": sent.seen, "fee": sent.fee},
-              f"broadcast {sent.tx_hash} ({how}; fee {sent.fee})")
+              f"broadcast {sent.tx_hash} ({how}; fee offered {sent.fee})")
         return EXIT_OK
     res = client.wait_tx(sent.tx_hash)
     r = res.result
+    taken = next((a.value for e in r.events if e.type == "tx" for a in e.attributes if a.key == "fee"), "")
     data = {"tx_hash": res.tx_hash, "height": res.height, "code": r.code, "codespace": r.codespace,
-            "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted, "fee": sent.fee}
+            "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted, "fee": taken or str(sent.fee)}
     if r.code:
         _emit(cfg, data, f"tx {res.tx_hash} failed in block {res.height} ({r.codespace}/{r.code}): {r.log}")
         return EXIT_FAILED
     _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} (gas {r.gas_used}/{r.gas_wanted}, "
-                     f"fee {sent.fee})")
+                     f"fee {data['fee']})")
     return EXIT_OK
 
 

@@ -117,8 +117,9 @@ class AnteHandler:
         charged = min(fee.amount, needed)
         if fee.amount:  # what it offered must be there all the same
             if self.bank.balance(ctx, address) < fee.amount:
-                raise ErrFeeUnpaid(f"{tx.signer} cannot pay fee {fee.amount}{self.bank.denom(ctx)}")
-            self.bank.move(ctx, address, FEE_COLLECTOR, charged)
+                raise ErrFeeUnpaid(f"{tx.signer} cannot cover the fee it offers, {fee.amount}{self.bank.denom(ctx)}")
+            if charged:  # 0 at a minimum gas price of 0
+                self.bank.move(ctx, address, FEE_COLLECTOR, charged)
         account.public_key = tx.auth.public_key
         account.sequence += 1
         self.auth.set_account(ctx, address, account)

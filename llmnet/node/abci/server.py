@@ -7,9 +7,10 @@ FatalError, so the node stops instead of diverging (fail-stop).
 
 Whatever else reaches the port (a port scanner's DNS probe begins with a zero byte: an empty request) only
 loses its own connection: consensus calls are taken on one connection at a time, the first to send one
-(CometBFT's), and so are the calls that restore a snapshot; a request of no known kind, the wrong ABCI
-version, more than MAX_CONNECTIONS at once, all close just that connection. Keep the port local all the same
-(or use unix://): while CometBFT is down, a local process could claim the consensus connection.
+(CometBFT's; a first call that fails claims nothing), and so are the calls that restore a snapshot; a
+request of no known kind, the wrong ABCI version, more than MAX_CONNECTIONS at once, all close just that
+connection. Keep the port unreachable by other users all the same (or use unix://): until CometBFT's consensus
+connection has made its first call (at start, after a restart, in state sync), a local process could claim it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from abci_app.app import ABCI_VERSION, Application
+from llmnet.address import host_port
 from llmnet.node.abci.framing import Decoder, FramingError, frame
 from llmnet.node.snapshots import SnapshotManager
 from wire.tendermint.abci import types_pb2 as abci
@@ -109,6 +111,7 @@ class ABCIServer:
         if kind is None or kind not in self._routes:
             raise FramingError(f"unknown ABCI request {kind!r}")
         group = OWNED.get(kind)
+        claiming = group is not None and writer is not None and group not in self._owners
         if group is not None and writer is not None:
             owner = self._owners.setdefault(group, writer)
             if owner is not writer:
@@ -120,14 +123,20 @@ class ABCIServer:
             getattr(resp, field).CopyFrom(fn(getattr(req, kind)))
             return resp
 
-        return call() if self.middleware is None else self.middleware(kind, call)
+        try:
+            return call() if self.middleware is None else self.middleware(kind, call)
+        except Exception as exc:  # noqa: BLE001 - a first call that fails proves it is not CometBFT's
+            if not claiming:
+                raise  # the connection that has driven the chain: fail-stop
+            del self._owners[group]  # type: ignore[arg-type]
+            raise FramingError(f"{kind} failed as the first {group} call of a connection: {exc}") from exc
 
     async def start(self) -> None:
         if self.address.startswith("unix://"):
             self._server = await asyncio.start_unix_server(self._connection, path=self.address[7:])
         else:
-            host, port = self.address.removeprefix("tcp://").rsplit(":", 1)
-            self._server = await asyncio.start_server(self._connection, host, int(port))
+            host, port = host_port(self.address.removeprefix("tcp://"), "abci_address")
+            self._server = await asyncio.start_server(self._connection, host, port)
 
     @property
     def port(self) -> int:

@@ -353,7 +353,8 @@ class ValidatorsKeeper:
                 unclaimed += amount
         if unclaimed:
             self.bank.move(ctx, FEE_COLLECTOR, UNCLAIMED_FEES, unclaimed)
-        ctx.emit(event(EV_FEES, amount=paid, unclaimed=unclaimed, validators=len(powers)))
+        if paid or unclaimed:  # a remainder too small to share stays quiet, block after block
+            ctx.emit(event(EV_FEES, amount=paid, unclaimed=unclaimed, validators=len(powers)))
 
     def end_block(self, ctx: Ctx) -> None:
         """Release due bonds, then move the told powers one bounded step toward the ranking."""

@@ -5,9 +5,11 @@ real gateway, chain and experts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -111,6 +113,20 @@ class StubBridge(ChainBridge):
         return _result(query_id, self.answered)
 
 
+@contextlib.asynccontextmanager
+async def serving(gw: Gateway) -> AsyncIterator[int]:
+    """The gateway's app on a free loopback port, for the test's own client; the port."""
+    from aiohttp import web
+
+    runner = web.AppRunner(gw.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 def _serve(gateway: Gateway, calls: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         from aiohttp import web
@@ -172,13 +188,7 @@ def test_requests_beyond_the_in_flight_limit_get_429_and_the_rest_are_served() -
     gw = Gateway(bridge, LIMITS, max_in_flight=1)
 
     async def run() -> tuple[int, int]:
-        from aiohttp import web
-
-        runner = web.AppRunner(gw.app())
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        try:
+        async with serving(gw) as port:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
                 first = asyncio.ensure_future(http.post("/v1/chat/completions", json=ASK))
                 while bridge.submitted == 0:
@@ -186,8 +196,6 @@ def test_requests_beyond_the_in_flight_limit_get_429_and_the_rest_are_served() -
                 second = await http.post("/v1/chat/completions", json=ASK)
                 bridge.release.set()
                 return (await first).status_code, second.status_code
-        finally:
-            await runner.cleanup()
 
     assert asyncio.run(run()) == (200, 429)
 
@@ -244,31 +252,27 @@ def test_beyond_loopback_the_gateway_needs_an_api_key() -> None:
         asyncio.run(serve(Gateway(StubBridge(), LIMITS), "0.0.0.0:0", print))
 
 
+async def while_held_then_after(http: httpx.AsyncClient, gw: Gateway, bridge: StubBridge, tries: int) -> list[int]:
+    """The statuses of `tries` requests while the held query is open, then of one once it has settled."""
+    statuses = [(await http.post("/v1/chat/completions", json=ASK)).status_code for _ in range(tries)]
+    bridge.release.set()
+    while gw.in_flight:
+        await asyncio.sleep(0.01)
+    return statuses + [(await http.post("/v1/chat/completions", json=ASK)).status_code]
+
+
 def test_a_stream_left_early_keeps_its_slot_until_the_query_settles() -> None:
     bridge = StubBridge()
     bridge.release.clear()
     gw = Gateway(bridge, LIMITS, max_in_flight=1)
 
     async def run() -> list[int]:
-        from aiohttp import web
-
-        runner = web.AppRunner(gw.app())
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        try:
+        async with serving(gw) as port:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
                 async with http.stream("POST", "/v1/chat/completions", json=dict(ASK, stream=True)) as stream:
                     async for _ in stream.aiter_lines():
                         break  # read the first event, then hang up
-                statuses = [(await http.post("/v1/chat/completions", json=ASK)).status_code for _ in range(3)]
-                bridge.release.set()
-                while gw.in_flight:
-                    await asyncio.sleep(0.01)
-                statuses.append((await http.post("/v1/chat/completions", json=ASK)).status_code)
-                return statuses
-        finally:
-            await runner.cleanup()
+                return await while_held_then_after(http, gw, bridge, 3)
 
     assert asyncio.run(run()) == [429, 429, 429, 200]
     assert bridge.submitted == 2
@@ -292,13 +296,7 @@ def test_a_stream_left_before_its_first_byte_keeps_its_slot_too() -> None:
     gw = Gateway(bridge, LIMITS, max_in_flight=1)
 
     async def run() -> list[int]:
-        from aiohttp import web
-
-        runner = web.AppRunner(gw.app())
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        try:
+        async with serving(gw) as port:
             body = json.dumps(dict(ASK, stream=True)).encode()
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -311,14 +309,7 @@ def test_a_stream_left_before_its_first_byte_keeps_its_slot_too() -> None:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
-                statuses = [(await http.post("/v1/chat/completions", json=ASK)).status_code for _ in range(2)]
-                bridge.release.set()
-                while gw.in_flight:
-                    await asyncio.sleep(0.01)
-                statuses.append((await http.post("/v1/chat/completions", json=ASK)).status_code)
-                return statuses
-        finally:
-            await runner.cleanup()
+                return await while_held_then_after(http, gw, bridge, 2)
 
     assert asyncio.run(run()) == [429, 429, 200]
     assert bridge.submitted == 2

@@ -230,9 +230,8 @@ def gas_for(status: query_pb2.QueryStatusResponse, msg: Any) -> int:
 
 
 class ExpertDaemon:
-    _answer_bytes: int | None = None
-    """The chain's max_answer_bytes, read once (genesis sets it)."""
     _params: inf.Params | None = None
+    """The chain's inference params, read once (genesis sets them)."""
 
     def __init__(self, engine: Engine, key: Key, client: Client, state_file: Path,
                  rpc_urls: dict[str, str] | None = None, plan: AnswerPlan = DEFAULT_PLAN, lookback: int = 200,
@@ -523,9 +522,7 @@ class ExpertDaemon:
         """The longest answer the chain reveals, asked once. Not guessed while the node cannot say (ClientError
         goes up: the step is tried again next tick): an answer cut to a guess longer than the chain's limit would
         be committed and its reveal refused."""
-        if self._answer_bytes is None:
-            self._answer_bytes = int(self._inference_params().max_answer_bytes)
-        return self._answer_bytes
+        return int(self._inference_params().max_answer_bytes)
 
     def _inference_params(self) -> inf.Params:
         """The chain's inference params, asked once (genesis sets them)."""

@@ -443,7 +443,8 @@ def _round_two(mine: str, peers: list[tuple[str, bool]]) -> qpb.QueryStatusRespo
 def test_an_answer_every_peer_shares_stands_without_a_model_call(tmp_path: Path) -> None:
     daemon = ExpertDaemon.__new__(ExpertDaemon)
     daemon.key, daemon.state, daemon.state_file = ME, DaemonState(open=[9]), tmp_path / "s.json"
-    daemon.chain_tip, daemon._chain_id, daemon._generating, daemon._answer_bytes = 1, "c", {}, 4096
+    daemon.chain_tip, daemon._chain_id, daemon._generating = 1, "c", {}
+    daemon._params = inf.Params(max_answer_bytes=4096)
     daemon._book = ScoreBook(ThreadPoolExecutor(1))
     sent: list[object] = []
     daemon._send = lambda step, msg, gas=0: sent.append((step, msg))  # type: ignore[method-assign]

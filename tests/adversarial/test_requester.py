@@ -179,7 +179,7 @@ def test_a_prompt_too_long_for_the_model_is_still_answered(tiny_engine: Engine, 
     daemon.engine, daemon.key, daemon.plan = tiny_engine, seeded_key("long-prompt-expert"), AnswerPlan(4)
     daemon.rounds = LaterRound(daemon.engine, None, daemon.key.address, daemon._scores)  # type: ignore[arg-type]
     daemon.state, daemon.state_file, daemon.chain_tip, daemon._chain_id = DaemonState(), tmp_path / "s.json", 1, "c"
-    daemon._answer_bytes = 4096  # the chain's max_answer_bytes, as the daemon reads it once
+    daemon._params = inf.Params(max_answer_bytes=4096)  # the chain's, as the daemon reads them once
     daemon._send = lambda step, msg, gas=0: sent.append(msg)  # type: ignore[method-assign]
     huge = inf.Query(id=5, prompt="a " * 2048, round=1, rounds=3, domain="d", phase=inf.PHASE_ANSWER_COMMIT,
                      respondents=[daemon.key.address])

@@ -342,9 +342,9 @@ class ValidatorsKeeper:
         paid = unclaimed = 0
         for address, votes in powers:
             amount = pool * votes // total
-            v = self.get(ctx, address)
             if not amount:
                 continue
+            v = self.get(ctx, address)
             if v is not None and v.operator and v.status not in (
                     Status.VALIDATOR_STATUS_JAILED, Status.VALIDATOR_STATUS_TOMBSTONED):
                 self.bank.move(ctx, FEE_COLLECTOR, parse_address(v.operator), amount)

@@ -276,15 +276,17 @@ def test_blocks_page_and_a_tx_is_found_on_a_real_chain(make_localnet) -> None:  
     import time
 
     from llmnet.client.sdk import Client, Sender
-    from llmnet.client.txbuilder import send_msg
+    from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT, send_msg
     from tests.e2e import keys
 
     net = make_localnet(1)
     node = net.manifest()["nodes"][0]
     sender, recipient = keys(net)[:2]
     with Client(node["grpc"]) as client:
-        sent = Sender(client, sender, client.status().chain_id).send(
-            [send_msg(sender.address, recipient.address, 7)], memo="explorer test")
+        signer = Sender(client, sender, client.status().chain_id)
+        minimum = signer.fee_for(DEFAULT_GAS_LIMIT)
+        sent = signer.send([send_msg(sender.address, recipient.address, 7)], fee=minimum + 1234,
+                           gas_limit=DEFAULT_GAS_LIMIT, memo="explorer test")  # offers more than it pays
         included = client.wait_tx(sent.tx_hash, timeout=60)
         while client.status().height < 12:  # enough blocks for a few pages
             time.sleep(0.2)
@@ -304,6 +306,7 @@ def test_blocks_page_and_a_tx_is_found_on_a_real_chain(make_localnet) -> None:  
     assert tx == prefixed.json() and tx["kind"] == "tx" and tx["hash"] == sent.tx_hash
     assert (tx["height"], tx["code"], tx["signer"], tx["memo"]) == (included.height, 0, sender.address,
                                                                    "explorer test")
+    assert (tx["fee_offered"], tx["fee_paid"]) == (minimum + 1234, f"{minimum}ullm") and minimum > 0
     assert tx["messages"] == [{"type": "llmnet.bank.v1.MsgSend", "fields": {
         "from_address": sender.address, "to_address": recipient.address, "amount": "7"}}]
     assert unknown.status_code == 404 and "no tx" in unknown.json()["error"]

@@ -133,7 +133,20 @@ def tx_view(raw: bytes) -> dict[str, Any]:
             fields = None
         messages.append({"type": packed.type_url.removeprefix("/"), "fields": fields})
     return {"decoded": True, "signer": address_of(auth.public_key) if auth.public_key else "",
-            "sequence": int(auth.sequence), "fee": int(auth.fee.amount), "memo": body.memo, "messages": messages}
+            "sequence": int(auth.sequence), "fee_offered": int(auth.fee.amount), "memo": body.memo,
+            "messages": messages}
+
+
+def fee_paid(events: Any) -> str:
+    """The fee the chain took, from the tx's `tx` event ("" when it has none: a tx refused before its fee). A tx
+    pays the minimum fee for its gas limit, whatever it offered (README, Transactions), so the offer alone
+    overstates what a sender paid."""
+    for e in events if isinstance(events, list) else []:
+        if isinstance(e, dict) and e.get("type") == "tx":
+            for a in e.get("attributes") or []:
+                if isinstance(a, dict) and a.get("key") == "fee" and isinstance(a.get("value"), str):
+                    return a["value"]
+    return ""
 
 
 class ExplorerData:
@@ -344,4 +357,4 @@ class ExplorerData:
         return {"kind": "tx", "hash": res["hash"], "height": int(res["height"]), "index": int(res.get("index", 0)),
                 "code": int(r.get("code", 0)), "codespace": r.get("codespace", ""), "log": r.get("log", ""),
                 "gas_wanted": int(r.get("gas_wanted", 0)), "gas_used": int(r.get("gas_used", 0)),
-                **tx_view(base64.b64decode(res["tx"]))}
+                "fee_paid": fee_paid(r.get("events")), **tx_view(base64.b64decode(res["tx"]))}

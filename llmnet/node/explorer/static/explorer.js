@@ -274,7 +274,7 @@ function renderTx(found) {
     ["result", result], ["gas used / wanted", `${found.gas_used} / ${found.gas_wanted}`],
     ["signer", !found.decoded ? "(undecodable tx)" : found.signer ? searchLink(found.signer) : "–"],
     ["sequence", found.sequence ?? "–"],
-    ["fee", found.fee ?? "–"], ["memo", found.memo || "–"]])];
+    ["fee paid", found.fee_paid || "–"], ["fee offered", found.fee_offered ?? "–"], ["memo", found.memo || "–"]])];
   for (const m of found.messages) {
     parts.push(el("h3", {}, m.type),
       el("pre", {}, m.fields ? JSON.stringify(m.fields, null, 2) : "(a message type this node cannot decode)"));

@@ -14,17 +14,19 @@ shares that work with the daemon's, so it costs the expert nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from experts.access import AccessDenied, ChainAccess, NotYetKnown
@@ -33,10 +35,12 @@ from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.expert_api import served_answer_sign_bytes
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
+from llmnet.process import grpc_server_options
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
+T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["ExpertService"].full_name
 MAX_TEMPERATURE = 5.0
 MAX_MESSAGES = 64
@@ -139,10 +143,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             return grpc.StatusCode.UNAVAILABLE, f"cannot check access with the chain: {err}", None
         if not self._slots.acquire(blocking=False):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
+        ended = threading.Event()
+        context.add_callback(ended.set)  # the call is over: its client went, or its deadline passed
         self.metrics.in_flight.inc()
         try:
-            result = self.engine.generate(messages, sampling, domain, on_text,
-                                          cancelled=lambda: not context.is_active(), share=share)
+            result = self.engine.generate(messages, sampling, domain, on_text, cancelled=ended.is_set, share=share)
         except EngineError as err:
             return STATUS[err.kind], str(err), None
         finally:
@@ -201,59 +206,83 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 raise item
 
 
-REFLECTION_STREAMS = 2
-REFLECTION_SECONDS = 30.0
+class ExpertServer:
+    """The expert's gRPC server, run by grpc.aio on an event loop of its own thread, with the servicer's methods
+    (blocking: they wait for the model) in a thread pool. The pool takes a call only once its request has
+    arrived whole. gRPC's threaded server gave a call its thread when the call's headers came: a dozen calls
+    that sent headers and never a request (no key, no payment) took every thread, and Info, Generate and
+    requesters' provisional answers hung for everyone. Here such a call costs a coroutine until its client goes
+    or its connection idles out. The same API as grpc.Server where ours used it: start(), stop(grace)."""
 
-
-class BoundedReflection(reflection.ReflectionServicer):
-    """Server reflection (grpcurl's service listing) in threads of its own. A reflection call is a stream that
-    holds a thread of the server's pool while it stays open: a dozen idle ones took every thread, and Info and
-    Generate hung for everyone (a requester lost its provisional answer). At most REFLECTION_STREAMS are open at
-    once, each for at most REFLECTION_SECONDS; past that, RESOURCE_EXHAUSTED at once."""
-
-    def __init__(self, service_names: tuple[str, ...]) -> None:
-        super().__init__(service_names)
-        self._open = threading.BoundedSemaphore(REFLECTION_STREAMS)
-
-    def ServerReflectionInfo(self, request_iterator: Iterator[object],  # noqa: N802
-                             context: grpc.ServicerContext) -> Iterator[object]:
-        if not self._open.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {REFLECTION_STREAMS} reflection streams "
-                                                              "at once; try again shortly")
-        timer = threading.Timer(REFLECTION_SECONDS, context.cancel)
-        timer.daemon = True
-        timer.start()
+    def __init__(self, build: Callable[[], Coroutine[Any, Any, grpc.aio.Server]]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="expert-grpc", daemon=True)
+        self._thread.start()
+        self._server: grpc.aio.Server | None = None
         try:
-            yield from super().ServerReflectionInfo(request_iterator, context)
-        finally:
-            timer.cancel()
-            self._open.release()
+            self._server = self._call(build())  # in the loop: an aio server belongs to the loop it is made on
+        except BaseException:
+            self._close()
+            raise
+
+    def _call(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    def start(self) -> None:
+        assert self._server is not None
+        self._call(self._server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking calls, give those in flight grace seconds (None or 0: none), then end the loop. Returns
+        an event that is set once stopped (as grpc.Server does; callers may wait on it or not)."""
+        done = threading.Event()
+        server = self._server
+        if server is None:
+            done.set()
+            return done
+
+        def stopped(_: object) -> None:
+            self._close()
+            done.set()
+
+        asyncio.run_coroutine_threadsafe(server.stop(grace or None), self._loop).add_done_callback(stopped)
+        self._server = None
+        return done
+
+    def _close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
                   access: ChainAccess | None = None, registry: CollectorRegistry | None = None,
-                  tls: tuple[bytes, bytes] | None = None, plan: AnswerPlan = DEFAULT_PLAN) -> tuple[grpc.Server, int]:
+                  tls: tuple[bytes, bytes] | None = None, plan: AnswerPlan = DEFAULT_PLAN) -> tuple[ExpertServer, int]:
     """Build (not start) the expert's gRPC server; port 0 picks a free port. Returns (server, port).
     access=None serves anyone; metrics go to `registry` (serve it with prometheus_client); tls is
     (PEM private key, PEM certificate chain): with it the port speaks only TLS, so prompts, answers and
     access signatures cannot be read on the way."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4 + REFLECTION_STREAMS),
-                         options=[("grpc.so_reuseport", 0)])  # a second server on the port fails, not shares it
     servicer = ExpertServicer(engine, identity, access, registry, plan)
-    expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        BoundedReflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
-    try:
-        if tls is not None:
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError:  # newer grpc raises where older returned 0
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot bind the expert server to {address} (in use, or not an address of this host)")
-    return server, port
+    port = 0
+
+    async def build() -> grpc.aio.Server:
+        nonlocal port
+        # the pool runs the servicer: its slots, plus room for refusals and Info while every slot is busy
+        pool = futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4, thread_name_prefix="expert")
+        server = grpc.aio.server(migration_thread_pool=pool, options=grpc_server_options())
+        expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            if tls is not None:
+                port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # newer grpc raises where older returned 0
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot bind the expert server to {address} (in use, or not an address of this host)")
+        return server
+
+    return ExpertServer(build), port

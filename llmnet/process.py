@@ -17,3 +17,20 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):  # some systems refuse RLIM_INFINITY for files: keep what we have
             pass
     return soft
+
+
+MAX_GRPC_CONNECTIONS = 1000
+"""Incoming connections a gRPC server keeps at once; past it gRPC closes new ones at once. Without a cap,
+connections opened and left (no key needed) used every file the process may open, and then its own work failed
+too: an expert's daemon could not reach its node, and missed its duties. A cap leaves that work its files; a
+flood still shuts out new clients until its connections go (a proxy in front can limit them per address)."""
+IDLE_GRPC_SECONDS = 120
+"""A connection with no call for this long is closed (GOAWAY; a gRPC client reconnects at its next call)."""
+
+
+def grpc_server_options() -> list[tuple[str, int]]:
+    """The channel options every gRPC server of ours starts with."""
+    # Without SO_REUSEPORT (gRPC's default is on): a second server on an address in use fails to start instead of
+    # taking half the clients' connections with answers of its own.
+    return [("grpc.so_reuseport", 0), ("grpc.max_allowed_incoming_connections", MAX_GRPC_CONNECTIONS),
+            ("grpc.max_connection_idle_ms", IDLE_GRPC_SECONDS * 1000)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,29 +135,35 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
     assert "llmnet.expert.v1.ExpertService" in {s.name for s in reply.list_services_response.service}
 
 
-def test_idle_reflection_streams_do_not_hang_the_service(channel: grpc.Channel,
-                                                          stub: expert_pb2_grpc.ExpertServiceStub) -> None:
-    """Each open reflection stream held a thread of the server's pool: a dozen idle ones (no key, no payment)
-    made Info and Generate hang for everyone. At most two are open at once; the rest are refused at once."""
+def test_calls_that_never_send_their_request_do_not_hang_the_service(channel: grpc.Channel,
+                                                                      stub: expert_pb2_grpc.ExpertServiceStub) -> None:
+    """gRPC's threaded server gave each call a thread of its pool when the call's headers arrived: a dozen calls
+    that sent headers and never a request (no key, no payment), to Generate or to reflection, made Info,
+    Generate and health hang for everyone. Now the pool takes a call only once its request has arrived."""
     import queue as queue_module
 
+    stalled = channel.stream_unary("/llmnet.expert.v1.ExpertService/Generate",  # a unary method, asked as a stream
+                                   request_serializer=bytes, response_deserializer=bytes)
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-    idle: list[queue_module.Queue[object]] = []
+    pending: list[queue_module.Queue[object]] = []
     calls = []
-    for _ in range(12):
-        pending: queue_module.Queue[object] = queue_module.Queue()  # a request stream that never sends
-        idle.append(pending)
-        calls.append(refl.ServerReflectionInfo(iter(pending.get, None), timeout=20))
-    refused = 0
-    for call in calls[2:]:
-        with pytest.raises(grpc.RpcError) as err:
-            next(call)
-        refused += err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert refused == 10
+    for i in range(40):
+        requests: queue_module.Queue[object] = queue_module.Queue()  # a request stream that never sends
+        pending.append(requests)
+        if i % 2:
+            calls.append(stalled.future(iter(requests.get, None), timeout=60))
+        else:
+            calls.append(refl.ServerReflectionInfo(iter(requests.get, None), timeout=60))
+    time.sleep(0.5)  # every call has reached the server
     assert stub.Info(pb.InfoRequest(), timeout=5).chain_id == "test-chain"
     assert stub.Generate(request(), timeout=30).text is not None
-    for pending, call in zip(idle, calls, strict=True):
-        pending.put(None)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    listed = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                            timeout=5))
+    assert "llmnet.expert.v1.ExpertService" in {s.name for s in listed.list_services_response.service}
+    for requests, call in zip(pending, calls, strict=True):
+        requests.put(None)
         call.cancel()
 
 

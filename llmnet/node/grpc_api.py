@@ -23,6 +23,7 @@ from abci_app.errors import ErrHeightUnavailable, ErrUnknownPath, Missing, regis
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
 from llmnet.node.metrics import NodeMetrics
+from llmnet.process import grpc_server_options
 from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc
 from wire.llmnet.query.v1 import query_pb2
 from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
@@ -226,9 +227,7 @@ def create_server(app: Application, address: str, rpc: CometRPC,
                   metrics: NodeMetrics | None = None) -> tuple[NodeAPI, int]:
     """Build the API server bound to address (port 0 picks a free port). Returns (api, port)."""
     counting = _Counting(metrics) if metrics else None
-    # without SO_REUSEPORT (gRPC's default is on): a second node on the same address fails to start instead of
-    # taking half the clients' connections with answers of its own
-    server = grpc.aio.server(interceptors=[counting] if counting else [], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[counting] if counting else [], options=grpc_server_options())
     for descriptor, servicer in ((service_pb2.DESCRIPTOR.services_by_name["TxService"], TxServicer(app, rpc)),
                                  (node_pb2.DESCRIPTOR.services_by_name["NodeService"], NodeServicer(app, rpc.url))):
         server.add_generic_rpc_handlers((_decoding_handlers(descriptor, servicer),))

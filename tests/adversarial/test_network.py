@@ -2,13 +2,18 @@
 
 Promises: an access signature seen on the wire buys nothing (it covers one request, once); an expert
 can serve over TLS so nothing can be read on the way; a receipt that verifies is true (see also
-test_receipt_forgery.py).
+test_receipt_forgery.py); connections opened and left cannot take the files a server process needs.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import grpc
 import pytest
@@ -20,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from experts.engine import Engine
 from experts.server import ExpertIdentity, create_server
 from llmnet.client.expert_api import sign_access, verify_served
+from llmnet.client.keys import Key
 from tests.adversarial.conftest import expert_server, node_api
 from tests.protocol_harness import CHAIN_ID, ProtocolChain
 from tests.test_protocol import submit
@@ -83,3 +89,50 @@ def test_an_expert_can_serve_over_tls_only(chain: ProtocolChain, tiny_engine: En
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(0)
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # and empty SETTINGS
+
+
+def _files_taken_by_a_flood(serve: Callable[[], AbstractContextManager[str]], connections: int) -> int:
+    """Open `connections` gRPC connections (preface sent, no call) to a server in this process and return how
+    many more files the process holds, less the flood's own sockets."""
+    with serve() as address:
+        host, port = address.rsplit(":", 1)
+        before = len(os.listdir("/proc/self/fd"))
+        flood = [socket.create_connection((host, int(port))) for _ in range(connections)]
+        try:
+            for s in flood:
+                s.sendall(HTTP2_PREFACE)
+            time.sleep(1.0)  # the server has accepted (or closed) them all
+            return len(os.listdir("/proc/self/fd")) - before - connections
+        finally:
+            for s in flood:
+                s.close()
+
+
+@pytest.mark.parametrize("server", ["expert", "node"])
+def test_a_flood_of_idle_connections_cannot_take_every_file(server: str, chain: ProtocolChain, tiny_engine: Engine,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection is a file of the server's process: connections opened and left (no key needed) took
+    every file the process could open, and then its own work failed too (an expert's daemon shares the process
+    and could not reach its node). A server keeps at most MAX_GRPC_CONNECTIONS (here lowered to 8) and closes
+    the rest at once."""
+    import llmnet.process
+
+    expert = chain.key_of(chain.status(submit(chain)).query.respondents[0])
+    monkeypatch.setattr(llmnet.process, "MAX_GRPC_CONNECTIONS", 8)
+
+    def serve() -> AbstractContextManager[str]:
+        if server == "node":
+            return node_api(chain)
+        return _expert_behind_a_node(chain, tiny_engine, expert)
+
+    kept = _files_taken_by_a_flood(serve, 60)
+    assert kept <= 8 + 4, f"the server kept {kept} files for 60 connections"  # a few for wakeups and such
+
+
+@contextmanager
+def _expert_behind_a_node(chain: ProtocolChain, engine: Engine, key: Key) -> Iterator[str]:
+    with node_api(chain) as node, expert_server(engine, key, node, CHAIN_ID) as address:
+        yield address

@@ -36,6 +36,7 @@ from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
 from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
+from abci_app.x.beacon.types import seed_of
 from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.crypto import keys_pb2 as crypto_keys
@@ -291,16 +292,19 @@ class Application:
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         """The beacon first (once vote extensions are on), then, in order, the txs that fit in
-        max_tx_bytes and will pay: each is executed, messages and all, on the state the ones before it
-        leave, as FinalizeBlock will run them. (The block's opening draws are not replayed here: they only
-        take capacity and refund escrow, which can fail a submit's message but never a tx's fee.)"""
+        max_tx_bytes and will pay: each is executed, messages and all, on the state the block's opening work
+        and the ones before it leave, as FinalizeBlock will run them."""
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         max_gas = self.auth.params(Ctx(state, env)).max_block_gas
-        chosen, size, gas = [], 0, 0
+        chosen, size, gas, seed = [], 0, 0, b""
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
-            beacon = encode_beacon(self.beacon.build(Ctx(state, env), req.local_last_commit, req.height))
+            built = self.beacon.build(Ctx(state, env), req.local_last_commit, req.height)
+            beacon, seed = encode_beacon(built), seed_of(built)
             chosen, size = [beacon], block_bytes(beacon)
+        # Without a beacon the seed is the block's hash, unknown yet: it decides who is drawn, never a balance.
+        env = self._env(req.height, env.time_ns, seed=seed, votes=req.local_last_commit, misbehavior=req.misbehavior)
+        self._begin_block(Ctx(state, env))
         for raw in req.txs:
             wanted = self._gas_wanted(Ctx(state, env), raw)
             if size + block_bytes(raw) > req.max_tx_bytes or gas + wanted > max_gas:
@@ -328,13 +332,20 @@ class Application:
 
     def _acceptable(self, req: abci.RequestProcessProposal) -> bool:
         state = self._proposal_state()
-        env = self._env(req.height, _timestamp_ns(req.time), seed=req.hash)
+        env = self._env(req.height, _timestamp_ns(req.time))
         try:
-            _, _, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height, req.proposed_last_commit)
+            _, seed, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height, req.proposed_last_commit)
         except ErrInvalidBeacon:
             return False
         if self._prepared == (req.height, list(req.txs)):
             return True
+        # The block's opening work first, as FinalizeBlock does: it credits accounts (validators' fee shares,
+        # refunds of draws that found too few experts). Judged without it, a sender's first tx could spend a
+        # credit the check did not see (its message failed here, paid) and succeed in the block, leaving its
+        # later txs unable to pay: stored by every node for nothing.
+        env = self._env(req.height, env.time_ns, seed=seed or req.hash, votes=req.proposed_last_commit,
+                        misbehavior=req.misbehavior)
+        self._begin_block(Ctx(state, env))
         gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in txs)
         return gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
             self._run_undecided(state, env, raw, keep_failed_msgs=True, record_events=False)[1] for raw in txs)
@@ -355,10 +366,7 @@ class Application:
         env = self._env(req.height, time_ns, seed=seed or req.hash, votes=req.decided_last_commit,
                         misbehavior=req.misbehavior)
         block = Ctx(state, env)
-        with state.scope():  # begin-of-block work is the chain's own: an error here is fatal
-            for module in self.modules:
-                if module.begin_block is not None:
-                    module.begin_block(block)
+        self._begin_block(block)  # the chain's own work: an error here is fatal
         results = [abci.ExecTxResult()] if beacon is not None else []
         results += [self._run(state, env, raw, keep_failed_msgs=True)[0] for raw in txs]
         with state.scope():  # end-of-block work likewise
@@ -405,6 +413,13 @@ class Application:
         return BlockEnv(chain_id=self.chain_id if chain_id is None else chain_id,
                         height=height, time_ns=time_ns, seed=seed, last_commit=last_commit, last_powers=powers,
                         misbehavior=tuple(Misbehavior(m.validator.address, m.height, m.type) for m in misbehavior))
+
+    def _begin_block(self, block: Ctx) -> None:
+        """Every module's begin-of-block work, in one scope."""
+        with block.state.scope():
+            for module in self.modules:
+                if module.begin_block is not None:
+                    module.begin_block(block)
 
     def _proposal_state(self) -> State:
         """Scratch state for judging a proposal: committed state, plus genesis if block 1 is next."""

@@ -77,6 +77,47 @@ def test_recheck_sees_what_the_admitted_txs_did(tmp_path: Path) -> None:
     assert again.code != 0  # the recheck of the drain left the check state drained: the follower cannot pay
 
 
+def test_a_credit_of_the_blocks_opening_work_cannot_carry_unpaid_txs(tmp_path: Path) -> None:
+    """Proposals were judged on committed state without the block's opening work, which credits accounts
+    (here a validator operator's share of the fees). The operator's first tx sent its balance plus the credit:
+    judged so, its message failed (its fee paid), in the block it succeeded, and its ten followers could not
+    pay: stored by every node for one fee. Now proposals run the opening work first, as the block does."""
+    from abci_app.crypto import parse_address
+    from abci_app.x.auth.types import FEE_COLLECTOR
+    from tests.test_validators import bonded_chain, operators
+
+    chain = bonded_chain(tmp_path)
+    chain.ok()
+    payer, operator = chain.keys[-1], operators()[0]
+    chain.ok(*[chain.tx(payer, send_msg(payer.address, payer.address, 1)) for _ in range(8)])  # fees to share
+
+    def now() -> Ctx:
+        return Ctx(State(chain.app.committed), BlockEnv(chain.chain_id, chain.height, 0, b""))
+
+    def balance(address: bytes) -> int:
+        return chain.app.bank.balance(now(), address)
+
+    pool, held = balance(FEE_COLLECTOR), balance(parse_address(operator.address))
+    share = pool // 4  # four validators of equal power; the operator's is one
+    assert share > FEE
+    sequence = chain.app.auth.account(now(), parse_address(operator.address)).sequence
+    txs = [build_tx(operator, chain.chain_id, sequence, [send_msg(operator.address, payer.address,
+                                                                  held + share - FEE)], fee=FEE)]
+    txs += [build_tx(operator, chain.chain_id, sequence + 1 + i, [send_msg(operator.address, payer.address, 1)],
+                     fee=FEE, memo=MEMO) for i in range(10)]
+    height, time = chain.height + 1, Timestamp(seconds=1_700_000_000 + chain.height + 1)
+    prepared = chain.app.prepare_proposal(abci.RequestPrepareProposal(
+        txs=txs, max_tx_bytes=10**7, height=height, time=time, local_last_commit=_extended_commit(chain, set())))
+    assert list(prepared.txs)[1:] == txs[:1]  # an honest proposer leaves the followers out
+    chain.app._prepared = None  # judged as every other validator judges it
+    verdict = chain.app.process_proposal(abci.RequestProcessProposal(
+        txs=[prepared.txs[0], *txs], height=height, time=time, hash=b"\x07" * 32,
+        proposed_last_commit=chain.last_commit()))
+    assert verdict.status == abci.ResponseProcessProposal.REJECT  # a proposer that kept them is refused
+    results = chain.finalize(txs[:1]).tx_results
+    assert results[-1].code == 0 and balance(parse_address(operator.address)) == 0  # the credit was real
+
+
 def _drawn_with(tmp_path: Path, signers: list[int] | None = None, name: str = "c") -> tuple[list[str], list[str]]:
     """Who a query is drawn to when its draw block's beacon carries `signers`' extensions."""
     chain = ProtocolChain(tmp_path / f"{name}.db", 10, [DOMAIN])

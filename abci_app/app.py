@@ -34,9 +34,8 @@ from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
 from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
-from abci_app.x.beacon.types import ErrInvalidBeacon
+from abci_app.x.beacon.types import ErrInvalidBeacon, seed_of
 from abci_app.x.beacon.types import encode_tx as encode_beacon
-from abci_app.x.beacon.types import seed_of
 from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.crypto import keys_pb2 as crypto_keys

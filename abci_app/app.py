@@ -405,7 +405,8 @@ class Application:
     # -- helpers ------------------------------------------------------------------------
 
     def _env(self, height: int, time_ns: int, chain_id: str | None = None, seed: bytes = b"",
-             votes: abci.CommitInfo | abci.ExtendedCommitInfo | None = None, misbehavior: Iterable[abci.Misbehavior] = ()) -> BlockEnv:
+             votes: abci.CommitInfo | abci.ExtendedCommitInfo | None = None,
+             misbehavior: Iterable[abci.Misbehavior] = ()) -> BlockEnv:
         last_commit = () if votes is None else tuple(
             (v.validator.address, v.block_id_flag != ABSENT_FLAG) for v in votes.votes)
         powers = () if votes is None else tuple((v.validator.address, v.validator.power) for v in votes.votes)

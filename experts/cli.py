@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--node", action="append", default=None,
                      help=f"node gRPC address (default {DEFAULT_NODE}); repeatable or comma-separated: the next "
                           "one is used when one does not answer")
+    reg.add_argument("--chain-id", default="", help="the chain to bond on: a node on another chain is refused "
+                                                    "(default: the chain the node reports)")
 
     _training_parsers(sub)
 
@@ -140,7 +142,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "when one is unreachable or (run) stalled; each move is logged as node_failover")
     p.add_argument("--open", action="store_true",
                    help="serve anyone, without checking requests against chain queries (local experiments)")
-    p.add_argument("--chain-id", default="", help="chain id bound into answer signatures (default: the node's)")
+    p.add_argument("--chain-id", default="", help="the chain to work on: bound into answer signatures and txs; a node "
+                                                  "on another chain is refused (default: the chain the node reports)")
     p.add_argument("--metrics-listen", default="", help="host:port for Prometheus /metrics (default: off)")
     p.add_argument("--answer-tokens", type=int, default=64,
                    help="max new tokens of a chain query's answer, committed (run) or served to its requester "
@@ -279,7 +282,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     if key is None and (needs_key or not args.open):
         raise ValueError("--key is required (it signs answers and is the address access is checked for); "
                          "use --open to serve unsigned answers to anyone")
-    client = None if args.open and not needs_key else _client(args.node)
+    client = None if args.open and not needs_key else _client(args.node, args.chain_id)
     chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
     access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch,
@@ -309,8 +312,10 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
     return engine, key, client, server
 
 
-def _client(flags: list[str] | None):  # type: ignore[no-untyped-def]
-    """One client over every --node; it moves to the next node by itself and logs each move."""
+def _client(flags: list[str] | None, chain_id: str = ""):  # type: ignore[no-untyped-def]
+    """One client over every --node; it moves to the next node by itself and logs each move. With chain_id, a
+    node on another chain is refused (llmnet.client.sdk.WrongChain): txs are signed for the chain the node
+    reports."""
     from experts.daemon import log
     from llmnet.client.failover import FailoverClient, parse_nodes
 
@@ -318,7 +323,7 @@ def _client(flags: list[str] | None):  # type: ignore[no-untyped-def]
         if new != old:  # with one node there is nowhere to go: the daemon's node_unreachable says enough
             log("node_failover", from_node=old, to_node=new, reason=why[:300])
 
-    return FailoverClient(parse_nodes(flags, DEFAULT_NODE), retry_for=0, on_switch=moved)
+    return FailoverClient(parse_nodes(flags, DEFAULT_NODE), retry_for=0, on_switch=moved, chain_id=chain_id)
 
 
 def _rpc_urls(nodes: list[str], flags: list[str] | None) -> dict[str, str]:
@@ -388,7 +393,7 @@ def _register(args: argparse.Namespace) -> int:
     hashes.update({d: NO_ADAPTER for d in args.domain if d not in hashes})
     commitment = model_commitment(hashes)
     key = _load_key(args)
-    with _client(args.node) as client:
+    with _client(args.node, args.chain_id) as client:
         msg = protocol.register_expert(key, sorted(hashes), args.endpoint, bases.pop(), commitment, args.bond,
                                        args.capacity)
         sent = Sender(client, key).send([msg], gas_limit=None)

@@ -50,10 +50,10 @@ def opts(net: Localnet) -> list[str]:
 def test_send_and_query_through_the_cli(net: Localnet) -> None:
     recipient = Keyring(net.manifest()["keyring"]).record("user2")["address"]
     before = json.loads(cli(*opts(net), "query", "balance", "user2", "--output", "json").stdout)["amount"]
-    out = cli(*opts(net), "tx", "send", "faucet", recipient, "777", "--output", "json")
+    out = cli(*opts(net), "tx", "send", "faucet", recipient, "777", "--output", "json", "--chain-id", "llmnet-local")
     assert out.returncode == 0, out.stderr
     sent = json.loads(out.stdout)
-    assert sent["code"] == 0 and sent["height"] > 0
+    assert sent["code"] == 0 and sent["height"] > 0 and sent["chain_id"] == "llmnet-local"
     after = json.loads(cli(*opts(net), "query", "balance", recipient, "--output", "json").stdout)["amount"]
     assert int(after) == int(before) + 777
     tx = json.loads(cli(*opts(net), "query", "tx", sent["tx_hash"], "--output", "json").stdout)
@@ -77,9 +77,11 @@ def test_send_and_query_through_the_cli(net: Localnet) -> None:
         (["query", "account", "llm1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"], 4, "neither"),
         (["query", "tx", "abcd"], 1, "64 hex"),
         (["query", "tx", "00" * 32], 1, "not found"),
+        (["--chain-id", "llmnet-main", "tx", "send", "faucet", "user1", "5"], 1,
+         "is on chain 'llmnet-local', not 'llmnet-main' (--chain-id): nothing was signed"),
     ],
     ids=["insufficient funds", "bad address", "unknown key", "zero amount", "bad checksum", "short hash",
-         "unknown tx"],
+         "unknown tx", "another chain"],
 )
 def test_cli_errors_are_one_clear_line(net: Localnet, args: list[str], code: int, message: str) -> None:
     out = cli(*opts(net), *args)

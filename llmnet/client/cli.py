@@ -58,6 +58,7 @@ class CliConfig:
     passphrase: str | None
     retry_for: float
     max_tx_fee: int = MAX_TX_FEE
+    chain_id: str = ""
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> CliConfig:
@@ -69,9 +70,11 @@ class CliConfig:
             os.environ.get("LLMNET_MAX_TX_FEE", "") or MAX_TX_FEE)
         if max_tx_fee < 0:
             raise ValueError(f"--max-tx-fee (or LLMNET_MAX_TX_FEE) must be at least 0, got {max_tx_fee}")
+        chain_id = args.chain_id if args.chain_id is not None else os.environ.get("LLMNET_CHAIN_ID", "")
         return cls(nodes=parse_nodes(args.node or [os.environ.get("LLMNET_NODE", "")], DEFAULT_NODE),
                    keyring=keyring_dir(args.keyring), output=args.output,
-                   passphrase=passphrase_from(args.passphrase_file), retry_for=retry_for, max_tx_fee=max_tx_fee)
+                   passphrase=passphrase_from(args.passphrase_file), retry_for=retry_for, max_tx_fee=max_tx_fee,
+                   chain_id=chain_id.strip())
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -82,6 +85,10 @@ def _common(top: bool) -> argparse.ArgumentParser:
     common.add_argument("--node", action="append", default=none,
                         help=f"gRPC API of a node, host:port (default {DEFAULT_NODE}); repeat it or give a "
                              "comma-separated list to fail over to the next node when one stops answering")
+    common.add_argument("--chain-id", default=none,
+                        help="the chain to work on: a node on another chain is refused, and txs, queries and "
+                             "receipts are signed or checked for this one (default: the chain the node reports; "
+                             "env LLMNET_CHAIN_ID). Set it wherever one key holds funds on several chains")
     common.add_argument("--max-tx-fee", type=int, default=none, metavar="ULLM",
                         help=f"refuse a tx whose fee, worked out from the node's gas price (and, with --gas auto, "
                              f"its simulation), would exceed this (default {MAX_TX_FEE}; env LLMNET_MAX_TX_FEE)")
@@ -184,8 +191,6 @@ def _receipt_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     rv.add_argument("--trusted-validators-hash", default="",
                     help="hex hash of the validator set you trust, from a source other than this node "
                          "(default: accept the set the header names, and say so)")
-    rv.add_argument("--chain-id", default="",
-                    help="the chain the receipt must come from (default: the chain id the node reports)")
 
 
 def _ask_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -380,19 +385,20 @@ def _tx(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
                        memo=getattr(args, "memo", ""), timeout_height=getattr(args, "timeout_height", 0))
     if args.no_wait:
         how = f"already {sent.seen} on the chain" if sent.seen else "accepted by CheckTx"
-        _emit(cfg, {"tx_hash": sent.tx_hash, "checked": True, "seen": sent.seen, "fee": sent.fee},
-              f"broadcast {sent.tx_hash} ({how}; fee offered {sent.fee})")
+        _emit(cfg, {"tx_hash": sent.tx_hash, "chain_id": sender.chain_id, "checked": True, "seen": sent.seen,
+                    "fee": sent.fee}, f"broadcast {sent.tx_hash} on {sender.chain_id} ({how}; fee offered {sent.fee})")
         return EXIT_OK
     res = client.wait_tx(sent.tx_hash)
     r = res.result
     taken = next((a.value for e in r.events if e.type == "tx" for a in e.attributes if a.key == "fee"), "")
-    data = {"tx_hash": res.tx_hash, "height": res.height, "code": r.code, "codespace": r.codespace,
+    data = {"tx_hash": res.tx_hash, "chain_id": sender.chain_id, "height": res.height, "code": r.code,
+            "codespace": r.codespace,
             "log": r.log, "gas_used": r.gas_used, "gas_wanted": r.gas_wanted, "fee": taken or str(sent.fee)}
     if r.code:
         _emit(cfg, data, f"tx {res.tx_hash} failed in block {res.height} ({r.codespace}/{r.code}): {r.log}")
         return EXIT_FAILED
-    _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} (gas {r.gas_used}/{r.gas_wanted}, "
-                     f"fee {data['fee']})")
+    _emit(cfg, data, f"tx {res.tx_hash} committed in block {res.height} of {sender.chain_id} (gas "
+                     f"{r.gas_used}/{r.gas_wanted}, fee {data['fee']})")
     return EXIT_OK
 
 
@@ -463,7 +469,7 @@ def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     status = client.status()
     rpc = args.rpc or status.cometbft_rpc
     try:
-        report = verify(fetch(rpc, args.query_id), args.chain_id or status.chain_id,
+        report = verify(fetch(rpc, args.query_id), status.chain_id,  # the --chain-id one, if given
                         bytes.fromhex(args.trusted_validators_hash) if args.trusted_validators_hash else None)
     except VerifyError as exc:
         _emit(cfg, {"verified": False, "query_id": args.query_id, "error": str(exc)},
@@ -591,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CliConfig.load(args)
         if args.cmd == "keys":
             return _keys(cfg, args)
-        with FailoverClient(cfg.nodes, cfg.retry_for, on_switch=_say_switch) as client:
+        with FailoverClient(cfg.nodes, cfg.retry_for, on_switch=_say_switch, chain_id=cfg.chain_id) as client:
             if args.cmd == "status":
                 s = client.status()
                 _emit(cfg, {"chain_id": s.chain_id, "height": s.height, "app_hash": s.app_hash.hex().upper(),

@@ -79,14 +79,14 @@ class FailoverClient(Client):
 
     def __init__(self, nodes: Iterable[str], retry_for: float = 60.0, timeout: float = 10.0,
                  on_switch: OnSwitch | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, chain_id: str = "") -> None:
         self.nodes = list(nodes)
         if not self.nodes:
             raise ValueError("no node address given")
         self.retry_for, self.on_switch = retry_for, on_switch
         self._sleep, self._clock = sleep, clock
         self._lock = threading.Lock()
-        super().__init__(self.nodes[0], timeout)
+        super().__init__(self.nodes[0], timeout, chain_id)
         self._relay = _Relay(self._channel)
         self._stubs(self._relay)  # type: ignore[arg-type]
 

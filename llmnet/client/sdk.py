@@ -64,6 +64,10 @@ class FeeTooHigh(ClientError):
     pass
 
 
+class WrongChain(ClientError):
+    """The node is on another chain than the one the client was told to use (--chain-id)."""
+
+
 class TxRejected(ClientError):
     def __init__(self, tx_hash: str, code: int, codespace: str, log: str) -> None:
         super().__init__(f"tx rejected: {log}")
@@ -82,9 +86,14 @@ class Broadcast:
 
 
 class Client:
-    def __init__(self, node: str = "127.0.0.1:9090", timeout: float = 10.0) -> None:
+    def __init__(self, node: str = "127.0.0.1:9090", timeout: float = 10.0, chain_id: str = "") -> None:
+        """chain_id: the chain this client works on; a node that reports another is refused (WrongChain). Txs
+        are signed for the chain id status() gives, so without it the node names the chain: a hostile node
+        could have a transfer meant for a test chain signed for another chain where the same key holds funds,
+        and broadcast it there."""
         self.node = node
         self.timeout = timeout
+        self.chain_id = chain_id
         self._channel = grpc.insecure_channel(node)
         self._stubs(self._channel)
 
@@ -116,7 +125,11 @@ class Client:
         return response
 
     def status(self) -> node_pb2.StatusResponse:
-        return self._call(self.node_api.Status, node_pb2.StatusRequest(), node_pb2.StatusResponse)
+        status = self._call(self.node_api.Status, node_pb2.StatusRequest(), node_pb2.StatusResponse)
+        if self.chain_id and status.chain_id != self.chain_id:
+            raise WrongChain(f"node {self.node} is on chain {status.chain_id!r}, not {self.chain_id!r} (--chain-id): "
+                             "nothing was signed")
+        return status
 
     def account(self, address: str) -> query_pb2.AccountResponse:
         return self._call(self.query.Account, query_pb2.AccountRequest(address=address), query_pb2.AccountResponse)

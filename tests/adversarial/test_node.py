@@ -3,7 +3,8 @@
 Promises: what a client simulates cannot be broadcast (tests/test_check_tx.py, tests/test_failover.py); a
 node cannot set a client's fee past its cap; it cannot blind an expert's daemon for good, make it drop an
 answer it has yet to reveal, or make its duties pay fees by padding the query's record; what a hostile party
-wrote reaches the user's terminal as text, never as control sequences.
+wrote reaches the user's terminal as text, never as control sequences; a client told its chain (--chain-id)
+signs nothing for a node that names another.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 
 import experts.daemon
 from experts.daemon import ExpertDaemon, gas_for
+from llmnet.client.failover import FailoverClient
 from llmnet.client.keys import Key
-from llmnet.client.sdk import ClientError, FeeTooHigh, Sender
+from llmnet.client.sdk import Client, ClientError, FeeTooHigh, Sender, WrongChain
 from llmnet.client.txbuilder import send_msg
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.node.v1 import node_pb2
@@ -62,6 +64,26 @@ def test_a_node_cannot_set_a_fee_past_the_cap() -> None:
     assert 0 < sent.fee <= 100_000 and len(honest.broadcast_txs) == 1
     explicit = Sender(greedy, key).send([send_msg(key.address, key.address, 1)], fee=500_000)  # type: ignore[arg-type]
     assert explicit.fee == 500_000  # a fee the user names is the user's
+
+
+def test_a_client_told_its_chain_signs_nothing_for_a_node_on_another(tmp_path: Path) -> None:
+    """Txs are signed for the chain id the node reports: a node that named another chain (where the same key
+    holds funds: a test chain and its main chain) got a transfer signed for that chain, to broadcast there. A
+    client given its chain refuses such a node before anything is signed; the same node serves one that
+    names the node's own chain."""
+    from llmnet.devchain import DevChain
+    from tests.adversarial.conftest import node_api
+    from tests.helpers import FUNDS, deterministic_key
+
+    key = deterministic_key("pinned")
+    chain = DevChain(tmp_path / "s.db", [key], FUNDS)
+    chain.ok()
+    with node_api(chain) as node:
+        for client in (Client(node, chain_id="llmnet-mainnet"), FailoverClient([node], chain_id="llmnet-mainnet")):
+            with client, pytest.raises(WrongChain, match=f"is on chain '{chain.chain_id}', not 'llmnet-mainnet'"):
+                Sender(client, key)
+        with Client(node, chain_id=chain.chain_id) as pinned:
+            assert Sender(pinned, key).chain_id == chain.chain_id
 
 
 def test_padding_the_query_record_does_not_raise_a_duty_s_gas() -> None:

@@ -418,7 +418,7 @@ def _settled_query(node: str) -> int:
 def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
     import copy
 
-    from llmnet.client.verify import VerifyError, fetch, verify
+    from llmnet.client.verify import VerifyError, fetch, validators_hash, verify
 
     manifest = experts.net.manifest()
     query_id = _settled_query(experts.node)
@@ -427,8 +427,11 @@ def test_receipt_verifies_and_any_tampering_is_caught(experts: Experts) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["verified"] and report["signed_power"] * 3 > report["total_power"] * 2 and len(report["checks"]) == 5
+    assert report["validators_pinned"] is False  # a program reading the JSON can tell a pinned check from this
     rpc = "http://" + manifest["nodes"][0]["rpc"]
     evidence = fetch(rpc, query_id)
+    pinned = verify(evidence, manifest["chain_id"], validators_hash(evidence.validators))
+    assert pinned.validators_pinned and not verify(evidence, manifest["chain_id"]).validators_pinned
     chain_id = manifest["chain_id"]
     verify(evidence, chain_id)  # the untouched evidence passes in process too
     with pytest.raises(VerifyError):

@@ -476,8 +476,9 @@ def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
               f"NOT VERIFIED: receipt of query {args.query_id}: {exc}")
         return EXIT_FAILED
     r = report.receipt
-    data = {"verified": True, "query_id": r.query_id, "height": report.height, "chain_id": report.chain_id,
-            "signed_power": report.signed_power, "total_power": report.total_power, "checks": report.checks,
+    data = {"verified": True, "validators_pinned": report.validators_pinned, "query_id": r.query_id,
+            "height": report.height, "chain_id": report.chain_id, "signed_power": report.signed_power,
+            "total_power": report.total_power, "checks": report.checks,
             "final_answer": r.final_answer, "receipt": _pb(r)}
     _emit(cfg, data, "\n".join([f"VERIFIED: receipt of query {r.query_id} on {report.chain_id} at height "
                                  f"{report.height}", *[f"  ok  {c}" for c in report.checks],

@@ -21,10 +21,15 @@ def comet_get(url: str, method: str, timeout: float = 10, **params: Any) -> dict
         data = _HTTP.get(f"{url.rstrip('/')}/{method}", params=params, timeout=timeout).json()
     except httpx.HTTPError as exc:
         raise CometError(f"CometBFT RPC {url} unreachable: {exc}") from None
-    except ValueError:
-        raise CometError(f"CometBFT RPC {url} answered {method} without JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep for the parser
+        raise CometError(f"CometBFT RPC {url} answered {method} without JSON it could read") from None
+    if not isinstance(data, dict):
+        raise CometError(f"CometBFT RPC {url} answered {method} with something other than a JSON-RPC reply")
     if "error" in data:
         err = data["error"]
-        raise CometError(f"CometBFT {method}: {err.get('data') or err.get('message')}")
-    result: dict[str, Any] = data["result"]
+        said = (err.get("data") or err.get("message")) if isinstance(err, dict) else err
+        raise CometError(f"CometBFT {method}: {str(said)[:500]}")
+    result = data.get("result")
+    if not isinstance(result, dict):
+        raise CometError(f"CometBFT RPC {url} answered {method} without a result object")
     return result

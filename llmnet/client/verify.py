@@ -43,13 +43,18 @@ from wire.tendermint.version import types_pb2 as version_pb2
 
 PRECOMMIT = 2
 BLOCK_ID_FLAG_COMMIT = 2
+VALIDATORS_PER_PAGE = 100
+MAX_VALIDATORS = 10_000
+"""Far beyond any chain's validator set (CometBFT chains run a few hundred): a node that said a billion, with
+empty pages after the first, kept the verifier asking for ever."""
 
 
 class VerifyError(Exception):
     pass
 
 
-MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, DecodeError)
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, DecodeError,
+             RecursionError)
 """What reading a reply of the wrong shape raises (a missing field, a number that is not one, bad hex or base64):
 the node or relay answering is not trusted, so a reply it shaped wrongly is a failed verification, never a crash."""
 RFC3339_UTC = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z")
@@ -87,6 +92,9 @@ class Report:
     signed_power: int
     total_power: int
     checks: list[str] = field(default_factory=list)
+    validators_pinned: bool = False
+    """Whether the validator set was checked against a hash the user got elsewhere: without it, the receipt is
+    consistent with what the node sent, which a lying node can make up whole."""
 
 
 def _rpc(url: str, method: str, **params: Any) -> dict[str, Any]:
@@ -108,13 +116,16 @@ def fetch(rpc_url: str, query_id: int) -> Evidence:
            for o in resp["proofOps"]["ops"]]
     signed = _wait_commit(rpc_url, height + 1)
     validators: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        got = _rpc(rpc_url, "validators", height=height + 1, page=page, per_page=100)
-        validators += got["validators"]
-        if len(validators) >= int(got["total"]):
+    for page in range(1, MAX_VALIDATORS // VALIDATORS_PER_PAGE + 1):
+        got = _rpc(rpc_url, "validators", height=height + 1, page=page, per_page=VALIDATORS_PER_PAGE)
+        total, listed = int(got["total"]), got["validators"]
+        if not 0 < total <= MAX_VALIDATORS or not listed:
+            raise VerifyError(f"the node lists a validator set of {total} with a page of {len(listed)}")
+        validators += listed
+        if len(validators) >= total:
             break
-        page += 1
+    else:
+        raise VerifyError(f"the node's validator set did not end within {MAX_VALIDATORS} validators")
     return Evidence(query_id, height, base64.b64decode(resp["value"]), ops, signed["header"], signed["commit"],
                     validators)
 
@@ -279,4 +290,4 @@ def verify(ev: Evidence, chain_id: str, trusted_validators_hash: bytes | None = 
         if hashlib.sha256(receipt.final_answer.encode()).hexdigest() != want:
             raise VerifyError("the final answer does not hash to the receipt's answer hash")
         checks.append("the final answer's sha256 matches its answer hash in the receipt")
-    return Report(receipt, ev.height, chain_id, signed, total, checks)
+    return Report(receipt, ev.height, chain_id, signed, total, checks, trusted_validators_hash is not None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,75 @@ def test_a_reply_of_the_wrong_shape_fails_verification_and_never_crashes(tmp_pat
             verify(ev, CHAIN)
         assert str(failed.value), part
     assert verify(_evidence(tmp_path, "Marta Vensel", signers=[0, 1, 2]), CHAIN).signed_power == 30
+
+
+class _HostileRPC:
+    """A CometBFT RPC on loopback that answers the receipt and the commit, then `validators` as told."""
+
+    def __init__(self, validators: Callable[[int], bytes]) -> None:
+        import http.server
+        import json
+        import threading
+        from urllib.parse import parse_qs, urlparse
+
+        receipt = {"response": {"code": 0, "key": base64.b64encode(receipt_key(7)).decode(), "value": "AQ==",
+                                "height": "5", "proofOps": {"ops": []}}}
+        self.asked = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                url = urlparse(self.path)
+                if url.path == "/validators":
+                    outer.asked += 1
+                    body = validators(int(parse_qs(url.query)["page"][0]))
+                else:
+                    result = receipt if url.path == "/abci_query" else {"signed_header": {}}
+                    body = json.dumps({"jsonrpc": "2.0", "id": -1, "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _page(total: int, listed: list[dict[str, Any]]) -> bytes:
+    import json
+
+    return json.dumps({"jsonrpc": "2.0", "id": -1, "result": {"total": str(total), "validators": listed}}).encode()
+
+
+@pytest.mark.parametrize("validators, why", [
+    (lambda page: _page(5_000, VALIDATORS if page == 1 else []), "a page of 0"),
+    (lambda page: _page(10**9, VALIDATORS), "validator set of 1000000000"),
+    (lambda page: b'{"jsonrpc": "2.0", "result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "JSON it could read"),
+    (lambda page: b'["not", "a", "reply"]', "other than a JSON-RPC reply"),
+], ids=["5,000 validators, then empty pages", "a billion validators, 4 a page", "JSON nested 100,000 deep",
+        "a list"])
+def test_a_lying_rpc_cannot_keep_the_verifier_fetching_or_crash_it(validators: Callable[[int], bytes],
+                                                                   why: str) -> None:
+    """`receipt verify` asked for validator pages until it had as many as the node said there were: a billion,
+    with empty pages after the first, kept it asking for ever (63,000 requests in a minute). JSON nested too
+    deep for the parser escaped as a RecursionError traceback, without a NOT VERIFIED."""
+    from llmnet.client.verify import MAX_VALIDATORS, VALIDATORS_PER_PAGE, fetch
+
+    rpc = _HostileRPC(validators)
+    try:
+        with pytest.raises(VerifyError, match=why):
+            fetch(rpc.url, 7)
+        assert rpc.asked <= MAX_VALIDATORS // VALIDATORS_PER_PAGE
+    finally:
+        rpc.close()
 
 
 @pytest.mark.e2e

@@ -236,7 +236,10 @@ class Client:
                                limit=MEMPOOL_PAGE).get("txs") or []
         except CometError:
             return False
-        return any(hash_of(base64.b64decode(t)) == tx_hash.upper() for t in listed)
+        try:
+            return any(hash_of(base64.b64decode(t)) == tx_hash.upper() for t in listed)
+        except (TypeError, ValueError):  # a list of something else: it says nothing either way
+            return False
 
     def wait_tx(self, tx_hash: str, timeout: float = 30.0, poll: float = 0.05) -> service_pb2.GetTxResponse:
         """Poll until the tx is in a committed block. Raises ClientError on timeout."""

@@ -159,7 +159,9 @@ function renderChart(reputation, experts, height) {
   }
   const W = 560, H = 240, L = 44, R = 10, T = 10, B = 28;
   const heights = series.flatMap(([, pts]) => pts.map((p) => p.height));
-  const x0 = Math.min(...heights), x1 = Math.max(...heights, height || 0, x0 + 1);
+  // a loop, not Math.min(...heights): spread arguments overflow the call stack at a few hundred thousand points
+  const x0 = heights.reduce((a, b) => Math.min(a, b));
+  const x1 = heights.reduce((a, b) => Math.max(a, b), Math.max(height || 0, x0 + 1));
   const scale = reputation.reputation_scale;
   const x = (h) => L + ((h - x0) / (x1 - x0)) * (W - L - R);
   const y = (v) => T + (1 - v / scale) * (H - T - B);

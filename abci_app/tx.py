@@ -60,8 +60,9 @@ def decode_tx(raw: bytes, registry: MsgRegistry) -> DecodedTx:
     if not raw:
         raise ErrTxDecode("empty tx")
     tx = _parse(tx_pb2.Tx, raw, "tx envelope")
-    if tx.SerializeToString() != raw:
-        raise ErrTxDecode("tx envelope is not canonically encoded")
+    tx.DiscardUnknownFields()  # protobuf writes them back: the comparison below would let them through
+    if tx.SerializeToString() != raw:  # the envelope is not signed: any other bytes for it are another tx hash
+        raise ErrTxDecode("tx envelope is not canonically encoded (fields out of order, repeated or unknown)")
     body = _parse(tx_pb2.TxBody, tx.body_bytes, "tx body")
     auth = _parse(tx_pb2.AuthInfo, tx.auth_info_bytes, "auth info")
     if len(auth.public_key) != PUBKEY_LEN:

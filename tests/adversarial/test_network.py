@@ -2,7 +2,8 @@
 
 Promises: an access signature seen on the wire buys nothing (it covers one request, once); an expert
 can serve over TLS so nothing can be read on the way; a receipt that verifies is true (see also
-test_receipt_forgery.py); connections opened and left cannot take the files a server process needs.
+test_receipt_forgery.py); connections opened and left cannot take the files a server process needs; a
+signed tx travels with one hash (no one on the way can make another copy of it that the chain runs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import datetime
 import ipaddress
 import os
 import socket
+from pathlib import Path
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -136,3 +138,30 @@ def test_a_flood_of_idle_connections_cannot_take_every_file(server: str, chain: 
 def _expert_behind_a_node(chain: ProtocolChain, engine: Engine, key: Key) -> Iterator[str]:
     with node_api(chain) as node, expert_server(engine, key, node, CHAIN_ID) as address:
         yield address
+
+
+def test_a_signed_tx_has_one_encoding_so_no_one_can_give_it_another_hash(tmp_path: Path) -> None:
+    """The envelope around a tx's signed bytes is not signed. Two bytes of an unknown field appended to it made a
+    copy with another hash that the chain ran: a client that looked its tx up by hash after a lost reply
+    found nothing, re-signed at the next sequence, and paid twice. Any envelope other than the canonical
+    encoding is refused now."""
+    from abci_app.errors import ErrTxDecode
+    from abci_app.tx import decode_tx
+    from llmnet.client.txbuilder import send_msg
+    from tests.helpers import Harness
+    from wire.llmnet.tx.v1 import tx_pb2
+    from wire.tendermint.abci import types_pb2 as abci
+
+    h = Harness.create(tmp_path / "s.db", n_keys=2)
+    a, b = h.keys
+    raw = h.tx(a, send_msg(a.address, b.address, 5))
+    t = tx_pb2.Tx.FromString(raw)
+    swapped = b"".join(tx_pb2.Tx(**{f: getattr(t, f)}).SerializeToString()
+                       for f in ("auth_info_bytes", "body_bytes", "signature"))
+    copies = {"an unknown varint field": raw + bytes([0x78, 0x01]), "an unknown bytes field": raw + b"\x7a\x01\x00",
+              "fields out of order": swapped, "a field twice": raw + tx_pb2.Tx(signature=t.signature).SerializeToString()}
+    for what, copy in copies.items():
+        with pytest.raises(ErrTxDecode, match="not canonically encoded"):
+            decode_tx(copy, h.app.registry)
+        assert h.app.check_tx(abci.RequestCheckTx(tx=copy)).code != 0, what
+    assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0

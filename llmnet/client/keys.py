@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,10 +30,13 @@ class KeyringError(Exception):
     pass
 
 
+SEED_BYTES = 32
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
-    seed: bytes
+    seed: bytes = field(repr=False)  # a traceback or a debug line showing a Key must not show its secret
 
     @classmethod
     def generate(cls, name: str) -> Key:
@@ -100,19 +103,38 @@ class Keyring:
         if not path.exists():
             raise KeyringError(f"no key named {name!r} in {self.dir}")
         try:
-            data: dict[str, str] = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except ValueError as exc:
             raise KeyringError(f"key file {path} is corrupt: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise KeyringError(f"key file {path} is corrupt: not an object of strings")
         return data
 
     def is_encrypted(self, name: str) -> bool:
         return "private_key_encrypted" in self.record(name)
 
     def load(self, name: str, passphrase: str | None = None) -> Key:
+        """The key, checked against the address its file shows: those fields are not sealed, and `keys show`,
+        `keys list` and names given as recipients read them (an edited file would have sent funds elsewhere
+        while its key still signed)."""
         rec = self.record(name)
-        if "private_key_plaintext" in rec:
-            return Key(name, base64.b64decode(rec["private_key_plaintext"]))
-        blob = base64.b64decode(rec["private_key_encrypted"])
+        key = self._unsealed(name, rec, passphrase)
+        shown = rec.get("address")
+        if shown is not None and shown != key.address:
+            raise KeyringError(f"key file of {name!r} shows address {shown}, but its key is {key.address}: the file "
+                               "was altered")
+        return key
+
+    def _unsealed(self, name: str, rec: dict[str, str], passphrase: str | None) -> Key:
+        try:
+            if "private_key_plaintext" in rec:
+                seed = base64.b64decode(rec["private_key_plaintext"], validate=True)
+                if len(seed) != SEED_BYTES:
+                    raise ValueError
+                return Key(name, seed)
+            blob = base64.b64decode(rec["private_key_encrypted"], validate=True)
+        except (KeyError, ValueError):
+            raise KeyringError(f"key file of {name!r} holds no key it can read") from None
         if passphrase is None:
             raise KeyringError(f"key {name!r} is encrypted: a passphrase is required")
         salt, nonce, sealed = blob[:16], blob[16:28], blob[28:]

@@ -1,8 +1,8 @@
 """Attacks from the same machine or through sloppy input: reading someone's keys, names that end in a
 newline.
 
-Promises: a key file is never readable by another user, not even for a moment; names are checked
-whole.
+Promises: a key file is never readable by another user, not even for a moment, and an edited one is refused;
+names are checked whole.
 """
 
 from __future__ import annotations
@@ -50,6 +50,29 @@ def test_key_files_are_born_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "ring").stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (tmp_path / "ring").iterdir())
     assert all(mode & 0o077 == 0 for mode in seen), sorted({oct(m) for m in seen})
+
+
+def test_an_edited_key_file_is_refused_and_shows_no_secret(tmp_path: Path) -> None:
+    """A key file's address is not sealed with its key: edited, `keys show` and names used as recipients gave
+    the editor's address while the key still signed. Loading now checks the key against it. A file holding
+    something else than an object is a keyring error, not a TypeError, and a Key's repr hides its seed."""
+    import json
+
+    ring = Keyring(tmp_path / "ring")
+    key = Key.generate("alice")
+    ring.add(key, passphrase="pw")
+    assert ring.load("alice", "pw").address == key.address and key.seed.hex() not in repr(key)
+    path = tmp_path / "ring" / "alice.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "address": Key.generate("mallory").address}))
+    with pytest.raises(KeyringError, match="the file was altered"):
+        ring.load("alice", "pw")
+    path.write_text(json.dumps([record]))
+    with pytest.raises(KeyringError, match="corrupt"):
+        ring.load("alice", "pw")
+    path.write_text(json.dumps({**record, "private_key_encrypted": "not base64!"}))
+    with pytest.raises(KeyringError, match="no key it can read"):
+        ring.load("alice", "pw")
 
 
 @pytest.mark.parametrize("bad", ["kestrel-lang\n", "kestrel\nlang", "Kestrel", "-x", ""])

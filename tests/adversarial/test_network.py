@@ -12,10 +12,10 @@ import datetime
 import ipaddress
 import os
 import socket
-from pathlib import Path
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -158,8 +158,9 @@ def test_a_signed_tx_has_one_encoding_so_no_one_can_give_it_another_hash(tmp_pat
     t = tx_pb2.Tx.FromString(raw)
     swapped = b"".join(tx_pb2.Tx(**{f: getattr(t, f)}).SerializeToString()
                        for f in ("auth_info_bytes", "body_bytes", "signature"))
+    twice = raw + tx_pb2.Tx(signature=t.signature).SerializeToString()
     copies = {"an unknown varint field": raw + bytes([0x78, 0x01]), "an unknown bytes field": raw + b"\x7a\x01\x00",
-              "fields out of order": swapped, "a field twice": raw + tx_pb2.Tx(signature=t.signature).SerializeToString()}
+              "fields out of order": swapped, "a field twice": twice}
     for what, copy in copies.items():
         with pytest.raises(ErrTxDecode, match="not canonically encoded"):
             decode_tx(copy, h.app.registry)

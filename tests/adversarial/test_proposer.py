@@ -4,8 +4,9 @@ steering which experts a query draws.
 Promises: every tx in a block pays its fee (a proposal is judged by executing its txs in order, messages
 and all, on the state they will run on). A query is drawn in the block after its inclusion, seeded by
 the beacon of the validators' vote-extension signatures on the including block: no one knew it when the
-query was included, and the drawing block's proposer can only leave signers out, so it chooses among a
-handful of outcomes (counted below), not among as many as it can grind block hashes.
+query was included, and leaving signers out gives the drawing block's proposer a handful of outcomes
+(counted below), not as many as it can grind block hashes. (A validator re-signing its own extension with
+nonces of its choosing still grinds the seed: open, see the README's Threat model.)
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def test_a_beacon_must_come_from_the_round_that_committed(tmp_path: Path) -> Non
 
 def test_a_validator_can_only_extend_its_vote_with_the_beacon_bytes(tmp_path: Path) -> None:
     """Extensions are not a channel: any other bytes make the vote invalid, so what a validator contributes
-    to the beacon is only its signature, which it cannot choose."""
+    to the beacon is only its signature. (It can still choose that among many valid ones, by its nonce: the
+    README's Threat model lists that as open.)"""
     chain = ProtocolChain(tmp_path / "s.db", 1, [DOMAIN])
     ours = chain.app.extend_vote(abci.RequestExtendVote(height=2)).vote_extension
     check = chain.app.verify_vote_extension

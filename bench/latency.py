@@ -1,6 +1,7 @@
 """Latency and throughput of queries, each a ratio against direct model calls measured in the same run.
 
     python bench/latency.py [--questions 6] [--adapters experts/adapters] [--timeout-commit 100ms]
+                            [--empty-blocks-interval 1s]
                             [--requesters 8] [--per-requester 2] [--output json]
 
 A 4-validator localnet with the demo's four experts (`llmnet-expert run` on the embedded model; with
@@ -205,6 +206,9 @@ def main() -> None:
                    help="trained adapters (make experts); without them every expert is the base model")
     p.add_argument("--timeout-commit", default=TIMEOUT_COMMIT, help="the localnet's consensus.timeout_commit "
                                                                      f"(default {TIMEOUT_COMMIT}, as the demo)")
+    p.add_argument("--empty-blocks-interval", default="", metavar="DURATION",
+                   help="blocks only for txs, and an empty one at least this often (default: a block every "
+                        "timeout_commit, as the demo)")
     p.add_argument("--requesters", type=int, default=8, help="concurrent requesters for throughput (0: skip)")
     p.add_argument("--per-requester", type=int, default=2, help="queries each requester asks (default 2)")
     p.add_argument("--home", default="", help="keep the localnet and expert logs here (default: a temporary "
@@ -224,7 +228,7 @@ def main() -> None:
         home.mkdir(parents=True)
     net = Localnet(home / "net", str(ROOT / "bin" / "cometbft"))
     net.create(4, base_port=27600, accounts=1 + len(EXPERTS) + max(args.requesters, 1),
-               timeout_commit=args.timeout_commit, params=PARAMS)
+               timeout_commit=args.timeout_commit, params=PARAMS, empty_blocks_interval=args.empty_blocks_interval)
     procs: list[Any] = []
     try:
         net.start()
@@ -236,6 +240,7 @@ def main() -> None:
         trained = adapters is not None
         direct_call(stub, adapters, *work[0])  # warm the direct server
         result: dict[str, Any] = {"timeout_commit": args.timeout_commit, "trained_adapters": trained,
+                                  "empty_blocks_interval": args.empty_blocks_interval,
                                   "latency": latency(net, stub, work[:args.questions], adapters)}
         if args.requesters:
             result["throughput"] = throughput(net, stub, work, args.requesters, args.per_requester, adapters)

@@ -58,10 +58,11 @@ def _free(port: int) -> bool:
 def make_localnet(tmp_path_factory: pytest.TempPathFactory, cometbft: str) -> Iterator:  # type: ignore[type-arg]
     nets: list[Localnet] = []
 
-    def make(validators: int, timeout_commit: str = "200ms", accounts: int = 10) -> Localnet:
+    def make(validators: int, timeout_commit: str = "200ms", accounts: int = 10,
+             empty_blocks_interval: str = "") -> Localnet:
         net = Localnet(tmp_path_factory.mktemp(f"localnet{validators}"), cometbft)
         net.create(validators, base_port=free_base_port(validators), accounts=accounts,
-                   timeout_commit=timeout_commit, timeout_propose="1s")
+                   timeout_commit=timeout_commit, timeout_propose="1s", empty_blocks_interval=empty_blocks_interval)
         nets.append(net)
         net.start()
         return net

@@ -37,3 +37,25 @@ def test_200_txs_committed_queryable_and_proven(make_localnet, proofcheck: str) 
         assert prove_balance(net, 0, recipient.address, proofcheck) == expected
         for k in senders:
             assert prove_balance(net, 0, k.address, proofcheck) == client.balance(k.address).amount
+
+
+def test_a_network_without_empty_blocks_rests_when_idle_and_serves_at_once(make_localnet) -> None:  # type: ignore[no-untyped-def]
+    """`--empty-blocks-interval`: blocks only for txs (and the one after a block that changed state). That
+    needs an app whose state stands still when nothing happens: liveness was rewritten every block, so the
+    app hash moved every block and CometBFT never rested. A validator's record is written at its first
+    observation, so a few blocks follow the start; then the chain rests until a tx comes."""
+    import time
+
+    net = make_localnet(4, timeout_commit="50ms", empty_blocks_interval="30s")
+    ks = keys(net)
+    with Client(net.manifest()["nodes"][0]["grpc"]) as client:
+        for _ in range(100):  # every validator observed, and the blocks that followed
+            before = client.status().height
+            time.sleep(0.5)
+            if client.status().height == before:
+                break
+        rest = client.status().height
+        time.sleep(3)
+        assert client.status().height == rest  # 60 blocks at 50 ms with empty blocks on
+        sent = Sender(client, ks[0]).send([send_msg(ks[0].address, ks[1].address, 1)])
+        assert client.wait_tx(sent.tx_hash, timeout=20).height == rest + 1

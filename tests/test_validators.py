@@ -286,6 +286,44 @@ def test_a_validator_that_misses_too_many_blocks_is_jailed_and_can_come_back(tmp
     assert validators(chain)["v3"].status == ACTIVE and validators(chain)["v3"].power > 0
 
 
+def test_a_block_every_validator_signed_writes_nothing(tmp_path: Path) -> None:
+    """Liveness was a record rewritten for every validator every block, so the app hash changed every block and
+    CometBFT, which makes a block whenever the app hash changed (create_empty_blocks = false), never paused
+    between txs: an idle localnet kept a core busy. A signed height now writes nothing."""
+    chain = bonded_chain(tmp_path)
+    for _ in range(3):
+        chain.ok()  # every validator observed once: its record written
+    hashes = {chain.finalize([]).app_hash for _ in range(5)}
+    assert len(hashes) == 1
+    chain.finalize([], signers=[0, 1, 2])
+    assert chain.finalize([]).app_hash not in hashes  # a miss is a write
+
+
+def test_misses_count_only_while_they_are_in_the_window(tmp_path: Path) -> None:
+    """Window 10, at most 5 misses: five misses, then ten signed heights (they leave the window), then five
+    misses again is no jailing; the sixth in ten heights is."""
+    chain = bonded_chain(tmp_path)
+    window = PARAMS["signed_blocks_window"]
+    for _ in range(window):
+        chain.ok()
+    operator = operators()[3].address
+
+    def missed() -> int:
+        return chain.query("Validator", q.ValidatorRequest(address=operator), q.ValidatorResponse).signing.missed
+
+    for _ in range(5):
+        chain.finalize([], signers=[0, 1, 2])
+    assert missed() == 5
+    for _ in range(window):
+        chain.ok()
+    assert missed() == 0 and validators(chain)["v3"].status == ACTIVE
+    for _ in range(5):
+        chain.finalize([], signers=[0, 1, 2])
+    assert validators(chain)["v3"].status == ACTIVE and missed() == 5
+    chain.finalize([], signers=[0, 1, 2])
+    assert validators(chain)["v3"].status == JAILED
+
+
 def test_signers_are_not_jailed_and_nil_votes_count_as_present(tmp_path: Path) -> None:
     chain = bonded_chain(tmp_path)
     for _ in range(3 * PARAMS["signed_blocks_window"]):

@@ -97,7 +97,7 @@ def _genesis(nodes: list[tuple[Path, Ports]], keys: list[Key], operators: list[K
     return doc
 
 
-def _configure(home: Path, ports: Ports, peers: list[str], consensus: dict[str, str], proxy_app: str | None,
+def _configure(home: Path, ports: Ports, peers: list[str], consensus: dict[str, Any], proxy_app: str | None,
                mempool_size: int | None) -> None:
     """Loopback addresses, the other nodes as persistent peers, and the block timing, in config.toml."""
     toml = home / "config" / "config.toml"
@@ -133,9 +133,12 @@ class Localnet:
     def create(self, validators: int, chain_id: str = "llmnet-local", base_port: int = 26600,
                accounts: int = 10, timeout_commit: str = "500ms", proxy_app: str | None = None,
                mempool_size: int | None = None, timeout_propose: str = "3s",
-               params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               params: dict[str, dict[str, Any]] | None = None, empty_blocks_interval: str = "") -> dict[str, Any]:
         """Write every node's files. proxy_app names one of CometBFT's built-in apps (e.g.
-        "kvstore") to run it instead of ours, with otherwise identical settings (for baselines)."""
+        "kvstore") to run it instead of ours, with otherwise identical settings (for baselines).
+        empty_blocks_interval: "" makes a block every timeout_commit (CometBFT's default); a duration makes blocks
+        only for txs (and the one after a block that changed state), and an empty one at least that often: an
+        idle network then uses no CPU, while windows counted in blocks last longer in seconds when idle."""
         if validators < 1:
             raise LocalnetError("--validators must be at least 1")
         if self.exists():
@@ -150,7 +153,9 @@ class Localnet:
         peers = [f"{node_id(h)}@127.0.0.1:{p.p2p}" for h, p in nodes]
         for i, (home, ports) in enumerate(nodes):
             genesis.write(home, doc)
-            consensus = {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose}
+            consensus: dict[str, Any] = {"timeout_commit": timeout_commit, "timeout_propose": timeout_propose}
+            if empty_blocks_interval:
+                consensus |= {"create_empty_blocks": False, "create_empty_blocks_interval": empty_blocks_interval}
             _configure(home, ports, [p for j, p in enumerate(peers) if j != i], consensus, proxy_app, mempool_size)
         manifest = {
             "chain_id": chain_id,

@@ -161,8 +161,9 @@ def test_genesis_refuses_evidence_kept_by_time_past_the_unbonding(tmp_path: Path
 
 
 def test_genesis_refuses_a_liveness_window_no_block_could_write() -> None:
-    """Every block rewrites each validator's bitmap of signed_blocks_window bits: a 2^40 window stopped every node
-    at block 1 (MemoryError), and 2^28 wrote 128 MiB a block."""
+    """When every block rewrote each validator's bitmap of signed_blocks_window bits, a 2^40 window stopped every
+    node at block 1 (MemoryError), and 2^28 wrote 128 MiB a block. The bound stays: a jailing deletes up to a
+    window's missed heights in one block."""
     p = default_params()
     p.signed_blocks_window = 1 << 28
     with pytest.raises(ValueError, match="signed_blocks_window must be at most"):

@@ -29,6 +29,7 @@ from abci_app.x.validators.types import (
     EV_UNJAILED,
     MAX_BOND,
     MAX_RELEASES_PER_BLOCK,
+    MISSED_PREFIX,
     RANK_PREFIX,
     RELEASE_AMOUNT_PREFIX,
     RELEASE_PREFIX,
@@ -206,7 +207,7 @@ class ValidatorsKeeper:
         changed = _copy(v)
         changed.status = Status.VALIDATOR_STATUS_ACTIVE
         self._save(ctx, v, changed)
-        ctx.kv(STORE).delete(SIGNING_PREFIX + v.address)  # a fresh window: past misses were paid for
+        self._forget_signing(ctx, v.address)  # a fresh window: past misses were paid for
         ctx.emit(event(EV_UNJAILED, operator=msg.operator, address=v.address.hex()))
 
     def _start_release(self, ctx: Ctx, v: pb.Validator, amount: int) -> int:
@@ -283,26 +284,47 @@ class ValidatorsKeeper:
                        reason="double-signing"))
 
     def record_liveness(self, ctx: Ctx, address: bytes, signed: bool) -> None:
-        """One slot of the signing window; too many misses in a full window jail and slash."""
+        """One height of the signing window; too many misses within a full window jail and slash. A signed height
+        writes nothing (but the first): see SigningInfo. Heights it was out of CometBFT's set count as signed."""
         v = self.get(ctx, address)
         if v is None or not v.operator or v.status != Status.VALIDATOR_STATUS_ACTIVE:
             return  # fixed genesis validators have nobody to unjail them; others are already out
-        p = self.params(ctx)
+        kv, height = ctx.kv(STORE), ctx.env.height
         info = self.signing(ctx, address)
-        window = p.signed_blocks_window
-        bits = bytearray(info.missed_bits.ljust((window + 7) // 8, b"\x00"))
-        slot = info.observed % window
-        was = bits[slot // 8] >> (slot % 8) & 1
-        if was != (not signed):
-            bits[slot // 8] ^= 1 << (slot % 8)
-            info.missed = info.missed + 1 if not signed else info.missed - 1
-        info.observed += 1
-        info.missed_bits = bytes(bits)
-        max_missed = window - window * p.min_signed_ppm // PPM
-        if info.observed >= window and info.missed > max_missed:
-            self._jail_for_downtime(ctx, v, info.missed, window)
+        if not info.since:
+            info.since = height
+        elif signed:
             return
-        ctx.kv(STORE).set(SIGNING_PREFIX + address, info.SerializeToString())
+        if not signed:
+            window = self.params(ctx).signed_blocks_window
+            prefix = MISSED_PREFIX + address
+            gone = kv.iterate_range(prefix, prefix + be8(max(height - window + 1, 0)))  # out of the window now
+            for key, _ in gone:
+                kv.delete(key)
+            kv.set(prefix + be8(height), b"\x01")
+            info.missed = info.missed - len(gone) + 1
+            max_missed = window - window * self.params(ctx).min_signed_ppm // PPM
+            if height - info.since + 1 >= window and info.missed > max_missed:
+                self._jail_for_downtime(ctx, v, info.missed, window)
+                return
+        kv.set(SIGNING_PREFIX + address, pb.SigningInfo(missed=info.missed, since=info.since).SerializeToString())
+
+    def signing_now(self, ctx: Ctx, address: bytes) -> pb.SigningInfo:
+        """The signing record as of ctx's height, for queries: heights observed, and misses still in the window."""
+        info = self.signing(ctx, address)
+        if not info.since:
+            return pb.SigningInfo()
+        window, height = self.params(ctx).signed_blocks_window, ctx.env.height
+        prefix = MISSED_PREFIX + address
+        missed = len(ctx.kv(STORE).iterate_range(prefix + be8(max(height - window + 1, 0)), prefix_end(prefix)))
+        return pb.SigningInfo(observed=max(height - info.since + 1, 0), missed=missed, since=info.since)
+
+    def _forget_signing(self, ctx: Ctx, address: bytes) -> None:
+        """A fresh window: after a jailing (its misses were paid for) or once the validator is gone."""
+        kv = ctx.kv(STORE)
+        kv.delete(SIGNING_PREFIX + address)
+        for key, _ in kv.iterate(MISSED_PREFIX + address):
+            kv.delete(key)
 
     def _jail_for_downtime(self, ctx: Ctx, v: pb.Validator, missed: int, window: int) -> None:
         p = self.params(ctx)
@@ -311,7 +333,7 @@ class ValidatorsKeeper:
         changed.status = Status.VALIDATOR_STATUS_JAILED
         changed.jailed_until = ctx.env.height + p.jail_blocks
         self._save(ctx, v, changed)
-        ctx.kv(STORE).delete(SIGNING_PREFIX + v.address)
+        self._forget_signing(ctx, v.address)
         ctx.emit(event(EV_JAILED, operator=v.operator, address=v.address.hex(), until=changed.jailed_until,
                        reason=f"missed {missed} of the last {window} blocks"))
 
@@ -442,6 +464,6 @@ class ValidatorsKeeper:
         one is kept, so its key can never come back)."""
         if v.status == Status.VALIDATOR_STATUS_UNBONDING and v.power == 0 and not v.bond and not v.unbonding:
             ctx.kv(STORE).delete(validator_key(v.address))
-            ctx.kv(STORE).delete(SIGNING_PREFIX + v.address)
+            self._forget_signing(ctx, v.address)
             if v.operator:
                 ctx.kv(STORE).delete(operator_key(parse_address(v.operator)))

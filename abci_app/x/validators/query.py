@@ -57,7 +57,7 @@ class Querier:
             raise ErrNotFound(str(exc)) from None
         if v is None:
             raise ErrNotFound(f"no validator with consensus address {text}")
-        return q.ValidatorResponse(validator=v, signing=self.keeper.signing(ctx, v.address), height=ctx.env.height)
+        return q.ValidatorResponse(validator=v, signing=self.keeper.signing_now(ctx, v.address), height=ctx.env.height)
 
 
 def page_cursor(rows: list[tuple[bytes, bytes]], limit: int) -> bytes:

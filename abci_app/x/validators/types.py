@@ -14,6 +14,7 @@ OPERATOR_PREFIX = b"opr/"  # opr/<operator address> -> consensus address
 RANK_PREFIX = b"rank/"  # rank/<be8(MAX_BOND - bond)><consensus address>: eligible validators, highest bond first
 SET_PREFIX = b"set/"  # set/<consensus address>: validators with power > 0 (what CometBFT has been told)
 SIGNING_PREFIX = b"sign/"  # sign/<consensus address> -> SigningInfo
+MISSED_PREFIX = b"miss/"  # miss/<consensus address><be8 height>: it did not sign the block before that height
 RELEASE_PREFIX = b"rel/"  # HeightQueue rel/<be8 height><consensus address>: bond released then
 RELEASE_AMOUNT_PREFIX = b"ramt/"  # ramt/<be8 height><consensus address> -> be8 amount
 BONDED_POOL = module_address("validators/bonded")
@@ -103,8 +104,9 @@ def rank_key(bond: int, address: bytes) -> bytes:
 
 
 MAX_SIGNED_BLOCKS_WINDOW = 100_000
-"""A 12.5 KB liveness bitmap per validator, rewritten every block (Cosmos chains use 10,000-30,000). The old
-bound, MAX_BLOCKS_PARAM, let a genesis ask for a 128 GiB bitmap: every node stopped at block 1."""
+"""Cosmos chains use 10,000-30,000. A jailing deletes the validator's missed heights in the window, up to this
+many keys in one block. (When liveness was a bitmap rewritten every block, the old bound, MAX_BLOCKS_PARAM, let a
+genesis ask for a 128 GiB one: every node stopped at block 1.)"""
 
 
 def default_params() -> pb.Params:
@@ -132,7 +134,7 @@ def check_params(params: pb.Params) -> None:
                          "than CometBFT's MaxTotalVotingPower")
     if params.signed_blocks_window > MAX_SIGNED_BLOCKS_WINDOW:
         raise ValueError(f"genesis validators.params.signed_blocks_window must be at most {MAX_SIGNED_BLOCKS_WINDOW}: "
-                         "every block rewrites each validator's bitmap of that many bits")
+                         "a jailing deletes up to that many missed heights in one block")
     for name in ("signed_blocks_window", "unbonding_blocks", "jail_blocks"):
         if not (0 if name == "jail_blocks" else 1) <= getattr(params, name) <= MAX_BLOCKS_PARAM:
             raise ValueError(f"genesis validators.params.{name} must be 1..{MAX_BLOCKS_PARAM} (jail_blocks may be 0)")

@@ -283,7 +283,7 @@ def _start_server(args: argparse.Namespace, needs_key: bool):  # type: ignore[no
         raise ValueError("--key is required (it signs answers and is the address access is checked for); "
                          "use --open to serve unsigned answers to anyone")
     client = None if args.open and not needs_key else _client(args.node, args.chain_id)
-    chain_id = args.chain_id or (client.status().chain_id if client is not None else "")
+    chain_id = client.status().chain_id if client is not None else args.chain_id  # with --chain-id: checked
     access = None if args.open else ChainAccess(client.query_status, chain_id, key.address)  # type: ignore[union-attr]
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_batch,
                     threads=args.threads)

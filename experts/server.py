@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -98,8 +97,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.plan = plan
         self.metrics = ExpertMetrics(registry or CollectorRegistry(), engine)
         self._slots = threading.BoundedSemaphore(engine.limits.max_concurrent)
+        # the blocking work of calls: the slots' generations, plus room for refusals while every slot is busy
+        self.pool = futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4,
+                                               thread_name_prefix="expert")
 
-    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:  # noqa: N802
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:  # noqa: N802
         lim = self.engine.limits
         return pb.InfoResponse(
             address=self.identity.key.address if self.identity.key else "", base_model=self.engine.model_id,
@@ -108,23 +110,25 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                              max_concurrent=lim.max_concurrent),
             chain_id=self.identity.chain_id)
 
-    def _run(self, method: str, request: pb.GenerateRequest, context: grpc.ServicerContext,
-             on_text: Callable[[str], None] | None = None) -> pb.GenerateResponse:
+    def _work(self, method: str, request: pb.GenerateRequest, ended: threading.Event,
+              on_text: Callable[[str], None] | None = None) -> tuple[grpc.StatusCode, str, pb.GenerateResponse | None]:
+        """The blocking part of a call, in the pool: (status, message, response); response is None on failure."""
         started = time.monotonic()
-        code, message, result = self._answer(request, context, on_text)
+        code, message, result = self._answer(request, ended, on_text)
         self.metrics.requests.labels(method, code.name).inc()
         self.metrics.latency.labels(method).observe(time.monotonic() - started)
         if result is None:
-            context.abort(code, message)
+            return code, message, None
         self.metrics.tokens.inc(result.completion_tokens)
         self.metrics.tokens_per_second.set(result.completion_tokens / max(1e-9, time.monotonic() - started))
-        return self._response(request, result)
+        return code, message, self._response(request, result)
 
-    def _answer(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
+    def _answer(self, request: pb.GenerateRequest, ended: threading.Event,
                 on_text: Callable[[str], None] | None) -> tuple[grpc.StatusCode, str, Generation | None]:
         """(status, message, generation); generation is None when the request failed. Checks come before
         a generation slot is taken, so requests that will be refused cannot keep slots from those that will
-        not (a refusal after the access check still spends the request's nonce)."""
+        not (a refusal after the access check still spends the request's nonce). `ended` is set once the call
+        is over (its client went, its deadline passed, the server stopped): the generation then stops."""
         try:
             sampling, messages = sampling_from(request.sampling), messages_from(request)
             domain, share = request.domain, None
@@ -141,10 +145,10 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             return grpc.StatusCode.UNAVAILABLE, str(err), None
         except ClientError as err:
             return grpc.StatusCode.UNAVAILABLE, f"cannot check access with the chain: {err}", None
+        if ended.is_set():
+            return grpc.StatusCode.CANCELLED, "the call ended before its generation began", None
         if not self._slots.acquire(blocking=False):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, "expert is busy: too many concurrent requests", None
-        ended = threading.Event()
-        context.add_callback(ended.set)  # the call is over: its client went, or its deadline passed
         self.metrics.in_flight.inc()
         try:
             result = self.engine.generate(messages, sampling, domain, on_text, cancelled=ended.is_set, share=share)
@@ -154,10 +158,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             self.metrics.in_flight.dec()
             self._slots.release()
         if result.finish_reason == "cancelled":
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                return grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline passed during generation", None
-            return grpc.StatusCode.CANCELLED, "request cancelled by the client", None
+            return grpc.StatusCode.CANCELLED, "the call ended during generation (cancelled, or past its deadline)", None
         return grpc.StatusCode.OK, "", result
 
     def _query_answer(self, request: pb.GenerateRequest, query: inf.Query
@@ -181,76 +182,115 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             finish_reason=result.finish_reason, expert=key.address if key else "", domain=request.domain,
             signature=signature, chain_id=self.identity.chain_id)
 
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:  # noqa: N802
-        return self._run("Generate", request, context)
+    async def Generate(self, request: pb.GenerateRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        ended = threading.Event()
+        try:
+            code, message, response = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self._work, "Generate", request, ended, None)
+        finally:
+            ended.set()  # also when this coroutine is cancelled: the client went, or the deadline passed
+        if response is None:
+            await context.abort(code, message)
+        return response
 
-    def GenerateStream(self, request: pb.GenerateStreamRequest,  # noqa: N802
-                       context: grpc.ServicerContext) -> Iterator[pb.GenerateStreamResponse]:
-        pieces: queue.Queue[str | pb.GenerateResponse | grpc.RpcError | Exception] = queue.Queue()
+    async def GenerateStream(self, request: pb.GenerateStreamRequest,  # noqa: N802
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        ended = threading.Event()
 
-        def work() -> None:
-            try:
-                pieces.put(self._run("GenerateStream", request.request, context, pieces.put))
-            except Exception as exc:  # noqa: BLE001 - handed to the streaming thread, which re-raises it
-                pieces.put(exc)
+        def arrived(text: str) -> None:  # in the pool's thread; queued before the work's result is set
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
 
-        threading.Thread(target=work, daemon=True).start()
-        while True:
-            item = pieces.get()
-            if isinstance(item, str):
-                yield pb.GenerateStreamResponse(text_delta=item)
-            elif isinstance(item, pb.GenerateResponse):
-                yield pb.GenerateStreamResponse(result=item)
-                return
-            else:
-                raise item
+        work = loop.run_in_executor(self.pool, self._work, "GenerateStream", request.request, ended, arrived)
+        waiting: asyncio.Future[str] | None = None
+        try:
+            while not work.done() or not pieces.empty():
+                if pieces.empty():
+                    waiting = asyncio.ensure_future(pieces.get())
+                    await asyncio.wait({waiting, work}, return_when=asyncio.FIRST_COMPLETED)
+                    if not waiting.done():
+                        continue  # the work is done: what it queued is read next, then its result
+                    text = waiting.result()
+                else:
+                    text = pieces.get_nowait()
+                yield pb.GenerateStreamResponse(text_delta=text)
+            code, message, response = work.result()
+        finally:
+            ended.set()
+            if waiting is not None:
+                waiting.cancel()
+        if response is None:
+            await context.abort(code, message)
+        yield pb.GenerateStreamResponse(result=response)
+
+
+MAX_CALLS = 256
+"""Calls the expert's server runs at once (each waiting one costs memory, however it was opened); past it new
+ones are RESOURCE_EXHAUSTED at once. Far above what its slots serve: refusals, Info and streams' tails."""
 
 
 class ExpertServer:
-    """The expert's gRPC server, run by grpc.aio on an event loop of its own thread, with the servicer's methods
-    (blocking: they wait for the model) in a thread pool. The pool takes a call only once its request has
-    arrived whole. gRPC's threaded server gave a call its thread when the call's headers came: a dozen calls
-    that sent headers and never a request (no key, no payment) took every thread, and Info, Generate and
-    requesters' provisional answers hung for everyone. Here such a call costs a coroutine until its client goes
-    or its connection idles out. The same API as grpc.Server where ours used it: start(), stop(grace)."""
+    """The expert's gRPC server, run by grpc.aio on an event loop of its own thread; the blocking part of a call
+    (access checks, the model) runs in the servicer's pool once its request has arrived whole. gRPC's threaded
+    server gave a call its thread when the call's headers came: a dozen calls that sent headers and never a
+    request (no key, no payment) took every thread, and Info, Generate and requesters' provisional answers hung
+    for everyone. Here such a call costs a coroutine, and MAX_CALLS bound them. A call whose client goes, whose
+    deadline passes, or that the server's stop ends, stops its generation. The same API as grpc.Server where
+    ours used it: start(), stop(grace)."""
 
-    def __init__(self, build: Callable[[], Coroutine[Any, Any, grpc.aio.Server]]) -> None:
+    def __init__(self, build: Callable[[], Coroutine[Any, Any, grpc.aio.Server]], pool: futures.Executor) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="expert-grpc", daemon=True)
+        self._thread = threading.Thread(target=self._serve_loop, name="expert-grpc", daemon=True)
         self._thread.start()
-        self._server: grpc.aio.Server | None = None
+        self._pool = pool
+        self._stopped: threading.Event | None = None
         try:
             self._server = self._call(build())  # in the loop: an aio server belongs to the loop it is made on
         except BaseException:
-            self._close()
+            self._end_loop()
             raise
+
+    def _serve_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        left = asyncio.all_tasks(self._loop)  # the server's own, if any outlived its stop
+        for task in left:
+            task.cancel()
+        if left:
+            self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        self._loop.close()
 
     def _call(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
     def start(self) -> None:
-        assert self._server is not None
+        if self._stopped is not None:
+            raise RuntimeError("the expert server was stopped: make a new one")
         self._call(self._server.start())
 
     def stop(self, grace: float | None) -> threading.Event:
-        """Stop taking calls, give those in flight grace seconds (None or 0: none), then end the loop. Returns
-        an event that is set once stopped (as grpc.Server does; callers may wait on it or not)."""
-        done = threading.Event()
-        server = self._server
-        if server is None:
-            done.set()
-            return done
+        """Stop taking calls, give those in flight grace seconds (None or 0: none; the rest end, and so do their
+        generations), wait for the pool's work, then end the loop. Returns an event set once all that is done
+        (as grpc.Server does: callers may wait on it or not); a second stop returns the same event."""
+        if self._stopped is not None:
+            return self._stopped
+        self._stopped = stopped = threading.Event()
 
-        def stopped(_: object) -> None:
-            self._close()
-            done.set()
+        async def wind_down() -> None:
+            await self._server.stop(grace or None)
+            await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
 
-        asyncio.run_coroutine_threadsafe(server.stop(grace or None), self._loop).add_done_callback(stopped)
-        self._server = None
-        return done
+        def finish(_: object) -> None:
+            threading.Thread(target=lambda: (self._end_loop(), stopped.set()), daemon=True).start()
 
-    def _close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(wind_down(), self._loop).add_done_callback(finish)
+        return stopped
 
 
 def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.0.0.1:0",
@@ -265,9 +305,7 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
 
     async def build() -> grpc.aio.Server:
         nonlocal port
-        # the pool runs the servicer: its slots, plus room for refusals and Info while every slot is busy
-        pool = futures.ThreadPoolExecutor(max_workers=engine.limits.max_concurrent + 4, thread_name_prefix="expert")
-        server = grpc.aio.server(migration_thread_pool=pool, options=grpc_server_options())
+        server = grpc.aio.server(options=grpc_server_options(), maximum_concurrent_rpcs=MAX_CALLS)
         expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -285,4 +323,4 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
             raise OSError(f"cannot bind the expert server to {address} (in use, or not an address of this host)")
         return server
 
-    return ExpertServer(build), port
+    return ExpertServer(build, servicer.pool), port

@@ -24,6 +24,9 @@ MAX_GRPC_CONNECTIONS = 1000
 connections opened and left (no key needed) used every file the process may open, and then its own work failed
 too: an expert's daemon could not reach its node, and missed its duties. A cap leaves that work its files; a
 flood still shuts out new clients until its connections go (a proxy in front can limit them per address)."""
+STREAMS_PER_CONNECTION = 100
+"""Calls one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS, gRPC's default none):
+one connection carried 20,000 calls that never sent their request."""
 IDLE_GRPC_SECONDS = 120
 """A connection with no call for this long is closed (GOAWAY; a gRPC client reconnects at its next call)."""
 
@@ -33,4 +36,5 @@ def grpc_server_options() -> list[tuple[str, int]]:
     # Without SO_REUSEPORT (gRPC's default is on): a second server on an address in use fails to start instead of
     # taking half the clients' connections with answers of its own.
     return [("grpc.so_reuseport", 0), ("grpc.max_allowed_incoming_connections", MAX_GRPC_CONNECTIONS),
-            ("grpc.max_connection_idle_ms", IDLE_GRPC_SECONDS * 1000)]
+            ("grpc.max_connection_idle_ms", IDLE_GRPC_SECONDS * 1000),
+            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]

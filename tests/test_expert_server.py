@@ -167,6 +167,69 @@ def test_calls_that_never_send_their_request_do_not_hang_the_service(channel: gr
         call.cancel()
 
 
+class _SlowEngine:
+    """Stands in for the model: a generation of 100 steps of 50 ms that stops when told its call is over."""
+
+    def __init__(self) -> None:
+        self.limits = Limits(max_prompt_tokens=128, max_new_tokens=100, max_concurrent=4)
+        self.model_id, self.backend = "slow", "none"
+        self.outcomes: list[tuple[str, int]] = []
+
+    def queue_depth(self) -> int:
+        return 0
+
+    def adapter_for(self, domain: str) -> str:
+        return ""
+
+    def generate(self, messages, sampling, domain, on_text=None, cancelled=None, share=None):  # type: ignore[no-untyped-def]
+        from experts.engine import Generation
+
+        for step in range(100):
+            if cancelled is not None and cancelled():
+                self.outcomes.append(("cancelled", step))
+                return Generation("", 1, step, "cancelled")
+            if on_text is not None:
+                on_text("x")
+            time.sleep(0.05)
+        self.outcomes.append(("done", 100))
+        return Generation("x" * 100, 1, 100, "length")
+
+
+@pytest.mark.parametrize("how", ["deadline", "client cancels", "stream deadline", "server stops"])
+def test_a_call_that_ends_stops_its_generation(how: str) -> None:
+    """On grpc.aio a blocking handler never learnt that its call had ended: a client that hung up or timed out
+    held a slot and the model until max_new_tokens, and a stop left the process hanging on that work."""
+    engine = _SlowEngine()
+    server, port = create_server(engine, ExpertIdentity(None, "test-chain"))  # type: ignore[arg-type]
+    server.start()
+    stopped = None
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = expert_pb2_grpc.ExpertServiceStub(ch)
+            if how == "deadline":
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Generate(request(), timeout=0.5)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            elif how == "stream deadline":
+                with pytest.raises(grpc.RpcError):
+                    list(stub.GenerateStream(pb.GenerateStreamRequest(request=request()), timeout=0.5))
+            else:
+                call = stub.Generate.future(request())
+                time.sleep(0.5)
+                if how == "client cancels":
+                    call.cancel()
+                else:
+                    stopped = server.stop(0)
+                    assert stopped.wait(10)
+            for _ in range(100):  # the engine's own steps: at most one more after the end
+                if engine.outcomes:
+                    break
+                time.sleep(0.05)
+    finally:
+        (stopped or server.stop(0)).wait(10)
+    assert engine.outcomes and engine.outcomes[0][0] == "cancelled" and engine.outcomes[0][1] < 40, engine.outcomes
+
+
 def test_adapter_commitment_is_stable(tmp_path: Path) -> None:
     d = tmp_path / "a"
     (d / "sub").mkdir(parents=True)

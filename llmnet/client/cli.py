@@ -23,7 +23,7 @@ from llmnet.client.display import terminal_safe
 from llmnet.client.failover import FailoverClient, parse_nodes
 from llmnet.client.keys import Key, Keyring, KeyringError, keyring_dir, passphrase_from, unlock
 from llmnet.client.route import RouteError
-from llmnet.client.sdk import MAX_TX_FEE, Client, ClientError, NodeUnreachable, Sender, TxRejected
+from llmnet.client.sdk import MAX_TX_FEE, Client, ClientError, NodeUnreachable, Sender, TxRejected, WrongChain
 from llmnet.client.txbuilder import send_msg
 from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -466,7 +466,12 @@ def _protocol_query(cfg: CliConfig, args: argparse.Namespace, client: Client) ->
 def _verify(cfg: CliConfig, args: argparse.Namespace, client: Client) -> int:
     from llmnet.client.verify import VerifyError, fetch, verify
 
-    status = client.status()
+    try:
+        status = client.status()
+    except WrongChain as exc:
+        _emit(cfg, {"verified": False, "query_id": args.query_id, "error": str(exc)},
+              f"NOT VERIFIED: receipt of query {args.query_id}: {exc}")
+        return EXIT_FAILED
     rpc = args.rpc or status.cometbft_rpc
     try:
         report = verify(fetch(rpc, args.query_id), status.chain_id,  # the --chain-id one, if given

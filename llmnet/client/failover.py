@@ -19,7 +19,8 @@ import grpc
 from google.protobuf.message import Message
 
 from llmnet.address import host_port
-from llmnet.client.sdk import Client, NodeUnreachable, R
+from llmnet.client.sdk import Client, NodeUnreachable, R, WrongChain
+from wire.llmnet.node.v1 import node_pb2
 from wire.llmnet.tx.v1 import service_pb2
 
 OnSwitch = Callable[[str, str, str], None]
@@ -125,6 +126,17 @@ class FailoverClient(Client):
                         raise self._gave_up(err) from None
                     self._sleep(min(backoff.delay(), left))
                 self._move_on(node, str(err))
+
+    def status(self) -> node_pb2.StatusResponse:
+        """The node's status; a node on another chain than the one pinned is passed over like an unreachable one
+        (WrongChain once every node was tried)."""
+        for _ in range(len(self.nodes) - 1):
+            node = self.node
+            try:
+                return super().status()
+            except WrongChain as err:
+                self._move_on(node, str(err))
+        return super().status()
 
     def _gave_up(self, last: NodeUnreachable) -> NodeUnreachable:
         if len(self.nodes) == 1 and self.retry_for <= 0:

@@ -119,7 +119,7 @@ def fetch(rpc_url: str, query_id: int) -> Evidence:
     for page in range(1, MAX_VALIDATORS // VALIDATORS_PER_PAGE + 1):
         got = _rpc(rpc_url, "validators", height=height + 1, page=page, per_page=VALIDATORS_PER_PAGE)
         total, listed = int(got["total"]), got["validators"]
-        if not 0 < total <= MAX_VALIDATORS or not listed:
+        if not 0 < total <= MAX_VALIDATORS or not 0 < len(listed) <= VALIDATORS_PER_PAGE:
             raise VerifyError(f"the node lists a validator set of {total} with a page of {len(listed)}")
         validators += listed
         if len(validators) >= total:

@@ -84,6 +84,18 @@ def test_a_client_told_its_chain_signs_nothing_for_a_node_on_another(tmp_path: P
                 Sender(client, key)
         with Client(node, chain_id=chain.chain_id) as pinned:
             assert Sender(pinned, key).chain_id == chain.chain_id
+        with node_api(_other_chain(tmp_path)) as other, \
+                FailoverClient([other, node], chain_id=chain.chain_id) as client:
+            assert Sender(client, key).chain_id == chain.chain_id and client.node == node  # passed over
+
+
+def _other_chain(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from llmnet.devchain import DevChain
+    from tests.helpers import FUNDS, deterministic_key
+
+    other = DevChain(tmp_path / "other.db", [deterministic_key("x")], FUNDS, chain_id="llmnet-mainnet")
+    other.ok()
+    return other
 
 
 def test_padding_the_query_record_does_not_raise_a_duty_s_gas() -> None:

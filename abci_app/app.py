@@ -32,10 +32,11 @@ from abci_app.store.state import State
 from abci_app.store.versions import HeightNotKept, VersionView
 from abci_app.tx import DecodedTx, decode_tx
 from abci_app.x.auth.ante import AnteHandler, SignatureCache, check_size
-from abci_app.x.beacon.types import EXTENSION as BEACON_EXTENSION
 from abci_app.x.beacon.types import STORE as BEACON
-from abci_app.x.beacon.types import ErrInvalidBeacon, seed_of
+from abci_app.x.beacon.types import ErrInvalidBeacon
 from abci_app.x.beacon.types import encode_tx as encode_beacon
+from abci_app.x.beacon.types import extension_at as beacon_extension_at
+from abci_app.x.beacon.types import parse_extension as parse_beacon_extension
 from abci_app.x.validators.types import STORE as VALIDATORS
 from wire.tendermint.abci import types_pb2 as abci
 from wire.tendermint.crypto import keys_pb2 as crypto_keys
@@ -108,6 +109,8 @@ class Application:
         self.auth, self.bank, self.experts, self.inference = (keepers.auth, keepers.bank, keepers.experts,
                                                               keepers.inference)
         self.beacon = keepers.beacon
+        self.beacon_key: bytes | None = None
+        """This node's beacon key (llmnet/node/run.py reads it from config/): the secrets its validator reveals."""
         self.modules = modules(keepers)
         self.stores = tuple(m.name for m in self.modules)
         self.committed = CommittedStore(db_path, self.stores, keep_recent)
@@ -280,12 +283,16 @@ class Application:
                                       validators=_validator_updates(ctx))
 
     def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
-        """Every validator extends its precommit with the same bytes; what makes the beacon is the
-        signature CometBFT puts over them with the validator's key, which nobody else can make."""
-        return abci.ResponseExtendVote(vote_extension=BEACON_EXTENSION)
+        """A validator extends its precommit with its beacon secret of the height before (revealed) and a
+        commitment to this height's (x/beacon): secrets from the node's beacon key, set by the node
+        (llmnetd keeps it in config/; without one, a key of zeros: a share anyone can predict)."""
+        key = self.beacon_key or bytes(32)
+        return abci.ResponseExtendVote(vote_extension=beacon_extension_at(key, self.chain_id, req.height))
 
     def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
-        ok = req.vote_extension == BEACON_EXTENSION
+        # The shape only: whether its secret matches what it committed to is the beacon's to judge, a block
+        # later (a validator left out of one beacon has nothing kept to match, and must not lose its vote).
+        ok = parse_beacon_extension(req.vote_extension) is not None
         return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT if ok else
                                                 abci.ResponseVerifyVoteExtension.REJECT)
 
@@ -299,7 +306,7 @@ class Application:
         chosen, size, gas, seed = [], 0, 0, b""
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
             built = self.beacon.build(Ctx(state, env), req.local_last_commit, req.height)
-            beacon, seed = encode_beacon(built), seed_of(built)
+            beacon, seed = encode_beacon(built), self.beacon.seed(Ctx(state, env), built)
             chosen, size = [beacon], block_bytes(beacon)
         # Without a beacon the seed is the block's hash, unknown yet: it decides who is drawn, never a balance.
         env = self._env(req.height, env.time_ns, seed=seed, votes=req.local_last_commit, misbehavior=req.misbehavior)
@@ -333,7 +340,8 @@ class Application:
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         try:
-            _, seed, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height, req.proposed_last_commit)
+            beacon, seed, txs = self.beacon.take(Ctx(state, env), list(req.txs), req.height,
+                                                 req.proposed_last_commit)
         except ErrInvalidBeacon:
             return False
         if self._prepared == (req.height, list(req.txs)):
@@ -342,8 +350,8 @@ class Application:
         # refunds of draws that found too few experts). Judged without it, a sender's first tx could spend a
         # credit the check did not see (its message failed here, paid) and succeed in the block, leaving its
         # later txs unable to pay: stored by every node for nothing.
-        env = self._env(req.height, env.time_ns, seed=seed or req.hash, votes=req.proposed_last_commit,
-                        misbehavior=req.misbehavior)
+        env = self._env(req.height, env.time_ns, seed=seed if beacon is not None else req.hash,
+                        votes=req.proposed_last_commit, misbehavior=req.misbehavior)
         self._begin_block(Ctx(state, env))
         gas = sum(self._gas_wanted(Ctx(state, env), raw) for raw in txs)
         return gas <= self.auth.params(Ctx(state, env)).max_block_gas and all(
@@ -362,8 +370,10 @@ class Application:
                                                  req.height, req.decided_last_commit)
         except ErrInvalidBeacon as err:
             raise RuntimeError(f"decided block {req.height} has no valid beacon: {err}") from None
-        env = self._env(req.height, time_ns, seed=seed or req.hash, votes=req.decided_last_commit,
-                        misbehavior=req.misbehavior)
+        # With vote extensions on, the beacon's seed (b"" when none of its secrets matches: draws then wait);
+        # before, the block's hash.
+        env = self._env(req.height, time_ns, seed=seed if beacon is not None else req.hash,
+                        votes=req.decided_last_commit, misbehavior=req.misbehavior)
         block = Ctx(state, env)
         self._begin_block(block)  # the chain's own work: an error here is fatal
         results = [abci.ExecTxResult()] if beacon is not None else []
@@ -372,6 +382,9 @@ class Application:
             for module in self.modules:
                 if module.end_block is not None:
                     module.end_block(block)
+        if beacon is not None and state.writes():  # a block that changed nothing keeps the app hash still
+            with state.scope():
+                self.beacon.keep_commitments(block, beacon)
         staged = self.committed.stage(state.writes())
         self._pending = (req.height, staged, time_ns)
         return abci.ResponseFinalizeBlock(tx_results=results, app_hash=staged.app_hash,

@@ -22,7 +22,7 @@ from abci_app.crypto import address_bytes
 from abci_app.queries import QUERY_SERVICE
 from abci_app.x.beacon.keeper import extension_sign_bytes
 from abci_app.x.beacon.types import encode_tx as encode_beacon
-from abci_app.x.beacon.types import from_last_commit
+from abci_app.x.beacon.types import extension_at, from_last_commit
 from llmnet.client.events import query_ids
 from llmnet.client.keys import Key
 from llmnet.client.txbuilder import build_tx
@@ -81,12 +81,35 @@ class DevChain:
         return [(v, members[a], signers is None or i in signers) for i, v in enumerate(self.validators)
                 if (a := address_bytes(bytes(v.verify_key))) in members]
 
+    def beacon_key(self, validator: SigningKey) -> bytes:
+        """The beacon key the node of one of the chain's validators keeps (here derived from its key)."""
+        return hashlib.sha256(b"devchain-beacon-key" + bytes(validator)).digest()
+
+    def extension(self, validator: SigningKey, height: int, round_: int = 0) -> tuple[bytes, bytes]:
+        """(vote extension, its signature) a validator makes at height, as its app and CometBFT would."""
+        extension = extension_at(self.beacon_key(validator), self.chain_id, height)
+        return extension, validator.sign(extension_sign_bytes(self.chain_id, height, round_, extension)).signature
+
     def beacon(self, height: int, signers: list[int] | None = None) -> bytes:
         """The beacon tx a proposer of `height` makes from its validators' extensions on height - 1."""
-        message = extension_sign_bytes(self.chain_id, height - 1, 0)
-        votes = [(address_bytes(bytes(v.verify_key)), v.sign(message).signature)
+        votes = [(address_bytes(bytes(v.verify_key)), *self.extension(v, height - 1))
                  for v, _, signed in self._members(height - 1, signers) if signed]
         return encode_beacon(from_last_commit(votes, height - 1, 0))
+
+    def extended_commit(self, garbage: frozenset[int] = frozenset(), round_: int = 0) -> abci.ExtendedCommitInfo:
+        """The last height's extended commit as CometBFT hands it to the next proposer; validators (indices)
+        in `garbage` carry an extension signature this app does not accept."""
+        votes = []
+        for i, v in enumerate(self.validators):
+            power = self.set_at(self.height).get(address_bytes(bytes(v.verify_key)))
+            if power is None:
+                continue
+            extension, signature = self.extension(v, self.height, round_)
+            votes.append(abci.ExtendedVoteInfo(
+                validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=power),
+                vote_extension=extension, extension_signature=bytes(64) if i in garbage else signature,
+                block_id_flag=2))
+        return abci.ExtendedCommitInfo(round=round_, votes=votes)
 
     def last_commit(self, signers: list[int] | None = None, block: int | None = None) -> abci.CommitInfo:
         """The previous height's commit as CometBFT reports it in a block (default the next one): round 0,

@@ -288,6 +288,7 @@ def test_listings_come_in_bounded_pages(chain: ProtocolChain) -> None:
     for _ in range(3):
         qid = submit(chain, rounds=1)
         answer_round(chain, qid, 1)
+        score(chain, qid, [80, 60])  # scorers that missed twice would be out, and the third draw short
         chain.advance_until(qid, inf.PHASE_SETTLED, limit=40)
     who = chain.experts[0].address
     full = chain.query("ReputationHistory", q.ReputationHistoryRequest(address=who), q.ReputationHistoryResponse)

@@ -6,6 +6,8 @@ app process needs. Every field has a default, and a missing file means all defau
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -56,6 +58,11 @@ class NodeConfig:
         return path if path.is_absolute() else self.home / path
 
     @property
+    def beacon_key_file(self) -> Path:
+        """The key the node's validator draws its beacon secrets from (x/beacon), beside CometBFT's own keys."""
+        return self.home / "config" / BEACON_KEY_FILE
+
+    @property
     def snapshot_dir(self) -> Path:
         return self.home / SNAPSHOT_DIR
 
@@ -99,6 +106,28 @@ class NodeConfig:
             if key != "home":
                 lines.append(f"{key} = {toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+BEACON_KEY_FILE = "beacon_key.bin"
+BEACON_KEY_BYTES = 32
+
+
+def beacon_key(path: Path) -> bytes:
+    """The node's beacon key, made on first use (32 random bytes, readable by its owner only, written whole or
+    not at all). Its secrets are what the validator reveals, a height after committing to them: kept across
+    restarts so a commitment can be honoured; another node must not share it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_name(path.name + ".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(BEACON_KEY_BYTES))
+        os.replace(fresh, path)
+    key = path.read_bytes()
+    if len(key) != BEACON_KEY_BYTES:
+        raise ValueError(f"{path} holds {len(key)} bytes, not a {BEACON_KEY_BYTES}-byte beacon key: restore it, or "
+                         "delete it for a new one (this validator's share of the next beacon is then left out)")
+    return key
 
 
 def toml_value(value: object) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from abci_app.app import Application
 from llmnet.node.abci.server import ABCIServer, FatalError
 from llmnet.node.cometrpc import CometRPC
-from llmnet.node.config import NodeConfig
+from llmnet.node.config import NodeConfig, beacon_key
 from llmnet.node.explorer.data import ExplorerData, router_query
 from llmnet.node.explorer.server import Explorer
 from llmnet.node.grpc_api import create_server
@@ -29,6 +29,7 @@ log = logging.getLogger("llmnet.node")
 async def run(cfg: NodeConfig) -> int:
     cfg.db_file.parent.mkdir(parents=True, exist_ok=True)
     app = Application(cfg.db_file, cfg.pruning_keep_recent)
+    app.beacon_key = beacon_key(cfg.beacon_key_file)
     metrics = NodeMetrics()
     metrics.height.set(app.committed.height)
 

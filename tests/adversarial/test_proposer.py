@@ -5,8 +5,8 @@ Promises: every tx in a block pays its fee (a proposal is judged by executing it
 and all, on the state they will run on). A query is drawn in the block after its inclusion, seeded by
 the beacon of the validators' vote-extension signatures on the including block: no one knew it when the
 query was included, and leaving signers out gives the drawing block's proposer a handful of outcomes
-(counted below), not as many as it can grind block hashes. (A validator re-signing its own extension with
-nonces of its choosing still grinds the seed: open, see the README's Threat model.)
+(counted below), not as many as it can grind block hashes. The seed is made of secrets each validator
+committed to a block before the query was included, never of signatures, which a signer can remake at will.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from nacl.signing import SigningKey
 
 from abci_app.context import BlockEnv, Ctx
 from abci_app.crypto import address_bytes
 from abci_app.store.state import State
-from abci_app.x.beacon.keeper import extension_sign_bytes
 from abci_app.x.beacon.types import TX_TAG
 from abci_app.x.beacon.types import encode_tx as encode_beacon
 from abci_app.x.inference.selection import assign, query_seed
@@ -179,12 +179,7 @@ def _extended_commit(chain: ProtocolChain, garbage: set[int]) -> abci.ExtendedCo
     """The previous height's extended commit as CometBFT hands it to a proposer; validators in `garbage`
     carry an extension signature this app does not accept (as one CometBFT's laxer ZIP-215 rules let
     through would be)."""
-    message = extension_sign_bytes(chain.chain_id, chain.height, 0)
-    return abci.ExtendedCommitInfo(round=0, votes=[
-        abci.ExtendedVoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
-                              vote_extension=b"llmnet/beacon/v1", block_id_flag=2,
-                              extension_signature=bytes(64) if i in garbage else v.sign(message).signature)
-        for i, v in enumerate(chain.validators)])
+    return chain.extended_commit(frozenset(garbage))
 
 
 def test_one_validator_cannot_stall_the_chain_with_an_odd_signature(tmp_path: Path) -> None:
@@ -208,11 +203,10 @@ def test_a_beacon_must_come_from_the_round_that_committed(tmp_path: Path) -> Non
     colluding proposer extra seeds: refused."""
     chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
     chain.block()
-    message = extension_sign_bytes(chain.chain_id, chain.height, 1)
-    other_round = encode_beacon(pb_beacon.Beacon(height=chain.height, round=1, votes=sorted(
-        [pb_beacon.BeaconVote(validator_address=address_bytes(bytes(v.verify_key)),
-                              extension_signature=v.sign(message).signature) for v in chain.validators],
-        key=lambda vote: vote.validator_address)))
+    signed = [(address_bytes(bytes(v.verify_key)), *chain.extension(v, chain.height, 1)) for v in chain.validators]
+    other_round = encode_beacon(pb_beacon.Beacon(height=chain.height, round=1, votes=[
+        pb_beacon.BeaconVote(validator_address=a, extension=e, extension_signature=sig)
+        for a, e, sig in sorted(signed)]))
     verdict = chain.app.process_proposal(abci.RequestProcessProposal(
         txs=[other_round], height=chain.height + 1, time=Timestamp(seconds=1_700_000_100), hash=b"\x06" * 32,
         proposed_last_commit=chain.last_commit()))
@@ -224,9 +218,8 @@ def test_a_beacon_must_come_from_the_round_that_committed(tmp_path: Path) -> Non
 
 
 def test_a_validator_can_only_extend_its_vote_with_the_beacon_bytes(tmp_path: Path) -> None:
-    """Extensions are not a channel: any other bytes make the vote invalid, so what a validator contributes
-    to the beacon is only its signature. (It can still choose that among many valid ones, by its nonce: the
-    README's Threat model lists that as open.)"""
+    """Extensions are not a channel: bytes of any other shape make the vote invalid. What a validator
+    contributes to the seed is the secret it committed to a block before (see the grinding test below)."""
     chain = ProtocolChain(tmp_path / "s.db", 1, [DOMAIN])
     ours = chain.app.extend_vote(abci.RequestExtendVote(height=2)).vote_extension
     check = chain.app.verify_vote_extension
@@ -249,13 +242,9 @@ def test_a_full_mempool_never_makes_a_proposal_cometbft_refuses(tmp_path: Path) 
     txs = [h.send_tx(i % 4, (i + 1) % 4, 1, fee=10_000) for i in range(200)]
     reaped = len(ttypes.Data(txs=txs).SerializeToString())  # fits exactly, as CometBFT reaps
     height = h.height + 1
-    signed = extension_sign_bytes(h.chain_id, height - 1, 0)
-    votes = [abci.ExtendedVoteInfo(validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
-                                   vote_extension=b"llmnet/beacon/v1", extension_signature=v.sign(signed).signature,
-                                   block_id_flag=2) for v in h.validators]
     prepared = h.app.prepare_proposal(abci.RequestPrepareProposal(
         max_tx_bytes=reaped, txs=txs, height=height, time=Timestamp(seconds=1_700_000_000 + height),
-        local_last_commit=abci.ExtendedCommitInfo(round=0, votes=votes)))
+        local_last_commit=h.extended_commit()))
     assert prepared.txs[0].startswith(TX_TAG)  # the beacon took its place: some txs wait for the next block
     assert len(ttypes.Data(txs=list(prepared.txs)).SerializeToString()) <= reaped
     assert 190 <= len(prepared.txs) - 1 < len(txs)
@@ -270,11 +259,7 @@ def test_a_later_round_reusing_our_proposals_txs_is_judged_by_its_own_last_commi
         h.finalize([])
         h.finalize([])
     height, time = prepared_here.height + 1, Timestamp(seconds=1_700_000_100)
-    message = extension_sign_bytes(prepared_here.chain_id, height - 1, 0)
-    local = abci.ExtendedCommitInfo(round=0, votes=[abci.ExtendedVoteInfo(
-        validator=abci.Validator(address=address_bytes(bytes(v.verify_key)), power=10),
-        vote_extension=prepared_here.app.extend_vote(abci.RequestExtendVote(height=height - 1)).vote_extension,
-        extension_signature=v.sign(message).signature, block_id_flag=2) for v in prepared_here.validators])
+    local = prepared_here.extended_commit()
     txs = list(prepared_here.app.prepare_proposal(abci.RequestPrepareProposal(
         txs=[], max_tx_bytes=10**6, height=height, time=time, local_last_commit=local)).txs)
     later_round = abci.CommitInfo(round=1, votes=list(prepared_here.last_commit().votes))
@@ -287,3 +272,66 @@ def test_a_later_round_reusing_our_proposals_txs_is_judged_by_its_own_last_commi
         abci.ResponseProcessProposal.REJECT
     assert verdict(prepared_here, prepared_here.last_commit()) == verdict(elsewhere, elsewhere.last_commit()) == \
         abci.ResponseProcessProposal.ACCEPT
+
+
+def _signed_with_nonce(key: SigningKey, message: bytes, nonce: bytes) -> bytes:
+    """A valid ed25519 signature of `message` by `key` with a nonce of the signer's choosing (RFC 8032 derives it
+    from the key and message, but nothing can check that): as many different valid signatures as nonces."""
+    from nacl.bindings import (
+        crypto_core_ed25519_scalar_add,
+        crypto_core_ed25519_scalar_mul,
+        crypto_core_ed25519_scalar_reduce,
+        crypto_scalarmult_ed25519_base_noclamp,
+    )
+
+    digest = hashlib.sha512(bytes(key)).digest()
+    secret = bytearray(digest[:32])
+    secret[0] &= 248
+    secret[31] = (secret[31] & 127) | 64
+    r = crypto_core_ed25519_scalar_reduce(hashlib.sha512(nonce).digest())
+    big_r = crypto_scalarmult_ed25519_base_noclamp(r)
+    k = crypto_core_ed25519_scalar_reduce(hashlib.sha512(big_r + bytes(key.verify_key) + message).digest())
+    a = crypto_core_ed25519_scalar_reduce(bytes(secret) + bytes(32))
+    return big_r + crypto_core_ed25519_scalar_add(r, crypto_core_ed25519_scalar_mul(k, a))
+
+
+def test_a_validator_cannot_grind_the_seed_by_re_signing_its_extension(tmp_path: Path) -> None:
+    """The seed was sha256 over the extension signatures, and ed25519 lets a signer make any number of valid
+    ones: one validator re-signing its own extension reached any pair of 10 experts within 3,000 tries and a
+    pair of its choosing in 18 (outside attack). Now the seed is made of the secrets the votes reveal, each
+    committed to in the vote of the height before: another signature changes nothing, and another secret
+    matches no commitment and is left out."""
+    from nacl.signing import VerifyKey
+
+    from abci_app.x.beacon.keeper import extension_sign_bytes
+    from abci_app.x.beacon.types import EXTENSION_TAG, commitment_of
+
+    chain = ProtocolChain(tmp_path / "s.db", 10, [DOMAIN])
+    chain.register_all([DOMAIN])
+    chain.ok(chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "q", 100_000, 2, 1)))
+    height = chain.height + 1
+    honest = pb_beacon.Beacon.FromString(chain.beacon(height)[len(TX_TAG):])
+    grinder = chain.validators[0]
+    seeds = set()
+    for attempt in range(30):
+        beacon = pb_beacon.Beacon()
+        beacon.CopyFrom(honest)
+        vote = next(v for v in beacon.votes if v.validator_address == address_bytes(bytes(grinder.verify_key)))
+        message = extension_sign_bytes(chain.chain_id, height - 1, 0, vote.extension)
+        vote.extension_signature = _signed_with_nonce(grinder, message, b"try %d" % attempt)
+        VerifyKey(bytes(grinder.verify_key)).verify(message, vote.extension_signature)  # valid, and another one
+        ctx = Ctx(State(chain.app.committed), BlockEnv(chain.chain_id, height, 0, b""))
+        seeds.add(chain.app.beacon.verify(ctx, beacon, height, chain.last_commit()))
+    assert len(seeds) == 1 and b"" not in seeds
+    # nor can it reveal another secret: it matches no commitment, and the seed is the others' alone
+    beacon = pb_beacon.Beacon()
+    beacon.CopyFrom(honest)
+    vote = next(v for v in beacon.votes if v.validator_address == address_bytes(bytes(grinder.verify_key)))
+    other_secret = hashlib.sha256(b"chosen").digest()
+    vote.extension = EXTENSION_TAG + other_secret + commitment_of(other_secret)
+    message = extension_sign_bytes(chain.chain_id, height - 1, 0, vote.extension)
+    vote.extension_signature = grinder.sign(message).signature
+    ctx = Ctx(State(chain.app.committed), BlockEnv(chain.chain_id, height, 0, b""))
+    without = chain.app.beacon.verify(ctx, beacon, height, chain.last_commit())
+    beacon.votes.remove(vote)
+    assert without == chain.app.beacon.verify(ctx, beacon, height, chain.last_commit(signers=[1, 2, 3])) != seeds.pop()

@@ -68,7 +68,9 @@ def test_query_spam_cannot_overload_or_slash_honest_experts(tmp_path: Path) -> N
     submitted = [i for r in results for i in query_ids(r.events)]
     chain.block()  # their draw
     drawn = [i for i in submitted if chain.status(i).query.phase == inf.PHASE_ANSWER_COMMIT]
-    assert len(drawn) == 16 // 4  # 8 experts x capacity 2 = 16 slots; each query takes 1 + 3
+    # 8 experts x capacity 2 = 16 slots; each query takes 1 + 3 distinct experts: 4 queries when the draws use
+    # every expert twice, 3 when the last one finds fewer than 4 experts with room (which depends on the seed)
+    assert 3 <= len(drawn) <= 16 // 4
     assert all(e.open_assignments <= e.capacity for e in _records(chain))
     for i in set(submitted) - set(drawn):  # the rest found no capacity at their draw: escrow back in full
         receipt = chain.query("Receipt", q.ReceiptRequest(query_id=i), q.ReceiptResponse).receipt

@@ -15,14 +15,16 @@ from abci_app.crypto import verify as ed25519_verify
 from abci_app.encoding import uvarint
 from abci_app.x.beacon.types import (
     COMMIT_FLAG,
+    COMMITMENTS_KEY,
     ENABLE_HEIGHT_KEY,
-    EXTENSION,
     STORE,
     TX_TAG,
     VALIDATOR_PREFIX,
     ErrInvalidBeacon,
+    commitment_of,
     from_last_commit,
     is_beacon_tx,
+    parse_extension,
     pending_key,
     seed_of,
     validator_key,
@@ -36,9 +38,9 @@ FOLD_LOOKBACK = 3
 """Heights below the previous one a pending change could still sit at (a margin: every block folds)."""
 
 
-def extension_sign_bytes(chain_id: str, height: int, round_: int) -> bytes:
+def extension_sign_bytes(chain_id: str, height: int, round_: int, extension: bytes) -> bytes:
     """What CometBFT signs for a vote extension (VoteExtensionSignBytes: length-prefixed canonical form)."""
-    body = canonical_pb2.CanonicalVoteExtension(extension=EXTENSION, height=height, round=round_,
+    body = canonical_pb2.CanonicalVoteExtension(extension=extension, height=height, round=round_,
                                                 chain_id=chain_id).SerializeToString()
     return uvarint(len(body)) + body
 
@@ -93,21 +95,46 @@ class BeaconKeeper:
 
     def build(self, ctx: Ctx, commit: abci.ExtendedCommitInfo, height: int) -> pb.Beacon:
         """The beacon a proposer of `height` makes from the previous height's extended commit: every
-        precommit whose extension signature this app itself accepts. CometBFT checks those signatures with
-        laxer ed25519 rules (ZIP-215) than ours; a validator that signs in a way only CometBFT accepts is
-        left out here, instead of making every other node reject the block (and stall the chain)."""
+        precommit whose extension is well formed and whose extension signature this app itself accepts.
+        CometBFT checks those signatures with laxer ed25519 rules (ZIP-215) than ours; a validator that signs
+        in a way only CometBFT accepts is left out here, instead of making every other node reject the block
+        (and stall the chain)."""
         validators = self.validators(ctx)
-        message = extension_sign_bytes(ctx.env.chain_id, height - 1, commit.round)
-        good = [(v.validator.address, v.extension_signature) for v in commit.votes
+        good = [(v.validator.address, v.vote_extension, v.extension_signature) for v in commit.votes
                 if v.block_id_flag == COMMIT_FLAG and v.validator.address in validators
-                and ed25519_verify(validators[v.validator.address].pub_key, message, v.extension_signature)]
+                and parse_extension(v.vote_extension) is not None
+                and ed25519_verify(validators[v.validator.address].pub_key,
+                                   extension_sign_bytes(ctx.env.chain_id, height - 1, commit.round, v.vote_extension),
+                                   v.extension_signature)]
         return from_last_commit(good, height - 1, commit.round)
 
+    def seed(self, ctx: Ctx, beacon: pb.Beacon) -> bytes:
+        """The seed a (verified) beacon gives: its revealed secrets that match the commitments kept from the
+        beacon of the height before; b"" when none does (the draws then wait for a block whose seed has one)."""
+        raw = ctx.kv(STORE).get(COMMITMENTS_KEY)
+        kept = pb.BeaconCommitments() if raw is None else pb.BeaconCommitments.FromString(raw)
+        if kept.height != beacon.height - 1:
+            return b""
+        committed = {c.validator_address: c.commitment for c in kept.commitments}
+        reveals = []
+        for vote in beacon.votes:
+            parsed = parse_extension(vote.extension)
+            if parsed is not None and committed.get(vote.validator_address) == commitment_of(parsed[0]):
+                reveals.append((vote.validator_address, parsed[0]))
+        return seed_of(beacon.height, reveals)
+
+    def keep_commitments(self, ctx: Ctx, beacon: pb.Beacon) -> None:
+        """Keep what the beacon's votes committed to, for the next beacon's reveals."""
+        commitments = [pb.BeaconCommitment(validator_address=v.validator_address, commitment=parsed[1])
+                       for v in beacon.votes if (parsed := parse_extension(v.extension)) is not None]
+        ctx.kv(STORE).set(COMMITMENTS_KEY, pb.BeaconCommitments(height=beacon.height, commitments=commitments)
+                          .SerializeToString())
+
     def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int, commit: LastCommit | None = None) -> bytes:
-        """The seed of a block at `height` whose beacon this is. Raises ErrInvalidBeacon unless it is for
-        height - 1 and the round that height committed in, every signature is a known validator's (once,
-        one that precommitted the block, when the block's last commit is given) over the extension, and
-        they hold more than 2/3 of the voting power."""
+        """The seed of a block at `height` whose beacon this is (see seed). Raises ErrInvalidBeacon unless it
+        is for height - 1 and the round that height committed in, every vote is a known validator's (once,
+        one that precommitted the block, when the block's last commit is given), with a well-formed
+        extension it signed, and they hold more than 2/3 of the voting power."""
         if beacon.height != height - 1:
             raise ErrInvalidBeacon(f"beacon is for height {beacon.height}, the block is {height}")
         if commit is not None and beacon.round != commit.round:
@@ -116,7 +143,6 @@ class BeaconKeeper:
         committed = None if commit is None else {v.validator.address for v in commit.votes
                                                  if v.block_id_flag == COMMIT_FLAG}
         validators = self.validators(ctx)
-        message = extension_sign_bytes(ctx.env.chain_id, beacon.height, beacon.round)
         signed, seen = 0, set()
         for vote in beacon.votes:
             v = validators.get(vote.validator_address)
@@ -124,6 +150,9 @@ class BeaconKeeper:
                 raise ErrInvalidBeacon(f"vote of unknown or repeated validator {vote.validator_address.hex()}")
             if committed is not None and vote.validator_address not in committed:
                 raise ErrInvalidBeacon(f"validator {vote.validator_address.hex()} did not precommit that block")
+            if parse_extension(vote.extension) is None:
+                raise ErrInvalidBeacon(f"malformed extension of validator {vote.validator_address.hex()}")
+            message = extension_sign_bytes(ctx.env.chain_id, beacon.height, beacon.round, vote.extension)
             if not ed25519_verify(v.pub_key, message, vote.extension_signature):
                 raise ErrInvalidBeacon(f"bad extension signature of validator {vote.validator_address.hex()}")
             seen.add(vote.validator_address)
@@ -131,7 +160,7 @@ class BeaconKeeper:
         total = sum(v.power for v in validators.values())
         if 3 * signed <= 2 * total:
             raise ErrInvalidBeacon(f"beacon carries {signed} of {total} voting power; more than 2/3 needed")
-        return seed_of(beacon)
+        return self.seed(ctx, beacon)
 
     def take(self, ctx: Ctx, txs: list[bytes], height: int, commit: LastCommit | None = None
              ) -> tuple[pb.Beacon | None, bytes, list[bytes]]:

@@ -44,6 +44,14 @@ class HeightQueue:
         return [(int.from_bytes(k[start:start + 8], "big"), k[start + 8:])
                 for k, _ in kv.iterate_range(self.key(cursor, b""), self.key(height + 1, b""), limit)]
 
+    def hold(self, ctx: Ctx, height: int) -> None:
+        """Take nothing this block: what is due at `height` waits for a later one, whose scan then starts there
+        (a cursor already set marks a lower height still holding work). Without a cursor the next scan would
+        cover its own height alone, and the held work would be lost."""
+        kv = ctx.kv(self.store)
+        if kv.get(self._cursor_key) is None and kv.iterate_range(self.key(height, b""), self.key(height + 1, b""), 1):
+            kv.set(self._cursor_key, height.to_bytes(8, "big"))
+
     def done(self, ctx: Ctx, taken: list[tuple[int, bytes]], limit: int) -> None:
         """Keep a cursor only while work is left over (taken was cut at the limit)."""
         kv = ctx.kv(self.store)

@@ -335,3 +335,42 @@ def test_a_validator_cannot_grind_the_seed_by_re_signing_its_extension(tmp_path:
     without = chain.app.beacon.verify(ctx, beacon, height, chain.last_commit())
     beacon.votes.remove(vote)
     assert without == chain.app.beacon.verify(ctx, beacon, height, chain.last_commit(signers=[1, 2, 3])) != seeds.pop()
+
+
+def test_a_draw_with_no_seed_waits_and_is_made_later(tmp_path: Path) -> None:
+    """A block whose beacon gives no seed (the first after vote extensions start: nothing was committed to
+    yet) skipped the draws due in it, and the queue only looks at its own height when nothing is left over:
+    a query submitted in block 1 waited for its draw for ever, its escrow locked. Now the draw waits for the
+    next block with a seed."""
+    chain = ProtocolChain(tmp_path / "s.db", 10, [DOMAIN])
+    txs = [chain.tx(k, protocol.register_expert(k, [DOMAIN], f"127.0.0.1:{7000 + i}", "m", "ab" * 32, 5_000_000))
+           for i, k in enumerate(chain.experts)]
+    chain.ok(*txs, chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "q", 100_000, 2, 1)))
+    assert chain.height == 1
+    chain.block()  # block 2: a beacon, and nothing kept to match it
+    assert not chain.status(1).query.respondents
+    chain.block()
+    assert len(chain.status(1).query.respondents) == 2
+
+
+def test_a_seed_needs_reveals_of_more_than_a_third_of_the_power_that_committed(tmp_path: Path) -> None:
+    """Two beacons of > 2/3 each overlap in an honest validator only while the set stays the same; across a
+    change of a third of the power a validator proposing both blocks left every matching share but its own
+    out, and knew the seed before it chose the first block's txs. A seed now needs matching reveals of more
+    than a third of the power that made the commitments."""
+    chain = ProtocolChain(tmp_path / "s.db", 6, [DOMAIN])
+    chain.register_all([DOMAIN])
+    chain.ok(chain.tx(chain.requester, send_msg(chain.requester.address, chain.requester.address, 1)))  # a block
+    height = chain.height + 1  # that changed state: it kept its beacon's commitments
+    full = pb_beacon.Beacon.FromString(chain.beacon(height)[len(TX_TAG):])
+    ctx = Ctx(State(chain.app.committed), BlockEnv(chain.chain_id, height, 0, b""))
+
+    def seed_with(matching: int) -> bytes:
+        beacon = pb_beacon.Beacon()
+        beacon.CopyFrom(full)
+        for vote in beacon.votes[matching:]:  # the rest reveal a secret nothing committed to
+            vote.extension = vote.extension[:16] + bytes(32) + vote.extension[48:]
+        return chain.app.beacon.seed(ctx, beacon)
+
+    assert seed_with(1) == b""  # 10 of 40
+    assert seed_with(2) != b"" and seed_with(2) != seed_with(4) != b""  # 20 of 40, and all

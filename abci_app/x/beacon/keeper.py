@@ -115,20 +115,29 @@ class BeaconKeeper:
         kept = pb.BeaconCommitments() if raw is None else pb.BeaconCommitments.FromString(raw)
         if kept.height != beacon.height - 1:
             return b""
-        committed = {c.validator_address: c.commitment for c in kept.commitments}
-        reveals = []
+        committed = {c.validator_address: c for c in kept.commitments}
+        reveals, power = [], 0
         for vote in beacon.votes:
-            parsed = parse_extension(vote.extension)
-            if parsed is not None and committed.get(vote.validator_address) == commitment_of(parsed[0]):
+            parsed, kept_vote = parse_extension(vote.extension), committed.get(vote.validator_address)
+            if parsed is not None and kept_vote is not None and kept_vote.commitment == commitment_of(parsed[0]):
                 reveals.append((vote.validator_address, parsed[0]))
-        return seed_of(beacon.height, reveals)
+                power += kept_vote.power
+        # More than a third of the power that made the commitments, so at least one honest validator's secret:
+        # two beacons of > 2/3 each overlap in more than a third only while the set stays the same, and one
+        # block may move a third of the power (a validator below a third, proposing both blocks around such a
+        # change, left every share but its own out and knew the seed before it chose the first block's txs).
+        return seed_of(beacon.height, reveals) if 3 * power > kept.total_power else b""
 
     def keep_commitments(self, ctx: Ctx, beacon: pb.Beacon) -> None:
         """Keep what the beacon's votes committed to, for the next beacon's reveals."""
-        commitments = [pb.BeaconCommitment(validator_address=v.validator_address, commitment=parsed[1])
-                       for v in beacon.votes if (parsed := parse_extension(v.extension)) is not None]
-        ctx.kv(STORE).set(COMMITMENTS_KEY, pb.BeaconCommitments(height=beacon.height, commitments=commitments)
-                          .SerializeToString())
+        validators = self.validators(ctx)  # the set that signed the beacon's height
+        commitments = [pb.BeaconCommitment(validator_address=v.validator_address, commitment=parsed[1],
+                                           power=validators[v.validator_address].power)
+                       for v in beacon.votes if (parsed := parse_extension(v.extension)) is not None
+                       and v.validator_address in validators]
+        total = sum(v.power for v in validators.values())
+        ctx.kv(STORE).set(COMMITMENTS_KEY, pb.BeaconCommitments(height=beacon.height, commitments=commitments,
+                                                                total_power=total).SerializeToString())
 
     def verify(self, ctx: Ctx, beacon: pb.Beacon, height: int, commit: LastCommit | None = None) -> bytes:
         """The seed of a block at `height` whose beacon this is (see seed). Raises ErrInvalidBeacon unless it

@@ -146,8 +146,9 @@ class InferenceKeeper:
     def begin_block(self, ctx: Ctx) -> None:
         """Draw the queries submitted in the previous block (at most max_closes_per_block; the rest next), once
         the block has a seed."""
-        if not ctx.env.seed:
-            return  # the beacon carried no secret the chain had a commitment for: they wait for a seed
+        if not ctx.env.seed:  # the beacon gave no seed (x/beacon): the draws wait for a block whose beacon does
+            DRAWS.hold(ctx, ctx.env.height)
+            return
         limit = self.params(ctx).max_closes_per_block
         due = DRAWS.due(ctx, ctx.env.height, limit)
         DRAWS.done(ctx, due, limit)

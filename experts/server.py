@@ -34,7 +34,7 @@ from experts.engine import Engine, EngineError, ErrorKind, Generation, Sampling
 from llmnet.client.expert_api import served_answer_sign_bytes
 from llmnet.client.keys import Key
 from llmnet.client.sdk import ClientError
-from llmnet.process import grpc_server_options
+from llmnet.process import bind_grpc, grpc_server_options
 from wire.llmnet.expert.v1 import expert_pb2 as pb
 from wire.llmnet.expert.v1 import expert_pb2_grpc
 from wire.llmnet.inference.v1 import inference_pb2 as inf
@@ -312,15 +312,7 @@ def create_server(engine: Engine, identity: ExpertIdentity, address: str = "127.
         for name in ("", SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        try:
-            if tls is not None:
-                port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError:  # newer grpc raises where older returned 0
-            port = 0
-        if port == 0:
-            raise OSError(f"cannot bind the expert server to {address} (in use, or not an address of this host)")
+        port = bind_grpc(server, address, "the expert server", tls)
         return server
 
     return ExpertServer(build, servicer.pool), port

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from typing import Any
 
 
 def raise_open_files_limit() -> int:
@@ -38,3 +39,18 @@ def grpc_server_options() -> list[tuple[str, int]]:
     return [("grpc.so_reuseport", 0), ("grpc.max_allowed_incoming_connections", MAX_GRPC_CONNECTIONS),
             ("grpc.max_connection_idle_ms", IDLE_GRPC_SECONDS * 1000),
             ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]
+
+
+def bind_grpc(server: Any, address: str, what: str, tls: tuple[bytes, bytes] | None = None) -> int:
+    """Bind a gRPC server (threaded or aio) to address, TLS-only when tls = (PEM key, PEM certificate chain) is
+    given; the port bound, else OSError naming `what` (an address in use, or not this host's)."""
+    import grpc
+
+    try:
+        port = int(server.add_secure_port(address, grpc.ssl_server_credentials([tls])) if tls is not None
+                   else server.add_insecure_port(address))
+    except RuntimeError:  # newer grpc raises where older returned 0
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot bind {what} to {address} (in use, or not an address of this host)")
+    return port

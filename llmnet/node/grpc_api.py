@@ -23,7 +23,7 @@ from abci_app.errors import ErrHeightUnavailable, ErrUnknownPath, Missing, regis
 from abci_app.queries import QUERY_SERVICE
 from llmnet.node.cometrpc import CometRPC, RPCError, RPCUnavailable
 from llmnet.node.metrics import NodeMetrics
-from llmnet.process import grpc_server_options
+from llmnet.process import bind_grpc, grpc_server_options
 from wire.llmnet.node.v1 import node_pb2, node_pb2_grpc
 from wire.llmnet.query.v1 import query_pb2
 from wire.llmnet.tx.v1 import service_pb2, service_pb2_grpc
@@ -244,10 +244,4 @@ def create_server(app: Application, address: str, rpc: CometRPC,
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     if counting:
         counting.known = served_methods((*services, health.SERVICE_NAME))
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # newer grpc raises where older returned 0
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot bind gRPC API to {address} (in use, or not an address of this host)")
-    return NodeAPI(server, health_servicer, services), port
+    return NodeAPI(server, health_servicer, services), bind_grpc(server, address, "gRPC API")

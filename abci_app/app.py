@@ -60,6 +60,10 @@ height. The views proofs use are kept until the next Commit (one per height of t
 pushed out), and a flood of proofs at one height builds its trees once."""
 
 
+HASH_STAND_IN = b"\x00" * 32
+"""PrepareProposal's seed for a block without a beacon, whose real one (the block's hash) it cannot know."""
+
+
 def _timestamp_ns(ts: Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
@@ -285,7 +289,9 @@ class Application:
     def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
         """A validator extends its precommit with its beacon secret of the height before (revealed) and a
         commitment to this height's (x/beacon): secrets from the node's beacon key, set by the node
-        (llmnetd keeps it in config/; without one, a key of zeros: a share anyone can predict)."""
+        (llmnetd keeps it in config/; without one, a key of zeros: a share anyone can predict, said in the log)."""
+        if self.beacon_key is None:
+            log.error("no beacon key set: this validator's share of the beacon is predictable (llmnetd sets one)")
         key = self.beacon_key or bytes(32)
         return abci.ResponseExtendVote(vote_extension=beacon_extension_at(key, self.chain_id, req.height))
 
@@ -303,12 +309,13 @@ class Application:
         state = self._proposal_state()
         env = self._env(req.height, _timestamp_ns(req.time))
         max_gas = self.auth.params(Ctx(state, env)).max_block_gas
-        chosen, size, gas, seed = [], 0, 0, b""
+        # Without a beacon the seed is the block's hash, unknown yet: a stand-in draws as many (who is drawn, never
+        # whether, nor any balance, depends on it); an empty one would hold the draws the block will make.
+        chosen, size, gas, seed = [], 0, 0, HASH_STAND_IN
         if self.beacon.expects_beacon(Ctx(state, env), req.height):
             built = self.beacon.build(Ctx(state, env), req.local_last_commit, req.height)
             beacon, seed = encode_beacon(built), self.beacon.seed(Ctx(state, env), built)
             chosen, size = [beacon], block_bytes(beacon)
-        # Without a beacon the seed is the block's hash, unknown yet: it decides who is drawn, never a balance.
         env = self._env(req.height, env.time_ns, seed=seed, votes=req.local_last_commit, misbehavior=req.misbehavior)
         self._begin_block(Ctx(state, env))
         for raw in req.txs:

@@ -45,11 +45,15 @@ class HeightQueue:
                 for k, _ in kv.iterate_range(self.key(cursor, b""), self.key(height + 1, b""), limit)]
 
     def hold(self, ctx: Ctx, height: int) -> None:
-        """Take nothing this block: what is due at `height` waits for a later one, whose scan then starts there
-        (a cursor already set marks a lower height still holding work). Without a cursor the next scan would
-        cover its own height alone, and the held work would be lost."""
+        """Take nothing this block: what is due at or before `height` waits for a later one, whose scan starts
+        at the lowest height still holding work (without a cursor it would cover its own height alone, and the
+        held work would be lost). While anything is held the cursor is written again every block, so the block
+        counts as one that changed state (x/beacon keeps its commitments only then, and a seed needs them)."""
         kv = ctx.kv(self.store)
-        if kv.get(self._cursor_key) is None and kv.iterate_range(self.key(height, b""), self.key(height + 1, b""), 1):
+        raw = kv.get(self._cursor_key)
+        if raw is not None:
+            kv.set(self._cursor_key, raw)
+        elif kv.iterate_range(self.key(height, b""), self.key(height + 1, b""), 1):
             kv.set(self._cursor_key, height.to_bytes(8, "big"))
 
     def done(self, ctx: Ctx, taken: list[tuple[int, bytes]], limit: int) -> None:

@@ -153,7 +153,7 @@ def validator_text(v: pb.Validator, signing: pb.SigningInfo) -> str:
     lines = [f"moniker: {v.moniker}", f"address: {v.address.hex().upper()}",
              f"operator: {v.operator or '(fixed at genesis)'}", f"status: {status_name(v)}", f"power: {v.power}",
              f"bond: {v.bond}", f"unbonding: {v.unbonding}", f"slashed: {v.slashed}",
-             f"missed in window: {signing.missed} (of {signing.observed} observed)"]
+             f"missed in window: {signing.missed} as of its last miss (of {signing.observed} heights observed)"]
     if v.status == pb.VALIDATOR_STATUS_JAILED:
         lines.append(f"jailed until height: {v.jailed_until}")
     if v.unbond_at:

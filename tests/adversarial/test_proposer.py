@@ -337,16 +337,49 @@ def test_a_validator_cannot_grind_the_seed_by_re_signing_its_extension(tmp_path:
     assert without == chain.app.beacon.verify(ctx, beacon, height, chain.last_commit(signers=[1, 2, 3])) != seeds.pop()
 
 
-def test_a_draw_with_no_seed_waits_and_is_made_later(tmp_path: Path) -> None:
-    """A block whose beacon gives no seed (the first after vote extensions start: nothing was committed to
-    yet) skipped the draws due in it, and the queue only looks at its own height when nothing is left over:
-    a query submitted in block 1 waited for its draw for ever, its escrow locked. Now the draw waits for the
-    next block with a seed."""
+def _block_one_query(tmp_path: Path) -> ProtocolChain:
+    """Experts registered and a query submitted in block 1, where vote extensions start: block 2's beacon
+    has nothing kept to match."""
     chain = ProtocolChain(tmp_path / "s.db", 10, [DOMAIN])
     txs = [chain.tx(k, protocol.register_expert(k, [DOMAIN], f"127.0.0.1:{7000 + i}", "m", "ab" * 32, 5_000_000))
            for i, k in enumerate(chain.experts)]
     chain.ok(*txs, chain.tx(chain.requester, protocol.submit_query(chain.requester, DOMAIN, "q", 100_000, 2, 1)))
     assert chain.height == 1
+    return chain
+
+
+def test_blocks_that_hold_a_draw_keep_commitments_so_a_seed_can_come(tmp_path: Path) -> None:
+    """A held draw wrote its cursor once; a second block without a seed and without txs then wrote nothing,
+    kept no commitments, and so no later block could have a seed: the draws waited until some unrelated tx
+    came (and a chain making blocks only for txs stopped). Here block 3's beacon reveals secrets nothing
+    committed to for three validators of four (as a proposer leaving honest shares out across a set change
+    could arrange): no seed; block 4, honest, draws."""
+    from abci_app.x.beacon.keeper import extension_sign_bytes
+    from abci_app.x.beacon.types import from_last_commit
+
+    chain = _block_one_query(tmp_path)
+    chain.block()  # no seed: held
+    votes = []
+    for i, v in enumerate(chain.validators):
+        extension, signature = chain.extension(v, chain.height)
+        if i:
+            extension = extension[:16] + bytes(32) + extension[48:]  # a secret it never committed to
+            signature = v.sign(extension_sign_bytes(chain.chain_id, chain.height, 0, extension)).signature
+        votes.append((address_bytes(bytes(v.verify_key)), extension, signature))
+    chain.beacon = lambda height, signers=None: encode_beacon(from_last_commit(votes, height - 1, 0))  # type: ignore[method-assign]
+    chain.block()  # block 3: no seed again, no tx
+    del chain.beacon
+    assert not chain.status(1).query.respondents
+    chain.block()
+    assert len(chain.status(1).query.respondents) == 2
+
+
+def test_a_draw_with_no_seed_waits_and_is_made_later(tmp_path: Path) -> None:
+    """A block whose beacon gives no seed (the first after vote extensions start: nothing was committed to
+    yet) skipped the draws due in it, and the queue only looks at its own height when nothing is left over:
+    a query submitted in block 1 waited for its draw for ever, its escrow locked. Now the draw waits for the
+    next block with a seed."""
+    chain = _block_one_query(tmp_path)
     chain.block()  # block 2: a beacon, and nothing kept to match it
     assert not chain.status(1).query.respondents
     chain.block()
@@ -374,3 +407,26 @@ def test_a_seed_needs_reveals_of_more_than_a_third_of_the_power_that_committed(t
 
     assert seed_with(1) == b""  # 10 of 40
     assert seed_with(2) != b"" and seed_with(2) != seed_with(4) != b""  # 20 of 40, and all
+
+
+def test_a_held_draw_does_not_shorten_the_time_to_report_equivocation(tmp_path: Path) -> None:
+    """Evidence was taken until a fixed number of blocks after the submit, counted as if the draw came in
+    the next block: a draw held back moved the whole query later and cut the window by as much (a long hold
+    or a backlog could close it before the last round). It is counted from the draw now."""
+    from abci_app.x.inference.types import query_life_blocks
+    from tests.protocol_harness import CHAIN_ID as HARNESS_CHAIN
+    from wire.llmnet.query.v1 import query_pb2 as q
+
+    chain = _block_one_query(tmp_path)
+    chain.block()  # no seed: the draw waits a block
+    chain.block()
+    query = chain.status(1).query
+    assert query.drawn_height == query.created_height + 2
+    cheat = chain.key_of(query.respondents[0])
+    params = chain.query("Params", q.ParamsRequest(), q.ParamsResponse).inference
+    while chain.height < query.created_height + query_life_blocks(params) + params.evidence_max_age_blocks:
+        chain.block()  # the next block is past the old limit, within the new one
+    report = protocol.report_equivocation(chain.reporter, cheat.address, 1, 1, "A", protocol.sign_answer(
+        cheat, HARNESS_CHAIN, 1, 1, "A"), "B", protocol.sign_answer(cheat, HARNESS_CHAIN, 1, 1, "B"))
+    (result,) = chain.block(chain.tx(chain.reporter, report))
+    assert result.code == 0, result.log

@@ -396,7 +396,8 @@ class InferenceKeeper:
         if not 1 <= msg.round <= q.rounds:
             raise ErrInvalidEvidence(f"query {q.id} has rounds 1..{q.rounds}")
         params = self.params(ctx)
-        expires = q.created_height + query_life_blocks(params) + params.evidence_max_age_blocks
+        # from its draw: a draw held back (no seed, or a backlog) moves the whole query later
+        expires = q.drawn_height - 1 + query_life_blocks(params) + params.evidence_max_age_blocks
         if ctx.env.height > expires:
             raise ErrInvalidEvidence(f"evidence about query {q.id} was accepted until height {expires}")
         if msg.reporter == msg.expert:

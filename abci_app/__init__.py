@@ -9,6 +9,7 @@ respondents' model commitments for the receipt, scorers earn nothing when no ans
 half's), a tx pays the minimum fee for its gas limit, validators' operators share the fees by power,
 receipts list who missed a duty (`missed`, scorers too), a reputation change never overwrites another's
 history point; 6: liveness keeps a key per missed height and writes nothing for a signed one, a tx envelope with
-unknown fields is refused)."""
+unknown fields is refused, proposals are judged after the block's opening work, the draw's seed is a
+commit-reveal of the validators' secrets (draws wait for one), equivocation evidence is counted from the draw)."""
 
 SOFTWARE_VERSION = "0.1.0"

@@ -106,10 +106,10 @@ def _step(w: World, q: inf.Query, phase: int, key: Key, vote: list[int], answere
     if phase == inf.PHASE_ANSWER_COMMIT:
         return special or protocol.commit_answer(key, w.chain.chain_id, q.id, 1, text)
     if phase == inf.PHASE_ANSWER_REVEAL:
-        return None if special is not None else protocol.reveal_answer(key, q.id, 1, text)
+        return None if special is not None else protocol.reveal_answer(key, w.chain.chain_id, q.id, 1, text)
     if phase == inf.PHASE_SCORE_COMMIT:
         return protocol.commit_scores(key, w.chain.chain_id, q.id, vote)
-    return protocol.reveal_scores(key, q.id, vote)
+    return protocol.reveal_scores(key, w.chain.chain_id, q.id, vote)
 
 
 def play(w: World, queries: int, wave: int, scorer: Scorer, answerer: Answerer, requester: Key | None = None

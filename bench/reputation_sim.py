@@ -81,7 +81,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
                 run.top_third.append(who in top[st.domain])
             answers = [(chain.key_of(st.respondents[0]), st.id) for st in statuses]
             chain.ok(*[chain.tx(k, protocol.commit_answer(k, chain.chain_id, i, 1, "a")) for k, i in answers])
-            chain.ok(*[chain.tx(k, protocol.reveal_answer(k, i, 1, "a")) for k, i in answers])
+            chain.ok(*[chain.tx(k, protocol.reveal_answer(k, chain.chain_id, i, 1, "a")) for k, i in answers])
             scores = {}
             for st in statuses:
                 who = st.respondents[0]
@@ -91,7 +91,7 @@ def simulate(seed: int, n_experts: int, queries: int, wave: int, noise: float, c
                     scores[(s, st.id)] = 100 if colluding else honest
             chain.ok(*[chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), chain.chain_id, i, [v]))
                        for (s, i), v in scores.items()])
-            chain.ok(*[chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), i, [v]))
+            chain.ok(*[chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), chain.chain_id, i, [v]))
                        for (s, i), v in scores.items()])
             for st in statuses:
                 if st.respondents[0] == favourite[st.domain]:

@@ -552,7 +552,7 @@ class ExpertDaemon:
                 log("cannot_reveal", query_id=query.id, round=query.round, reason="answer text lost")
                 return
             text = self.state.answers[slot]
-            reveal = protocol.reveal_answer(self.key, query.id, query.round, text)
+            reveal = protocol.reveal_answer(self.key, self.chain_id, query.id, query.round, text)
             self._send(Step(Kind.REVEAL, *slot), reveal, self._gas(status, reveal))
 
     def _score_step(self, status: query_pb2.QueryStatusResponse) -> None:
@@ -572,7 +572,7 @@ class ExpertDaemon:
                 log("cannot_reveal", query_id=query.id, reason="scores lost")
                 return
             scores = self.state.scores[slot]
-            reveal = protocol.reveal_scores(self.key, query.id, scores)
+            reveal = protocol.reveal_scores(self.key, self.chain_id, query.id, scores)
             self._send(Step(Kind.REVEAL_SCORES, slot), reveal, self._gas(status, reveal))
 
     def judge(self, status: query_pb2.QueryStatusResponse) -> list[int]:

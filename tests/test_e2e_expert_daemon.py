@@ -320,7 +320,7 @@ def test_daemons_answer_score_and_survive_a_kill(experts: Experts) -> None:
         victim_key = expert_keys[daemons.index(victim)]
         assert victim_round1.revealed and victim_round1.commitment == answer_commitment(
             client.status().chain_id, query_id, 1, victim_key.address, victim_round1.answer,
-            protocol.salt_for(victim_key, "answer", query_id, 1))
+            protocol.salt_for(victim_key, client.status().chain_id, "answer", query_id, 1))
         _wait("the victim to forget the settled query", lambda: any(
             e["event"] == "settled" and e.get("query_id") == query_id for e in victim.events()), timeout=60)
         assert query_id not in json.loads((tmp_path / f"{victim.name}.json").read_text())["open"]

@@ -86,14 +86,14 @@ class Expert:
                     self.signed[(query.id, query.round)].append(
                         (other, protocol.sign_answer(self.key, self.chain_id, query.id, query.round, other)))
             elif self.role != "silent":
-                self.sender.send([protocol.reveal_answer(self.key, query.id, query.round, text)])
+                self.sender.send([protocol.reveal_answer(self.key, self.chain_id, query.id, query.round, text)])
         elif query.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL) and me in query.scorers:
             finals = {a.respondent: a.answer for a in st.answers if a.round == query.rounds and a.revealed}
             scores = [judge(finals.get(r, "")) for r in query.respondents]
             if query.phase == inf.PHASE_SCORE_COMMIT:
                 self.sender.send([protocol.commit_scores(self.key, self.chain_id, query.id, scores)])
             elif self.role != "silent":  # silent everywhere: scores delivered would break its run of misses
-                self.sender.send([protocol.reveal_scores(self.key, query.id, scores)])
+                self.sender.send([protocol.reveal_scores(self.key, self.chain_id, query.id, scores)])
         else:
             return
         self.done.add(step)

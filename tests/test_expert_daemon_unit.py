@@ -827,7 +827,7 @@ def test_an_answer_longer_than_the_chain_reveals_is_cut_to_fit_and_its_reveal_is
     texts = {cut: fit_answer(generated, 4096), whole: generated.strip()}
     chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, t)) for k, t in texts.items()])
     chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL)
-    results = chain.block(*[chain.tx(k, protocol.reveal_answer(k, qid, 1, t)) for k, t in texts.items()])
+    results = chain.block(*[chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, t)) for k, t in texts.items()])
     assert results[0].code == 0 and results[1].code != 0 and "over 4096 bytes" in results[1].log
 
 

@@ -33,14 +33,14 @@ def _work(c: ProtocolChain, query_id: int, skip: set[str], scores: list[int]) ->
             text = f"answer of {k.address[-6:]} r{st.round}"
             if st.phase == inf.PHASE_ANSWER_COMMIT:
                 return protocol.commit_answer(k, CHAIN_ID, st.id, st.round, text)
-            return protocol.reveal_answer(k, st.id, st.round, text)
+            return protocol.reveal_answer(k, CHAIN_ID, st.id, st.round, text)
         return [c.tx(c.key_of(a), answer(c.key_of(a))) for a in st.respondents if a not in skip]
     if st.phase in (inf.PHASE_SCORE_COMMIT, inf.PHASE_SCORE_REVEAL):
         def scored(k: Key, j: int) -> Message:
             mine = [(v + 7 * j) % 101 for v in scores[:len(st.respondents)]]
             if st.phase == inf.PHASE_SCORE_COMMIT:
                 return protocol.commit_scores(k, CHAIN_ID, st.id, mine)
-            return protocol.reveal_scores(k, st.id, mine)
+            return protocol.reveal_scores(k, CHAIN_ID, st.id, mine)
         return [c.tx(c.key_of(s), scored(c.key_of(s), j)) for j, s in enumerate(st.scorers) if s not in skip]
     return []
 

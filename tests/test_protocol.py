@@ -44,7 +44,7 @@ def answer_round(chain: ProtocolChain, qid: int, round_: int, skip_reveal: set[s
     keys = [chain.key_of(a) for a in st.respondents]
     chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
                for k in keys])
-    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
+    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, round_, f"Marta Vensel (r{round_} by {k.name})"))
                for k in keys if k.address not in skip_reveal])
     if skip_reveal:  # wait out the reveal window
         chain.advance_until(qid, inf.PHASE_ANSWER_COMMIT, round_ + 1)
@@ -54,7 +54,7 @@ def score(chain: ProtocolChain, qid: int, scores: list[int]) -> None:
     st = chain.status(qid).query
     keys = [chain.key_of(a) for a in st.scorers]
     chain.ok(*[chain.tx(k, protocol.commit_scores(k, CHAIN_ID, qid, scores)) for k in keys])
-    chain.ok(*[chain.tx(k, protocol.reveal_scores(k, qid, scores)) for k in keys])
+    chain.ok(*[chain.tx(k, protocol.reveal_scores(k, CHAIN_ID, qid, scores)) for k in keys])
     chain.block()
 
 
@@ -115,13 +115,13 @@ def _everyone_but(chain: ProtocolChain, qid: int, lazy: str) -> None:
     keys = [chain.key_of(a) for a in st.respondents if a != lazy]
     chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "x")) for k in keys])
     chain.advance_until(qid, inf.PHASE_ANSWER_REVEAL)
-    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, 1, "x")) for k in keys])
+    chain.ok(*[chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, "x")) for k in keys])
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
     scorers = [chain.key_of(s) for s in st.scorers if s != lazy]
     votes = [70] * len(st.respondents)
     chain.ok(*[chain.tx(k, protocol.commit_scores(k, CHAIN_ID, qid, votes)) for k in scorers])
     chain.advance_until(qid, inf.PHASE_SCORE_REVEAL)
-    chain.ok(*[chain.tx(k, protocol.reveal_scores(k, qid, votes)) for k in scorers])
+    chain.ok(*[chain.tx(k, protocol.reveal_scores(k, CHAIN_ID, qid, votes)) for k in scorers])
     chain.advance_until(qid, inf.PHASE_SETTLED)
 
 
@@ -197,7 +197,8 @@ ERROR_CASES = [
      lambda c: c.reporter, ErrBondTooLow),
     ("not assigned", lambda c, qid: protocol.commit_answer(c.reporter, CHAIN_ID, qid, 1, "x"), lambda c: c.reporter,
      ErrNotAssigned),
-    ("wrong phase", lambda c, qid: protocol.reveal_answer(c.key_of(c.status(qid).query.respondents[0]), qid, 1, "x"),
+    ("wrong phase",
+     lambda c, qid: protocol.reveal_answer(c.key_of(c.status(qid).query.respondents[0]), CHAIN_ID, qid, 1, "x"),
      lambda c: c.key_of(c.status(1).query.respondents[0]), ErrWrongPhase),
     ("scores before scoring",
      lambda c, qid: protocol.commit_scores(c.key_of(c.status(qid).query.scorers[0]), CHAIN_ID, qid, [1, 2]),
@@ -218,7 +219,7 @@ def test_reveal_must_match_commitment(chain: ProtocolChain) -> None:
     other = chain.key_of(chain.status(qid).query.respondents[1])
     chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "honest")),
              chain.tx(other, protocol.commit_answer(other, CHAIN_ID, qid, 1, "x")))
-    result = chain.block(chain.tx(k, protocol.reveal_answer(k, qid, 1, "changed my mind")))[0]
+    result = chain.block(chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, "changed my mind")))[0]
     assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code)
 
 

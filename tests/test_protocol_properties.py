@@ -58,9 +58,9 @@ def everyone(c: ProtocolChain, query_id: int, base: int) -> list[bytes]:
     scores = [(base + 17 * i) % 101 for i in range(len(q.respondents))]
     acts = {
         inf.PHASE_ANSWER_COMMIT: lambda k: protocol.commit_answer(k, CHAIN_ID, q.id, q.round, f"ans-{k.name}"),
-        inf.PHASE_ANSWER_REVEAL: lambda k: protocol.reveal_answer(k, q.id, q.round, f"ans-{k.name}"),
+        inf.PHASE_ANSWER_REVEAL: lambda k: protocol.reveal_answer(k, CHAIN_ID, q.id, q.round, f"ans-{k.name}"),
         inf.PHASE_SCORE_COMMIT: lambda k: protocol.commit_scores(k, CHAIN_ID, q.id, scores),
-        inf.PHASE_SCORE_REVEAL: lambda k: protocol.reveal_scores(k, q.id, scores),
+        inf.PHASE_SCORE_REVEAL: lambda k: protocol.reveal_scores(k, CHAIN_ID, q.id, scores),
     }
     if q.phase not in acts:
         return []
@@ -84,11 +84,11 @@ def to_tx(c: ProtocolChain, a: tuple) -> bytes | None:  # type: ignore[type-arg]
         if kind == "commit":
             return c.tx(k, protocol.commit_answer(k, CHAIN_ID, q.id, q.round, f"ans-{k.name}"))
         if kind == "reveal":
-            return c.tx(k, protocol.reveal_answer(k, q.id, q.round, f"ans-{k.name}" if a[3] else "other"))
+            return c.tx(k, protocol.reveal_answer(k, CHAIN_ID, q.id, q.round, f"ans-{k.name}" if a[3] else "other"))
         scores = [(a[3] + 17 * i) % 101 for i in range(len(q.respondents))]
         if kind == "score_commit":
             return c.tx(k, protocol.commit_scores(k, CHAIN_ID, q.id, scores))
-        return c.tx(k, protocol.reveal_scores(k, q.id, scores))
+        return c.tx(k, protocol.reveal_scores(k, CHAIN_ID, q.id, scores))
     k = c.experts[a[1]]
     if kind == "unbond":
         return c.tx(k, ex.MsgUnbondExpert(address=k.address))

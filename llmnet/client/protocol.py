@@ -10,9 +10,11 @@ from wire.llmnet.experts.v1 import experts_pb2 as ex
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 
 
-def salt_for(key: Key, *parts: object) -> bytes:
-    """A salt only the key holder can derive again (so a restarted expert can still reveal)."""
-    return hashlib.sha256(key.seed + repr(parts).encode()).digest()
+def salt_for(key: Key, chain_id: str, *parts: object) -> bytes:
+    """A salt only the key holder can derive again (so a restarted expert can still reveal), for one chain: a key
+    used on two chains (a test chain and its main chain) revealed on one the salt of the same query and round's
+    commitment on the other, which then opened to a guess."""
+    return hashlib.sha256(key.seed + repr((chain_id, *parts)).encode()).digest()
 
 
 def register_expert(key: Key, domains: list[str], endpoint: str, base_model: str, adapter_sha256: str,
@@ -29,25 +31,25 @@ def submit_query(key: Key, domain: str, prompt: str, max_fee: int, k: int, round
 
 
 def commit_answer(key: Key, chain_id: str, query_id: int, round_: int, answer: str) -> inf.MsgCommitAnswer:
-    salt = salt_for(key, "answer", query_id, round_)
+    salt = salt_for(key, chain_id, "answer", query_id, round_)
     return inf.MsgCommitAnswer(respondent=key.address, query_id=query_id, round=round_,
                                commitment=answer_commitment(chain_id, query_id, round_, key.address, answer, salt))
 
 
-def reveal_answer(key: Key, query_id: int, round_: int, answer: str) -> inf.MsgRevealAnswer:
+def reveal_answer(key: Key, chain_id: str, query_id: int, round_: int, answer: str) -> inf.MsgRevealAnswer:
     return inf.MsgRevealAnswer(respondent=key.address, query_id=query_id, round=round_, answer=answer,
-                               salt=salt_for(key, "answer", query_id, round_))
+                               salt=salt_for(key, chain_id, "answer", query_id, round_))
 
 
 def commit_scores(key: Key, chain_id: str, query_id: int, scores: list[int]) -> inf.MsgCommitScores:
-    salt = salt_for(key, "scores", query_id)
+    salt = salt_for(key, chain_id, "scores", query_id)
     return inf.MsgCommitScores(scorer=key.address, query_id=query_id,
                                commitment=scores_commitment(chain_id, query_id, key.address, scores, salt))
 
 
-def reveal_scores(key: Key, query_id: int, scores: list[int]) -> inf.MsgRevealScores:
+def reveal_scores(key: Key, chain_id: str, query_id: int, scores: list[int]) -> inf.MsgRevealScores:
     return inf.MsgRevealScores(scorer=key.address, query_id=query_id, scores=scores,
-                               salt=salt_for(key, "scores", query_id))
+                               salt=salt_for(key, chain_id, "scores", query_id))
 
 
 def sign_answer(key: Key, chain_id: str, query_id: int, round_: int, answer: str) -> bytes:

@@ -36,9 +36,9 @@ def test_a_copied_answer_commitment_cannot_be_revealed(chain: ProtocolChain) -> 
     seen = next(a for a in chain.status(qid).answers if a.respondent == honest.address)
     chain.ok(chain.tx(lazy, inf.MsgCommitAnswer(respondent=lazy.address, query_id=qid, round=1,
                                                 commitment=seen.commitment)))  # the bytes, copied from state
-    chain.ok(chain.tx(honest, protocol.reveal_answer(honest, qid, 1, "Marta Vensel")))
+    chain.ok(chain.tx(honest, protocol.reveal_answer(honest, CHAIN_ID, qid, 1, "Marta Vensel")))
     revealed = next(a for a in chain.status(qid).answers if a.respondent == honest.address)
-    salt = protocol.salt_for(honest, "answer", qid, 1)  # as good as any salt the copier could learn
+    salt = protocol.salt_for(honest, CHAIN_ID, "answer", qid, 1)  # as good as any salt the copier could learn
     replay = inf.MsgRevealAnswer(respondent=lazy.address, query_id=qid, round=1, answer=revealed.answer, salt=salt)
     (result,) = chain.block(chain.tx(lazy, replay))
     assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code), result.log
@@ -60,7 +60,8 @@ def test_a_peers_revealed_answer_taken_up_in_the_next_round_earns_nothing(chain:
     for round_ in (1, 2):
         chain.ok(*[chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, round_, said[k][round_ - 1]))
                    for k in (copier, writer)])
-        chain.ok(*[chain.tx(k, protocol.reveal_answer(k, qid, round_, said[k][round_ - 1])) for k in (copier, writer)])
+        chain.ok(*[chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, round_, said[k][round_ - 1]))
+                   for k in (copier, writer)])
     before = chain.query("Expert", q.ExpertRequest(address=copier.address), q.ExpertResponse).reputation[0].reputation
     score(chain, qid, [copy_score, 90])
     receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
@@ -79,15 +80,15 @@ def test_a_copied_score_commitment_cannot_be_revealed(chain: ProtocolChain) -> N
     for k in (chain.key_of(a) for a in chain.status(qid).query.respondents):
         chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "Marta Vensel")))
     for k in (chain.key_of(a) for a in chain.status(qid).query.respondents):
-        chain.ok(chain.tx(k, protocol.reveal_answer(k, qid, 1, "Marta Vensel")))
+        chain.ok(chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, "Marta Vensel")))
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
     honest, copier = (chain.key_of(s) for s in chain.status(qid).query.scorers[:2])
     chain.ok(chain.tx(honest, protocol.commit_scores(honest, CHAIN_ID, qid, [90, 80])))
     seen = next(s for s in chain.status(qid).scores if s.scorer == honest.address)
     chain.ok(chain.tx(copier, inf.MsgCommitScores(scorer=copier.address, query_id=qid, commitment=seen.commitment)))
     chain.advance_until(qid, inf.PHASE_SCORE_REVEAL)
-    chain.ok(chain.tx(honest, protocol.reveal_scores(honest, qid, [90, 80])))
-    salt = protocol.salt_for(honest, "scores", qid)
+    chain.ok(chain.tx(honest, protocol.reveal_scores(honest, CHAIN_ID, qid, [90, 80])))
+    salt = protocol.salt_for(honest, CHAIN_ID, "scores", qid)
     replay = inf.MsgRevealScores(scorer=copier.address, query_id=qid, scores=[90, 80], salt=salt)
     (result,) = chain.block(chain.tx(copier, replay))
     assert (result.codespace, result.code) == (ErrCommitMismatch.codespace, ErrCommitMismatch.code), result.log
@@ -108,13 +109,14 @@ def test_one_whale_scorer_does_not_decide_the_score(tmp_path: Path) -> None:
     st = chain.status(qid).query
     (respondent,) = (chain.key_of(a) for a in st.respondents)
     chain.ok(chain.tx(respondent, protocol.commit_answer(respondent, CHAIN_ID, qid, 1, "Marta Vensel")))
-    chain.ok(chain.tx(respondent, protocol.reveal_answer(respondent, qid, 1, "Marta Vensel")))
+    chain.ok(chain.tx(respondent, protocol.reveal_answer(respondent, CHAIN_ID, qid, 1, "Marta Vensel")))
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
     verdicts = {s: [0] if s == whale.address else [90] for s in st.scorers}
     chain.ok(*[chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), CHAIN_ID, qid, v))
                for s, v in verdicts.items()])
     chain.advance_until(qid, inf.PHASE_SCORE_REVEAL)
-    chain.ok(*[chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), qid, v)) for s, v in verdicts.items()])
+    chain.ok(*[chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), CHAIN_ID, qid, v))
+               for s, v in verdicts.items()])
     chain.advance_until(qid, inf.PHASE_SETTLED)
     receipt = chain.query("Receipt", q.ReceiptRequest(query_id=qid), q.ReceiptResponse).receipt
     clip = default_params().clip_distance
@@ -211,11 +213,11 @@ def test_revealed_scores_break_a_run_of_misses(tmp_path: Path) -> None:
     for k in (chain.key_of(a) for a in st.respondents):
         chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "x")))
     for k in (chain.key_of(a) for a in st.respondents):
-        chain.ok(chain.tx(k, protocol.reveal_answer(k, qid, 1, "x")))
+        chain.ok(chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, "x")))
     chain.advance_until(qid, inf.PHASE_SCORE_COMMIT)
     chain.ok(chain.tx(scorer, protocol.commit_scores(scorer, CHAIN_ID, qid, [50, 50])))
     chain.advance_until(qid, inf.PHASE_SCORE_REVEAL)
-    chain.ok(chain.tx(scorer, protocol.reveal_scores(scorer, qid, [50, 50])))
+    chain.ok(chain.tx(scorer, protocol.reveal_scores(scorer, CHAIN_ID, qid, [50, 50])))
     assert _expert(chain, scorer.address).missed == 0
 
 
@@ -238,7 +240,7 @@ def test_a_respondent_cannot_restate_its_model_once_its_answer_is_known(chain: P
     for k in respondents:
         chain.ok(chain.tx(k, protocol.commit_answer(k, CHAIN_ID, qid, 1, "Marta Vensel")))
     for k in respondents:
-        chain.ok(chain.tx(k, protocol.reveal_answer(k, qid, 1, "Marta Vensel")))
+        chain.ok(chain.tx(k, protocol.reveal_answer(k, CHAIN_ID, qid, 1, "Marta Vensel")))
     restated = ex.ModelCommitment(base_model="some-famous-70b-model", adapter_sha256="cd" * 32)
     record = _expert(chain, respondents[0].address)
     chain.ok(chain.tx(respondents[0], ex.MsgUpdateExpert(address=record.address, domains=list(record.domains),

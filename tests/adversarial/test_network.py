@@ -166,3 +166,20 @@ def test_a_signed_tx_has_one_encoding_so_no_one_can_give_it_another_hash(tmp_pat
             decode_tx(copy, h.app.registry)
         assert h.app.check_tx(abci.RequestCheckTx(tx=copy)).code != 0, what
     assert h.app.check_tx(abci.RequestCheckTx(tx=raw)).code == 0
+
+
+def test_a_reveal_read_on_one_chain_opens_no_commitment_on_another() -> None:
+    """Salts came from the key, query id and round alone: an expert whose key served a test chain and its main
+    chain revealed on the first the salt of its commitment to the same query and round on the second, which a
+    reader then opened by trying likely answers (an outside attack recovered an answer and a set of scores). The
+    chain id is part of the salt now."""
+    from abci_app.x.inference.types import answer_commitment
+    from llmnet.client import protocol
+    from tests.helpers import deterministic_key
+
+    expert = deterministic_key("two-chains")
+    revealed = protocol.reveal_answer(expert, "llmnet-testnet", 5, 1, "Marta Vensel")  # read on the test chain
+    hidden = protocol.commit_answer(expert, "llmnet-main", 5, 1, "Marta Vensel")  # pending on the main chain
+    guess = answer_commitment("llmnet-main", 5, 1, expert.address, "Marta Vensel", revealed.salt)
+    assert guess != hidden.commitment
+    assert protocol.reveal_answer(expert, "llmnet-main", 5, 1, "x").salt != revealed.salt

@@ -214,7 +214,7 @@ def test_a_prompt_of_the_largest_size_cannot_run_an_honest_experts_reveal_out_of
         assert len(keys) == limits.max_k
         for phase in ("commit", "reveal"):
             msgs = [protocol.commit_answer(key, CHAIN_ID, qid, 1, answer) if phase == "commit"
-                    else protocol.reveal_answer(key, qid, 1, answer) for key in keys]
+                    else protocol.reveal_answer(key, CHAIN_ID, qid, 1, answer) for key in keys]
             status = chain.status(qid)
             limits_sent = [DEFAULT_GAS_LIMIT if gas == "default" else gas_for(status, msg) for msg in msgs]
             results = chain.block(*[chain.tx(key, msg, gas_limit=limit, fee=required_fee(limit, 10_000))
@@ -316,11 +316,11 @@ def test_minimum_fee_queries_cannot_drain_honest_experts_into_jail(tmp_path) -> 
             if st.phase == inf.PHASE_ANSWER_COMMIT and not status.answers:
                 duties = [(a, protocol.commit_answer(chain.key_of(a), CHAIN_ID, qid, 1, "Ada")) for a in st.respondents]
             elif st.phase == inf.PHASE_ANSWER_REVEAL and not any(a.revealed for a in status.answers):
-                duties = [(a, protocol.reveal_answer(chain.key_of(a), qid, 1, "Ada")) for a in st.respondents]
+                duties = [(a, protocol.reveal_answer(chain.key_of(a), CHAIN_ID, qid, 1, "Ada")) for a in st.respondents]
             elif st.phase == inf.PHASE_SCORE_COMMIT and not status.scores:
                 duties = [(s, protocol.commit_scores(chain.key_of(s), CHAIN_ID, qid, [50, 50])) for s in st.scorers]
             elif st.phase == inf.PHASE_SCORE_REVEAL and not any(s.revealed for s in status.scores):
-                duties = [(s, protocol.reveal_scores(chain.key_of(s), qid, [50, 50])) for s in st.scorers]
+                duties = [(s, protocol.reveal_scores(chain.key_of(s), CHAIN_ID, qid, [50, 50])) for s in st.scorers]
             txs = [chain.tx(chain.key_of(who), m, fee=0, gas_limit=gas_for(status, m)) for who, m in duties]
             assert all(gas_for(status, m) <= DUTY_GAS_LIMIT for _, m in duties)
             chain.ok(*txs)

@@ -42,13 +42,14 @@ def _work_honestly(chain: ProtocolChain, open_ids: list[int]) -> None:
                 txs += [chain.tx(chain.key_of(a), protocol.commit_answer(chain.key_of(a), CHAIN_ID, qid, st.round,
                                                                          text)) for a in st.respondents]
             elif st.phase == inf.PHASE_ANSWER_REVEAL:
-                txs += [chain.tx(chain.key_of(a), protocol.reveal_answer(chain.key_of(a), qid, st.round, text))
+                txs += [chain.tx(chain.key_of(a),
+                                 protocol.reveal_answer(chain.key_of(a), CHAIN_ID, qid, st.round, text))
                         for a in st.respondents]
             elif st.phase == inf.PHASE_SCORE_COMMIT:
                 txs += [chain.tx(chain.key_of(s), protocol.commit_scores(chain.key_of(s), CHAIN_ID, qid, [80]))
                         for s in st.scorers]
             elif st.phase == inf.PHASE_SCORE_REVEAL:
-                txs += [chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), qid, [80]))
+                txs += [chain.tx(chain.key_of(s), protocol.reveal_scores(chain.key_of(s), CHAIN_ID, qid, [80]))
                         for s in st.scorers]
         chain.block(*txs)
         chain.block()  # one block for the windows to close

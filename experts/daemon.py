@@ -28,7 +28,6 @@ client's on_switch, which experts/cli.py sets) and heights, events, websocket an
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -61,6 +60,7 @@ from llmnet.client.events import find
 from llmnet.client.keys import Key
 from llmnet.client.sdk import Client, ClientError, Sender
 from llmnet.client.txbuilder import DEFAULT_GAS_LIMIT
+from llmnet.files import write_private
 from wire.llmnet.inference.v1 import inference_pb2 as inf
 from wire.llmnet.query.v1 import query_pb2
 
@@ -139,13 +139,9 @@ class DaemonState:
                 "scores": [[q, s] for q, s in sorted(self.scores.items())],
                 "sent": [[st.kind.value, st.query_id, st.round, h] for st, h in sorted(self.sent.items())]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)  # created anew below with our mode, whatever an older one had
-        # 0600: it holds committed answers and scores before their reveal; another local user reading them
+        # private: it holds committed answers and scores before their reveal; another local user reading them
         # could copy them in the same round (the commit-reveal's whole point)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            out.write(json.dumps(data, sort_keys=True))
-        os.replace(tmp, path)  # atomic: a crash leaves the old or the new state, never half
+        write_private(path, json.dumps(data, sort_keys=True).encode())
 
     def forget(self, query_id: int) -> None:
         """Drop a settled query's entries."""

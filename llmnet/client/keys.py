@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from abci_app.crypto import address_of
+from llmnet.files import write_private
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_KEYRING = "~/.llmnet/keyring"
@@ -90,13 +91,7 @@ class Keyring:
             sealed = AESGCM(_kdf(salt).derive(passphrase.encode())).encrypt(nonce, key.seed, key.name.encode())
             record["private_key_encrypted"] = base64.b64encode(salt + nonce + sealed).decode()
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)  # a leftover of a crash; O_EXCL below must create the file itself
-        # Created 0600 in one step: no moment exists when another user could read the key.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_private(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
     def record(self, name: str) -> dict[str, str]:
         path = self._path(name)

@@ -6,7 +6,6 @@ app process needs. Every field has a default, and a missing file means all defau
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tomllib
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from abci_app.store.db import KEEP_RECENT
 from llmnet.address import host_port
+from llmnet.files import write_private
 
 APP_TOML = "config/app.toml"
 SNAPSHOT_DIR = "data/snapshots"
@@ -118,11 +118,7 @@ def beacon_key(path: Path) -> bytes:
     restarts so a commitment can be honoured; another node must not share it."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = path.with_name(path.name + ".new")
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(BEACON_KEY_BYTES))
-        os.replace(fresh, path)
+        write_private(path, secrets.token_bytes(BEACON_KEY_BYTES))
     key = path.read_bytes()
     if len(key) != BEACON_KEY_BYTES:
         raise ValueError(f"{path} holds {len(key)} bytes, not a {BEACON_KEY_BYTES}-byte beacon key: restore it, or "
